@@ -1,0 +1,465 @@
+"""The ``cce-monitor`` command line. The only place that configures logging or touches signals.
+
+Exit codes (every command): 0 success; 1 a job Failed, timed out or was not found (``watch``), or an API error
+(``get``); 2 usage or configuration error, with one line naming the problem; 130 interrupted (SIGINT/SIGTERM),
+after the sinks were flushed.
+
+Credentials are never taken from flags (they would show in ``ps`` and shell history): only from the
+environment (``CCE_AUTH_TOKEN``; ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK``; ``CCE_IAM_USER`` +
+``CCE_IAM_PASSWORD`` + ``CCE_IAM_DOMAIN``) or the config file's ``${ENV}`` references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import orjson
+
+from monitor import __version__
+from monitor.auth import Auth, TokenAuth, auth_from_env
+from monitor.bus import EventFilter
+from monitor.client import CCEClient, ClientSettings
+from monitor.config import Config, load_config
+from monitor.errors import ConfigError, MonitorError
+from monitor.model import validate_id
+from monitor.scheduler import SchedulerSettings
+from monitor.secret import Secret
+from monitor.simulator import Simulator, SimulatorConfig, run_forever
+from monitor.sinks import Sink, create_sink
+from monitor.throttle import RateLimiter
+from monitor.watch import SinkBinding, WatchResult, watch
+
+__all__ = ["main"]
+
+logger = logging.getLogger("monitor.cli")
+
+T = TypeVar("T")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"cce-monitor: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log is noise for a client.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(data).decode()
+
+
+def _run(main: Callable[[asyncio.Event], Awaitable[T]]) -> tuple[T, bool]:
+    """Run ``main(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one cancels outright."""
+
+    async def runner() -> tuple[T, bool]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                logger.info("signal received: stopping (again to abort)")
+                stop.set()
+            elif task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await main(stop), signals > 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(runner())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _read_ids(args: Sequence[str]) -> list[str]:
+    """Job ids from arguments; ``-`` reads whitespace-separated ids from stdin (``#`` starts a comment)."""
+    ids: list[str] = []
+    for arg in args:
+        if arg == "-":
+            for line in sys.stdin:
+                ids.extend(line.split("#", 1)[0].split())
+        else:
+            ids.append(arg)
+    seen: dict[str, None] = {}
+    for job_id in ids:
+        seen[validate_id(job_id, "job id")] = None
+    if not seen:
+        raise ConfigError("no job ids given (pass them as arguments, or '-' to read them from stdin)")
+    return list(seen)
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--label {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _project_id(flag: str | None, cfg: Config | None) -> str:
+    value = flag or os.environ.get("CCE_PROJECT_ID") or os.environ.get("HUAWEICLOUD_SDK_PROJECT_ID")
+    value = value or (cfg.project_id if cfg else None)
+    if not value:
+        raise ConfigError("--project-id (or CCE_PROJECT_ID / HUAWEICLOUD_SDK_PROJECT_ID) is required")
+    return validate_id(value, "project id")
+
+
+def _client_settings(endpoint: str | None, project_id: str, cfg: Config | None) -> ClientSettings:
+    """Flags and environment override the file's endpoint and project; HTTP settings come from the file."""
+    endpoint = endpoint or (cfg.endpoint if cfg else None)
+    if not endpoint:
+        raise ConfigError("--endpoint (or CCE_ENDPOINT) is required")
+    base = cfg.client_settings() if cfg else None
+    if base is None:
+        return ClientSettings(endpoint=endpoint, project_id=project_id)
+    return dataclasses.replace(base, endpoint=endpoint, project_id=project_id)
+
+
+def _auth(cfg: Config | None, project_id: str, iam_endpoint: str | None) -> Auth:
+    auth = cfg.make_auth() if cfg else None
+    return auth or auth_from_env(
+        os.environ, project_id=project_id, iam_endpoint=iam_endpoint or (cfg.iam_endpoint if cfg else None)
+    )
+
+
+def _scheduler_settings(
+    cfg: Config | None, *, rate: float | None, interval: float | None, timeout: float | None
+) -> SchedulerSettings:
+    base = cfg.scheduler_settings() if cfg else SchedulerSettings()
+    values = {name: getattr(base, name) for name in SchedulerSettings.__dataclass_fields__}
+    if rate is not None:
+        values["rate"] = rate
+    if interval is not None:
+        values["interval"] = interval
+        values["min_interval"] = min(values["min_interval"], interval)
+        values["max_interval"] = max(values["max_interval"], interval)
+    if timeout is not None:
+        values["job_timeout"] = timeout
+    return SchedulerSettings(**values)
+
+
+def _sinks(cfg: Config | None, specs: Sequence[str], *, plain_log: bool) -> list[SinkBinding]:
+    bindings: list[SinkBinding] = []
+    for entry in cfg.sinks if cfg else []:
+        f = entry.filter
+        bindings.append(
+            SinkBinding(create_sink(entry.spec, entry.options), EventFilter.of(f.types, f.phases, f.labels))
+        )
+    bindings.extend(SinkBinding(create_sink(spec)) for spec in specs)
+    if plain_log and not any(b.sink.name.startswith("log") for b in bindings):
+        bindings.insert(0, SinkBinding(create_sink("log")))
+    return bindings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="cce-monitor")
+def cli() -> None:
+    """Watch Huawei Cloud / Open Telekom Cloud CCE jobs and report their progress."""
+
+
+_endpoint_option = click.option(
+    "--endpoint",
+    envvar="CCE_ENDPOINT",
+    help="CCE endpoint, e.g. https://cce.eu-de.otc.t-systems.com [env CCE_ENDPOINT]",
+)
+_project_option = click.option("--project-id", help="Project id [env CCE_PROJECT_ID or HUAWEICLOUD_SDK_PROJECT_ID]")
+_iam_option = click.option("--iam-endpoint", envvar="CCE_IAM_ENDPOINT", help="IAM endpoint for password auth")
+_log_option = click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None, help="Default: warning"
+)
+
+
+@cli.command()
+@click.argument("job_id")
+@_endpoint_option
+@_project_option
+@_iam_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file")
+@_log_option
+def get(
+    job_id: str,
+    endpoint: str | None,
+    project_id: str | None,
+    iam_endpoint: str | None,
+    config_path: str | None,
+    log_level: str | None,
+) -> None:
+    """Print one job's progress as JSON."""
+    _setup_logging(log_level or "warning")
+    try:
+        cfg = load_config(config_path) if config_path else None
+        validate_id(job_id, "job id")
+        pid = _project_id(project_id, cfg)
+        settings = _client_settings(endpoint, pid, cfg)
+        auth = _auth(cfg, pid, iam_endpoint)
+    except MonitorError as exc:
+        _fail(str(exc))
+
+    async def main(stop: asyncio.Event) -> bytes:
+        async with CCEClient(settings, auth) as client:
+            job = await client.get_job(job_id)
+        return orjson.dumps(job, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
+
+    try:
+        out, _ = _run(main)
+    except MonitorError as exc:
+        _fail(str(exc), 1)
+    click.echo(out.decode())
+
+
+@cli.command("watch")
+@click.argument("job_ids", nargs=-1, required=True)
+@_endpoint_option
+@_project_option
+@_iam_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Requests per second to CCE [10]")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between polls of a job [10]")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Give up on a job after this [3600]")
+@click.option("--sink", "sink_specs", multiple=True, help="log | file:PATH | webhook:URL (repeatable)")
+@click.option("--label", "label_pairs", multiple=True, help="KEY=VALUE added to every event (repeatable)")
+@click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
+@_log_option
+def watch_cmd(
+    job_ids: tuple[str, ...],
+    endpoint: str | None,
+    project_id: str | None,
+    iam_endpoint: str | None,
+    config_path: str | None,
+    rate: float | None,
+    interval: float | None,
+    timeout: float | None,
+    sink_specs: tuple[str, ...],
+    label_pairs: tuple[str, ...],
+    live: bool | None,
+    log_level: str | None,
+) -> None:
+    """Watch JOB_ID... until each one finishes ('-' reads ids from stdin).
+
+    Exit 0 when all succeed, 1 when any failed, timed out or was not found, 2 on usage or config errors,
+    130 when interrupted.
+    """
+    live = sys.stdout.isatty() if live is None else live
+    try:
+        cfg = load_config(config_path) if config_path else None
+        _setup_logging(log_level or (cfg.logging.level if cfg else "warning"), cfg.logging.format if cfg else "text")
+        ids = _read_ids(job_ids)
+        pid = _project_id(project_id, cfg)
+        settings = _client_settings(endpoint, pid, cfg)
+        sched = _scheduler_settings(cfg, rate=rate, interval=interval, timeout=timeout)
+        auth = _auth(cfg, pid, iam_endpoint)
+        labels = {**(cfg.labels if cfg else {}), **_labels(label_pairs)}
+        sinks = _sinks(cfg, sink_specs, plain_log=not live)
+    except MonitorError as exc:
+        _fail(str(exc))
+    result, _ = _run(lambda stop: _watch(ids, settings, auth, sched, sinks, labels, live, stop))
+    sys.exit(result.exit_code)
+
+
+async def _watch(
+    ids: list[str],
+    settings: ClientSettings,
+    auth: Auth,
+    sched: SchedulerSettings,
+    sinks: list[SinkBinding],
+    labels: dict[str, str],
+    live: bool,
+    stop: asyncio.Event,
+    title: str = "cce-monitor",
+) -> WatchResult:
+    limiter = RateLimiter(sched.rate, burst=sched.burst)
+    async with CCEClient(settings, auth, limiter=limiter) as client:
+        if not live:
+            return await watch(ids, client=client, settings=sched, sinks=sinks, labels=labels, stop=stop)
+        from monitor.view import LiveView  # noqa: PLC0415 - rich's live machinery only when drawing
+
+        async with LiveView(ids, title=title) as view:
+            return await watch(
+                ids, client=client, settings=sched, sinks=sinks, observers=[view.on_event], labels=labels, stop=stop
+            )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, help="0 picks a free port")
+@click.option("--jobs", default=20, show_default=True, help="Jobs in the initial bulk rollout")
+@click.option("--job-type", default="CreateNode", show_default=True)
+@click.option("--fail-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--duration", type=float, default=None, help="Seconds each job runs (default: per type, ~20-60 s)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--rate", type=float, default=None, help="Server-side rate limit, requests/s (429 APIGW.0308 above)")
+@click.option("--p-500", default=0.0, type=click.FloatRange(0, 1), help="Probability of a 500")
+@click.option("--p-503", default=0.0, type=click.FloatRange(0, 1), help="Probability of a 503 HTML page")
+@click.option("--p-malformed", default=0.0, type=click.FloatRange(0, 1), help="Probability of a truncated body")
+@click.option("--p-slow", default=0.0, type=click.FloatRange(0, 1), help="Probability of a slow answer")
+@click.option("--slow-seconds", default=2.0, show_default=True)
+@click.option("--p-drop", default=0.0, type=click.FloatRange(0, 1), help="Probability of a dropped connection")
+@click.option("--token-ttl", default=86400.0, show_default=True, help="Lifetime of issued tokens, seconds")
+@click.option("--ak", envvar="SIM_AK", default=None, help="Accept requests signed with this AK [env SIM_AK]")
+@click.option("--sk", envvar="SIM_SK", default=None, help="... and this SK [env SIM_SK]")
+@_log_option
+def simulate(**opts: Any) -> None:
+    """Run the embedded CCE simulator (for tests, benchmarks and demos; loopback by default).
+
+    Prints one JSON line {"endpoint", "project_id", "token", "job_ids"} on stdout, then serves until stopped.
+    """
+    _setup_logging(opts["log_level"] or "warning")
+    try:
+        config = SimulatorConfig(
+            seed=opts["seed"],
+            rate_limit=opts["rate"],
+            p_500=opts["p_500"],
+            p_503_html=opts["p_503"],
+            p_malformed=opts["p_malformed"],
+            p_slow=opts["p_slow"],
+            slow_seconds=opts["slow_seconds"],
+            p_drop=opts["p_drop"],
+            token_ttl=opts["token_ttl"],
+            ak=opts["ak"],
+            sk=opts["sk"],
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
+    async def main(stop: asyncio.Event) -> None:
+        server = asyncio.create_task(
+            run_forever(
+                config,
+                host=opts["host"],
+                port=opts["port"],
+                jobs=opts["jobs"],
+                job_type=opts["job_type"],
+                fail_ratio=opts["fail_ratio"],
+                duration=opts["duration"],
+                out=sys.stdout,
+            )
+        )
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (server, stopper):
+            task.cancel()
+        await asyncio.wait({server, stopper})
+        if not server.cancelled() and server.exception() is not None:
+            raise server.exception()  # type: ignore[misc]
+
+    try:
+        _run(main)
+    except OSError as exc:
+        _fail(f"cannot serve on {opts['host']}:{opts['port']}: {exc.strerror}", 1)
+
+
+@cli.command()
+@click.option("--jobs", default=50, show_default=True, help="Jobs in the simulated rollout")
+@click.option("--out", "out_path", default="cce-monitor-demo.jsonl", show_default=True, help="File sink path")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
+@_log_option
+def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str | None) -> None:
+    """Watch a simulated bulk node rollout end to end (no cloud account needed; under a minute)."""
+    _setup_logging(log_level or "error")
+    live = sys.stdout.isatty() if live is None else live
+    path = Path(out_path).expanduser().resolve()
+    try:
+        path.unlink(missing_ok=True)
+        file_sink: Sink = create_sink(f"file:{path}")
+    except (MonitorError, OSError) as exc:
+        _fail(str(exc))
+    sinks = [SinkBinding(file_sink)]
+    if not live:
+        sinks.insert(0, SinkBinding(create_sink("log")))
+
+    async def main(stop: asyncio.Event) -> WatchResult:
+        sim = Simulator(
+            SimulatorConfig(
+                seed=seed,
+                rate_limit=40.0,
+                p_500=0.02,
+                p_503_html=0.01,
+                p_malformed=0.01,
+                p_slow=0.01,
+                slow_seconds=1.0,
+                job_duration=12.0,
+            )
+        )
+        endpoint = await sim.start()
+        try:
+            ids = sim.start_rollout(jobs, fail_ratio=0.08, not_found_for=1.0)
+            settings = ClientSettings(endpoint=endpoint, project_id=sim.config.project_id, total_timeout=5.0)
+            sched = SchedulerSettings(
+                rate=20.0,
+                interval=2.0,
+                min_interval=0.5,
+                max_interval=4.0,
+                error_backoff=0.5,
+                error_backoff_max=4.0,
+                not_found_grace=5.0,
+                job_timeout=120.0,
+                stall_after=60.0,
+                drain=5.0,
+            )
+            auth = TokenAuth(Secret(sim.config.token))
+            return await _watch(ids, settings, auth, sched, sinks, {"rollout": "demo"}, live, stop, "cce-monitor demo")
+        finally:
+            await sim.close()
+
+    result, _ = _run(main)
+    counts: dict[str, int] = {}
+    for outcome in result.outcomes.values():
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+    summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    click.echo(f"demo: {len(result.outcomes)} jobs watched: {summary}; events in {path}", err=live)
+    if result.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    # The rollout fails a few jobs on purpose: the demo succeeded if every job reached an end.
+    sys.exit(0 if all(o.value in ("Success", "Failed") for o in result.outcomes.values()) else 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="cce-monitor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The CCE job API client: one pooled aiohttp session, authentication, and the error tree.
+
+``await client.get_job(job_id)`` returns a :class:`~monitor.model.Job` or raises a
+:class:`~monitor.errors.MonitorError` subclass that says whether retrying helps (see :mod:`monitor.errors`).
+
+What the client does with each outcome:
+
+* 2xx with a job body → the parsed snapshot; a body that is not a job → ``MalformedResponseError``.
+* 401 → asks the auth provider; a provider that can fetch a new token (IAM password) drops the refused one and
+  the request is sent once more; otherwise, or if that fails too, ``AuthError``. 403 → ``AuthError``.
+* 404 → ``NotFoundError`` (the scheduler decides whether it is final: new jobs may 404 briefly).
+* 429 → ``ThrottledError`` with ``retry_after`` when sent; the shared :class:`RateLimiter` is told to slow down.
+* 5xx → ``ServerError``; connection failures → ``ConnectError``; timeouts → ``RequestTimeoutError``.
+
+Every HTTP request, the 401 retry included, passes the rate limiter when one is given. The scheduler acquires
+the first slot itself (its dispatcher is the limiter's only waiter) and says so with ``slot_acquired=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from monitor.auth import Auth
+from monitor.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    MalformedResponseError,
+    RequestTimeoutError,
+    ThrottledError,
+    api_error,
+)
+from monitor.model import Job, parse_job, validate_id
+from monitor.throttle import RateLimiter
+
+__all__ = ["CCEClient", "ClientSettings"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_BODY = 8 * 1024 * 1024
+
+
+def _user_agent() -> str:
+    from monitor import __version__  # noqa: PLC0415 - the package imports us; resolve at call time
+
+    return f"cce-monitor/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """How to reach CCE. Timeouts are seconds; ``ca_bundle`` adds a CA file; TLS is always verified."""
+
+    endpoint: str
+    project_id: str
+    connect_timeout: float = 10.0
+    total_timeout: float = 30.0
+    max_connections: int = 64
+    ca_bundle: str | None = None
+
+    def __post_init__(self) -> None:
+        url = URL(self.endpoint)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"endpoint {self.endpoint!r} must be an http(s) URL with a host")
+        if url.query_string or url.fragment or url.user or url.password:
+            raise ConfigError("endpoint must not carry a query, fragment or credentials")
+        validate_id(self.project_id, "project id")
+        if self.connect_timeout <= 0 or self.total_timeout <= 0:
+            raise ConfigError("timeouts must be positive")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+
+
+class CCEClient:
+    """Reads CCE job progress. Use as ``async with CCEClient(settings, auth) as client: ...``."""
+
+    __slots__ = ("_auth", "_base", "_limiter", "_owns_session", "_session", "_timeout", "settings")
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        auth: Auth,
+        *,
+        limiter: RateLimiter | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.settings = settings
+        self._auth = auth
+        self._limiter = limiter
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=settings.total_timeout, sock_connect=settings.connect_timeout)
+        self._base = f"{settings.endpoint.rstrip('/')}/api/v3/projects/{settings.project_id}/jobs/"
+
+    def __repr__(self) -> str:
+        return f"CCEClient(endpoint={self.settings.endpoint!r}, auth={self._auth.kind})"
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self._limiter
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = True
+            if self.settings.ca_bundle:
+                ssl_ctx = ssl.create_default_context(cafile=self.settings.ca_bundle)
+            connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ssl=ssl_ctx, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"User-Agent": _user_agent()},
+            )
+        return self._session
+
+    async def __aenter__(self) -> CCEClient:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session if this client created it."""
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    async def get_job(self, job_id: str, *, slot_acquired: bool = False) -> Job:
+        """Fetch one job's progress. ``slot_acquired``: the caller already took a rate-limit slot."""
+        validate_id(job_id, "job id")
+        session = self._ensure_session()
+        url = URL(self._base + job_id, encoded=True)
+        refreshed = False
+        while True:
+            if self._limiter is not None and not slot_acquired:
+                await self._limiter.acquire()
+            slot_acquired = False
+            headers: dict[str, str] = {"Content-Type": "application/json"}
+            await self._auth.apply(session, "GET", url, headers, b"")
+            try:
+                return await self._request(session, url, headers, job_id)
+            except AuthError as exc:
+                if exc.status != 401 or refreshed or not await self._auth.unauthorized(headers):
+                    raise
+                refreshed = True
+
+    async def _request(self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str) -> Job:
+        try:
+            async with session.get(url, headers=headers) as resp:
+                status = resp.status
+                request_id = resp.headers.get("X-Request-Id")
+                length = resp.content_length
+                if length is not None and length <= _MAX_BODY:
+                    body = await resp.read()
+                else:
+                    body = await _read_limited(resp, request_id)
+                if status >= 300:
+                    error = api_error(
+                        status,
+                        body,
+                        content_type=resp.headers.get("Content-Type", ""),
+                        request_id=request_id,
+                        retry_after=resp.headers.get("Retry-After"),
+                    )
+                    if isinstance(error, ThrottledError) and self._limiter is not None:
+                        self._limiter.throttled(error.retry_after)
+                    raise error
+        except TimeoutError:
+            raise RequestTimeoutError(f"job {job_id}: request timed out") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise ConnectError(f"job {job_id}: response body broken off: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise ConnectError(f"job {job_id}: {type(exc).__name__}: {exc}") from None
+        if self._limiter is not None:
+            self._limiter.succeeded()
+        try:
+            return parse_job(body)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, request_id: str | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise MalformedResponseError(f"body larger than {_MAX_BODY} bytes", request_id=request_id)
+        chunks.append(chunk)
+    return b"".join(chunks)

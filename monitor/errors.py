@@ -1,0 +1,257 @@
+"""The one exception tree of cce-monitor, and the reader of CCE error bodies.
+
+Every error says whether retrying the same operation can help (``retryable``) and, where the server said so,
+after how long (``retry_after``). API errors carry the HTTP status, the error code and message from the body,
+and the ``X-Request-Id`` — never a credential: nothing here is built from request headers.
+
+::
+
+    MonitorError                      (retryable=False)
+    ├── ConfigError                   bad configuration or usage; fix it and start again
+    ├── InvalidIdError                a job/project id that cannot go into a URL path (also a ValueError)
+    ├── APIError                      the CCE/IAM API answered with an error status
+    │   ├── AuthError                 401 / 403: credentials wrong, expired or not allowed
+    │   ├── NotFoundError             404: no such job (yet: a new job may 404 briefly)
+    │   ├── ThrottledError            429: APIGW.0308 / CCE.02429001; retryable, retry_after when sent
+    │   ├── ServerError               5xx: retryable
+    │   └── RequestError              any other 4xx: the request itself is wrong
+    ├── TransportError                no usable HTTP answer; retryable
+    │   ├── ConnectError              could not connect / connection dropped
+    │   └── RequestTimeoutError       connect or total timeout passed
+    ├── MalformedResponseError        a 2xx body that is not a job (bad JSON, wrong shape); retryable
+    └── SinkError                     a sink could not deliver; ``retryable`` says if another try may work
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import orjson
+
+__all__ = [
+    "APIError",
+    "AuthError",
+    "ConfigError",
+    "ConnectError",
+    "InvalidIdError",
+    "MalformedResponseError",
+    "MonitorError",
+    "NotFoundError",
+    "RequestError",
+    "RequestTimeoutError",
+    "ServerError",
+    "SinkError",
+    "ThrottledError",
+    "TransportError",
+    "api_error",
+    "parse_error_body",
+    "parse_retry_after",
+]
+
+_MAX_MESSAGE = 300
+
+
+class MonitorError(Exception):
+    """Root of every error cce-monitor raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ConfigError(MonitorError):
+    """Configuration or usage is wrong; the message names the key or option."""
+
+
+class InvalidIdError(MonitorError, ValueError):
+    """A job or project id that is not safe to put into a URL path."""
+
+
+class APIError(MonitorError):
+    """The API answered with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.code:
+            parts.append(self.code)
+        text = " ".join(parts) + f": {self.message}"
+        if self.request_id:
+            text += f" (request id {self.request_id})"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status}, code={self.code!r}, "
+            f"message={self.message!r}, request_id={self.request_id!r})"
+        )
+
+
+class AuthError(APIError):
+    """401 or 403: the credentials are wrong, expired or lack permission."""
+
+
+class NotFoundError(APIError):
+    """404: the job (or project) does not exist, or does not exist yet."""
+
+
+class ThrottledError(APIError):
+    """429 from the API gateway (``APIGW.0308``) or CCE (``CCE.02429001``)."""
+
+    retryable = True
+
+
+class ServerError(APIError):
+    """5xx: the service failed; trying again later may work."""
+
+    retryable = True
+
+
+class RequestError(APIError):
+    """Another 4xx: the request is wrong and repeating it will not help."""
+
+
+class TransportError(MonitorError):
+    """No usable HTTP answer arrived."""
+
+    retryable = True
+
+
+class ConnectError(TransportError):
+    """The connection could not be made or was dropped."""
+
+
+class RequestTimeoutError(TransportError):
+    """The connect or total timeout passed."""
+
+
+class MalformedResponseError(MonitorError):
+    """A success status with a body that is not a job; usually a truncated or garbled answer."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return self.message + (f" (request id {self.request_id})" if self.request_id else "")
+
+
+class SinkError(MonitorError):
+    """A sink could not deliver an event."""
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retryable = retryable
+
+
+_CODE_KEYS = ("errorCode", "error_code", "code")
+_MESSAGE_KEYS = ("errorMessage", "error_msg", "message", "msg", "title")
+_TAG_RE = re.compile(r"<[^>]*>")
+_TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SPACE_RE = re.compile(r"\s+")
+
+
+def _clip(text: str) -> str:
+    text = _SPACE_RE.sub(" ", text).strip()
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def _pick(obj: Mapping[str, object], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = obj.get(key)
+        # Only strings count: a Kubernetes Status "code" is the HTTP status as a number.
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, str]:
+    """Read ``(code, message)`` from an error body in any style CCE and its gateway use.
+
+    Styles: ``{"errorCode","errorMessage"}`` (CCE), ``{"error_code","error_msg"}`` (API gateway),
+    ``{"code","message"}``, Kubernetes ``Status`` bodies carrying several of these, IAM's
+    ``{"error": {"code", "title", "message"}}``, HTML pages (their ``<title>``) and plain text. Never raises.
+    """
+    text = body.decode("utf-8", "replace")
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        nested = data.get("error")
+        if isinstance(nested, dict):
+            data = {**data, **nested}
+        code = _pick(data, _CODE_KEYS)
+        message = _pick(data, _MESSAGE_KEYS)
+        if code is not None or message is not None:
+            return (_clip(code) if code else None), _clip(message or code or "")
+    if "html" in content_type.lower() or text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+        title = _TITLE_RE.search(text)
+        return None, _clip(title.group(1) if title else _TAG_RE.sub(" ", text)) or "HTML error page"
+    return None, _clip(text) or "(empty body)"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds; ``None`` when absent or not a number.
+
+    HTTP dates are accepted by the RFC but not sent by these APIs; they count as absent.
+    """
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, 3600.0)
+
+
+def api_error(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "",
+    request_id: str | None = None,
+    retry_after: str | None = None,
+) -> APIError:
+    """Map an error response to the right :class:`APIError` subclass."""
+    code, message = parse_error_body(body, content_type)
+    cls: type[APIError]
+    if status in (401, 403):
+        cls = AuthError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 429 or (code is not None and code in ("APIGW.0308", "CCE.02429001")):
+        cls = ThrottledError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = RequestError
+    return cls(
+        message,
+        status=status,
+        code=code,
+        request_id=request_id,
+        retry_after=parse_retry_after(retry_after),
+    )

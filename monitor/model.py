@@ -1,0 +1,258 @@
+"""Typed snapshots of CCE jobs, parsed from ``GET /api/v3/projects/{project_id}/jobs/{job_id}``.
+
+The parser is lenient where the real API is messy and strict where a mistake would mislead:
+
+* unknown fields anywhere are ignored; optional objects (``spec``, ``status``, ``metadata``, ``subJobs``)
+  may be missing or null;
+* a phase outside the documented four is carried through unchanged (``Phase("Abnormal")``);
+* Go timestamps (``2020-02-02 08:12:40.672772389 +0000 UTC``, 0-9 fraction digits, any offset) become aware
+  datetimes; an unparseable one keeps its raw text and never fails the poll;
+* trailing commas, as in the API document's own example, are repaired when strict JSON parsing fails;
+* a body that is not a JSON object with a job's shape raises :class:`MalformedResponseError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from monitor.errors import InvalidIdError, MalformedResponseError
+
+__all__ = [
+    "Job",
+    "Phase",
+    "Timestamp",
+    "parse_go_time",
+    "parse_job",
+    "parse_job_object",
+    "validate_id",
+]
+
+_MAX_UNKNOWN_PHASES = 64
+_MAX_DEPTH = 16
+
+
+class Phase(StrEnum):
+    """A job phase: the four documented values, and any other value the API sends, kept as it came."""
+
+    INITIALIZING = "Initializing"
+    RUNNING = "Running"
+    FAILED = "Failed"
+    SUCCESS = "Success"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Phase | None:
+        if not isinstance(value, str):
+            return None
+        # An undocumented phase ("Abnormal", "Synchronized", ...) becomes a pseudo-member, cached so that
+        # identity comparisons hold; the cache is bounded against a server sending garbage.
+        member = str.__new__(cls, value)
+        member._name_ = value.upper()
+        member._value_ = value
+        if len(cls._value2member_map_) < len(cls.__members__) + _MAX_UNKNOWN_PHASES:
+            cls._value2member_map_[value] = member
+        return member
+
+    @property
+    def is_terminal(self) -> bool:
+        """``Success`` and ``Failed`` end a job; nothing else does."""
+        return self in (Phase.SUCCESS, Phase.FAILED)
+
+    @property
+    def is_known(self) -> bool:
+        """Whether this is one of the four documented phases."""
+        return self.value in _KNOWN_PHASES
+
+
+_KNOWN_PHASES = frozenset(p.value for p in Phase)
+
+_GO_TIME_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"\s*(?:([+-])(\d{2}):?(\d{2})|Z)?(?:\s+[A-Za-z][A-Za-z0-9+-]*)?$"
+)
+
+
+def parse_go_time(text: str) -> datetime | None:
+    """Parse Go's default time format (and RFC 3339) into an aware datetime; ``None`` if it is not one.
+
+    Nanoseconds are truncated to microseconds; the raw text keeps them. A missing offset means UTC.
+    """
+    match = _GO_TIME_RE.match(text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    tz: timezone = UTC
+    if sign:
+        delta = timedelta(hours=int(off_h), minutes=int(off_m))
+        if delta >= timedelta(hours=24):
+            return None
+        tz = timezone(-delta if sign == "-" else delta)
+    try:
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """A timestamp as the API sent it (``raw``) and, when it could be read, as an aware datetime."""
+
+    raw: str
+    at: datetime | None
+
+    @classmethod
+    def parse(cls, raw: str) -> Timestamp:
+        return cls(raw, parse_go_time(raw))
+
+
+_EMPTY_TIME = Timestamp("", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One snapshot of a job (or sub-job: they have the same shape and may nest)."""
+
+    id: str
+    type: str
+    phase: Phase
+    reason: str = ""
+    cluster_id: str = ""
+    resource_id: str = ""
+    resource_name: str = ""
+    extend_params: dict[str, Any] | None = None
+    created: Timestamp = _EMPTY_TIME
+    updated: Timestamp = _EMPTY_TIME
+    sub_jobs: tuple[Job, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.phase.is_terminal
+
+    def walk(self) -> list[Job]:
+        """Every sub-job below this job, depth first (not the job itself)."""
+        out: list[Job] = []
+        for sub in self.sub_jobs:
+            out.append(sub)
+            out.extend(sub.walk())
+        return out
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedResponseError(f"{where} is {type(value).__name__}, expected an object")
+    return value
+
+
+def _str(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return ""
+
+
+def parse_job_object(data: object, *, _depth: int = 0) -> Job:
+    """Build a :class:`Job` from decoded JSON (a dict); raises :class:`MalformedResponseError`."""
+    if _depth > _MAX_DEPTH:
+        raise MalformedResponseError(f"sub-jobs nested deeper than {_MAX_DEPTH} levels")
+    job = _obj(data, "job" if _depth == 0 else "sub-job")
+    if not job:
+        raise MalformedResponseError("job body is empty")
+    metadata = _obj(job.get("metadata"), "metadata")
+    spec = _obj(job.get("spec"), "spec")
+    status = _obj(job.get("status"), "status")
+    if not metadata and not spec and not status:
+        raise MalformedResponseError("body has none of metadata, spec, status: not a job")
+    raw_phase = status.get("phase")
+    if raw_phase is not None and not isinstance(raw_phase, str):
+        raise MalformedResponseError(f"status.phase is {type(raw_phase).__name__}, expected a string")
+    phase = Phase(raw_phase) if raw_phase else Phase.INITIALIZING
+    raw_subs = spec.get("subJobs")
+    if raw_subs is not None and not isinstance(raw_subs, list):
+        raise MalformedResponseError("spec.subJobs is not a list")
+    extend = spec.get("extendParam")
+    return Job(
+        id=_str(metadata.get("uid")),
+        type=_str(spec.get("type")),
+        phase=phase,
+        reason=_str(status.get("reason")),
+        cluster_id=_str(spec.get("clusterUID")),
+        resource_id=_str(spec.get("resourceID")),
+        resource_name=_str(spec.get("resourceName")),
+        extend_params=extend if isinstance(extend, dict) and extend else None,
+        created=Timestamp.parse(_str(metadata.get("creationTimestamp"))),
+        updated=Timestamp.parse(_str(metadata.get("updateTimestamp"))),
+        sub_jobs=tuple(parse_job_object(sub, _depth=_depth + 1) for sub in raw_subs or ()),
+    )
+
+
+def _strip_trailing_commas(text: str) -> str:
+    """Drop commas that directly precede ``}`` or ``]``, outside strings."""
+    out: list[str] = []
+    in_string = escaped = False
+    pending_comma: int | None = None
+    for ch in text:
+        if in_string:
+            out.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch in "}]" and pending_comma is not None:
+            del out[pending_comma]
+        if not ch.isspace():
+            pending_comma = None
+        if ch == ",":
+            pending_comma = len(out)
+        elif ch == '"':
+            in_string = True
+        out.append(ch)
+    return "".join(out)
+
+
+def parse_job(body: bytes | str) -> Job:
+    """Parse a job response body; raises :class:`MalformedResponseError` with a one-line reason."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            data = orjson.loads(_strip_trailing_commas(text))
+        except orjson.JSONDecodeError:
+            raise MalformedResponseError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedResponseError("body is nested too deeply") from None
+    return parse_job_object(data)
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def validate_id(value: object, what: str = "job id") -> str:
+    """Return ``value`` if it is a safe id for a URL path segment, else raise :class:`InvalidIdError`.
+
+    CCE ids are UUID-like (``354331b2c-229a-11e8-9c75-0255ac100ceb``) and project ids 32 hex digits; we
+    accept letters, digits, ``-`` and ``_`` (1-128, starting alphanumeric) so that ``/``, ``..``, ``?``,
+    ``%``, ``#``, whitespace and control characters can never reach the URL.
+    """
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        raise InvalidIdError(
+            f"invalid {what} {shown}: use 1-128 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return value

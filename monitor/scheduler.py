@@ -1,0 +1,532 @@
+"""The scheduler: polls many jobs concurrently under one rate limit and publishes what changed.
+
+Design (why it is cheap with 100,000 jobs):
+
+* Every tracked job is one small slotted object and one entry in a **due-time heap**. Nothing runs per job while
+  it waits: one **dispatcher** task sleeps until the earliest due time (or until a job is added), so idle jobs
+  cost no CPU.
+* The dispatcher pops due jobs earliest-first, takes an in-flight slot (at most ``max_in_flight`` requests run
+  at once), takes a rate-limit slot — it is the limiter's only waiter — and starts the poll as a task. When
+  demand exceeds the rate, jobs simply wait their turn in due order, so every job's effective interval
+  stretches evenly and none starves; the dispatcher logs a warning (rate-limited to once a minute) and
+  ``stats.lag`` says by how much.
+* Removal is lazy: a removed job's heap entry is skipped when it surfaces.
+
+Per poll outcome:
+
+* a snapshot → :func:`monitor.diff.detect` → events → ``publish``; a terminal phase ends polling. While the job
+  is unchanged its interval grows by ``backoff`` up to ``max_interval``; any change resets it to ``interval``.
+  Phase and ``updateTimestamp`` unchanged for ``stall_after`` → one ``job.stalled``.
+* past ``job_timeout`` since the job was added → ``job.timed_out``, polling stops.
+* 404 → retried; only ``not_found_count`` consecutive 404s spread over at least ``not_found_grace`` seconds give
+  ``job.not_found`` (CCE can 404 for a moment after creating a job).
+* 429 → the shared limiter halves the rate and honours ``Retry-After`` (see :mod:`monitor.throttle`); the job
+  is tried again after at least ``min_interval``. 429s never count as the job's failures.
+* 5xx, timeouts, connection errors, malformed bodies → the job backs off exponentially with full jitter; after
+  ``failure_threshold`` consecutive failures one ``job.poll_failed``, and ``job.recovered`` when it works again.
+* 401/403 → one ``monitor.auth_failed`` per episode and the whole dispatcher pauses, backing off
+  (``auth_backoff`` doubling up to ``auth_backoff_max``) instead of hammering IAM or CCE.
+
+Shutdown: :meth:`Scheduler.stop` stops intake; :meth:`Scheduler.run` then waits up to ``drain`` seconds for
+polls in flight, cancels the rest and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from monitor.client import CCEClient
+from monitor.diff import JobContext, detect, progressed
+from monitor.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError
+from monitor.events import Event, EventType, event_id
+from monitor.model import Job, validate_id
+from monitor.throttle import RateLimiter
+
+__all__ = ["Scheduler", "SchedulerSettings", "SchedulerStats"]
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[Event], Awaitable[None]]
+
+_LAG_WARN_EVERY = 60.0
+_EMPTY_LABELS: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """Polling policy. Times are seconds. Defaults suit CCE's default API quotas."""
+
+    rate: float = 10.0
+    """Requests per second to CCE, over all jobs, retries included."""
+    burst: int | None = None
+    """Requests allowed back to back; ``None`` means at most ``rate`` in any one second."""
+    max_in_flight: int = 16
+    interval: float = 10.0
+    """Delay between polls of a job, after its first poll and after every change."""
+    min_interval: float = 1.0
+    """Floor of every delay, including error backoff: never a tight loop."""
+    max_interval: float = 30.0
+    """Ceiling of the delay while a job is unchanged."""
+    backoff: float = 1.5
+    """Factor by which the delay grows after each unchanged poll (1 = never grows)."""
+    jitter: float = 0.1
+    """Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]."""
+    initial_delay: float = 0.0
+    """Delay before a newly added job's first poll (spread over [0, initial_delay])."""
+    job_timeout: float = 3600.0
+    stall_after: float = 1800.0
+    not_found_grace: float = 60.0
+    not_found_count: int = 3
+    failure_threshold: int = 3
+    error_backoff: float = 2.0
+    error_backoff_max: float = 300.0
+    auth_backoff: float = 30.0
+    auth_backoff_max: float = 600.0
+    drain: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rate": self.rate > 0,
+            "max_in_flight": self.max_in_flight >= 1,
+            "interval": self.interval > 0,
+            "min_interval": 0 < self.min_interval <= self.interval,
+            "max_interval": self.max_interval >= self.interval,
+            "backoff": self.backoff >= 1,
+            "jitter": 0 <= self.jitter < 1,
+            "initial_delay": self.initial_delay >= 0,
+            "job_timeout": self.job_timeout > 0,
+            "stall_after": self.stall_after > 0,
+            "not_found_grace": self.not_found_grace >= 0,
+            "not_found_count": self.not_found_count >= 1,
+            "failure_threshold": self.failure_threshold >= 1,
+            "error_backoff": self.error_backoff > 0,
+            "error_backoff_max": self.error_backoff_max >= self.error_backoff,
+            "auth_backoff": self.auth_backoff > 0,
+            "auth_backoff_max": self.auth_backoff_max >= self.auth_backoff,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            raise ConfigError(f"scheduler setting {name}={getattr(self, name)!r} is out of range")
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters for logs, metrics and benchmarks."""
+
+    polls: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    lag: float = 0.0
+    """How late the most recent poll started compared with its due time (seconds)."""
+    events: int = 0
+
+
+class _Tracked:
+    """One tracked job. Slotted and small: a daemon may track 100,000 of these."""
+
+    __slots__ = (
+        "deadline",
+        "delay",
+        "failures",
+        "first_not_found",
+        "job_id",
+        "labels",
+        "last",
+        "last_progress",
+        "not_found",
+        "removed",
+        "stalled",
+    )
+
+    def __init__(self, job_id: str, labels: Mapping[str, str], now: float, timeout: float, delay: float):
+        self.job_id = job_id
+        self.labels = labels
+        self.deadline = now + timeout
+        self.delay = delay
+        self.last: Job | None = None
+        self.last_progress = now
+        self.failures = 0
+        self.not_found = 0
+        self.first_not_found = 0.0
+        self.stalled = False
+        self.removed = False
+
+
+class Scheduler:
+    """Polls tracked jobs through ``client`` and calls ``publish`` with every event, in order per job."""
+
+    def __init__(
+        self,
+        client: CCEClient,
+        publish: Publish,
+        settings: SchedulerSettings | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings or SchedulerSettings()
+        self._client = client
+        self._publish = publish
+        self.project_id = client.settings.project_id
+        limiter = limiter or client.limiter
+        if limiter is None:
+            raise ConfigError("the scheduler needs the client to have a RateLimiter")
+        self.limiter = limiter
+        self._clock = clock
+        self._rng = rng or random.Random()  # jitter, not cryptography
+        self._jobs: dict[str, _Tracked] = {}
+        self._heap: list[tuple[float, int, _Tracked]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(self.settings.max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._paused_until = 0.0
+        self._auth_delay = self.settings.auth_backoff
+        self._auth_episode = False
+        self._last_lag_warning = -_LAG_WARN_EVERY
+        self.stats = SchedulerStats()
+
+    # ----------------------------------------------------------------------------------------- intake
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def add(self, job_id: str, labels: Mapping[str, str] | None = None, *, previous: Job | None = None) -> bool:
+        """Start tracking ``job_id`` (validated); ``previous`` is a remembered snapshot to diff against.
+
+        Returns ``False`` if it was already tracked or the scheduler is stopping.
+        """
+        validate_id(job_id, "job id")
+        if self._stopping or job_id in self._jobs:
+            return False
+        now = self._clock()
+        s = self.settings
+        tracked = _Tracked(job_id, dict(labels) if labels else _EMPTY_LABELS, now, s.job_timeout, s.interval)
+        tracked.last = previous
+        self._jobs[job_id] = tracked
+        first = now + (self._rng.uniform(0, s.initial_delay) if s.initial_delay else 0.0)
+        self._push(tracked, first)
+        self._idle.clear()
+        return True
+
+    def add_many(self, job_ids: Iterable[str], labels: Mapping[str, str] | None = None) -> int:
+        """Track several jobs; returns how many were new."""
+        return sum(self.add(job_id, labels) for job_id in job_ids)
+
+    def remove(self, job_id: str) -> bool:
+        """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
+        tracked = self._jobs.pop(job_id, None)
+        if tracked is None:
+            return False
+        tracked.removed = True
+        self._check_idle()
+        return True
+
+    def snapshot(self, job_id: str) -> Job | None:
+        """The last snapshot seen for a tracked job."""
+        tracked = self._jobs.get(job_id)
+        return tracked.last if tracked is not None else None
+
+    async def wait_idle(self) -> None:
+        """Return once no job is tracked (every job finished, timed out, was not found or was removed)."""
+        await self._idle.wait()
+
+    def stop(self) -> None:
+        """Stop intake and dispatch; :meth:`run` drains what is in flight and returns."""
+        self._stopping = True
+        self._wake.set()
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _push(self, tracked: _Tracked, due: float) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), tracked))
+        if self._heap[0][2] is tracked:
+            self._wake.set()  # earlier than what the dispatcher sleeps for
+
+    def _check_idle(self) -> None:
+        if not self._jobs:
+            self._idle.set()
+
+    def _jittered(self, delay: float) -> float:
+        j = self.settings.jitter
+        if j:
+            delay *= self._rng.uniform(1 - j, 1 + j)
+        return max(self.settings.min_interval, delay)
+
+    def _reschedule(self, tracked: _Tracked, delay: float) -> None:
+        if tracked.removed:
+            return
+        due = min(self._clock() + delay, tracked.deadline)
+        self._push(tracked, due)
+
+    def _finish(self, tracked: _Tracked) -> None:
+        if self._jobs.get(tracked.job_id) is tracked:
+            del self._jobs[tracked.job_id]
+        tracked.removed = True
+        self._check_idle()
+
+    async def run(self) -> None:
+        """Dispatch until :meth:`stop`; then drain polls in flight for up to ``settings.drain`` seconds."""
+        try:
+            await self._dispatch()
+        finally:
+            await self._drain()
+
+    async def _dispatch(self) -> None:
+        heap = self._heap
+        while not self._stopping:
+            now = self._clock()
+            wait = None
+            if self._paused_until > now:
+                wait = self._paused_until - now
+            elif not heap:
+                wait = None
+            else:
+                due, _, tracked = heap[0]
+                if tracked.removed:
+                    heapq.heappop(heap)
+                    continue
+                if due > now:
+                    wait = due - now
+                else:
+                    heapq.heappop(heap)
+                    await self._start_poll(tracked, due)
+                    continue
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _start_poll(self, tracked: _Tracked, due: float) -> None:
+        await self._slots.acquire()
+        try:
+            await self.limiter.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+        if tracked.removed or self._stopping:
+            self._slots.release()
+            if not tracked.removed:
+                self._push(tracked, due)
+            return
+        lag = self._clock() - due
+        self.stats.lag = lag
+        self._warn_lag(lag)
+        task = asyncio.create_task(self._poll(tracked), name=f"poll:{tracked.job_id}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._poll_done)
+
+    def _poll_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # _poll catches everything it expects; this is a bug, but it must not kill the scheduler.
+            logger.error("poll task %s crashed", task.get_name(), exc_info=task.exception())
+
+    def _warn_lag(self, lag: float) -> None:
+        threshold = max(1.0, self.settings.interval / 2)
+        now = self._clock()
+        if lag > threshold and now - self._last_lag_warning >= _LAG_WARN_EVERY:
+            self._last_lag_warning = now
+            logger.warning(
+                "polling is %.1fs behind schedule: %d jobs need more than %.3g requests/s; "
+                "every job's interval is stretched evenly (raise rate or interval)",
+                lag,
+                len(self._jobs),
+                self.limiter.effective_rate,
+            )
+
+    async def _drain(self) -> None:
+        if self._in_flight:
+            _done, pending = await asyncio.wait(set(self._in_flight), timeout=self.settings.drain)
+            for task in pending:
+                logger.warning("cancelling poll %s still running after %.1fs", task.get_name(), self.settings.drain)
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    def _count(self, outcome: str) -> None:
+        self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+
+    async def _emit(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.stats.events += 1
+            await self._publish(event)
+
+    def _context(self, tracked: _Tracked) -> JobContext:
+        return JobContext(self.project_id, tracked.job_id, tracked.labels)
+
+    def _event(self, tracked: _Tracked, kind: EventType, *, detail: str | None, key: str | None = None) -> Event:
+        last = tracked.last
+        return Event(
+            id=event_id(self.project_id, tracked.job_id, None, kind.value, key),
+            type=kind,
+            time=datetime.now(UTC),
+            project_id=self.project_id,
+            job_id=tracked.job_id,
+            job_type=(last.type or None) if last else None,
+            phase=last.phase.value if last else None,
+            reason=(last.reason or None) if last else None,
+            resource_name=(last.resource_name or None) if last else None,
+            cluster_id=(last.cluster_id or None) if last else None,
+            labels=tracked.labels,
+            detail=detail,
+        )
+
+    async def _poll(self, tracked: _Tracked) -> None:
+        self.stats.polls += 1
+        try:
+            job = await self._client.get_job(tracked.job_id, slot_acquired=True)
+        except NotFoundError as exc:
+            self._count("not_found")
+            await self._on_not_found(tracked, exc)
+        except AuthError as exc:
+            self._count("auth_failed")
+            await self._on_auth_failed(tracked, exc)
+        except ThrottledError as exc:
+            self._count("throttled")
+            retry = exc.retry_after or 0.0
+            self._reschedule(tracked, max(self.settings.min_interval, retry) + self._rng.uniform(0, 1))
+        except MonitorError as exc:
+            self._count("error")
+            await self._on_error(tracked, exc)
+        except Exception as exc:  # a bug below us; keep polling the job, loudly
+            self._count("error")
+            logger.exception("job %s: unexpected error while polling", tracked.job_id)
+            await self._on_error(tracked, exc)
+        else:
+            self._count("ok")
+            await self._on_snapshot(tracked, job)
+        if not tracked.removed and self._clock() >= tracked.deadline:
+            await self._emit([self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())])
+            self._finish(tracked)
+
+    def _timeout_detail(self) -> str:
+        return f"not finished after {self.settings.job_timeout:g}s"
+
+    async def _on_snapshot(self, tracked: _Tracked, job: Job) -> None:
+        now = self._clock()
+        s = self.settings
+        self._auth_ok()
+        events: list[Event] = []
+        if tracked.failures >= s.failure_threshold:
+            events.append(
+                self._event(
+                    tracked,
+                    EventType.JOB_RECOVERED,
+                    detail=f"polling works again after {tracked.failures} failures",
+                    key=str(tracked.failures) + ":" + job.updated.raw,
+                )
+            )
+        tracked.failures = 0
+        tracked.not_found = 0
+        previous = tracked.last
+        changes = detect(previous, job, self._context(tracked), datetime.now(UTC))
+        if progressed(previous, job):
+            tracked.last_progress = now
+            tracked.stalled = False
+        tracked.last = job
+        events.extend(changes)
+        if changes:
+            tracked.delay = s.interval
+        else:
+            tracked.delay = min(s.max_interval, tracked.delay * s.backoff)
+            if not tracked.stalled and now - tracked.last_progress >= s.stall_after:
+                tracked.stalled = True
+                events.append(
+                    self._event(
+                        tracked,
+                        EventType.JOB_STALLED,
+                        detail=f"phase {job.phase.value} unchanged for {now - tracked.last_progress:.0f}s",
+                        key=job.phase.value + ":" + job.updated.raw,
+                    )
+                )
+        if job.is_terminal:
+            self._finish(tracked)
+        else:
+            self._reschedule(tracked, self._jittered(tracked.delay))
+        await self._emit(events)
+
+    async def _on_not_found(self, tracked: _Tracked, exc: NotFoundError) -> None:
+        now = self._clock()
+        s = self.settings
+        if tracked.not_found == 0:
+            tracked.first_not_found = now
+        tracked.not_found += 1
+        self._auth_ok()
+        if tracked.not_found >= s.not_found_count and now - tracked.first_not_found >= s.not_found_grace:
+            self._finish(tracked)
+            detail = f"{tracked.not_found} consecutive 404s over {now - tracked.first_not_found:.0f}s: {exc}"
+            await self._emit([self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)])
+            return
+        # Spread the confirming polls over the grace period.
+        delay = max(s.not_found_grace / s.not_found_count, s.min_interval)
+        self._reschedule(tracked, self._jittered(min(delay, s.interval)))
+
+    async def _on_error(self, tracked: _Tracked, exc: BaseException) -> None:
+        s = self.settings
+        tracked.failures += 1
+        ceiling = min(s.error_backoff_max, s.error_backoff * 2 ** min(tracked.failures - 1, 30))
+        delay = max(s.min_interval, self._rng.uniform(0, ceiling))  # full jitter
+        self._reschedule(tracked, delay)
+        logger.info(
+            "job %s: poll failed (%d in a row), next try in %.1fs: %s", tracked.job_id, tracked.failures, delay, exc
+        )
+        if tracked.failures == s.failure_threshold:
+            await self._emit(
+                [
+                    self._event(
+                        tracked,
+                        EventType.JOB_POLL_FAILED,
+                        detail=f"{tracked.failures} polls failed in a row; last: {exc}",
+                        key=str(int(time.time())),
+                    )
+                ]
+            )
+
+    def _auth_ok(self) -> None:
+        if self._auth_episode:
+            logger.info("authentication works again; polling resumes")
+        self._auth_episode = False
+        self._auth_delay = self.settings.auth_backoff
+
+    async def _on_auth_failed(self, tracked: _Tracked, exc: AuthError) -> None:
+        now = self._clock()
+        s = self.settings
+        first = not self._auth_episode
+        if first or self._paused_until <= now:
+            if not first:
+                self._auth_delay = min(s.auth_backoff_max, self._auth_delay * 2)
+            self._paused_until = now + self._auth_delay
+            self._wake.set()
+            logger.error("authentication failed (%s); pausing all polling for %.0fs", exc, self._auth_delay)
+        self._auth_episode = True
+        self._reschedule(tracked, self._paused_until - now + self._rng.uniform(0, 1))
+        if first:
+            await self._emit(
+                [
+                    self._event(
+                        tracked,
+                        EventType.MONITOR_AUTH_FAILED,
+                        detail=str(exc),
+                        key=str(int(time.time())),
+                    )
+                ]
+            )

@@ -1,0 +1,117 @@
+"""The ``file`` sink: events appended to a JSON Lines file, one ``event.to_json()`` per line.
+
+Spec ``file:PATH`` (``~`` is expanded); option ``fsync`` (bool, default false) forces each line to disk.
+The file is opened by the factory, so a missing directory or a file that cannot be written fails at
+start-up as a :class:`ConfigError`. A new file is created with mode 0600 (events name jobs and clusters);
+an existing file keeps its permissions and is appended to. Writes run in a worker thread so a slow disk
+(or ``fsync``) does not stall the event loop; a failed write raises a retryable :class:`SinkError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from monitor.errors import ConfigError, SinkError
+from monitor.events import Event
+from monitor.sinks import register
+
+__all__ = ["FileSink", "FileSinkSettings", "make_file_sink"]
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSinkSettings:
+    """Parsed options of the ``file`` sink."""
+
+    path: Path
+    fsync: bool = False
+
+
+class FileSink:
+    """Appends one JSON line per event to a file opened at construction; ``aclose`` closes it."""
+
+    __slots__ = ("_fd", "_pending", "name", "settings")
+
+    def __init__(self, settings: FileSinkSettings) -> None:
+        """Open (or create, mode 0600) the file for appending; raises :class:`ConfigError` if impossible."""
+        self.settings = settings
+        self.name = f"file:{settings.path}"
+        path = settings.path
+        if not path.parent.is_dir():
+            raise ConfigError(f"file sink: directory {path.parent} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"file sink: {path} is a directory")
+        try:
+            self._fd: int | None = os.open(path, _FLAGS, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"file sink: cannot open {path}: {exc.strerror or exc}") from exc
+        # The write in flight in the worker thread; aclose waits for it so the descriptor is not closed
+        # (and possibly reused) under it, even when the sending task was cancelled.
+        self._pending: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"FileSink(path={str(self.settings.path)!r}, fsync={self.settings.fsync})"
+
+    def _write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if self.settings.fsync:
+            os.fsync(fd)
+
+    async def send(self, event: Event) -> None:
+        """Append one line (and fsync it if configured)."""
+        fd = self._fd
+        if fd is None:
+            raise SinkError(f"{self.name}: sink is closed", retryable=False)
+        data = event.to_json() + b"\n"
+        await self._settle()
+        future = asyncio.get_running_loop().run_in_executor(None, self._write, fd, data)
+        self._pending = future
+        try:
+            await asyncio.shield(future)
+        except OSError as exc:
+            raise SinkError(f"{self.name}: write failed: {exc.strerror or exc}", retryable=True) from exc
+        finally:
+            if future.done():
+                self._pending = None
+
+    async def _settle(self) -> None:
+        """Wait for a write left running by a cancelled ``send``; its outcome was already given up on."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.shield(pending)
+
+    async def aclose(self) -> None:
+        """Wait for a write still in flight, then close the file."""
+        await self._settle()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _parse(target: str | None, options: Mapping[str, object]) -> FileSinkSettings:
+    if not target or not target.strip():
+        raise ConfigError("file sink: a path is required, e.g. file:/var/log/cce-monitor.jsonl")
+    unknown = sorted(set(options) - {"fsync"})
+    if unknown:
+        raise ConfigError(f"file sink: unknown option {unknown[0]!r} (known: fsync)")
+    fsync = options.get("fsync", False)
+    if not isinstance(fsync, bool):
+        raise ConfigError(f"file sink: option 'fsync' must be true or false, got {fsync!r}")
+    return FileSinkSettings(path=Path(target).expanduser(), fsync=fsync)
+
+
+@register("file")
+def make_file_sink(target: str | None, options: Mapping[str, object]) -> FileSink:
+    """Factory for ``file:PATH``: parses the options and opens the file."""
+    return FileSink(_parse(target, options))

@@ -1,0 +1,120 @@
+"""Our one rate limiter: asyncio-throttle's sliding-window log, behind a small adaptive front.
+
+asyncio-throttle's ``Throttler`` admits at most ``rate_limit`` acquisitions in any ``period`` — exactly the
+"no 1-second window above the rate" property we promise CCE — but each waiter polls every ``retry_interval``.
+So the rule here is: **few, fixed waiters**. The scheduler has one dispatcher that acquires, then starts the
+request; a sink has one task. Nothing acquires per job.
+
+On top of it, :class:`RateLimiter` adapts to the server: :meth:`throttled` (a 429) halves the effective rate
+(down to a floor) and, with a ``Retry-After``, holds every acquisition until it has passed; each
+:meth:`succeeded` call after a quiet period raises the rate again by a tenth of the configured rate
+(additive increase, multiplicative decrease), never above what was configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+
+from asyncio_throttle.throttler import Throttler
+
+__all__ = ["RateLimiter"]
+
+_MIN_FRACTION = 0.05
+_RECOVER_STEP = 0.1
+
+
+def _window(rate: float, burst: int | None) -> tuple[int, float]:
+    """``(count, period)`` for a sliding window that admits ``rate`` per second on average.
+
+    With an integer rate of at least one per second the window is one second (so no 1-second window is ever
+    over the rate); slower or fractional rates use one request per ``1/rate`` seconds. ``burst`` widens the
+    window to ``burst`` requests per ``burst/rate`` seconds.
+    """
+    if burst is not None and burst >= 1:
+        return burst, burst / rate
+    if rate >= 1 and float(rate).is_integer():
+        return int(rate), 1.0
+    return 1, 1.0 / rate
+
+
+class RateLimiter:
+    """An adaptive rate limit over one resource (all requests to CCE, or one webhook endpoint)."""
+
+    __slots__ = (
+        "_burst",
+        "_clock",
+        "_hold_until",
+        "_last_change",
+        "_throttler",
+        "configured_rate",
+        "effective_rate",
+        "throttled_count",
+        "waited_seconds",
+    )
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: int | None = None,
+        retry_interval: float = 0.01,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not rate > 0 or math.isinf(rate):
+            raise ValueError(f"rate must be a positive number, got {rate!r}")
+        self.configured_rate = float(rate)
+        self.effective_rate = float(rate)
+        self._burst = burst
+        count, period = _window(rate, burst)
+        self._throttler = Throttler(rate_limit=count, period=period, retry_interval=retry_interval)
+        self._clock = clock
+        self._hold_until = 0.0
+        self._last_change = clock()
+        self.throttled_count = 0
+        self.waited_seconds = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the server has pushed the rate below what was configured."""
+        return self.effective_rate < self.configured_rate
+
+    async def acquire(self) -> None:
+        """Wait for a slot. Call from a fixed, small number of tasks (see the module docstring)."""
+        start = self._clock()
+        hold = self._hold_until - start
+        if hold > 0:
+            await asyncio.sleep(hold)
+        await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        self.waited_seconds += self._clock() - start
+
+    def _set_rate(self, rate: float) -> None:
+        self.effective_rate = rate
+        count, period = _window(rate, self._burst if rate == self.configured_rate else None)
+        self._throttler.rate_limit = count
+        self._throttler.period = period
+        self._last_change = self._clock()
+
+    def throttled(self, retry_after: float | None = None) -> None:
+        """The server answered 429: slow down, and hold everything for ``retry_after`` seconds if given."""
+        self.throttled_count += 1
+        now = self._clock()
+        if retry_after is not None and retry_after > 0:
+            self._hold_until = max(self._hold_until, now + retry_after)
+        # One halving per period of the current rate, so a burst of 429s from requests already in
+        # flight does not collapse the rate to the floor at once.
+        if now - self._last_change >= 1.0 or self.effective_rate == self.configured_rate:
+            floor = self.configured_rate * _MIN_FRACTION
+            self._set_rate(max(floor, self.effective_rate / 2))
+
+    def succeeded(self) -> None:
+        """A request went through: after a quiet period, recover a step toward the configured rate."""
+        if self.effective_rate >= self.configured_rate:
+            return
+        now = self._clock()
+        quiet = max(1.0, 1.0 / self.effective_rate)
+        if now - self._last_change >= quiet and now >= self._hold_until:
+            step = self.configured_rate * _RECOVER_STEP
+            self._set_rate(min(self.configured_rate, self.effective_rate + step))

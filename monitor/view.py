@@ -1,0 +1,139 @@
+"""The live terminal view of ``cce-monitor watch``: every job's phase and sub-job progress, drawn with rich.
+
+The view is just another bus subscriber: it keeps a small row per job from the events it receives and redraws
+from an asyncio task four times a second (rich's own refresh thread is not used, so nothing touches the view
+off the event loop). Notable events — a job finishing or failing, polls failing, auth failing, stalls — are also
+printed above the table, so the scrollback keeps a record after the view closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from monitor.events import Event, EventType
+
+__all__ = ["LiveView"]
+
+_STYLES = {"Success": "green", "Failed": "bold red", "Running": "cyan", "Initializing": "yellow"}
+_ORDER = {"Failed": 0, "Running": 1, "Initializing": 2}
+_NOTABLE = {
+    EventType.JOB_TIMED_OUT,
+    EventType.JOB_STALLED,
+    EventType.JOB_NOT_FOUND,
+    EventType.JOB_POLL_FAILED,
+    EventType.JOB_RECOVERED,
+    EventType.MONITOR_AUTH_FAILED,
+}
+
+
+@dataclass(slots=True)
+class _Row:
+    job_id: str
+    job_type: str = ""
+    phase: str = "waiting"
+    note: str = ""
+    sub_phases: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
+
+
+class LiveView:
+    """Use as ``async with LiveView(job_ids) as view:`` and subscribe ``view.on_event`` to the bus."""
+
+    def __init__(self, job_ids: list[str], *, console: Console | None = None, title: str = "cce-monitor") -> None:
+        self.console = console or Console()
+        self.title = title
+        self._rows: dict[str, _Row] = {job_id: _Row(job_id) for job_id in job_ids}
+        self._seq = 0
+        self._live: Live | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def on_event(self, event: Event) -> None:
+        """Bus callback: update the job's row, print notable events above the table."""
+        row = self._rows.setdefault(event.job_id, _Row(event.job_id))
+        self._seq += 1
+        row.seq = self._seq
+        if event.job_type:
+            row.job_type = event.job_type
+        if event.type is EventType.SUBJOB_PHASE_CHANGED and event.subjob_id and event.phase:
+            row.sub_phases[event.subjob_id] = event.phase
+        elif event.type is EventType.JOB_PHASE_CHANGED and event.phase:
+            row.phase = event.phase
+            row.note = event.reason or ""
+            if event.phase in ("Success", "Failed"):
+                self._print(event)
+        elif event.type in _NOTABLE:
+            if event.type in (EventType.JOB_TIMED_OUT, EventType.JOB_NOT_FOUND):
+                row.phase = event.type.value.removeprefix("job.")
+            row.note = event.detail or ""
+            self._print(event)
+
+    def _print(self, event: Event) -> None:
+        style = _STYLES.get(event.phase or "", "magenta") if event.type is EventType.JOB_PHASE_CHANGED else "magenta"
+        what = event.phase if event.type is EventType.JOB_PHASE_CHANGED else event.type.value
+        text = Text.assemble(
+            (event.time.strftime("%H:%M:%S "), "dim"), (f"{event.job_id} ", "bold"), (what or "", style)
+        )
+        extra = event.reason or event.detail
+        if extra:
+            text.append(f"  {extra}", style="dim")
+        self.console.print(text)
+
+    def render(self) -> RenderableType:
+        rows = list(self._rows.values())
+        counts = Counter(r.phase for r in rows)
+        done = sum(counts[p] for p in ("Success", "Failed", "timed_out", "not_found"))
+        summary = Text(f"{self.title}  {done}/{len(rows)} finished  ", style="bold")
+        for phase, n in sorted(counts.items()):
+            summary.append(f"{phase} {n}  ", style=_STYLES.get(phase, "magenta"))
+        table = Table(expand=True, show_edge=False, pad_edge=False)
+        table.add_column("job", no_wrap=True)
+        table.add_column("type", no_wrap=True)
+        table.add_column("phase", no_wrap=True)
+        table.add_column("sub-jobs", no_wrap=True)
+        table.add_column("reason / detail", overflow="ellipsis", no_wrap=True, ratio=1)
+        limit = max(5, self.console.size.height - 6)
+        ordered = sorted(rows, key=lambda r: (_ORDER.get(r.phase, 3), -r.seq))
+        for row in ordered[:limit]:
+            subs = row.sub_phases.values()
+            sub_done = sum(1 for p in subs if p == "Success")
+            sub_text = f"{sub_done}/{len(row.sub_phases)}" if row.sub_phases else ""
+            table.add_row(
+                row.job_id,
+                row.job_type,
+                Text(row.phase, style=_STYLES.get(row.phase, "magenta")),
+                sub_text,
+                row.note,
+            )
+        hidden = len(ordered) - limit
+        parts: list[RenderableType] = [summary, ProgressBar(total=max(1, len(rows)), completed=done), table]
+        if hidden > 0:
+            parts.append(Text(f"… and {hidden} more jobs", style="dim"))
+        return Group(*parts)
+
+    async def _refresh(self) -> None:
+        assert self._live is not None
+        while True:
+            self._live.update(self.render(), refresh=True)
+            await asyncio.sleep(0.25)
+
+    async def __aenter__(self) -> LiveView:
+        self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
+        self._live.start()
+        self._task = asyncio.create_task(self._refresh(), name="live-view")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])  # never swallow a cancellation of our own caller
+        if self._live is not None:
+            self._live.update(self.render(), refresh=True)
+            self._live.stop()

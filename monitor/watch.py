@@ -1,0 +1,120 @@
+"""Watch a set of jobs to the end: scheduler → bus → sinks, with a structured shutdown.
+
+:func:`watch` is what ``cce-monitor watch`` and ``cce-monitor demo`` run. It returns when every job has reached
+a final outcome (Success, Failed, timed out, not found) or when ``stop`` is set (a signal). Either way it stops
+polling, lets polls in flight finish, drains every sink's queue within the deadline, closes the sinks and only
+then returns — so the exit code is decided after the sinks are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from monitor.bus import Bus, Callback, EventFilter
+from monitor.client import CCEClient
+from monitor.events import Event, EventType
+from monitor.scheduler import Scheduler, SchedulerSettings
+from monitor.sinks import Sink
+
+__all__ = ["Outcome", "SinkBinding", "WatchResult", "watch"]
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """How watching one job ended."""
+
+    SUCCESS = "Success"
+    FAILED = "Failed"
+    TIMED_OUT = "timed_out"
+    NOT_FOUND = "not_found"
+    UNFINISHED = "unfinished"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBinding:
+    """A sink and the events it wants."""
+
+    sink: Sink
+    filter: EventFilter = field(default_factory=EventFilter)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchResult:
+    outcomes: Mapping[str, Outcome]
+    interrupted: bool
+
+    @property
+    def exit_code(self) -> int:
+        """0 all Success; 1 any Failed, timed out, not found or unfinished; 130 interrupted by a signal."""
+        if self.interrupted:
+            return 130
+        return 0 if all(o is Outcome.SUCCESS for o in self.outcomes.values()) else 1
+
+
+class _Outcomes:
+    """A bus subscriber that records each job's final outcome."""
+
+    __slots__ = ("outcomes",)
+
+    def __init__(self, job_ids: Sequence[str]) -> None:
+        self.outcomes: dict[str, Outcome] = dict.fromkeys(job_ids, Outcome.UNFINISHED)
+
+    def __call__(self, event: Event) -> None:
+        if event.type is EventType.JOB_PHASE_CHANGED and event.phase in ("Success", "Failed"):
+            self.outcomes[event.job_id] = Outcome(event.phase)
+        elif event.type is EventType.JOB_TIMED_OUT:
+            self.outcomes[event.job_id] = Outcome.TIMED_OUT
+        elif event.type is EventType.JOB_NOT_FOUND:
+            self.outcomes[event.job_id] = Outcome.NOT_FOUND
+
+
+async def watch(
+    job_ids: Sequence[str],
+    *,
+    client: CCEClient,
+    settings: SchedulerSettings,
+    sinks: Sequence[SinkBinding] = (),
+    observers: Sequence[Callback] = (),
+    labels: Mapping[str, str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> WatchResult:
+    """Poll ``job_ids`` until each is final or ``stop`` is set; deliver events to sinks and observers."""
+    stop = stop or asyncio.Event()
+    tracker = _Outcomes(job_ids)
+    interrupted = False
+    try:
+        async with Bus() as bus:
+            for binding in sinks:
+                bus.subscribe(binding.sink.send, binding.filter, name=binding.sink.name)
+            for observer in observers:
+                bus.subscribe(observer)
+            bus.subscribe(tracker, name="outcomes")
+            scheduler = Scheduler(client, bus.publish, settings)
+            scheduler.add_many(job_ids, labels)
+            async with asyncio.TaskGroup() as tg:
+                runner = tg.create_task(scheduler.run(), name="scheduler")
+                idle = tg.create_task(scheduler.wait_idle(), name="wait-idle")
+                stopped = tg.create_task(stop.wait(), name="wait-stop")
+                await asyncio.wait({idle, stopped, runner}, return_when=asyncio.FIRST_COMPLETED)
+                interrupted = stop.is_set() and not idle.done()
+                if interrupted:
+                    logger.info("stopping: %d jobs still tracked", len(scheduler))
+                scheduler.stop()
+                idle.cancel()
+                stopped.cancel()
+            await bus.aclose(settings.drain)
+    finally:
+        await asyncio.gather(*(_close_sink(b.sink) for b in sinks))
+    return WatchResult(tracker.outcomes, interrupted)
+
+
+async def _close_sink(sink: Sink) -> None:
+    try:
+        await sink.aclose()
+    except Exception as exc:
+        logger.error("sink %s failed to close: %s", sink.name, exc)
