@@ -1,8 +1,8 @@
 """The ``cce-monitor`` command line. The only place that configures logging or touches signals.
 
-Exit codes (every command): 0 success; 1 a job Failed, timed out or was not found (``watch``), or an API error
-(``get``); 2 usage or configuration error, with one line naming the problem; 130 interrupted (SIGINT/SIGTERM),
-after the sinks were flushed.
+Exit codes: 0 success; 1 a job Failed, timed out or was not found (``watch``), or an API error (``get``);
+2 usage or configuration error, with one line naming the problem; 130 ``watch``/``demo`` interrupted
+(SIGINT/SIGTERM), after the sinks were flushed. ``simulate`` is a server: a signal is its normal end (0).
 
 Credentials are never taken from flags (they would show in ``ps`` and shell history): only from the
 environment (``CCE_AUTH_TOKEN``; ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK``; ``CCE_IAM_USER`` +
@@ -385,7 +385,7 @@ def simulate(**opts: Any) -> None:
             raise server.exception()  # type: ignore[misc]
 
     try:
-        _run(main)
+        _run(main)  # a signal is how a server is told to stop: exit 0
     except OSError as exc:
         _fail(f"cannot serve on {opts['host']}:{opts['port']}: {exc.strerror}", 1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -73,6 +73,11 @@ class Event:
     cluster_id: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     detail: str | None = None
+
+    def __post_init__(self) -> None:
+        # Always UTC, so that ``to_json`` writes RFC 3339 with "Z" whatever clock made the time.
+        if self.time.tzinfo is None or self.time.utcoffset() != timedelta(0):
+            object.__setattr__(self, "time", self.time.astimezone(UTC))
 
     def to_dict(self) -> dict[str, Any]:
         """The event as plain JSON types (what ``to_json`` writes)."""

@@ -73,7 +73,7 @@ _KNOWN_PHASES = frozenset(p.value for p in Phase)
 
 _GO_TIME_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"\s*(?:([+-])(\d{2}):?(\d{2})|Z)?(?:\s+[A-Za-z][A-Za-z0-9+-]*)?$"
+    r"\s*(?:([+-])(\d{2}):?(\d{2})|Z)?(?:\s+[A-Za-z+-][A-Za-z0-9+-]*)?$"
 )
 
 

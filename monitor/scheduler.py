@@ -93,29 +93,28 @@ class SchedulerSettings:
     drain: float = 10.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "rate": self.rate > 0,
-            "max_in_flight": self.max_in_flight >= 1,
-            "interval": self.interval > 0,
-            "min_interval": 0 < self.min_interval <= self.interval,
-            "max_interval": self.max_interval >= self.interval,
-            "backoff": self.backoff >= 1,
-            "jitter": 0 <= self.jitter < 1,
-            "initial_delay": self.initial_delay >= 0,
-            "job_timeout": self.job_timeout > 0,
-            "stall_after": self.stall_after > 0,
-            "not_found_grace": self.not_found_grace >= 0,
-            "not_found_count": self.not_found_count >= 1,
-            "failure_threshold": self.failure_threshold >= 1,
-            "error_backoff": self.error_backoff > 0,
-            "error_backoff_max": self.error_backoff_max >= self.error_backoff,
-            "auth_backoff": self.auth_backoff > 0,
-            "auth_backoff_max": self.auth_backoff_max >= self.auth_backoff,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            raise ConfigError(f"scheduler setting {name}={getattr(self, name)!r} is out of range")
+        checks = [
+            ("rate", self.rate > 0, "must be > 0"),
+            ("max_in_flight", self.max_in_flight >= 1, "must be >= 1"),
+            ("interval", self.interval > 0, "must be > 0"),
+            ("min_interval", 0 < self.min_interval <= self.interval, f"must be > 0 and <= interval ({self.interval})"),
+            ("max_interval", self.max_interval >= self.interval, f"must be >= interval ({self.interval})"),
+            ("backoff", self.backoff >= 1, "must be >= 1"),
+            ("jitter", 0 <= self.jitter < 1, "must be in [0, 1)"),
+            ("initial_delay", self.initial_delay >= 0, "must be >= 0"),
+            ("job_timeout", self.job_timeout > 0, "must be > 0"),
+            ("stall_after", self.stall_after > 0, "must be > 0"),
+            ("not_found_grace", self.not_found_grace >= 0, "must be >= 0"),
+            ("not_found_count", self.not_found_count >= 1, "must be >= 1"),
+            ("failure_threshold", self.failure_threshold >= 1, "must be >= 1"),
+            ("error_backoff", self.error_backoff > 0, "must be > 0"),
+            ("error_backoff_max", self.error_backoff_max >= self.error_backoff, "must be >= error_backoff"),
+            ("auth_backoff", self.auth_backoff > 0, "must be > 0"),
+            ("auth_backoff_max", self.auth_backoff_max >= self.auth_backoff, "must be >= auth_backoff"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"polling.{name} = {getattr(self, name)!r} {rule}")
 
 
 @dataclass(slots=True)

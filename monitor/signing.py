@@ -34,6 +34,7 @@ __all__ = [
 ALGORITHM = "SDK-HMAC-SHA256"
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_CONTENT_HEADER = "x-sdk-content-sha256"
 
 
 def format_sdk_date(when: datetime | None = None) -> str:
@@ -70,7 +71,11 @@ def _canonical_request(
 ) -> str:
     lowered = {name.lower(): str(value).strip() for name, value in headers.items()}
     canonical_headers = "".join(f"{name}:{lowered.get(name, '')}\n" for name in signed)
-    payload_hash = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
+    if not body:
+        payload_hash = _EMPTY_SHA256
+    else:
+        # A signed X-Sdk-Content-Sha256 (e.g. UNSIGNED-PAYLOAD) stands in for the body's hash, as in the vendor SDK.
+        payload_hash = lowered.get(_CONTENT_HEADER) or hashlib.sha256(body).hexdigest()
     return "\n".join(
         [
             method.upper(),

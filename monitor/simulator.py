@@ -461,6 +461,8 @@ class Simulator:
         self._counters = _Counters()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.endpoint: str | None = None
+        """``http://host:port`` once started."""
         self.app = self._build_app()
 
     def __repr__(self) -> str:
@@ -985,6 +987,7 @@ class Simulator:
         await web.TCPSite(runner, host, port).start()
         bound_port = runner.addresses[0][1]
         endpoint = f"http://{host}:{bound_port}"
+        self.endpoint = endpoint
         logger.info("simulator: serving CCE jobs API on %s", endpoint)
         return endpoint
 
