@@ -192,7 +192,7 @@ def _expand(node: object, path: str, env: Mapping[str, str]) -> object:
     if isinstance(node, dict):
         return {k: _expand(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, f"{path}[{i}]", env) for i, v in enumerate(node)]
+        return [_expand(v, f"{path}.{i}", env) for i, v in enumerate(node)]
     if isinstance(node, str):
         match = _ENV_REF.match(node.strip())
         key = path.rsplit(".", 1)[-1]
@@ -230,7 +230,10 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
-    expanded = _expand(raw, "", os.environ if env is None else env)
+    try:
+        expanded = _expand(raw, "", os.environ if env is None else env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
     try:
         return Config.model_validate(expanded)
     except ValidationError as exc:

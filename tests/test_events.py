@@ -117,13 +117,21 @@ def test_unserializable_value_is_a_type_error() -> None:
         event.to_json()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Event.to_json writes a non-UTC aware time with its own offset ('+08:00'), not converted to UTC 'Z'",
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 11, 28, 14, 41, 0, tzinfo=timezone(timedelta(hours=8))),
+        datetime(2026, 11, 28, 1, 11, 0, tzinfo=timezone(-timedelta(hours=5, minutes=30))),
+        datetime(2026, 11, 28, 6, 41, 0, tzinfo=timezone(timedelta(0), "GMT")),
+    ],
 )
-def test_time_in_another_zone_is_written_in_utc() -> None:
-    event = make_event(time=datetime(2026, 11, 28, 14, 41, 0, tzinfo=timezone(timedelta(hours=8))))
+def test_time_in_another_zone_is_written_in_utc(when: datetime) -> None:
+    # Regression: a non-UTC aware time used to be written with its own offset ("+08:00").
+    event = make_event(time=when)
     assert event.to_dict()["time"] == "2026-11-28T06:41:00Z"
+    assert event.time == WHEN
+    assert event.time.utcoffset() == timedelta(0)
+    assert event == make_event(time=WHEN)
 
 
 def test_frozen() -> None:

@@ -155,14 +155,10 @@ def test_authorization_requires_host_and_date(missing: str) -> None:
         authorization(AK, SK, method="GET", path="/", headers=headers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: authorization() hashes the body even when X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD is signed; "
-    "the vendor signer uses the literal header value as the payload hash",
-)
 def test_unsigned_payload_header_matches_vendor() -> None:
     # The vendor SDK adds this header itself for any Content-Type other than JSON/BSON, then signs the literal
     # "UNSIGNED-PAYLOAD" instead of the body's hash. Here both sides get the very same header set.
+    # (Regression: our signer used to hash the body regardless.)
     headers = {"X-Sdk-Date": SDK_DATE, "Content-Type": "text/plain", "X-Sdk-Content-Sha256": "UNSIGNED-PAYLOAD"}
     body = b"plain text body"
     expected = vendor_authorization("POST", "/v3/upload", [], headers, body)
@@ -188,6 +184,7 @@ _header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), 
     extra=st.dictionaries(_header_names, _header_values, max_size=4),
     body=st.binary(max_size=200) | st.text(max_size=100).map(str.encode),
     sk=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40),
+    unsigned_payload=st.booleans(),
 )
 def test_random_requests_match_vendor_signer(
     method: str,
@@ -197,11 +194,14 @@ def test_random_requests_match_vendor_signer(
     extra: dict[str, str],
     body: bytes,
     sk: str,
+    unsigned_payload: bool,
 ) -> None:
     path = "/" + "/".join(segments) + ("/" if trailing_slash and segments else "")
     if "Content-Type" in extra:
-        # Any other content type makes the vendor add X-Sdk-Content-Sha256 (see the xfail test above).
+        # Any other content type makes the vendor add X-Sdk-Content-Sha256 itself; pass it explicitly instead.
         extra["Content-Type"] = "application/json"
+    if unsigned_payload:
+        extra["X-Sdk-Content-Sha256"] = "UNSIGNED-PAYLOAD"
     headers = {"X-Sdk-Date": SDK_DATE, **extra}
     expected = vendor_authorization(method, path, query, headers, body, sk=sk)
     assert ours(method, path, query, headers, body, sk=sk) == expected
