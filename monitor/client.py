@@ -19,6 +19,7 @@ the first slot itself (its dispatcher is the limiter's only waiter) and says so 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from dataclasses import dataclass
 
@@ -69,8 +70,10 @@ class ClientSettings:
         if url.query_string or url.fragment or url.user or url.password:
             raise ConfigError("endpoint must not carry a query, fragment or credentials")
         validate_id(self.project_id, "project id")
-        if self.connect_timeout <= 0 or self.total_timeout <= 0:
-            raise ConfigError("timeouts must be positive")
+        for name in ("connect_timeout", "total_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
 
@@ -114,6 +117,12 @@ class CCEClient:
                 timeout=self._timeout,
                 headers={"User-Agent": _user_agent()},
             )
+            # aiohttp silently re-sends an idempotent request once when a kept-alive connection drops. That
+            # request would bypass our rate limit (one slot, two requests to CCE) and hide the failure; we
+            # retry through the scheduler instead. No public switch exists; tests/test_client.py notices if
+            # this private one stops working.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     async def __aenter__(self) -> CCEClient:
@@ -154,7 +163,8 @@ class CCEClient:
                 status = resp.status
                 request_id = resp.headers.get("X-Request-Id")
                 length = resp.content_length
-                if length is not None and length <= _MAX_BODY:
+                # Content-Length is the compressed size when a body is encoded, so only trust it when not.
+                if length is not None and length <= _MAX_BODY and "Content-Encoding" not in resp.headers:
                     body = await resp.read()
                 else:
                     body = await _read_limited(resp, request_id)

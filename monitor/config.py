@@ -35,7 +35,7 @@ _SECRET_KEYS = {"token", "sk", "password", "secret"}
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PasswordConfig(_Model):

@@ -75,8 +75,11 @@ class Event:
     detail: str | None = None
 
     def __post_init__(self) -> None:
-        # Always UTC, so that ``to_json`` writes RFC 3339 with "Z" whatever clock made the time.
-        if self.time.tzinfo is None or self.time.utcoffset() != timedelta(0):
+        # Always UTC, so that ``to_json`` writes RFC 3339 with "Z" whatever clock made the time; a naive
+        # time is taken to be UTC already (as datetime.utcnow() gives), not local time.
+        if self.time.tzinfo is None:
+            object.__setattr__(self, "time", self.time.replace(tzinfo=UTC))
+        elif self.time.utcoffset() != timedelta(0):
             object.__setattr__(self, "time", self.time.astimezone(UTC))
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -94,7 +95,7 @@ class SchedulerSettings:
 
     def __post_init__(self) -> None:
         checks = [
-            ("rate", self.rate > 0, "must be > 0"),
+            ("rate", 0 < self.rate < math.inf, "must be a finite number > 0"),
             ("max_in_flight", self.max_in_flight >= 1, "must be >= 1"),
             ("interval", self.interval > 0, "must be > 0"),
             ("min_interval", 0 < self.min_interval <= self.interval, f"must be > 0 and <= interval ({self.interval})"),

@@ -350,7 +350,7 @@ async def test_slow_answer_times_out(start_sim: StartSim) -> None:
     "(the ClientTimeout is only given to a session the client creates)",
 )
 async def test_settings_timeout_applies_to_a_supplied_session(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(p_slow=1.0, slow_seconds=1.5)
+    sim, endpoint = await start_sim(p_slow=1.0, slow_seconds=0.6)
     job_id = sim.add_job(duration=100)
     async with aiohttp.ClientSession() as session:
         client = token_client(sim, endpoint, total_timeout=0.2, session=session)
