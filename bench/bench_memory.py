@@ -125,7 +125,10 @@ async def main(args: argparse.Namespace) -> None:
         "settings": {"sizes": sizes, "job_type": "CreateNode", "sub_jobs": len(sample.sub_jobs)},
     }
     rows: list[tuple[str, object]] = [
-        (f"{s['case']} @ {s['jobs']:,}", f"{s['bytes_per_job'] / 1024:.2f} KB/job ({s['rss_growth_bytes'] / 2**20:.1f} MiB)")
+        (
+            f"{s['case']} @ {s['jobs']:,}",
+            f"{s['bytes_per_job'] / 1024:.2f} KB/job ({s['rss_growth_bytes'] / 2**20:.1f} MiB)",
+        )
         for s in stages
     ]
     rows.append(("one snapshot, deep size", f"{per_snapshot} B (body on the wire: {len(body)} B)"))

@@ -137,8 +137,10 @@ async def measure(sim: Sim, args: argparse.Namespace, trace: aiohttp.TraceConfig
             ("max 1-s window server / client", f"{server['max_window']} / {client_max} (sliding)"),
             ("server windows", " ".join(map(str, server["per_second"]))),
             ("requests, non-ok outcomes", f"{len(sent)}, {errors or 'none'}"),
-            ("settings", f"{args.jobs} jobs, interval {args.interval:g}s, {args.seconds:g}s, "
-             f"max_in_flight {args.max_in_flight}"),
+            (
+                "settings",
+                f"{args.jobs} jobs, interval {args.interval:g}s, {args.seconds:g}s, max_in_flight {args.max_in_flight}",
+            ),
         ],
     }
 

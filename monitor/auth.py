@@ -135,6 +135,8 @@ class PasswordAuth:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         url = URL(iam_endpoint)
+        if url.user or url.password:
+            raise ConfigError("IAM endpoint must not carry credentials (user:password@)")
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"IAM endpoint {iam_endpoint!r} must be an http(s) URL with a host")
         if not username or not password or not domain:
@@ -182,7 +184,10 @@ class PasswordAuth:
                 return current
             token, lifetime = await self._fetch(session)
             self._token = token
-            self._expires = self._clock() + max(0.0, lifetime - self._margin)
+            # Refresh `margin` seconds early, but never count a fresh token as expired when its whole life
+            # is shorter than the margin: then refresh at half-life.
+            usable = lifetime - self._margin if lifetime > self._margin else lifetime / 2
+            self._expires = self._clock() + usable
             return token
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[Secret, float]:
@@ -330,15 +335,19 @@ def auth_from_env(
     if ak or sk:
         return AKSKAuth(ak, Secret(sk), project_id)
     user, password = env.get(ENV_IAM_USER, "").strip(), env.get(ENV_IAM_PASSWORD, "")
-    if user or password:
+    domain = env.get(ENV_IAM_DOMAIN, "").strip()
+    if user or password or domain:
         endpoint = env.get(ENV_IAM_ENDPOINT, "").strip() or iam_endpoint
-        if not endpoint:
-            raise ConfigError(f"IAM password auth needs {ENV_IAM_ENDPOINT}")
+        present = {ENV_IAM_USER: user, ENV_IAM_PASSWORD: password, ENV_IAM_DOMAIN: domain, ENV_IAM_ENDPOINT: endpoint}
+        missing = [name for name, value in present.items() if not value]
+        if missing:
+            raise ConfigError(f"IAM password auth needs {', '.join(missing)}")
+        assert endpoint is not None
         return PasswordAuth(
             iam_endpoint=endpoint,
             username=user,
             password=Secret(password),
-            domain=env.get(ENV_IAM_DOMAIN, "").strip(),
+            domain=domain,
             project_id=project_id,
         )
     raise ConfigError(

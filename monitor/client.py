@@ -65,10 +65,12 @@ class ClientSettings:
 
     def __post_init__(self) -> None:
         url = URL(self.endpoint)
+        if url.user or url.password:
+            raise ConfigError("endpoint must not carry credentials (user:password@)")
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"endpoint {self.endpoint!r} must be an http(s) URL with a host")
-        if url.query_string or url.fragment or url.user or url.password:
-            raise ConfigError("endpoint must not carry a query, fragment or credentials")
+        if url.query_string or url.fragment:
+            raise ConfigError("endpoint must not carry a query or fragment")
         validate_id(self.project_id, "project id")
         for name in ("connect_timeout", "total_timeout"):
             value = getattr(self, name)
@@ -159,7 +161,8 @@ class CCEClient:
 
     async def _request(self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str) -> Job:
         try:
-            async with session.get(url, headers=headers) as resp:
+            # The timeout is given per request so that it also holds on a session the caller passed in.
+            async with session.get(url, headers=headers, timeout=self._timeout) as resp:
                 status = resp.status
                 request_id = resp.headers.get("X-Request-Id")
                 length = resp.content_length

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from monitor.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth
 from monitor.client import ClientSettings
@@ -42,16 +42,16 @@ class PasswordConfig(_Model):
     """IAM user name, password and domain; the token is scoped to ``project_id``."""
 
     user: str
-    password: str
+    password: SecretStr
     domain: str
 
 
 class AuthConfig(_Model):
     """Exactly one of: ``token``; ``ak`` + ``sk``; ``password``."""
 
-    token: str | None = None
+    token: SecretStr | None = None
     ak: str | None = None
-    sk: str | None = None
+    sk: SecretStr | None = None
     password: PasswordConfig | None = None
 
     @model_validator(mode="after")
@@ -110,6 +110,7 @@ class SinkConfig(BaseModel):
     target: str | None = None
     path: str | None = None
     url: str | None = None
+    secret: SecretStr | None = None
     filter: FilterConfig = FilterConfig()
 
     @property
@@ -119,7 +120,11 @@ class SinkConfig(BaseModel):
 
     @property
     def options(self) -> dict[str, object]:
-        return dict(self.model_extra or {})
+        """The sink's own options (everything but type, where and filter), secrets revealed for the factory."""
+        options: dict[str, object] = dict(self.model_extra or {})
+        if self.secret is not None:
+            options["secret"] = self.secret.get_secret_value()
+        return options
 
 
 class LoggingConfig(_Model):
@@ -172,16 +177,16 @@ class Config(_Model):
         if a is None:
             return None
         if a.token is not None:
-            return TokenAuth(Secret(a.token))
+            return TokenAuth(Secret(a.token.get_secret_value()))
         if a.ak is not None and a.sk is not None:
-            return AKSKAuth(a.ak, Secret(a.sk), self.project_id)
+            return AKSKAuth(a.ak, Secret(a.sk.get_secret_value()), self.project_id)
         assert a.password is not None
         if not self.iam_endpoint:
             raise ConfigError("iam_endpoint: required for password auth")
         return PasswordAuth(
             iam_endpoint=self.iam_endpoint,
             username=a.password.user,
-            password=Secret(a.password.password),
+            password=Secret(a.password.password.get_secret_value()),
             domain=a.password.domain,
             project_id=self.project_id,
         )
@@ -219,13 +224,19 @@ def _describe(error: ValidationError) -> str:
 
 
 def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
-    """Validate YAML text into a :class:`Config`; raises :class:`ConfigError` with one line."""
+    """Validate YAML text into a :class:`Config`; raises :class:`ConfigError` with one line.
+
+    Errors are raised outside the ``except`` blocks on purpose: the YAML and pydantic exceptions quote the
+    input, which may hold a secret, and must not ride along as ``__context__``.
+    """
+    problem: str | None = None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
+        problem = "not valid YAML" + (f" at line {mark.line + 1}" if mark is not None else "")
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -237,7 +248,8 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     try:
         return Config.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
+        problem = _describe(exc)
+    raise ConfigError(f"{source}: {problem}")
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:

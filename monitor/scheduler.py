@@ -211,12 +211,15 @@ class Scheduler:
 
         Returns ``False`` if it was already tracked or the scheduler is stopping.
         """
+        return self._add(job_id, dict(labels) if labels else _EMPTY_LABELS, previous)
+
+    def _add(self, job_id: str, labels: Mapping[str, str], previous: Job | None) -> bool:
         validate_id(job_id, "job id")
         if self._stopping or job_id in self._jobs:
             return False
         now = self._clock()
         s = self.settings
-        tracked = _Tracked(job_id, dict(labels) if labels else _EMPTY_LABELS, now, s.job_timeout, s.interval)
+        tracked = _Tracked(job_id, labels, now, s.job_timeout, s.interval)
         tracked.last = previous
         self._jobs[job_id] = tracked
         first = now + (self._rng.uniform(0, s.initial_delay) if s.initial_delay else 0.0)
@@ -225,8 +228,9 @@ class Scheduler:
         return True
 
     def add_many(self, job_ids: Iterable[str], labels: Mapping[str, str] | None = None) -> int:
-        """Track several jobs; returns how many were new."""
-        return sum(self.add(job_id, labels) for job_id in job_ids)
+        """Track several jobs (sharing one copy of ``labels``); returns how many were new."""
+        shared = dict(labels) if labels else _EMPTY_LABELS
+        return sum(self._add(job_id, shared, None) for job_id in job_ids)
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""

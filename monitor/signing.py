@@ -71,11 +71,8 @@ def _canonical_request(
 ) -> str:
     lowered = {name.lower(): str(value).strip() for name, value in headers.items()}
     canonical_headers = "".join(f"{name}:{lowered.get(name, '')}\n" for name in signed)
-    if not body:
-        payload_hash = _EMPTY_SHA256
-    else:
-        # A signed X-Sdk-Content-Sha256 (e.g. UNSIGNED-PAYLOAD) stands in for the body's hash, as in the vendor SDK.
-        payload_hash = lowered.get(_CONTENT_HEADER) or hashlib.sha256(body).hexdigest()
+    # A signed X-Sdk-Content-Sha256 (e.g. UNSIGNED-PAYLOAD) stands in for the body's hash, as in the vendor SDK.
+    payload_hash = (lowered.get(_CONTENT_HEADER) or hashlib.sha256(body).hexdigest()) if body else _EMPTY_SHA256
     return "\n".join(
         [
             method.upper(),

@@ -211,11 +211,6 @@ async def test_token_is_refreshed_before_it_expires(start_sim: StartSim) -> None
     assert sim.stats.by_status == {201: 3, 200: 7}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the token lifetime is at most the margin the cached token is already stale, so "
-    "concurrent callers each fetch their own token instead of sharing one",
-)
 async def test_short_lived_tokens_still_collapse_concurrent_fetches(start_sim: StartSim) -> None:
     sim, endpoint = await start_sim(token_ttl=200, iam_delay=0.05)
     job_ids = [sim.add_job(duration=100) for _ in range(10)]
@@ -345,11 +340,6 @@ def test_auth_from_env_names_missing_variables(env: dict[str, str], names: list[
         assert name in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: auth_from_env lets PasswordAuth's generic message through; it does not name the missing "
-    "CCE_IAM_* variable",
-)
 @pytest.mark.parametrize("missing", ["CCE_IAM_USER", "CCE_IAM_PASSWORD", "CCE_IAM_DOMAIN"])
 def test_auth_from_env_names_the_missing_iam_variable(missing: str) -> None:
     env = {k: v for k, v in IAM_ENV.items() if k != missing}
