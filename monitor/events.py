@@ -82,6 +82,14 @@ class Event:
         elif self.time.utcoffset() != timedelta(0):
             object.__setattr__(self, "time", self.time.astimezone(UTC))
 
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Event:
+        """Rebuild an event from :meth:`to_json` output (the state database keeps events this way)."""
+        d = orjson.loads(data)
+        d["type"] = EventType(d["type"])
+        d["time"] = datetime.fromisoformat(d["time"])
+        return cls(**d)
+
     def to_dict(self) -> dict[str, Any]:
         """The event as plain JSON types (what ``to_json`` writes)."""
         result: dict[str, Any] = orjson.loads(self.to_json())

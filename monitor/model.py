@@ -27,6 +27,8 @@ __all__ = [
     "Job",
     "Phase",
     "Timestamp",
+    "job_from_json",
+    "job_to_json",
     "parse_go_time",
     "parse_job",
     "parse_job_object",
@@ -141,6 +143,32 @@ class Job:
             out.append(sub)
             out.extend(sub.walk())
         return out
+
+
+def job_to_json(job: Job) -> bytes:
+    """Our own serialization of a snapshot (for the state database), read back by :func:`job_from_json`."""
+    return orjson.dumps(job)
+
+
+def job_from_json(data: bytes | str) -> Job:
+    """Rebuild a snapshot written by :func:`job_to_json`."""
+    return _job_from_dict(orjson.loads(data))
+
+
+def _job_from_dict(d: dict[str, Any]) -> Job:
+    return Job(
+        id=d["id"],
+        type=d["type"],
+        phase=Phase(d["phase"]),
+        reason=d.get("reason", ""),
+        cluster_id=d.get("cluster_id", ""),
+        resource_id=d.get("resource_id", ""),
+        resource_name=d.get("resource_name", ""),
+        extend_params=d.get("extend_params"),
+        created=Timestamp.parse(d["created"]["raw"]) if d.get("created") else _EMPTY_TIME,
+        updated=Timestamp.parse(d["updated"]["raw"]) if d.get("updated") else _EMPTY_TIME,
+        sub_jobs=tuple(_job_from_dict(s) for s in d.get("sub_jobs", ())),
+    )
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:

@@ -40,13 +40,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from monitor.client import CCEClient
 from monitor.diff import JobContext, detect, progressed
-from monitor.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError
+from monitor.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError, TransportError
 from monitor.events import Event, EventType, event_id
 from monitor.model import Job, validate_id
 from monitor.throttle import RateLimiter
@@ -56,6 +57,15 @@ __all__ = ["Scheduler", "SchedulerSettings", "SchedulerStats"]
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[Event], Awaitable[None]]
+
+
+class JobStore(Protocol):
+    """Durable storage the scheduler writes to before publishing (see :mod:`monitor.state`)."""
+
+    async def record(
+        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: str | None = None
+    ) -> None: ...
+
 
 _LAG_WARN_EVERY = 60.0
 _EMPTY_LABELS: Mapping[str, str] = {}
@@ -127,6 +137,19 @@ class SchedulerStats:
     lag: float = 0.0
     """How late the most recent poll started compared with its due time (seconds)."""
     events: int = 0
+    last_contact: float | None = None
+    """Clock time of the last answer from CCE (any HTTP status), for readiness checks."""
+
+
+def _outcome_of(exc: MonitorError) -> str:
+    """The label a failed poll is counted under (stats, metrics)."""
+    if isinstance(exc, NotFoundError):
+        return "not_found"
+    if isinstance(exc, AuthError):
+        return "auth_failed"
+    if isinstance(exc, ThrottledError):
+        return "throttled"
+    return "error"
 
 
 class _Tracked:
@@ -170,12 +193,16 @@ class Scheduler:
         settings: SchedulerSettings | None = None,
         *,
         limiter: RateLimiter | None = None,
+        store: JobStore | None = None,
+        on_poll: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings or SchedulerSettings()
         self._client = client
         self._publish = publish
+        self._store = store
+        self._on_poll = on_poll
         self.project_id = client.settings.project_id
         limiter = limiter or client.limiter
         if limiter is None:
@@ -206,20 +233,29 @@ class Scheduler:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
 
-    def add(self, job_id: str, labels: Mapping[str, str] | None = None, *, previous: Job | None = None) -> bool:
-        """Start tracking ``job_id`` (validated); ``previous`` is a remembered snapshot to diff against.
+    def add(
+        self,
+        job_id: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        previous: Job | None = None,
+        age: float = 0.0,
+    ) -> bool:
+        """Start tracking ``job_id`` (validated).
 
+        ``previous`` is a remembered snapshot to diff against and ``age`` how long the job has been tracked
+        already (both from the state database after a restart, so timeouts and transitions carry over).
         Returns ``False`` if it was already tracked or the scheduler is stopping.
         """
-        return self._add(job_id, dict(labels) if labels else _EMPTY_LABELS, previous)
+        return self._add(job_id, dict(labels) if labels else _EMPTY_LABELS, previous, age)
 
-    def _add(self, job_id: str, labels: Mapping[str, str], previous: Job | None) -> bool:
+    def _add(self, job_id: str, labels: Mapping[str, str], previous: Job | None, age: float = 0.0) -> bool:
         validate_id(job_id, "job id")
         if self._stopping or job_id in self._jobs:
             return False
         now = self._clock()
         s = self.settings
-        tracked = _Tracked(job_id, labels, now, s.job_timeout, s.interval)
+        tracked = _Tracked(job_id, labels, now, s.job_timeout - max(0.0, age), s.interval)
         tracked.last = previous
         self._jobs[job_id] = tracked
         first = now + (self._rng.uniform(0, s.initial_delay) if s.initial_delay else 0.0)
@@ -369,7 +405,21 @@ class Scheduler:
     def _count(self, outcome: str) -> None:
         self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
 
-    async def _emit(self, events: Iterable[Event]) -> None:
+    async def _commit(
+        self,
+        tracked: _Tracked,
+        events: list[Event],
+        *,
+        snapshot: Job | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        """Persist (when a store is set) and then publish: the store sees every event before any sink does."""
+        if self._store is not None and (events or snapshot is not None or outcome is not None):
+            try:
+                await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
+            except Exception:
+                # Keep monitoring: the non-durable sinks still get the events; durable ones will miss them.
+                logger.exception("job %s: could not persist %d events", tracked.job_id, len(events))
         for event in events:
             self.stats.events += 1
             await self._publish(event)
@@ -396,31 +446,40 @@ class Scheduler:
 
     async def _poll(self, tracked: _Tracked) -> None:
         self.stats.polls += 1
+        started = self._clock()
+        outcome = "ok"
         try:
             job = await self._client.get_job(tracked.job_id, slot_acquired=True)
-        except NotFoundError as exc:
-            self._count("not_found")
-            await self._on_not_found(tracked, exc)
-        except AuthError as exc:
-            self._count("auth_failed")
-            await self._on_auth_failed(tracked, exc)
-        except ThrottledError as exc:
-            self._count("throttled")
-            retry = exc.retry_after or 0.0
-            self._reschedule(tracked, max(self.settings.min_interval, retry) + self._rng.uniform(0, 1))
         except MonitorError as exc:
-            self._count("error")
-            await self._on_error(tracked, exc)
+            outcome = _outcome_of(exc)
+            await self._on_poll_error(tracked, exc)
         except Exception as exc:  # a bug below us; keep polling the job, loudly
-            self._count("error")
+            outcome = "error"
             logger.exception("job %s: unexpected error while polling", tracked.job_id)
             await self._on_error(tracked, exc)
         else:
-            self._count("ok")
+            self.stats.last_contact = self._clock()
             await self._on_snapshot(tracked, job)
+        self._count(outcome)
+        if self._on_poll is not None:
+            self._on_poll(outcome, self._clock() - started)
         if not tracked.removed and self._clock() >= tracked.deadline:
-            await self._emit([self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())])
             self._finish(tracked)
+            event = self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())
+            await self._commit(tracked, [event], outcome="timed_out")
+
+    async def _on_poll_error(self, tracked: _Tracked, exc: MonitorError) -> None:
+        if not isinstance(exc, TransportError):
+            self.stats.last_contact = self._clock()  # CCE (or its gateway) answered
+        if isinstance(exc, NotFoundError):
+            await self._on_not_found(tracked, exc)
+        elif isinstance(exc, AuthError):
+            await self._on_auth_failed(tracked, exc)
+        elif isinstance(exc, ThrottledError):
+            retry = exc.retry_after or 0.0
+            self._reschedule(tracked, max(self.settings.min_interval, retry) + self._rng.uniform(0, 1))
+        else:
+            await self._on_error(tracked, exc)
 
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"
@@ -443,7 +502,8 @@ class Scheduler:
         tracked.not_found = 0
         previous = tracked.last
         changes = detect(previous, job, self._context(tracked), datetime.now(UTC))
-        if progressed(previous, job):
+        moved = progressed(previous, job)
+        if moved:
             tracked.last_progress = now
             tracked.stalled = False
         tracked.last = job
@@ -466,7 +526,12 @@ class Scheduler:
             self._finish(tracked)
         else:
             self._reschedule(tracked, self._jittered(tracked.delay))
-        await self._emit(events)
+        await self._commit(
+            tracked,
+            events,
+            snapshot=job if moved or changes else None,
+            outcome=job.phase.value if job.is_terminal else None,
+        )
 
     async def _on_not_found(self, tracked: _Tracked, exc: NotFoundError) -> None:
         now = self._clock()
@@ -478,7 +543,9 @@ class Scheduler:
         if tracked.not_found >= s.not_found_count and now - tracked.first_not_found >= s.not_found_grace:
             self._finish(tracked)
             detail = f"{tracked.not_found} consecutive 404s over {now - tracked.first_not_found:.0f}s: {exc}"
-            await self._emit([self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)])
+            await self._commit(
+                tracked, [self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)], outcome="not_found"
+            )
             return
         # Spread the confirming polls over the grace period.
         delay = max(s.not_found_grace / s.not_found_count, s.min_interval)
@@ -494,7 +561,8 @@ class Scheduler:
             "job %s: poll failed (%d in a row), next try in %.1fs: %s", tracked.job_id, tracked.failures, delay, exc
         )
         if tracked.failures == s.failure_threshold:
-            await self._emit(
+            await self._commit(
+                tracked,
                 [
                     self._event(
                         tracked,
@@ -502,7 +570,7 @@ class Scheduler:
                         detail=f"{tracked.failures} polls failed in a row; last: {exc}",
                         key=str(int(time.time())),
                     )
-                ]
+                ],
             )
 
     def _auth_ok(self) -> None:
@@ -524,7 +592,8 @@ class Scheduler:
         self._auth_episode = True
         self._reschedule(tracked, self._paused_until - now + self._rng.uniform(0, 1))
         if first:
-            await self._emit(
+            await self._commit(
+                tracked,
                 [
                     self._event(
                         tracked,
@@ -532,5 +601,5 @@ class Scheduler:
                         detail=str(exc),
                         key=str(int(time.time())),
                     )
-                ]
+                ],
             )
