@@ -10,6 +10,8 @@ written to ``bench/results/summary.json`` (git-ignored). Exit status: 0 if every
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,7 +51,7 @@ def _latency(r: dict[str, Any]) -> str:
 # name -> (script, wall-time bound for the whole process in seconds, headline)
 BENCHES: dict[str, tuple[str, float, Callable[[dict[str, Any]], str]]] = {
     "client_cpu": ("bench_client_cpu.py", 240.0, _cpu),
-    "rate": ("bench_rate.py", 120.0, _rate),
+    "rate": ("bench_rate.py", 150.0, _rate),
     "memory": ("bench_memory.py", 300.0, _memory),
     "idle_cpu": ("bench_idle_cpu.py", 150.0, _idle),
     "latency": ("bench_latency.py", 180.0, _latency),
@@ -59,21 +61,25 @@ BENCHES: dict[str, tuple[str, float, Callable[[dict[str, Any]], str]]] = {
 def run_one(name: str) -> tuple[dict[str, Any] | None, float]:
     script, bound, _ = BENCHES[name]
     started = time.monotonic()
+    # Its own process group, so that a benchmark stuck past its bound goes together with its simulator.
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, str(HERE / script)],
-            capture_output=True,
-            text=True,
-            timeout=bound,
-            check=False,
-        )
+        out, err = proc.communicate(timeout=bound)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         print(f"{name}: no result within {bound:g} s", file=sys.stderr)
         return None, time.monotonic() - started
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
     sys.stdout.flush()
-    for line in proc.stdout.splitlines():
+    for line in out.splitlines():
         if line.startswith("{"):
             result: dict[str, Any] = orjson.loads(line)
             return result, time.monotonic() - started

@@ -127,6 +127,38 @@ class SinkConfig(BaseModel):
         return options
 
 
+class StateConfig(_Model):
+    """The SQLite state database of ``cce-monitor run``."""
+
+    path: str = "cce-monitor-state.db"
+    retention: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+
+
+class ApiConfig(_Model):
+    """The daemon's HTTP control API."""
+
+    listen: str = "127.0.0.1:8787"
+    token: SecretStr | None = None
+    max_body: Annotated[int, Field(ge=1024)] = 1 << 20
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @model_validator(mode="after")
+    def _check(self) -> ApiConfig:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("listen must be HOST:PORT, e.g. 127.0.0.1:8787")
+        if self.token is None and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("a token is required to listen on anything but loopback")
+        return self
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -145,6 +177,8 @@ class Config(_Model):
     labels: dict[str, str] = {}
     shutdown_deadline: Annotated[float, Field(gt=0)] = 10.0
     logging: LoggingConfig = LoggingConfig()
+    state: StateConfig = StateConfig()
+    api: ApiConfig = ApiConfig()
 
     @field_validator("project_id")
     @classmethod

@@ -277,6 +277,14 @@ class Scheduler:
         self._check_idle()
         return True
 
+    def phase_counts(self) -> dict[str, int]:
+        """Tracked jobs by their last seen phase (``waiting`` before the first answer)."""
+        counts: dict[str, int] = {}
+        for tracked in self._jobs.values():
+            phase = tracked.last.phase.value if tracked.last is not None else "waiting"
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
     def snapshot(self, job_id: str) -> Job | None:
         """The last snapshot seen for a tracked job."""
         tracked = self._jobs.get(job_id)

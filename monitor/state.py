@@ -65,12 +65,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id     TEXT NOT NULL,
     event        BLOB NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
     last_error   TEXT,
     delivered_at REAL,
+    rejected     INTEGER NOT NULL DEFAULT 0,
     UNIQUE (sink, event_id)
 );
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, next_attempt) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, seq) WHERE delivered_at IS NULL;
 """
 
 
@@ -233,8 +233,8 @@ class State:
 
     def _select(self, clause: str, args: tuple[object, ...]) -> list[StoredJob]:
         # `clause` is always one of this module's constant strings; values go in as parameters.
-        sql = "SELECT job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at FROM jobs " + clause
-        cur = self._conn.execute(sql, args)  # noqa: S608
+        sql = "SELECT job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at FROM jobs " + clause  # noqa: S608
+        cur = self._conn.execute(sql, args)
         return [
             StoredJob(
                 job_id=r[0],
@@ -283,38 +283,33 @@ class State:
 
     # -------------------------------------------------------------------------------------- outbox
 
-    async def pending(self, sink: str, *, limit: int = 100, now: float | None = None) -> list[OutboxRow]:
-        """Undelivered rows for ``sink`` that are due, oldest first."""
-        rows = await self._run(self._pending, sink, limit, time.time() if now is None else now)
+    async def pending(self, sink: str, *, limit: int = 100) -> list[OutboxRow]:
+        """Undelivered rows for ``sink``, oldest first."""
+        rows = await self._run(self._pending, sink, limit)
         return [OutboxRow(seq, sink, Event.from_json(data), attempts) for seq, data, attempts in rows]
 
-    def _pending(self, sink: str, limit: int, now: float) -> list[tuple[int, bytes, int]]:
+    def _pending(self, sink: str, limit: int) -> list[tuple[int, bytes, int]]:
         cur = self._conn.execute(
-            "SELECT seq, event, attempts FROM outbox WHERE sink = ? AND delivered_at IS NULL AND next_attempt <= ? "
-            "ORDER BY seq LIMIT ?",
-            (sink, now, limit),
+            "SELECT seq, event, attempts FROM outbox WHERE sink = ? AND delivered_at IS NULL ORDER BY seq LIMIT ?",
+            (sink, limit),
         )
         return [(r[0], r[1], r[2]) for r in cur.fetchall()]
-
-    async def next_due(self, sink: str) -> float | None:
-        """When the earliest undelivered row of ``sink`` is due (Unix time), or ``None`` if none."""
-        return await self._run(self._next_due, sink)
-
-    def _next_due(self, sink: str) -> float | None:
-        cur = self._conn.execute(
-            "SELECT MIN(next_attempt) FROM outbox WHERE sink = ? AND delivered_at IS NULL", (sink,)
-        )
-        value = cur.fetchone()[0]
-        return float(value) if value is not None else None
 
     async def delivered(self, seq: int) -> None:
         await self._run(self._exec, "UPDATE outbox SET delivered_at = ? WHERE seq = ?", (time.time(), seq))
 
-    async def deferred(self, seq: int, delay: float, error: str) -> None:
+    async def attempt_failed(self, seq: int, error: str) -> None:
+        """A retryable failure: count it; the row stays first in line."""
+        await self._run(
+            self._exec, "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", (error[:500], seq)
+        )
+
+    async def rejected(self, seq: int, error: str) -> None:
+        """The sink refused the event for good: take the row out of the queue, keeping why."""
         await self._run(
             self._exec,
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE seq = ?",
-            (time.time() + delay, error[:500], seq),
+            "UPDATE outbox SET attempts = attempts + 1, delivered_at = ?, rejected = 1, last_error = ? WHERE seq = ?",
+            (time.time(), error[:500], seq),
         )
 
     async def outbox_depth(self) -> dict[str, int]:

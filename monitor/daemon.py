@@ -1,0 +1,270 @@
+"""``cce-monitor run``: the long-lived daemon — scheduler, durable state, sinks, control API and metrics.
+
+Start-up: open the state database, build the sinks (durable ones — ``file``, ``webhook`` and any sink with
+``durable = True`` — get an outbox and a :class:`~monitor.delivery.Deliverer`; others subscribe to the bus), track
+every unfinished job from the database again with its last snapshot (a transition that happened while the daemon
+was down is detected on the first poll), then serve the API.
+
+Shutdown (SIGTERM/SIGINT, or ``stop`` set): stop the API (no new jobs), stop polling and let polls in flight
+finish, drain the bus and the outboxes within ``shutdown_deadline``, close the sinks and the database. Anything
+not delivered by then stays in the outbox and is sent after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from monitor.api import AddResult, make_app, serve
+from monitor.auth import Auth, auth_from_env
+from monitor.bus import Bus, EventFilter
+from monitor.client import CCEClient
+from monitor.config import Config
+from monitor.delivery import Deliverer
+from monitor.events import Event
+from monitor.metrics import LoopLagProbe, Metrics
+from monitor.scheduler import Scheduler
+from monitor.secret import Secret
+from monitor.sinks import Sink, create_sink
+from monitor.state import State, StoredJob
+from monitor.throttle import RateLimiter
+
+__all__ = ["Daemon"]
+
+logger = logging.getLogger(__name__)
+
+_DURABLE_TYPES = {"file", "webhook"}
+_PRUNE_EVERY = 3600.0
+_REACHABLE_WITHIN = 300.0
+
+
+class Daemon:
+    """One daemon process. ``await Daemon(config).run(stop)``; the API calls the ``Control`` methods below."""
+
+    def __init__(self, config: Config, *, env: Mapping[str, str] | None = None, auth: Auth | None = None) -> None:
+        self.config = config
+        self._env = os.environ if env is None else env
+        self._auth = auth
+        self._metrics = Metrics()
+        self._outbox_depth: dict[str, int] = {}
+        self.endpoint: str | None = None
+        """``http://host:port`` of the control API once it listens."""
+        self.started = asyncio.Event()
+        self._state: State | None = None
+        self._scheduler: Scheduler | None = None
+        self._bus: Bus | None = None
+        self._deliverers: list[Deliverer] = []
+        self._plain_sinks: list[Sink] = []
+        self._running = False
+        self._started_at = time.monotonic()
+
+    # ------------------------------------------------------------------------------------ Control
+
+    async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> AddResult:
+        state, scheduler = self._parts()
+        labels = {**self.config.labels, **labels, **({"rollout": rollout} if rollout else {})}
+        new = await state.add_jobs(job_ids, labels, rollout)
+        shared = dict(labels)
+        for job_id in new:
+            scheduler.add(job_id, shared)
+        fresh = set(new)
+        return AddResult(accepted=new, known=[j for j in job_ids if j not in fresh])
+
+    async def list_jobs(self, *, phase: str | None, rollout: str | None, labels: Mapping[str, str]) -> list[StoredJob]:
+        state, _ = self._parts()
+        return await state.jobs(phase=phase, rollout=rollout, labels=labels)
+
+    async def get_job(self, job_id: str) -> tuple[StoredJob, list[Event]] | None:
+        state, _ = self._parts()
+        job = await state.get(job_id)
+        if job is None:
+            return None
+        return job, await state.history(job_id)
+
+    async def remove_job(self, job_id: str) -> bool:
+        state, scheduler = self._parts()
+        tracked = scheduler.remove(job_id)
+        stored = await state.delete(job_id)
+        return tracked or stored
+
+    def readiness(self) -> dict[str, bool]:
+        scheduler = self._scheduler
+        contact = scheduler.stats.last_contact if scheduler else None
+        polled = bool(scheduler and scheduler.stats.polls)
+        return {
+            "state": self._state is not None and not self._state.closed,
+            "scheduler": self._running,
+            # Nothing to poll yet counts as reachable; otherwise CCE must have answered recently.
+            "cce": not polled or (contact is not None and time.monotonic() - contact < _REACHABLE_WITHIN),
+        }
+
+    def metrics(self) -> tuple[bytes, str]:
+        return self._metrics.render()
+
+    def _parts(self) -> tuple[State, Scheduler]:
+        if self._state is None or self._scheduler is None:
+            raise RuntimeError("the daemon is not running")
+        return self._state, self._scheduler
+
+    # ---------------------------------------------------------------------------------------- run
+
+    def _build_sinks(self, state: State, bus: Bus) -> None:
+        seen: Counter[str] = Counter()
+        for entry in self.config.sinks:
+            sink = create_sink(entry.spec, entry.options)
+            f = entry.filter
+            event_filter = EventFilter.of(f.types, f.phases, f.labels)
+            if entry.type in _DURABLE_TYPES or getattr(sink, "durable", False):
+                seen[sink.name] += 1
+                # Outbox rows are keyed by sink name: two sinks with the same target need distinct keys.
+                name = sink.name if seen[sink.name] == 1 else f"{sink.name}#{seen[sink.name]}"
+                state.route(name, event_filter)
+                self._deliverers.append(Deliverer(sink, state, name=name))
+            else:
+                self._plain_sinks.append(sink)
+                bus.subscribe(sink.send, event_filter, name=sink.name)
+
+    def _wire_metrics(self, scheduler: Scheduler, limiter: RateLimiter, bus: Bus, probe: LoopLagProbe) -> None:
+        sources = self._metrics.sources
+        sources.jobs_by_phase = scheduler.phase_counts
+        sources.rate = lambda: (
+            limiter.configured_rate,
+            limiter.effective_rate,
+            limiter.waited_seconds,
+            limiter.throttled_count,
+        )
+        sources.queue_depth = lambda: {s.name: s.depth for s in bus.subscriptions} | self._outbox_depth
+        sources.deliveries = self._delivery_counts
+        sources.loop_lag = lambda: probe.lag
+
+    def _delivery_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for d in self._deliverers:
+            counts[(d.name, "delivered")] = d.delivered
+            counts[(d.name, "failed")] = d.failed
+            counts[(d.name, "rejected")] = d.rejected
+        if self._bus is not None:
+            for sub in self._bus.subscriptions:
+                counts[(sub.name, "delivered")] = sub.delivered
+                counts[(sub.name, "failed")] = sub.failed
+        return counts
+
+    async def _housekeeping(self, state: State) -> None:
+        """Prune finished jobs past retention; refresh the outbox depth for metrics."""
+        last_prune = 0.0
+        while True:
+            if time.monotonic() - last_prune >= _PRUNE_EVERY:
+                pruned = await state.prune(self.config.state.retention)
+                last_prune = time.monotonic()
+                if pruned:
+                    logger.info("pruned %d finished jobs older than the retention", pruned)
+            self._outbox_depth = await state.outbox_depth()
+            await asyncio.sleep(5.0)
+
+    async def run(self, stop: asyncio.Event, *, on_ready: Callable[[str], Any] | None = None) -> None:
+        """Run until ``stop`` is set; then shut down in order (see the module docstring)."""
+        cfg = self.config
+        state = await State.open(cfg.state.path)
+        self._state = state
+        try:
+            await self._serve(state, stop, on_ready)
+        finally:
+            await state.close()
+            self._state = None
+
+    async def _serve(self, state: State, stop: asyncio.Event, on_ready: Callable[[str], Any] | None) -> None:
+        cfg = self.config
+        settings = cfg.scheduler_settings()
+        auth = (
+            self._auth
+            or cfg.make_auth()
+            or auth_from_env(self._env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
+        )
+        limiter = RateLimiter(settings.rate, burst=settings.burst)
+        probe = LoopLagProbe()
+        async with CCEClient(cfg.client_settings(), auth, limiter=limiter) as client, Bus() as bus:
+            self._bus = bus
+            self._build_sinks(state, bus)
+            deliverers = self._deliverers
+
+            def on_event(event: Event) -> None:
+                self._metrics.count_event(event)
+                for d in deliverers:
+                    d.notify()
+
+            bus.subscribe(on_event, name="daemon")
+            scheduler = Scheduler(client, bus.publish, settings, store=state, on_poll=self._metrics.observe_poll)
+            self._scheduler = scheduler
+            self._wire_metrics(scheduler, limiter, bus, probe)
+            restored = 0
+            now = time.time()
+            for job in await state.unfinished():
+                restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
+            if restored:
+                logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
+            token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
+            app = make_app(self, token=token, max_body=cfg.api.max_body)
+            runner, self.endpoint = await serve(app, cfg.api.host, cfg.api.port)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    poller = tg.create_task(scheduler.run(), name="scheduler")
+                    workers = [tg.create_task(d.run(), name=f"deliver:{d.name}") for d in deliverers]
+                    for d in deliverers:
+                        d.notify()  # rows left from before a restart
+                    chores = [
+                        tg.create_task(self._housekeeping(state), name="housekeeping"),
+                        tg.create_task(probe.run(), name="loop-lag"),
+                    ]
+                    self._running = True
+                    self.started.set()
+                    logger.info("cce-monitor daemon ready; API on %s", self.endpoint)
+                    if on_ready is not None:
+                        on_ready(self.endpoint)
+                    await stop.wait()
+                    logger.info("shutting down")
+                    self._running = False
+                    await runner.cleanup()  # no new jobs
+                    scheduler.stop()
+                    await poller
+                    await self._drain(bus, workers)
+                    for task in chores:
+                        task.cancel()
+            finally:
+                self._running = False
+                await runner.cleanup()
+                await asyncio.gather(*(_close(s) for s in [*self._plain_sinks, *(d.sink for d in deliverers)]))
+                stats = scheduler.stats
+                logger.info(
+                    "stopped: %d polls %s, %d events; deliveries %s",
+                    stats.polls,
+                    dict(stats.outcomes),
+                    stats.events,
+                    {d.name: d.delivered for d in deliverers},
+                )
+
+    async def _drain(self, bus: Bus, workers: list[asyncio.Task[None]]) -> None:
+        deadline = self.config.shutdown_deadline
+        start = time.monotonic()
+        await bus.aclose(deadline)
+        remaining = max(0.1, deadline - (time.monotonic() - start))
+        waits = [asyncio.ensure_future(d.wait_idle()) for d in self._deliverers]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=remaining)
+            for fut in pending:
+                fut.cancel()
+            if pending:
+                logger.warning("outbox not empty at the shutdown deadline; it will be delivered after restart")
+        for task in workers:
+            task.cancel()
+
+
+async def _close(sink: Sink) -> None:
+    try:
+        await sink.aclose()
+    except Exception as exc:
+        logger.error("sink %s failed to close: %s", sink.name, exc)
