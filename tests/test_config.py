@@ -17,7 +17,12 @@ from monitor.events import EventType
 from monitor.sinks import create_sink
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.yaml"
-ENV = {"CCE_AUTH_TOKEN": "tok-123", "WEBHOOK_SECRET": "whsec_aGVsbG8=", "CCE_IAM_PASSWORD": "pw"}
+ENV = {
+    "CCE_AUTH_TOKEN": "tok-123",
+    "WEBHOOK_SECRET": "whsec_aGVsbG8=",
+    "CCE_IAM_PASSWORD": "pw",
+    "CCE_MONITOR_API_TOKEN": "api-token",
+}
 MINIMAL = "endpoint: https://cce.example.com\nproject_id: 0123456789abcdef0123456789abcdef\n"
 
 
@@ -42,7 +47,11 @@ def test_example_documents_every_key() -> None:
     def keys(model: type) -> set[str]:
         return set(model.model_fields)  # type: ignore[attr-defined]
 
-    for model in (c.Config, c.HttpConfig, c.PollingConfig, c.AuthConfig, c.PasswordConfig, c.LoggingConfig):
+    models = (
+        c.Config, c.HttpConfig, c.PollingConfig, c.AuthConfig, c.PasswordConfig, c.LoggingConfig, c.StateConfig,
+        c.ApiConfig, c.FilterConfig,
+    )  # fmt: skip
+    for model in models:
         for key in keys(model):
             assert f"{key}:" in text, f"{model.__name__}.{key} is not documented in config.example.yaml"
 
@@ -63,6 +72,8 @@ def test_example_documents_every_key() -> None:
         (MINIMAL + "auth:\n  ak: ${CCE_AUTH_TOKEN}\n", "ak and sk go together"),
         (MINIMAL + "auth: {}\n", "give exactly one of token"),
         ("endpoint: [unclosed\n", "not valid YAML at line"),
+        (MINIMAL + "api: {listen: '0.0.0.0:8787'}\n", "api: Value error, a token is required to listen"),
+        (MINIMAL + "api: {listen: 'nowhere'}\n", "api: Value error, listen must be HOST:PORT"),
         ("- a\n- b\n", "top level must be a mapping"),
         (MINIMAL.replace("0123456789abcdef0123456789abcdef", "../x"), "project_id: Value error, invalid project id"),
         (MINIMAL + "sinks:\n  - type: log\n    filter: {types: [job.exploded]}\n", "sinks.0.filter.types.0"),
