@@ -88,6 +88,12 @@ def simulator(
                 raise SystemExit(f"simulator did not start (exit {proc.poll()}): {tail}")
             hello = orjson.loads(line)
             yield Sim(proc, hello["endpoint"], hello["project_id"], hello["token"], hello["job_ids"])
+        except BaseException:
+            if proc.poll() is not None:  # it died under us: say why
+                errors.seek(0)
+                tail = errors.read()[-2000:].decode(errors="replace")
+                print(f"simulator exited with {proc.returncode} during the run:\n{tail}", file=sys.stderr)
+            raise
         finally:
             _stop(proc)
 
