@@ -26,7 +26,7 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
-from _common import make_client, report, rss_bytes, run, sim_add_jobs, sim_job_body, simulator
+from _common import Sim, make_client, report, rss_bytes, run, sim_add_jobs, sim_job_body, simulator
 
 from monitor.events import Event
 from monitor.model import Job, parse_job
@@ -63,8 +63,9 @@ def snapshot_breakdown(body: bytes, old_id: str) -> tuple[int, dict[str, tuple[i
     return sum(size.values()), {name: (count[name], size[name]) for name, _ in size.most_common()}
 
 
-async def fetch_running_job(sim_duration: float) -> tuple[bytes, str, Any]:
-    """Start a simulator, add one CreateNode job, wait until it runs, and return its body and id."""
+async def fetch_running_job(sim_duration: float) -> tuple[bytes, str, Sim]:
+    """Start a simulator, add one CreateNode job, wait until it runs; its body, its id, and the (stopped)
+    simulator's handshake, which is all a client that never sends a request needs."""
     with simulator(jobs=0) as sim:
         async with aiohttp.ClientSession() as session:
             (job_id,) = await sim_add_jobs(session, sim, 1, duration=sim_duration)

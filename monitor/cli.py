@@ -30,7 +30,7 @@ from monitor.bus import EventFilter
 from monitor.client import CCEClient, ClientSettings
 from monitor.config import Config, load_config
 from monitor.errors import ConfigError, MonitorError
-from monitor.model import validate_id
+from monitor.model import job_to_json, validate_id
 from monitor.scheduler import SchedulerSettings
 from monitor.secret import Secret
 from monitor.simulator import Simulator, SimulatorConfig, run_forever
@@ -240,7 +240,7 @@ def get(
     async def main(stop: asyncio.Event) -> bytes:
         async with CCEClient(settings, auth) as client:
             job = await client.get_job(job_id)
-        return orjson.dumps(job, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
+        return job_to_json(job, indent=True)
 
     try:
         out, _ = _run(main)

@@ -142,6 +142,22 @@ class CCEClient:
 
     async def get_job(self, job_id: str, *, slot_acquired: bool = False) -> Job:
         """Fetch one job's progress. ``slot_acquired``: the caller already took a rate-limit slot."""
+        body, request_id = await self.fetch_job(job_id, slot_acquired=slot_acquired)
+        return self.parse(job_id, body, request_id)
+
+    @staticmethod
+    def parse(job_id: str, body: bytes, request_id: str | None) -> Job:
+        """Parse a body from :meth:`fetch_job`; a bad one raises ``MalformedResponseError`` naming the job."""
+        try:
+            return parse_job(body)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
+
+    async def fetch_job(self, job_id: str, *, slot_acquired: bool = False) -> tuple[bytes, str | None]:
+        """The raw 2xx body of a job and its request id, with every error mapped like :meth:`get_job`.
+
+        The scheduler uses this to skip parsing when a body is byte-identical to the previous one.
+        """
         validate_id(job_id, "job id")
         session = self._ensure_session()
         url = URL(self._base + job_id, encoded=True)
@@ -159,7 +175,9 @@ class CCEClient:
                     raise
                 refreshed = True
 
-    async def _request(self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str) -> Job:
+    async def _request(
+        self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str
+    ) -> tuple[bytes, str | None]:
         try:
             # The timeout is given per request so that it also holds on a session the caller passed in.
             async with session.get(url, headers=headers, timeout=self._timeout) as resp:
@@ -190,10 +208,7 @@ class CCEClient:
             raise ConnectError(f"job {job_id}: {type(exc).__name__}: {exc}") from None
         if self._limiter is not None:
             self._limiter.succeeded()
-        try:
-            return parse_job(body)
-        except MalformedResponseError as exc:
-            raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
+        return body, request_id
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, request_id: str | None) -> bytes:

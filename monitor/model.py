@@ -101,19 +101,50 @@ def parse_go_time(text: str) -> datetime | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Timestamp:
-    """A timestamp as the API sent it (``raw``) and, when it could be read, as an aware datetime."""
+_UNPARSED: Any = object()
 
+
+class Timestamp:
+    """A timestamp as the API sent it (``raw``) and, read on first use, as an aware datetime (``at``).
+
+    Parsing is lazy because the monitor itself only compares raw texts (to see whether a job moved): a poll
+    should not pay for six regex matches and datetimes it never looks at, nor keep them in memory for every
+    tracked job. Equality and hashing use ``raw``. Immutable.
+    """
+
+    __slots__ = ("_at", "raw")
     raw: str
-    at: datetime | None
+    _at: datetime | None
+
+    def __init__(self, raw: str) -> None:
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "_at", _UNPARSED)
 
     @classmethod
     def parse(cls, raw: str) -> Timestamp:
-        return cls(raw, parse_go_time(raw))
+        return cls(raw)
+
+    @property
+    def at(self) -> datetime | None:
+        """The aware datetime, or ``None`` if the text is not a timestamp we can read."""
+        if self._at is _UNPARSED:
+            object.__setattr__(self, "_at", parse_go_time(self.raw))
+        return self._at
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Timestamp is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timestamp) and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Timestamp({self.raw!r})"
 
 
-_EMPTY_TIME = Timestamp("", None)
+_EMPTY_TIME = Timestamp("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +176,15 @@ class Job:
         return out
 
 
-def job_to_json(job: Job) -> bytes:
-    """Our own serialization of a snapshot (for the state database), read back by :func:`job_from_json`."""
-    return orjson.dumps(job)
+def _encode(obj: object) -> object:
+    if isinstance(obj, Timestamp):
+        return obj.raw
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
+
+
+def job_to_json(job: Job, *, indent: bool = False) -> bytes:
+    """Our own serialization of a snapshot (timestamps as their raw text), read back by :func:`job_from_json`."""
+    return orjson.dumps(job, default=_encode, option=orjson.OPT_INDENT_2 if indent else 0)
 
 
 def job_from_json(data: bytes | str) -> Job:
@@ -165,8 +202,8 @@ def _job_from_dict(d: dict[str, Any]) -> Job:
         resource_id=d.get("resource_id", ""),
         resource_name=d.get("resource_name", ""),
         extend_params=d.get("extend_params"),
-        created=Timestamp.parse(d["created"]["raw"]) if d.get("created") else _EMPTY_TIME,
-        updated=Timestamp.parse(d["updated"]["raw"]) if d.get("updated") else _EMPTY_TIME,
+        created=Timestamp(d.get("created") or ""),
+        updated=Timestamp(d.get("updated") or ""),
         sub_jobs=tuple(_job_from_dict(s) for s in d.get("sub_jobs", ())),
     )
 
@@ -189,7 +226,7 @@ def _str(value: object) -> str:
     return ""
 
 
-def parse_job_object(data: object, *, _depth: int = 0) -> Job:
+def parse_job_object(data: object, *, _depth: int = 0, _memo: dict[str, str] | None = None) -> Job:
     """Build a :class:`Job` from decoded JSON (a dict); raises :class:`MalformedResponseError`."""
     if _depth > _MAX_DEPTH:
         raise MalformedResponseError(f"sub-jobs nested deeper than {_MAX_DEPTH} levels")
@@ -209,18 +246,28 @@ def parse_job_object(data: object, *, _depth: int = 0) -> Job:
     if raw_subs is not None and not isinstance(raw_subs, list):
         raise MalformedResponseError("spec.subJobs is not a list")
     extend = spec.get("extendParam")
+    # Sub-jobs repeat their parent's cluster id, resource id and times: keep one copy of each equal string
+    # (a daemon holds a snapshot of every tracked job).
+    memo = {} if _memo is None else _memo
+
+    def text(value: object) -> str:
+        s = _str(value)
+        return memo.setdefault(s, s)
+
     return Job(
-        id=_str(metadata.get("uid")),
-        type=_str(spec.get("type")),
+        id=text(metadata.get("uid")),
+        type=text(spec.get("type")),
         phase=phase,
-        reason=_str(status.get("reason")),
-        cluster_id=_str(spec.get("clusterUID")),
-        resource_id=_str(spec.get("resourceID")),
-        resource_name=_str(spec.get("resourceName")),
-        extend_params=extend if isinstance(extend, dict) and extend else None,
-        created=Timestamp.parse(_str(metadata.get("creationTimestamp"))),
-        updated=Timestamp.parse(_str(metadata.get("updateTimestamp"))),
-        sub_jobs=tuple(parse_job_object(sub, _depth=_depth + 1) for sub in raw_subs or ()),
+        reason=text(status.get("reason")),
+        cluster_id=text(spec.get("clusterUID")),
+        resource_id=text(spec.get("resourceID")),
+        resource_name=text(spec.get("resourceName")),
+        extend_params={text(k): text(v) if isinstance(v, str) else v for k, v in extend.items()}
+        if isinstance(extend, dict) and extend
+        else None,
+        created=Timestamp(text(metadata.get("creationTimestamp"))),
+        updated=Timestamp(text(metadata.get("updateTimestamp"))),
+        sub_jobs=tuple(parse_job_object(sub, _depth=_depth + 1, _memo=memo) for sub in raw_subs or ()),
     )
 
 

@@ -84,6 +84,13 @@ DOCUMENTED = ["Initializing", "Running", "Failed", "Success"]
 UNKNOWN = ["Abnormal", "Synchronized", "Pending", "running"]
 
 
+def ts(raw: str, at: datetime | None) -> Timestamp:
+    """A Timestamp equal to the one parsed from ``raw``, after checking that it reads as ``at``."""
+    stamp = Timestamp(raw)
+    assert stamp.at == at, (raw, stamp.at, at)
+    return stamp
+
+
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
@@ -115,10 +122,10 @@ def test_seed_example_every_field(body: str | bytes) -> None:
     assert job.phase is Phase.RUNNING
     assert job.reason == ""
     assert not job.is_terminal
-    assert job.created == Timestamp(
+    assert job.created == ts(
         "2020-02-02 08:12:40.672772389 +0000 UTC", utc(2020, 2, 2, 8, 12, 40, 672772)
     )
-    assert job.updated == Timestamp(
+    assert job.updated == ts(
         "2020-02-02 08:21:50.478108569 +0000 UTC", utc(2020, 2, 2, 8, 21, 50, 478108)
     )
     assert job.created.at is not None
@@ -135,8 +142,8 @@ def test_seed_example_every_field(body: str | bytes) -> None:
         resource_id="fd3b4ac0-9606-11e8-baa8-0255ac10215d",
         resource_name="",
         extend_params={"serverID": "fd3b4ac0-9606-11e8-baa8-0255ac10215d"},
-        created=Timestamp("2020-02-02 03:52:34.615819618 +0000 UTC", utc(2020, 2, 2, 3, 52, 34, 615819)),
-        updated=Timestamp("2020-02-02 04:05:29.196243031 +0000 UTC", utc(2020, 2, 2, 4, 5, 29, 196243)),
+        created=ts("2020-02-02 03:52:34.615819618 +0000 UTC", utc(2020, 2, 2, 3, 52, 34, 615819)),
+        updated=ts("2020-02-02 04:05:29.196243031 +0000 UTC", utc(2020, 2, 2, 4, 5, 29, 196243)),
         sub_jobs=(),
     )
     assert cert == Job(
@@ -147,8 +154,8 @@ def test_seed_example_every_field(body: str | bytes) -> None:
         resource_id="",
         resource_name="",
         extend_params=None,
-        created=Timestamp("2020-02-02 03:52:33.859150791 +0000 UTC", utc(2020, 2, 2, 3, 52, 33, 859150)),
-        updated=Timestamp("2020-02-02 03:52:34.615655429 +0000 UTC", utc(2020, 2, 2, 3, 52, 34, 615655)),
+        created=ts("2020-02-02 03:52:33.859150791 +0000 UTC", utc(2020, 2, 2, 3, 52, 33, 859150)),
+        updated=ts("2020-02-02 03:52:34.615655429 +0000 UTC", utc(2020, 2, 2, 3, 52, 34, 615655)),
     )
     assert master.is_terminal and cert.is_terminal
     assert job.walk() == [master, cert]
@@ -194,9 +201,9 @@ def test_optional_object_missing_or_null(name: str, how: str) -> None:
     job = parse_job(orjson.dumps(data))
     assert job.id == ("" if name == "metadata" else "j-1")
     assert job.created == (
-        Timestamp("", None)
+        ts("", None)
         if name == "metadata"
-        else Timestamp("2021-08-26 11:46:31 +0000 UTC", utc(2021, 8, 26, 11, 46, 31))
+        else ts("2021-08-26 11:46:31 +0000 UTC", utc(2021, 8, 26, 11, 46, 31))
     )
     assert job.type == ("" if name == "spec" else "CreateNode")
     assert job.cluster_id == ("" if name == "spec" else "c-1")
@@ -437,8 +444,8 @@ def test_unparseable_timestamp_keeps_raw_and_job_still_parses() -> None:
     data["metadata"]["creationTimestamp"] = "sometime last week"
     data["metadata"]["updateTimestamp"] = "2020-02-30 08:12:40 +0000 UTC"
     job = parse_job(orjson.dumps(data))
-    assert job.created == Timestamp("sometime last week", None)
-    assert job.updated == Timestamp("2020-02-30 08:12:40 +0000 UTC", None)
+    assert job.created == ts("sometime last week", None)
+    assert job.updated == ts("2020-02-30 08:12:40 +0000 UTC", None)
     assert job.id == "j-1"
     assert job.phase is Phase.RUNNING
 

@@ -16,7 +16,6 @@ from monitor.auth import TokenAuth
 from monitor.client import CCEClient, ClientSettings
 from monitor.errors import ConfigError, InvalidIdError
 from monitor.events import EventType
-from monitor.model import Job
 from monitor.scheduler import Scheduler, SchedulerSettings
 from monitor.secret import Secret
 from monitor.simulator import Simulator
@@ -209,9 +208,9 @@ class CountingClient(CCEClient):
         super().__init__(*args, **kwargs)
         self.seen: Counter[str] = Counter()
 
-    async def get_job(self, job_id: str, *, slot_acquired: bool = False) -> Job:
+    async def fetch_job(self, job_id: str, *, slot_acquired: bool = False) -> tuple[bytes, str | None]:
         self.seen[job_id] += 1
-        return await super().get_job(job_id, slot_acquired=slot_acquired)
+        return await super().fetch_job(job_id, slot_acquired=slot_acquired)
 
 
 async def test_fair_share_under_backlog(sim: Simulator) -> None:
