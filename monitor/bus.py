@@ -196,6 +196,16 @@ class Bus:
             if sub.filter.matches(event):
                 await sub._put(event)
 
+    async def drain(self, deadline: float = 10.0) -> bool:
+        """Wait (up to ``deadline``) until every queue is empty, keeping the bus open; ``True`` if it is."""
+        joins = [asyncio.ensure_future(sub._queue.join()) for sub in self._subs]
+        if not joins:
+            return True
+        _done, pending = await asyncio.wait(joins, timeout=deadline)
+        for fut in pending:
+            fut.cancel()
+        return not pending
+
     async def aclose(self, deadline: float = 10.0) -> None:
         """Stop intake, drain queues for up to ``deadline`` seconds, then cancel the rest."""
         self._closed = True

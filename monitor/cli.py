@@ -260,6 +260,7 @@ def get(
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Give up on a job after this [3600]")
 @click.option("--sink", "sink_specs", multiple=True, help="log | file:PATH | webhook:URL (repeatable)")
 @click.option("--label", "label_pairs", multiple=True, help="KEY=VALUE added to every event (repeatable)")
+@click.option("--rollout", default="watch", show_default=True, help="Name of the rollout these jobs form")
 @click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
 @_log_option
 def watch_cmd(
@@ -273,6 +274,7 @@ def watch_cmd(
     timeout: float | None,
     sink_specs: tuple[str, ...],
     label_pairs: tuple[str, ...],
+    rollout: str,
     live: bool | None,
     log_level: str | None,
 ) -> None:
@@ -291,10 +293,11 @@ def watch_cmd(
         sched = _scheduler_settings(cfg, rate=rate, interval=interval, timeout=timeout)
         auth = _auth(cfg, pid, iam_endpoint)
         labels = {**(cfg.labels if cfg else {}), **_labels(label_pairs)}
+        validate_id(rollout, "rollout name")
         sinks = _sinks(cfg, sink_specs, plain_log=not live)
     except MonitorError as exc:
         _fail(str(exc))
-    result, _ = _run(lambda stop: _watch(ids, settings, auth, sched, sinks, labels, live, stop))
+    result, _ = _run(lambda stop: _watch(ids, settings, auth, sched, sinks, labels, live, stop, rollout=rollout))
     sys.exit(result.exit_code)
 
 
@@ -308,17 +311,23 @@ async def _watch(
     live: bool,
     stop: asyncio.Event,
     title: str = "cce-monitor",
+    *,
+    rollout: str,
+    rollout_interval: float = 30.0,
 ) -> WatchResult:
     limiter = RateLimiter(sched.rate, burst=sched.burst)
+    common: dict[str, Any] = {
+        "client": None, "settings": sched, "sinks": sinks, "labels": labels, "stop": stop, "rollout": rollout,
+        "rollout_interval": rollout_interval,
+    }  # fmt: skip
     async with CCEClient(settings, auth, limiter=limiter) as client:
+        common["client"] = client
         if not live:
-            return await watch(ids, client=client, settings=sched, sinks=sinks, labels=labels, stop=stop)
+            return await watch(ids, **common)
         from monitor.view import LiveView  # noqa: PLC0415 - rich's live machinery only when drawing
 
         async with LiveView(ids, title=title) as view:
-            return await watch(
-                ids, client=client, settings=sched, sinks=sinks, observers=[view.on_event], labels=labels, stop=stop
-            )
+            return await watch(ids, observers=[view.on_event], **common)
 
 
 @cli.command()
@@ -440,7 +449,10 @@ def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str 
                 drain=5.0,
             )
             auth = TokenAuth(Secret(sim.config.token))
-            return await _watch(ids, settings, auth, sched, sinks, {"rollout": "demo"}, live, stop, "cce-monitor demo")
+            title = "cce-monitor demo"
+            return await _watch(
+                ids, settings, auth, sched, sinks, {}, live, stop, title, rollout="demo", rollout_interval=3.0
+            )
         finally:
             await sim.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -156,7 +157,7 @@ class Daemon:
 
     async def _housekeeping(self, state: State) -> None:
         """Prune finished jobs past retention; refresh the outbox depth for metrics."""
-        last_prune = 0.0
+        last_prune = -math.inf  # prune once at start-up too
         while True:
             if time.monotonic() - last_prune >= _PRUNE_EVERY:
                 pruned = await state.prune(self.config.state.retention)

@@ -132,4 +132,5 @@ def _event(
         resource_name=job.resource_name or None,
         cluster_id=job.cluster_id or None,
         labels=ctx.labels,
+        rollout=ctx.labels.get("rollout"),
     )

@@ -32,6 +32,8 @@ class EventType(StrEnum):
     JOB_POLL_FAILED = "job.poll_failed"
     JOB_RECOVERED = "job.recovered"
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+    ROLLOUT_PROGRESS = "rollout.progress"
+    ROLLOUT_FINISHED = "rollout.finished"
 
     @property
     def is_final(self) -> bool:
@@ -54,7 +56,9 @@ class Event:
     """One thing the monitor noticed. Job-level events have ``subjob_id``/``subjob_type`` ``None``.
 
     ``detail`` is a one-line human explanation where the type alone does not say enough (the error of a
-    failed poll, how long a job has stalled); it never contains a credential.
+    failed poll, how long a job has stalled); it never contains a credential. ``rollout`` names the rollout the
+    job belongs to (its ``rollout`` label). Rollout events (``rollout.*``) have ``job_id`` ``None`` and carry the
+    rollout's aggregate in ``summary``.
     """
 
     schema: str = SCHEMA
@@ -62,7 +66,7 @@ class Event:
     type: EventType
     time: datetime = field(default_factory=_now)
     project_id: str
-    job_id: str
+    job_id: str | None
     job_type: str | None = None
     phase: str | None = None
     previous_phase: str | None = None
@@ -73,6 +77,8 @@ class Event:
     cluster_id: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     detail: str | None = None
+    rollout: str | None = None
+    summary: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Always UTC, so that ``to_json`` writes RFC 3339 with "Z" whatever clock made the time; a naive

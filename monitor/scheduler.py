@@ -159,6 +159,7 @@ class _Tracked:
         "deadline",
         "delay",
         "digest",
+        "dropped",
         "failures",
         "first_not_found",
         "job_id",
@@ -183,6 +184,7 @@ class _Tracked:
         self.first_not_found = 0.0
         self.stalled = False
         self.removed = False
+        self.dropped = False  # removed by the user: nothing more about it is stored or published
 
 
 class Scheduler:
@@ -276,6 +278,7 @@ class Scheduler:
         if tracked is None:
             return False
         tracked.removed = True
+        tracked.dropped = True
         self._check_idle()
         return True
 
@@ -424,6 +427,8 @@ class Scheduler:
         outcome: str | None = None,
     ) -> None:
         """Persist (when a store is set) and then publish: the store sees every event before any sink does."""
+        if tracked.dropped:  # removed while this poll was in flight
+            return
         if self._store is not None and (events or snapshot is not None or outcome is not None):
             try:
                 await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
@@ -452,6 +457,7 @@ class Scheduler:
             cluster_id=(last.cluster_id or None) if last else None,
             labels=tracked.labels,
             detail=detail,
+            rollout=tracked.labels.get("rollout"),
         )
 
     async def _poll(self, tracked: _Tracked) -> None:

@@ -206,6 +206,19 @@ class State:
                     [(sink, event_id, data) for sink in sinks],
                 )
 
+    async def record_events(self, events: Sequence[Event]) -> None:
+        """Queue events that belong to no single job (rollout digests) for the routed durable sinks."""
+        rows = [(e.id, e.to_json(), [name for name, f in self._routes if f.matches(e)]) for e in events]
+        await self._run(self._record_outbox, rows)
+
+    def _record_outbox(self, rows: list[tuple[str, bytes, list[str]]]) -> None:
+        with self._conn:
+            for event_id, data, sinks in rows:
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO outbox (sink, event_id, event) VALUES (?,?,?)",
+                    [(sink, event_id, data) for sink in sinks],
+                )
+
     async def unfinished(self) -> list[StoredJob]:
         """Jobs to track again after a restart."""
         return await self._run(self._select, "WHERE finished_at IS NULL ORDER BY added_at", ())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -19,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from monitor.events import Event, EventType
+from monitor.rollout import describe
 
 __all__ = ["LiveView"]
 
@@ -51,12 +53,17 @@ class LiveView:
         self.console = console or Console()
         self.title = title
         self._rows: dict[str, _Row] = {job_id: _Row(job_id) for job_id in job_ids}
+        self._rollouts: dict[str, dict[str, Any]] = {}
         self._seq = 0
         self._live: Live | None = None
         self._task: asyncio.Task[None] | None = None
 
     def on_event(self, event: Event) -> None:
         """Bus callback: update the job's row, print notable events above the table."""
+        if event.job_id is None:  # a rollout digest
+            if event.rollout and event.summary is not None:
+                self._rollouts[event.rollout] = dict(event.summary)
+            return
         row = self._rows.setdefault(event.job_id, _Row(event.job_id))
         self._seq += 1
         row.seq = self._seq
@@ -113,7 +120,11 @@ class LiveView:
                 row.note,
             )
         hidden = len(ordered) - limit
-        parts: list[RenderableType] = [summary, ProgressBar(total=max(1, len(rows)), completed=done), table]
+        parts: list[RenderableType] = [summary, ProgressBar(total=max(1, len(rows)), completed=done)]
+        for info in self._rollouts.values():  # one line and bar per rollout, from its latest digest
+            parts.append(Text(describe(info), style="bold cyan"))
+            parts.append(ProgressBar(total=max(1, int(info.get("total", 0))), completed=int(info.get("finished", 0))))
+        parts.append(table)
         if hidden > 0:
             parts.append(Text(f"… and {hidden} more jobs", style="dim"))
         return Group(*parts)

@@ -17,6 +17,7 @@ from enum import StrEnum
 from monitor.bus import Bus, Callback, EventFilter
 from monitor.client import CCEClient
 from monitor.events import Event, EventType
+from monitor.rollout import JOB_EVENT_TYPES, RolloutTracker
 from monitor.scheduler import Scheduler, SchedulerSettings
 from monitor.sinks import Sink
 
@@ -65,6 +66,8 @@ class _Outcomes:
         self.outcomes: dict[str, Outcome] = dict.fromkeys(job_ids, Outcome.UNFINISHED)
 
     def __call__(self, event: Event) -> None:
+        if event.job_id is None:
+            return
         if event.type is EventType.JOB_PHASE_CHANGED and event.phase in ("Success", "Failed"):
             self.outcomes[event.job_id] = Outcome(event.phase)
         elif event.type is EventType.JOB_TIMED_OUT:
@@ -82,9 +85,17 @@ async def watch(
     observers: Sequence[Callback] = (),
     labels: Mapping[str, str] | None = None,
     stop: asyncio.Event | None = None,
+    rollout: str | None = None,
+    rollout_interval: float = 30.0,
 ) -> WatchResult:
-    """Poll ``job_ids`` until each is final or ``stop`` is set; deliver events to sinks and observers."""
+    """Poll ``job_ids`` until each is final or ``stop`` is set; deliver events to sinks and observers.
+
+    With ``rollout``, the jobs form one rollout: its ``rollout.progress`` digests (every ``rollout_interval``)
+    and ``rollout.finished`` summary go to the sinks too.
+    """
     stop = stop or asyncio.Event()
+    if rollout is not None:
+        labels = {**(labels or {}), "rollout": rollout}
     tracker = _Outcomes(job_ids)
     interrupted = False
     try:
@@ -94,10 +105,15 @@ async def watch(
             for observer in observers:
                 bus.subscribe(observer)
             bus.subscribe(tracker, name="outcomes")
+            rollouts = RolloutTracker(bus.publish, project_id=client.settings.project_id, interval=rollout_interval)
+            if rollout is not None:
+                rollouts.add(rollout, job_ids)
+                bus.subscribe(rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
             scheduler = Scheduler(client, bus.publish, settings)
             scheduler.add_many(job_ids, labels)
             async with asyncio.TaskGroup() as tg:
                 runner = tg.create_task(scheduler.run(), name="scheduler")
+                digests = tg.create_task(rollouts.run(), name="rollout-digests")
                 idle = tg.create_task(scheduler.wait_idle(), name="wait-idle")
                 stopped = tg.create_task(stop.wait(), name="wait-stop")
                 await asyncio.wait({idle, stopped, runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -107,6 +123,11 @@ async def watch(
                 scheduler.stop()
                 idle.cancel()
                 stopped.cancel()
+                await runner
+                # Let the rollout tracker see the last job events, then publish its final digest.
+                await bus.drain(settings.drain)
+                digests.cancel()
+                await rollouts.flush()
             await bus.aclose(settings.drain)
     finally:
         await asyncio.gather(*(_close_sink(b.sink) for b in sinks))

@@ -17,7 +17,7 @@ JOB_ID = "354331b2c-229a-11e8-9c75-0255ac100ceb"
 WHEN = datetime(2026, 11, 28, 6, 41, 0, tzinfo=UTC)
 CONTRACT_FIELDS = [
     "schema", "id", "type", "time", "project_id", "job_id", "job_type", "phase", "previous_phase", "reason",
-    "subjob_id", "subjob_type", "resource_name", "cluster_id", "labels", "detail",
+    "subjob_id", "subjob_type", "resource_name", "cluster_id", "labels", "detail", "rollout", "summary",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 
@@ -71,6 +71,8 @@ def test_to_json_full_event() -> None:
         "cluster_id": "4d1ecb2c-229a-11e8-9c75-0255ac100ceb",
         "labels": {"team": "platform", "ünï": "cödé"},
         "detail": "one line",
+        "rollout": None,
+        "summary": None,
     }
     assert event.to_dict() == data
 
@@ -94,6 +96,8 @@ def test_to_json_minimal_event_has_every_field() -> None:
         "cluster_id": None,
         "labels": {},
         "detail": None,
+        "rollout": None,
+        "summary": None,
     }
     assert SCHEMA == "cce-monitor/v1"
 

@@ -55,7 +55,11 @@ def _token(text: str) -> str:
 
 def format_text(event: Event) -> str:
     """The one-line text form of ``event``, without the trailing newline."""
-    parts = [event.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), _token(event.type.value), _token(event.job_id)]
+    stamp = event.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if event.job_id is None:  # a rollout digest: its detail is the readable summary
+        line = f"{stamp} {_token(event.type.value)} rollout={_token(event.rollout or '-')}"
+        return line + (" detail=" + _quote(event.detail) if event.detail else "")
+    parts = [stamp, _token(event.type.value), _token(event.job_id)]
     if event.job_type:
         parts.append(_token(event.job_type))
     if event.subjob_id is not None or event.subjob_type is not None:
