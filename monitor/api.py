@@ -134,6 +134,14 @@ class Control(Protocol):
         """Named checks, e.g. ``{"state": True, "scheduler": True, "cce": False}``; must not block."""
         ...
 
+    def rollouts(self) -> list[dict[str, Any]]:
+        """The summary of every known rollout (see :meth:`monitor.rollout.Rollout.summary`); must not block."""
+        ...
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        """One rollout's summary, or ``None``; must not block."""
+        ...
+
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition body and its content type; must not block."""
         ...
@@ -316,6 +324,16 @@ class _API:
         logger.info("api: job %s removed", job_id)
         return _json({"removed": True})
 
+    async def list_rollouts(self, request: web.Request) -> web.Response:
+        return _json({"rollouts": self._control.rollouts()})
+
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        name = _check_id(request.match_info["name"], "rollout name")
+        summary = self._control.rollout(name)
+        if summary is None:
+            raise _Reject(404, f"rollout {name} is not known")
+        return _json({"rollout": summary})
+
     # ------------------------------------------------------------------------------------- probes
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -423,6 +441,8 @@ def make_app(
     app.router.add_get("/v1/jobs", api.list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", api.get_job)
     app.router.add_delete("/v1/jobs/{job_id}", api.remove_job)
+    app.router.add_get("/v1/rollouts", api.list_rollouts)
+    app.router.add_get("/v1/rollouts/{name}", api.get_rollout)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

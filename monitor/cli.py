@@ -31,6 +31,7 @@ from monitor.client import CCEClient, ClientSettings
 from monitor.config import Config, load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.model import job_to_json, validate_id
+from monitor.rollout import describe
 from monitor.scheduler import SchedulerSettings
 from monitor.secret import Secret
 from monitor.simulator import Simulator, SimulatorConfig, run_forever
@@ -594,6 +595,36 @@ def ls_cmd(phase: str | None, rollout: str | None, as_json: bool, api_url: str) 
     for job in data.get("jobs", []):
         state = job.get("outcome") or job.get("phase") or "waiting"
         click.echo(f"{job['job_id']}  {state:<12} {job.get('rollout') or '-':<16} {job.get('added_at', '')}")
+
+
+@cli.command()
+@click.argument("rollout", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")
+@_api_option
+def status(rollout: str | None, as_json: bool, api_url: str) -> None:
+    """Show rollouts of a running daemon: progress, ETA and failures (one ROLLOUT, or all)."""
+    base = api_url.rstrip("/")
+    if rollout is not None:
+        try:
+            validate_id(rollout, "rollout name")
+        except MonitorError as exc:
+            _fail(str(exc))
+        summaries = [_api_call("GET", f"{base}/v1/rollouts/{rollout}")["rollout"]]
+    else:
+        summaries = _api_call("GET", f"{base}/v1/rollouts").get("rollouts", [])
+    if as_json:
+        click.echo(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not summaries:
+        click.echo("no rollouts")
+    for summary in summaries:
+        click.echo(describe(summary))
+        for failure in summary.get("failed", []):
+            who = failure.get("resource_name") or failure.get("job_id")
+            click.echo(f"  {failure.get('outcome')}: {who} ({failure.get('job_id')}): {failure.get('reason') or ''}")
+        hidden = summary.get("failed_count", 0) - len(summary.get("failed", []))
+        if hidden > 0:
+            click.echo(f"  ... and {hidden} more failures")
 
 
 def main() -> None:

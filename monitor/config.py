@@ -159,6 +159,12 @@ class ApiConfig(_Model):
         return self
 
 
+class RolloutsConfig(_Model):
+    """Rollout digests (``rollout.progress`` at most once per ``interval`` per rollout)."""
+
+    interval: Annotated[float, Field(gt=0)] = 30.0
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -178,6 +184,7 @@ class Config(_Model):
     shutdown_deadline: Annotated[float, Field(gt=0)] = 10.0
     logging: LoggingConfig = LoggingConfig()
     state: StateConfig = StateConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
     api: ApiConfig = ApiConfig()
 
     @field_validator("project_id")

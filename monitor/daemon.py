@@ -29,6 +29,7 @@ from monitor.config import Config
 from monitor.delivery import Deliverer
 from monitor.events import Event
 from monitor.metrics import LoopLagProbe, Metrics
+from monitor.rollout import JOB_EVENT_TYPES, RolloutTracker
 from monitor.scheduler import Scheduler
 from monitor.secret import Secret
 from monitor.sinks import Sink, create_sink
@@ -62,7 +63,7 @@ class Daemon:
         self._deliverers: list[Deliverer] = []
         self._plain_sinks: list[Sink] = []
         self._running = False
-        self._started_at = time.monotonic()
+        self._rollouts: RolloutTracker | None = None
 
     # ------------------------------------------------------------------------------------ Control
 
@@ -71,6 +72,8 @@ class Daemon:
         labels = {**self.config.labels, **labels, **({"rollout": rollout} if rollout else {})}
         new = await state.add_jobs(job_ids, labels, rollout)
         shared = dict(labels)
+        if rollout and self._rollouts is not None and new:
+            self._rollouts.add(rollout, new)
         for job_id in new:
             scheduler.add(job_id, shared)
         fresh = set(new)
@@ -91,7 +94,17 @@ class Daemon:
         state, scheduler = self._parts()
         tracked = scheduler.remove(job_id)
         stored = await state.delete(job_id)
+        if self._rollouts is not None:
+            self._rollouts.forget(job_id)
         return tracked or stored
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        tracker = self._rollouts
+        return [r.summary() for r in tracker.rollouts()] if tracker else []
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        found = self._rollouts.get(name) if self._rollouts else None
+        return found.summary() if found else None
 
     def readiness(self) -> dict[str, bool]:
         scheduler = self._scheduler
@@ -199,6 +212,14 @@ class Daemon:
                     d.notify()
 
             bus.subscribe(on_event, name="daemon")
+
+            async def publish_digest(event: Event) -> None:
+                await state.record_events([event])  # durable sinks get digests through their outbox too
+                await bus.publish(event)
+
+            rollouts = RolloutTracker(publish_digest, project_id=cfg.project_id, interval=cfg.rollouts.interval)
+            self._rollouts = rollouts
+            bus.subscribe(rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
             scheduler = Scheduler(client, bus.publish, settings, store=state, on_poll=self._metrics.observe_poll)
             self._scheduler = scheduler
             self._wire_metrics(scheduler, limiter, bus, probe)
@@ -206,6 +227,7 @@ class Daemon:
             now = time.time()
             for job in await state.unfinished():
                 restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
+            await self._restore_rollouts(state, rollouts)
             if restored:
                 logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
             token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
@@ -220,6 +242,7 @@ class Daemon:
                     chores = [
                         tg.create_task(self._housekeeping(state), name="housekeeping"),
                         tg.create_task(probe.run(), name="loop-lag"),
+                        tg.create_task(rollouts.run(), name="rollout-digests"),
                     ]
                     self._running = True
                     self.started.set()
@@ -232,6 +255,8 @@ class Daemon:
                     await runner.cleanup()  # no new jobs
                     scheduler.stop()
                     await poller
+                    await bus.drain(self.config.shutdown_deadline)  # the tracker sees the last job events
+                    await rollouts.flush()
                     await self._drain(bus, workers)
                     for task in chores:
                         task.cancel()
@@ -246,6 +271,27 @@ class Daemon:
                     dict(stats.outcomes),
                     stats.events,
                     {d.name: d.delivered for d in deliverers},
+                )
+
+    @staticmethod
+    async def _restore_rollouts(state: State, rollouts: RolloutTracker) -> None:
+        """Rebuild rollout aggregates from the database (jobs of every rollout still kept)."""
+        members: dict[str, list[StoredJob]] = {}
+        for job in await state.jobs():
+            if job.rollout:
+                members.setdefault(job.rollout, []).append(job)
+        for name, jobs in members.items():
+            rollouts.add(name, [j.job_id for j in jobs], started=min(j.added_at for j in jobs))
+            for j in jobs:
+                snap = j.snapshot
+                rollouts.restore(
+                    name,
+                    j.job_id,
+                    phase=j.outcome or j.phase,
+                    ended=j.finished_at,
+                    reason=snap.reason or None if snap else None,
+                    resource_name=snap.resource_name or None if snap else None,
+                    subjobs={s.id: s.phase.value for s in snap.walk()} if snap else None,
                 )
 
     async def _drain(self, bus: Bus, workers: list[asyncio.Task[None]]) -> None:

@@ -242,10 +242,9 @@ class RolloutTracker:
     def _event(self, rollout: Rollout, kind: EventType, key: str | None) -> Event:
         summary = rollout.summary(self._clock())
         if key is None:
-            # Progress is identified by the state it reports: the same aggregate gets the same id, also after a
-            # restart; a different one a new id.
-            counts = ",".join(f"{k}={v}" for k, v in sorted(summary["counts"].items()))
-            key = f"{counts};{summary['subjobs_done']}/{summary['subjobs_total']}"
+            # A progress digest is a report at a moment (its duration and ETA change even when the counts do
+            # not), so its id is unique per emission; redeliveries from the outbox repeat the stored body and id.
+            key = f"{summary['finished']}/{summary['total']}@{round(self._clock() * 1000)}"
         return Event(
             id=event_id(self.project_id, None, None, kind.value, rollout.name, key),
             type=kind,

@@ -49,7 +49,7 @@ def test_example_documents_every_key() -> None:
 
     models = (
         c.Config, c.HttpConfig, c.PollingConfig, c.AuthConfig, c.PasswordConfig, c.LoggingConfig, c.StateConfig,
-        c.ApiConfig, c.FilterConfig,
+        c.ApiConfig, c.FilterConfig, c.RolloutsConfig,
     )  # fmt: skip
     for model in models:
         for key in keys(model):

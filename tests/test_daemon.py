@@ -308,21 +308,25 @@ async def test_jobs_added_over_the_api_reach_file_and_webhook(
         assert finals[-1]["phase"] == truth
         assert all(e["labels"] == {"team": "platform", "k": "v"} for e in history)
 
-    file = file_events(tmp_path)
+    # Rollout "r1" digests (job_id null) reach both sinks too; this test is about the job events.
+    digests = [e for e in file_events(tmp_path) if e["job_id"] is None]
+    assert digests and all(e["type"].startswith("rollout.") and e["rollout"] == "r1" for e in digests)
+    file = [e for e in file_events(tmp_path) if e["job_id"] is not None]
+    hits = [h for h in recv.hits if h.body["job_id"] is not None]
     file_ids = [e["id"] for e in file]
     assert len(file_ids) == len(set(file_ids)), "each event once in the file"
     assert not [e for e in file if e["job_id"] == doomed and e["phase"] != "Initializing"]
     assert set(file_ids) - {e["id"] for e in file if e["job_id"] in (doomed, "new-one")} == all_ids
-    hook_ids = [h.webhook_id for h in recv.hits]
+    hook_ids = [h.webhook_id for h in hits]
     assert len(hook_ids) == len(set(hook_ids)), "each event once on the webhook (the receiver never failed)"
-    assert all(h.webhook_id == h.body["id"] for h in recv.hits)
+    assert all(h.webhook_id == h.body["id"] for h in hits)
     assert recv.bad_signatures == 0
     # Same bodies in both sinks; per job in the order of the history.
     by_id = {e["id"]: e for e in file}
-    assert all(h.body == by_id[h.webhook_id] for h in recv.hits)
+    assert all(h.body == by_id[h.webhook_id] for h in hits)
     for job in jobs:
         assert by_job(file)[job] == [e["id"] for e in histories[job]]
-        assert by_job([h.body for h in recv.hits])[job] == [e["id"] for e in histories[job]]
+        assert by_job([h.body for h in hits])[job] == [e["id"] for e in histories[job]]
 
 
 async def test_probes_and_metrics(sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
