@@ -11,7 +11,9 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -567,3 +569,37 @@ async def test_delete_during_a_poll_in_flight_emits_and_stores_nothing_more(
         leftover = body["history"]
     assert (emitted, posted) == ([], []), "nothing emitted after the DELETE answered"
     assert leftover == []
+
+
+async def test_rollouts_over_the_api_and_status_command(
+    sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    _, url = receiver
+    jobs = sim.start_rollout(3, fail_ratio=0.34, duration=0.8)
+    async with running(make_config(sim, tmp_path, url)) as api:
+        status, _ = await api.call("POST", "/v1/jobs", {"job_ids": jobs, "rollout": "pool-z"})
+        assert status == 202
+        await until(lambda: all_finished(api, jobs), 15, "every job to finish")
+
+        async def summary_done() -> bool:
+            found = await api.call("GET", "/v1/rollouts/pool-z")
+            return found[0] == 200 and found[1]["rollout"]["finished"] == 3
+
+        await until(summary_done, 5, "the rollout summary to count every job")
+        code, body = await api.call("GET", "/v1/rollouts")
+        assert code == 200 and [r["rollout"] for r in body["rollouts"]] == ["pool-z"]
+        summary = body["rollouts"][0]
+        assert summary["counts"] == {"Success": 2, "Failed": 1} and summary["failed_count"] == 1
+        assert (await api.call("GET", "/v1/rollouts/nope"))[0] == 404
+        assert (await api.call("GET", "/v1/rollouts/..%2Fx"))[0] in (400, 404)
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "monitor.cli", "status", "pool-z", "--api", api.base,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "CCE_MONITOR_API_TOKEN": API_TOKEN},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, err.decode()
+        text = out.decode()
+        assert text.startswith("pool-z: 3/3 finished (2 Success, 1 Failed)")
+        assert "Failed:" in text
