@@ -159,6 +159,13 @@ class ApiConfig(_Model):
         return self
 
 
+class DeliveryConfig(_Model):
+    """How a durable sink's outbox is retried after the sink itself gave up (receiver down)."""
+
+    retry_initial: Annotated[float, Field(gt=0)] = 2.0
+    retry_max: Annotated[float, Field(gt=0)] = 120.0
+
+
 class RolloutsConfig(_Model):
     """Rollout digests (``rollout.progress`` at most once per ``interval`` per rollout)."""
 
@@ -185,6 +192,7 @@ class Config(_Model):
     logging: LoggingConfig = LoggingConfig()
     state: StateConfig = StateConfig()
     rollouts: RolloutsConfig = RolloutsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     api: ApiConfig = ApiConfig()
 
     @field_validator("project_id")
@@ -209,7 +217,8 @@ class Config(_Model):
     def scheduler_settings(self, **overrides: Any) -> SchedulerSettings:
         values = self.polling.model_dump()
         values.update({k: v for k, v in overrides.items() if v is not None})
-        values["drain"] = self.shutdown_deadline
+        # Half the shutdown deadline for polls in flight; the rest for draining sinks and outboxes.
+        values["drain"] = self.shutdown_deadline / 2
         return SchedulerSettings(**values)
 
     def make_auth(self) -> Auth | None:

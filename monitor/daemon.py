@@ -138,7 +138,10 @@ class Daemon:
                 # Outbox rows are keyed by sink name: two sinks with the same target need distinct keys.
                 name = sink.name if seen[sink.name] == 1 else f"{sink.name}#{seen[sink.name]}"
                 state.route(name, event_filter)
-                self._deliverers.append(Deliverer(sink, state, name=name))
+                d = self.config.delivery
+                self._deliverers.append(
+                    Deliverer(sink, state, name=name, retry_initial=d.retry_initial, retry_max=d.retry_max)
+                )
             else:
                 self._plain_sinks.append(sink)
                 bus.subscribe(sink.send, event_filter, name=sink.name)
@@ -228,6 +231,7 @@ class Daemon:
             for job in await state.unfinished():
                 restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
             await self._restore_rollouts(state, rollouts)
+            await self._warn_stranded(state)
             if restored:
                 logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
             token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
@@ -251,13 +255,17 @@ class Daemon:
                         on_ready(self.endpoint)
                     await stop.wait()
                     logger.info("shutting down")
+                    stopping = time.monotonic()
                     self._running = False
                     await runner.cleanup()  # no new jobs
                     scheduler.stop()
                     await poller
-                    await bus.drain(self.config.shutdown_deadline)  # the tracker sees the last job events
+                    left = max(0.5, self.config.shutdown_deadline - (time.monotonic() - stopping))
+                    await bus.drain(left)  # the rollout tracker sees the last job events
                     await rollouts.flush()
-                    await self._drain(bus, workers)
+                    await self._drain(
+                        bus, workers, max(0.5, self.config.shutdown_deadline - (time.monotonic() - stopping))
+                    )
                     for task in chores:
                         task.cancel()
             finally:
@@ -271,6 +279,18 @@ class Daemon:
                     dict(stats.outcomes),
                     stats.events,
                     {d.name: d.delivered for d in deliverers},
+                )
+
+    async def _warn_stranded(self, state: State) -> None:
+        """Outbox rows of a sink no longer configured (renamed URL or path) would wait forever: say so."""
+        configured = {d.name for d in self._deliverers}
+        for sink, count in (await state.outbox_depth()).items():
+            if sink not in configured:
+                logger.warning(
+                    "%d undelivered events wait for sink %s, which is no longer configured; "
+                    "configure it again to deliver them",
+                    count,
+                    sink,
                 )
 
     @staticmethod
@@ -294,8 +314,7 @@ class Daemon:
                     subjobs={s.id: s.phase.value for s in snap.walk()} if snap else None,
                 )
 
-    async def _drain(self, bus: Bus, workers: list[asyncio.Task[None]]) -> None:
-        deadline = self.config.shutdown_deadline
+    async def _drain(self, bus: Bus, workers: list[asyncio.Task[None]], deadline: float) -> None:
         start = time.monotonic()
         await bus.aclose(deadline)
         remaining = max(0.1, deadline - (time.monotonic() - start))

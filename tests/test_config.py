@@ -32,7 +32,7 @@ def test_example_is_valid_and_builds_everything(tmp_path: Path) -> None:
     assert cfg.polling.rate == 10 and cfg.polling.interval == 10
     assert isinstance(cfg.make_auth(), TokenAuth)
     assert cfg.client_settings().endpoint == "https://cce.example.com".replace("example", "eu-de.otc.t-systems")
-    assert cfg.scheduler_settings().drain == cfg.shutdown_deadline
+    assert cfg.scheduler_settings().drain == cfg.shutdown_deadline / 2
     specs = [s.spec for s in cfg.sinks]
     assert specs == ["log", f"file:{tmp_path}/events.jsonl", "webhook:https://hooks.example.com/cce"]
     for entry in cfg.sinks:  # every option in the example is accepted by its sink
@@ -49,7 +49,7 @@ def test_example_documents_every_key() -> None:
 
     models = (
         c.Config, c.HttpConfig, c.PollingConfig, c.AuthConfig, c.PasswordConfig, c.LoggingConfig, c.StateConfig,
-        c.ApiConfig, c.FilterConfig, c.RolloutsConfig,
+        c.ApiConfig, c.FilterConfig, c.RolloutsConfig, c.DeliveryConfig,
     )  # fmt: skip
     for model in models:
         for key in keys(model):
