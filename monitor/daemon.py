@@ -158,6 +158,7 @@ class Daemon:
         sources.queue_depth = lambda: {s.name: s.depth for s in bus.subscriptions} | self._outbox_depth
         sources.deliveries = self._delivery_counts
         sources.loop_lag = lambda: probe.lag
+        sources.schedule_lag = lambda: scheduler.stats.lag
 
     def _delivery_counts(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}

@@ -34,6 +34,8 @@ class MetricsSources:
         self.deliveries: Callable[[], Mapping[tuple[str, str], int]] = dict
         """(sink, result) -> count, result in delivered / failed / rejected."""
         self.loop_lag: Callable[[], float] = lambda: 0.0
+        self.schedule_lag: Callable[[], float] = lambda: 0.0
+        """How late the latest poll started: above zero when demand exceeds the rate."""
 
 
 class _Collector(Collector):
@@ -68,6 +70,11 @@ class _Collector(Collector):
         yield deliveries
         yield GaugeMetricFamily(
             "cce_monitor_event_loop_lag_seconds", "How late a 0.25 s timer fired, recently", value=self._s.loop_lag()
+        )
+        yield GaugeMetricFamily(
+            "cce_monitor_schedule_lag_seconds",
+            "How late the latest poll started after its due time (demand above the rate stretches intervals)",
+            value=self._s.schedule_lag(),
         )
 
 
