@@ -193,6 +193,8 @@ def test_event_type_values() -> None:
         "job.poll_failed",
         "job.recovered",
         "monitor.auth_failed",
+        "rollout.progress",
+        "rollout.finished",
     }
     assert {t for t in EventType if t.is_final} == {EventType.JOB_TIMED_OUT, EventType.JOB_NOT_FOUND}
 

@@ -54,6 +54,11 @@ _BUILTINS: dict[str, str] = {
     "log": "monitor.sinks.log",
     "file": "monitor.sinks.file",
     "webhook": "monitor.sinks.webhook",
+    "slack": "monitor.sinks.slack",
+    "teams": "monitor.sinks.teams",
+    "feishu": "monitor.sinks.feishu",
+    "dingtalk": "monitor.sinks.dingtalk",
+    "wecom": "monitor.sinks.wecom",
 }
 _REGISTRY: dict[str, SinkFactory] = {}
 

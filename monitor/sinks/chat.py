@@ -26,7 +26,8 @@ else is here:
 * **Messages.** A digest names the rollouts with their latest state ("pool-a: 255/300 finished, 250 Success,
   3 Failed, …, ETA 7m") and lists what failed and why (resource name, job id, reason), with a link where option
   ``link`` gives a template. Lists are cut to fit the platform's size limit (measured the way the platform
-  measures: UTF-8 bytes, or UTF-16 units for Slack) with "… and N more"; rollouts go last, counts never.
+  measures: UTF-8 bytes, or UTF-16 units for Slack) with "… and N more": job lists first, rollout lines only
+  when that is not enough, counts never.
 * **Retries.** Like the webhook sink: exponential backoff with full jitter, ``Retry-After`` honoured, 429, 5xx,
   transport errors and the platform's rate-limit codes retried (a rate-limit code also pauses the whole
   budget); other errors are final. The bot's answer body is checked as well as the status. A message that
@@ -39,6 +40,33 @@ else is here:
   the token part of the path masked, and scrub every token spelling from answers and exceptions.
 * **Close.** ``aclose`` stops the flusher, then sends one final digest of whatever is still pending if the
   budget allows it at once (one attempt), else logs how many events were not sent, and closes the session.
+
+Options (all optional; the webhook URL is the spec's target, e.g. ``dingtalk:https://…?access_token=…``):
+
+``events``
+    Event types to send, ``TYPE`` or ``TYPE:PHASE`` (default: the list above, ``job.phase_changed:Failed``).
+``title``
+    Prefix of every message, one line (default ``cce-monitor``); also meets a bot's "keyword" security setting.
+``link``
+    URL template with ``{rollout}`` and/or ``{job_id}`` (values URL-encoded). A template with ``{job_id}`` links
+    job lines, one with only ``{rollout}`` links rollout lines.
+``rate_per_minute``, ``rate_per_second``
+    Integers; the platform's defaults (see each module). ``rate_per_second: null`` drops the per-second window.
+``coalesce``
+    Seconds to gather events after the first of a quiet spell before a digest goes out (default 5).
+``progress_every``
+    Seconds between digests that carry nothing but rollout progress (default 60); digests with job events, and
+    finished summaries, do not wait for it.
+``max_items``
+    Job lines listed per section before "… and N more" (default 10).
+``max_pending``
+    Job events kept while waiting (default 1000); more are counted only.
+``max_attempts``, ``backoff_initial``, ``backoff_max``, ``timeout``
+    Tries per message (default 5); seconds: before retry *n* the sink sleeps ``uniform(0, min(backoff_max,
+    backoff_initial * 2**n))`` or the ``Retry-After`` if longer (defaults 1 and 60); one request (default 10).
+    After a message finally fails, the next waits ``backoff_max``.
+``secret`` (feishu, dingtalk), ``format`` (feishu, dingtalk, wecom)
+    See those modules.
 
 Time is injectable (:class:`Timing`: a monotonic clock, a sleep, a wall clock for signatures and the jitter
 source), so tests run a whole rollout on a fake clock.
@@ -71,20 +99,37 @@ from monitor.sinks.webhook import USER_AGENT
 
 __all__ = [
     "DEFAULT_EVENTS",
+    "OK",
+    "Batch",
     "Budget",
     "ChatSettings",
     "ChatSink",
     "EventSelector",
     "Line",
     "Message",
+    "Pending",
     "Platform",
+    "RolloutEntry",
     "Section",
     "Timing",
     "Verdict",
+    "answer_code",
+    "answer_snippet",
+    "budget_windows",
+    "build_digest",
+    "build_finished",
+    "code_verdict",
+    "duration",
     "fit",
+    "json_answer",
     "markdown_text",
+    "md_label",
+    "more_text",
     "parse_options",
     "plain_text",
+    "public_url",
+    "rollout_state",
+    "status_verdict",
     "utf16_len",
 ]
 
@@ -202,8 +247,8 @@ class Platform:
     rate_per_second: int | None
     formats: tuple[str, ...] = ()  # accepted values of option ``format``; the first is the default
     signed: bool = False  # accepts option ``secret``
-    token_param: str | None = None  # query parameter that must hold the bot's token
-    path_secret_after: str | None = None  # path segments after this one are the token
+    query_key: str | None = None  # query parameter that must hold the bot's token
+    path_masked_after: str | None = None  # path segments after this one are the token
     throttle_pause: float = 10.0  # seconds to pause after a rate-limit answer without Retry-After
 
 
@@ -251,7 +296,7 @@ class ChatSettings:
     timeout: float = 10.0
     max_pending: int = 1000
     max_items: int = 10
-    coalesce: float = 1.0
+    coalesce: float = 5.0
     progress_every: float = 60.0
 
     def __repr__(self) -> str:
@@ -284,11 +329,11 @@ _LINK_FIELDS = frozenset({"rollout", "job_id"})
 def public_url(url: URL, platform: Platform) -> str:
     """``url`` as it may be shown: no userinfo, query or fragment, and the path's token masked."""
     base = url.with_user(None).with_query(None).with_fragment(None)
-    if platform.path_secret_after is None:
+    if platform.path_masked_after is None:
         return str(base)
     segments = base.raw_path.split("/")
-    if platform.path_secret_after in segments:
-        keep = segments[: segments.index(platform.path_secret_after) + 1]
+    if platform.path_masked_after in segments:
+        keep = segments[: segments.index(platform.path_masked_after) + 1]
         masked = "/".join(keep) + ("/***" if len(segments) > len(keep) else "")
     else:
         masked = "/***"
@@ -347,7 +392,9 @@ def _link_template(kind: str, value: object) -> str:
 def parse_options(platform: Platform, target: str | None, options: Mapping[str, object]) -> ChatSettings:
     """Validate a chat sink's URL and options into :class:`ChatSettings`; raise ConfigError with one line."""
     kind = platform.kind
-    known = set(_COMMON_OPTIONS) | ({"secret"} if platform.signed else set()) | ({"format"} if platform.formats else set())
+    known = set(_COMMON_OPTIONS)
+    known |= {"secret"} if platform.signed else set()
+    known |= {"format"} if platform.formats else set()
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"{kind} sink: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -361,8 +408,8 @@ def parse_options(platform: Platform, target: str | None, options: Mapping[str, 
         raise ConfigError(f"{kind} sink: the webhook URL must be an http:// or https:// URL with a host")
     url = url.with_fragment(None)
     shown = public_url(url, platform)
-    if platform.token_param is not None and not url.query.get(platform.token_param):
-        raise ConfigError(f"{kind} sink: the webhook URL {shown} lacks its {platform.token_param}= query parameter")
+    if platform.query_key is not None and not url.query.get(platform.query_key):
+        raise ConfigError(f"{kind} sink: the webhook URL {shown} lacks its {platform.query_key}= query parameter")
 
     secret: Secret | None = None
     if "secret" in options:
@@ -406,7 +453,7 @@ def parse_options(platform: Platform, target: str | None, options: Mapping[str, 
         timeout=_number(kind, options, "timeout", 10.0, positive=True),
         max_pending=_required_integer(kind, options, "max_pending", 1000),
         max_items=_required_integer(kind, options, "max_items", 10),
-        coalesce=_number(kind, options, "coalesce", 1.0, positive=False),
+        coalesce=_number(kind, options, "coalesce", 5.0, positive=False),
         progress_every=_number(kind, options, "progress_every", 60.0, positive=False),
     )
 
@@ -483,11 +530,13 @@ def md_label(text: str) -> str:
     return text.replace("[", "(").replace("]", ")")
 
 
-def markdown_text(message: Message, *, title: str, heading: str, bullet: str, gap: str = "\n\n") -> str:
+def markdown_text(
+    message: Message, *, title: str, heading: str, bullet: str, gap: str = "\n\n", after_heading: str = "\n"
+) -> str:
     """``message`` as Markdown. ``title``/``heading`` are format strings with ``{}``; links are ``[label](url)``."""
     parts = [title.format(message.title)]
     for section in message.sections:
-        lines = [heading.format(section.heading)]
+        lines = [heading.format(section.heading) + after_heading.removesuffix("\n")]
         for line in section.lines:
             label = f"[{md_label(line.label)}]({line.link})" if line.link and line.label else line.label
             lines.append(bullet + label + line.text)
@@ -525,7 +574,9 @@ def fit(message: Message, render: Callable[[Message], T], fits: Callable[[T], bo
 
     items = min(max_items, message.longest(rollouts=False))
     rollouts = message.longest(rollouts=True)
-    body = attempt(items, rollouts) or _largest(0, items - 1, lambda n: attempt(n, rollouts))
+    body = attempt(items, rollouts)
+    if body is None:
+        body = _largest(0, items - 1, lambda n: attempt(n, rollouts))
     if body is None:
         body = _largest(0, rollouts - 1, lambda n: attempt(0, n))
     if body is None:
@@ -555,6 +606,10 @@ _HEADLINE_WORDS: dict[Category, tuple[str, str]] = {
     "other": ("other update", "other updates"),
 }
 _TERMINAL_COUNTS = ("Success", "Failed", "timed_out", "not_found")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _clip(text: str, limit: int) -> str:
@@ -729,6 +784,8 @@ class Pending:
         events into counts and a finished summary into a rollout line (a payload the bot keeps refusing)."""
         digest = self._digest
         if batch.finished is not None and not demote:
+            late = digest.rollouts.pop(rollout_name(batch.finished.event), None)  # progress after the end
+            batch.finished.events += late.events if late else 0
             self._finished.appendleft(batch.finished)
         elif batch.finished is not None:
             batch.rollouts[rollout_name(batch.finished.event)] = batch.finished
@@ -736,6 +793,7 @@ class Pending:
         if demote:
             for note in batch.notes:
                 digest.overflow[note.category] += 1
+            self.dropped += len(batch.notes)
         else:
             notes = batch.notes + notes
         digest.overflow.update(batch.overflow)
@@ -912,7 +970,11 @@ def build_finished(entry: RolloutEntry, settings: ChatSettings) -> Message:
     counts = _counts(summary)
     listed = summary.get("failed")
     items = [item for item in listed if isinstance(item, Mapping)] if isinstance(listed, list) else []
-    bad = max(len(items), sum(counts.get(k, 0) for k in ("Failed", "timed_out", "not_found")))
+    bad = max(
+        len(items),
+        _int(summary.get("failed_count")) or 0,  # the list may be cut short by the tracker
+        sum(counts.get(k, 0) for k in ("Failed", "timed_out", "not_found")),
+    )
     total = _int(summary.get("total"))
     headline = f"Rollout {name} finished"
     if total is not None:
@@ -1149,8 +1211,11 @@ class ChatSink(abc.ABC):
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("%s: flusher crashed with %d events pending; restarting at the next event",
-                             self.name, self._pending.count)
+            logger.exception(
+                "%s: flusher crashed with %d events pending; restarting at the next event",
+                self.name,
+                self._pending.count,
+            )
         else:  # pragma: no cover - _run never returns
             logger.error("%s: flusher finished unexpectedly", self.name)
 
@@ -1197,6 +1262,9 @@ class ChatSink(abc.ABC):
             except asyncio.CancelledError:
                 self._pending.restore(batch)
                 raise
+            except Exception:  # a bug: drop this message rather than fail on it forever
+                logger.exception("%s: dropped a message carrying %s", self.name, _plural(batch.events, "event"))
+                continue
             finally:
                 self._in_flight = 0
             now = self._timing.clock()
@@ -1209,8 +1277,9 @@ class ChatSink(abc.ABC):
             demote = self._strikes >= _STRIKES
             if demote:
                 self._strikes = 0
-                logger.warning("%s: the bot refused %d messages in a row; listing their jobs as counts only",
-                               self.name, _STRIKES)
+                logger.warning(
+                    "%s: the bot refused %d messages in a row; listing their jobs as counts only", self.name, _STRIKES
+                )
             self._pending.restore(batch, demote=demote)
             self._resume_at = now + self.settings.backoff_max
 
@@ -1271,16 +1340,16 @@ class ChatSink(abc.ABC):
             if not verdict.retryable or attempt >= attempts:
                 break
             delay = max(verdict.retry_after or 0.0, self._backoff(attempt - 1))
-            logger.debug("%s: attempt %d/%d failed: %s; retrying in %.2fs",
-                         self.name, attempt, attempts, verdict.detail, delay)
+            logger.debug(
+                "%s: attempt %d/%d failed: %s; retrying in %.2fs", self.name, attempt, attempts, verdict.detail, delay
+            )
             await self._nap(delay)
         self.failed_messages += 1
         logger.warning(
-            "%s: a message carrying %d events was not delivered after %d attempt%s: %s%s",
+            "%s: a message carrying %s was not delivered after %s: %s%s",
             self.name,
-            message.events,
-            attempt,
-            "" if attempt == 1 else "s",
+            _plural(message.events, "event"),
+            _plural(attempt, "attempt"),
             verdict.detail,
             "" if final else "; its events stay pending for the next digest",
         )
@@ -1342,12 +1411,12 @@ class ChatSink(abc.ABC):
             count = self._pending.count
             if count:
                 if self._budget.delay(self._timing.clock()) > 0:
-                    logger.warning("%s: closing with %d events not sent: the rate budget is spent", self.name, count)
+                    logger.warning(
+                        "%s: closing with %s not sent: the rate budget is spent", self.name, _plural(count, "event")
+                    )
                 else:
                     batch = self._pending.take_all()
-                    verdict = await self._deliver(build_digest(batch, self.settings), final=True)
-                    if not verdict.ok:
-                        logger.warning("%s: closing with %d events not sent", self.name, count)
+                    await self._deliver(build_digest(batch, self.settings), final=True)  # logs a failure
         finally:
             session, self._session = self._session, None
             if session is not None:

@@ -22,7 +22,8 @@ A ``post`` body (``text``: ``{"msg_type": "text", "content": {"text": …}}``); 
         "title": "cce-monitor: 3 jobs failed · pool-a 255/300 finished",
         "content": [
           [{"tag": "text", "text": "Rollouts (1)"}],
-          [{"tag": "text", "text": "• pool-a"}, {"tag": "text", "text": ": 255/300 finished, 250 Success, 3 Failed, ETA 7m"}],
+          [{"tag": "text", "text": "• pool-a"},
+           {"tag": "text", "text": ": 255/300 finished, 250 Success, 3 Failed, ETA 7m"}],
           [{"tag": "text", "text": "Failed jobs (3)"}],
           [{"tag": "text", "text": "• "}, {"tag": "a", "text": "node-7", "href": "https://console/jobs/0c1f…"},
            {"tag": "text", "text": " (job 0c1f…): Install node failed"}],
@@ -71,7 +72,7 @@ PLATFORM = Platform(
     rate_per_second=5,
     formats=("post", "text"),
     signed=True,
-    path_secret_after="hook",
+    path_masked_after="hook",
     throttle_pause=10.0,
 )
 

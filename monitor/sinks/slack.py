@@ -8,13 +8,19 @@ allowed" for incoming webhooks and posting messages; the minute limit is ours, t
 The body is ``{"text": <headline>, "blocks": [<section>, …]}``: ``text`` is what notifications show, each block a
 ``section`` with ``mrkdwn`` text of at most 3,000 characters (Slack's limit per text object), at most 50 blocks
 and 40,000 characters in all, counted in UTF-16 units as Slack counts them. ``&``, ``<`` and ``>`` are escaped as
-Slack asks; links are ``<url|label>``. Example (one block per line here)::
+Slack asks; links are ``<url|label>``. Example::
 
     {"text": "cce-monitor: 3 jobs failed · pool-a 255/300 finished",
      "blocks": [
-       {"type": "section", "text": {"type": "mrkdwn", "text": "*cce-monitor: 3 jobs failed · pool-a 255/300 finished*"}},
-       {"type": "section", "text": {"type": "mrkdwn", "text": "*Rollouts (1)*\\n• *pool-a*: 255/300 finished, 250 Success, 3 Failed, 40 Running, ETA 7m"}},
-       {"type": "section", "text": {"type": "mrkdwn", "text": "*Failed jobs (3)*\\n• <https://console/jobs/0c1f…|node-7> (job 0c1f…): Install node failed\\n• …"}}]}
+       {"type": "section",
+        "text": {"type": "mrkdwn", "text": "*cce-monitor: 3 jobs failed · pool-a 255/300 finished*"}},
+       {"type": "section",
+        "text": {"type": "mrkdwn",
+                 "text": "*Rollouts (1)*\\n• *pool-a*: 255/300 finished, 250 Success, 3 Failed, 40 Running, ETA 7m"}},
+       {"type": "section",
+        "text": {"type": "mrkdwn",
+                 "text": "*Failed jobs (3)*\\n• <https://console/jobs/0c1f…|node-7> (job 0c1f…): Install node failed
+                          \\n• … and 2 more"}}]}
 
 Success is HTTP 200 with the body ``ok``. 429 (with ``Retry-After``) and 5xx are retried; other answers
 (``invalid_payload``, ``no_service``, ``channel_is_archived``, …) are final.
@@ -46,7 +52,7 @@ PLATFORM = Platform(
     kind="slack",
     rate_per_minute=60,
     rate_per_second=1,
-    path_secret_after="services",
+    path_masked_after="services",
     throttle_pause=1.0,
 )
 

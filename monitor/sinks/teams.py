@@ -23,7 +23,8 @@ Markdown. The whole body stays under 27,000 UTF-8 bytes (Teams refuses messages 
            {"type": "TextBlock", "text": "cce-monitor: 3 jobs failed · pool-a 255/300 finished",
             "weight": "Bolder", "size": "Medium", "wrap": true},
            {"type": "TextBlock", "text": "Rollouts (1)", "weight": "Bolder", "wrap": true, "spacing": "Medium"},
-           {"type": "FactSet", "facts": [{"title": "pool-a", "value": "255/300 finished, 250 Success, 3 Failed, ETA 7m"}]},
+           {"type": "FactSet",
+            "facts": [{"title": "pool-a", "value": "255/300 finished, 250 Success, 3 Failed, ETA 7m"}]},
            {"type": "TextBlock", "text": "Failed jobs (3)", "weight": "Bolder", "wrap": true, "spacing": "Medium"},
            {"type": "TextBlock", "text": "• node-7 (job 0c1f…): Install node failed", "wrap": true, "spacing": "None"},
            {"type": "TextBlock", "text": "… and 2 more", "wrap": true, "spacing": "None", "isSubtle": true}]}}]}
