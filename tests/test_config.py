@@ -22,6 +22,13 @@ ENV = {
     "WEBHOOK_SECRET": "whsec_aGVsbG8=",
     "CCE_IAM_PASSWORD": "pw",
     "CCE_MONITOR_API_TOKEN": "api-token",
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/xyz",
+    "TEAMS_WEBHOOK_URL": "https://prod-00.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke",
+    "FEISHU_WEBHOOK_URL": "https://open.feishu.cn/open-apis/bot/v2/hook/abc",
+    "FEISHU_SECRET": "feishu-secret",
+    "DINGTALK_WEBHOOK_URL": "https://oapi.dingtalk.com/robot/send?access_token=abc",
+    "DINGTALK_SECRET": "SECabc",
+    "WECOM_WEBHOOK_URL": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc",
 }
 MINIMAL = "endpoint: https://cce.example.com\nproject_id: 0123456789abcdef0123456789abcdef\n"
 
@@ -34,7 +41,8 @@ def test_example_is_valid_and_builds_everything(tmp_path: Path) -> None:
     assert cfg.client_settings().endpoint == "https://cce.example.com".replace("example", "eu-de.otc.t-systems")
     assert cfg.scheduler_settings().drain == cfg.shutdown_deadline / 2
     specs = [s.spec for s in cfg.sinks]
-    assert specs == ["log", f"file:{tmp_path}/events.jsonl", "webhook:https://hooks.example.com/cce"]
+    assert specs[:3] == ["log", f"file:{tmp_path}/events.jsonl", "webhook:https://hooks.example.com/cce"]
+    assert [s.type for s in cfg.sinks[3:]] == ["slack", "teams", "feishu", "dingtalk", "wecom"]
     for entry in cfg.sinks:  # every option in the example is accepted by its sink
         create_sink(entry.spec, entry.options)
     assert EventType.JOB_TIMED_OUT in cfg.sinks[2].filter.types
