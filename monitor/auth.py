@@ -36,6 +36,7 @@ from monitor.errors import (
 )
 from monitor.model import parse_go_time
 from monitor.secret import Secret
+from monitor.tls import warn_plain_http
 
 __all__ = ["AKSKAuth", "Auth", "PasswordAuth", "TokenAuth", "auth_from_env"]
 
@@ -144,6 +145,7 @@ class PasswordAuth:
         if not project_id and not project_name:
             raise ConfigError("IAM password auth needs a project id or name to scope the token")
         self.iam_endpoint = iam_endpoint.rstrip("/")
+        warn_plain_http(url, "IAM endpoint")
         self.username = username
         self._password = password
         self.domain = domain

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,6 +37,7 @@ from monitor.errors import (
 )
 from monitor.model import Job, parse_job, validate_id
 from monitor.throttle import RateLimiter
+from monitor.tls import ssl_context, warn_plain_http
 
 __all__ = ["CCEClient", "ClientSettings"]
 
@@ -78,6 +78,7 @@ class ClientSettings:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
+        ssl_context(self.ca_bundle, what="http.ca_bundle")  # a bad bundle fails here, at start-up
 
 
 class CCEClient:
@@ -110,9 +111,8 @@ class CCEClient:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            ssl_ctx: ssl.SSLContext | bool = True
-            if self.settings.ca_bundle:
-                ssl_ctx = ssl.create_default_context(cafile=self.settings.ca_bundle)
+            warn_plain_http(URL(self.settings.endpoint), "CCE endpoint")
+            ssl_ctx = ssl_context(self.settings.ca_bundle, what="http.ca_bundle")
             connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ssl=ssl_ctx, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,

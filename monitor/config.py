@@ -113,6 +113,10 @@ class SinkConfig(BaseModel):
     secret: SecretStr | None = None
     filter: FilterConfig = FilterConfig()
 
+    def __repr_args__(self) -> Any:
+        # Sink URLs and options may hold credentials (chat bot tokens, header values): show only the kind.
+        return [("type", self.type), ("filter", self.filter)]
+
     @property
     def spec(self) -> str:
         target = self.target or self.path or self.url
@@ -242,10 +246,43 @@ class Config(_Model):
         )
 
 
+def _key_text(key: object) -> str:
+    """A key as it may appear in a one-line message: non-printable characters escaped."""
+    text = str(key)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, minus what has no place in a config file.
+
+    Anchors and aliases are refused: they allow "billion laughs" documents (a 1 KB file expanding to 10^9
+    nodes) and self-referencing structures, and a config file does not need them. Duplicate keys are refused:
+    PyYAML would silently keep the last one, so a second ``endpoint:`` further down would win unnoticed.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+            raise ConfigError(f"line {line}: YAML aliases (*name) are not supported")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {_key_text(key)!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _expand(node: object, path: str, env: Mapping[str, str]) -> object:
     """Expand ``${VAR}`` references; refuse literal secrets. ``path`` names the key for messages."""
     if isinstance(node, dict):
-        return {k: _expand(v, f"{path}.{k}" if path else str(k), env) for k, v in node.items()}
+        return {k: _expand(v, f"{path}.{_key_text(k)}" if path else _key_text(k), env) for k, v in node.items()}
     if isinstance(node, list):
         return [_expand(v, f"{path}.{i}", env) for i, v in enumerate(node)]
     if isinstance(node, str):
@@ -263,7 +300,7 @@ def _expand(node: object, path: str, env: Mapping[str, str]) -> object:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = ".".join(_key_text(p) for p in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
@@ -281,10 +318,15 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     """
     problem: str | None = None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except ConfigError as exc:
+        problem = exc.message
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = "not valid YAML" + (f" at line {mark.line + 1}" if mark is not None else "")
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise these for values such as 2024-02-30 or "!!int abc".
+        problem = f"not valid YAML ({type(exc).__name__} while reading a value)"
     if problem is not None:
         raise ConfigError(f"{source}: {problem}")
     if raw is None:

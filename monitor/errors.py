@@ -167,11 +167,16 @@ class SinkError(MonitorError):
 _CODE_KEYS = ("errorCode", "error_code", "code")
 _MESSAGE_KEYS = ("errorMessage", "error_msg", "message", "msg", "title")
 _TAG_RE = re.compile(r"<[^>]*>")
-_TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACE_RE = re.compile(r"\s+")
 
 
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ufeff]")
+_SCAN_LIMIT = 64 * 1024
+
+
 def _clip(text: str) -> str:
+    # Messages end up in logs and terminals: no control characters, escape sequences or bidi overrides.
+    text = _CONTROL_RE.sub(" ", text)
     text = _SPACE_RE.sub(" ", text).strip()
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
@@ -185,6 +190,19 @@ def _pick(obj: Mapping[str, object], keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _html_title(text: str) -> str | None:
+    """The first ``<title>`` of a page, found in linear time (a lazy regex rescans on pathological pages)."""
+    lower = text.lower()
+    start = lower.find("<title")
+    if start < 0:
+        return None
+    open_end = lower.find(">", start)
+    close = lower.find("</title", open_end + 1) if open_end >= 0 else -1
+    if close < 0:
+        return None
+    return text[open_end + 1 : close]
+
+
 def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, str]:
     """Read ``(code, message)`` from an error body in any style CCE and its gateway use.
 
@@ -192,7 +210,9 @@ def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, s
     ``{"code","message"}``, Kubernetes ``Status`` bodies carrying several of these, IAM's
     ``{"error": {"code", "title", "message"}}``, HTML pages (their ``<title>``) and plain text. Never raises.
     """
-    text = body.decode("utf-8", "replace")
+    # Only the start of a body is read for the message: an error page can be large, and the regular
+    # expressions below must not be handed megabytes.
+    text = body[:_SCAN_LIMIT].decode("utf-8", "replace")
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
@@ -203,11 +223,13 @@ def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, s
             data = {**data, **nested}
         code = _pick(data, _CODE_KEYS)
         message = _pick(data, _MESSAGE_KEYS)
-        if code is not None or message is not None:
-            return (_clip(code) if code else None), _clip(message or code or "")
+        clean_code = _clip(code) if code else ""
+        clean_message = (_clip(message) if message else "") or clean_code
+        if clean_code or clean_message:
+            return clean_code or None, clean_message
     if "html" in content_type.lower() or text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
-        title = _TITLE_RE.search(text)
-        return None, _clip(title.group(1) if title else _TAG_RE.sub(" ", text)) or "HTML error page"
+        title = _html_title(text)
+        return None, _clip(title if title is not None else _TAG_RE.sub(" ", text)) or "HTML error page"
     return None, _clip(text) or "(empty body)"
 
 

@@ -14,6 +14,7 @@ The parser is lenient where the real API is messy and strict where a mistake wou
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
@@ -262,13 +263,43 @@ def parse_job_object(data: object, *, _depth: int = 0, _memo: dict[str, str] | N
         cluster_id=text(spec.get("clusterUID")),
         resource_id=text(spec.get("resourceID")),
         resource_name=text(spec.get("resourceName")),
-        extend_params={text(k): text(v) if isinstance(v, str) else v for k, v in extend.items()}
-        if isinstance(extend, dict) and extend
-        else None,
+        extend_params=_extend_params(extend, text),
         created=Timestamp(text(metadata.get("creationTimestamp"))),
         updated=Timestamp(text(metadata.get("updateTimestamp"))),
         sub_jobs=tuple(parse_job_object(sub, _depth=_depth + 1, _memo=memo) for sub in raw_subs or ()),
     )
+
+
+_MAX_EXTEND_DEPTH = 8
+
+
+def _nesting(value: object, limit: int) -> int:
+    """Nesting depth of a JSON value, counting no further than ``limit + 1``."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        nxt: list[object] = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        level = nxt
+    return depth
+
+
+def _extend_params(extend: object, text: Callable[[object], str]) -> dict[str, Any] | None:
+    """``spec.extendParam`` (a map of strings in the API document); values nested absurdly deep are dropped,
+    so that every snapshot can be stored and serialized again."""
+    if not isinstance(extend, dict) or not extend:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in extend.items():
+        if isinstance(value, str):
+            out[text(key)] = text(value)
+        elif _nesting(value, _MAX_EXTEND_DEPTH) <= _MAX_EXTEND_DEPTH:
+            out[text(key)] = value
+    return out or None
 
 
 def _strip_trailing_commas(text: str) -> str:
@@ -303,10 +334,10 @@ def parse_job(body: bytes | str) -> Job:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         try:
+            text = body.decode("utf-8") if isinstance(body, bytes) else body
             data = orjson.loads(_strip_trailing_commas(text))
-        except orjson.JSONDecodeError:
+        except (UnicodeDecodeError, orjson.JSONDecodeError):
             raise MalformedResponseError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedResponseError("body is nested too deeply") from None

@@ -124,7 +124,13 @@ def authorization(
     signed = _signed_header_names(headers)
     sdk_date = next(str(v) for k, v in headers.items() if k.lower() == "x-sdk-date")
     sig = signature(
-        sk, method=method, path=path, query=query, headers=headers, signed=signed, body=body,
+        sk,
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        signed=signed,
+        body=body,
         sdk_date=sdk_date,
     )
     return f"{ALGORITHM} Access={ak}, SignedHeaders={';'.join(signed)}, Signature={sig}"

@@ -9,6 +9,7 @@ printed above the table, so the scrollback keeps a record after the view closes.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,14 @@ class _Row:
     note: str = ""
     sub_phases: dict[str, str] = field(default_factory=dict)
     seq: int = 0
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(text: str) -> str:
+    """Text from CCE, shown on a terminal: no escape sequences, control characters or bidi overrides."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 class LiveView:
@@ -86,11 +95,13 @@ class LiveView:
         style = _STYLES.get(event.phase or "", "magenta") if event.type is EventType.JOB_PHASE_CHANGED else "magenta"
         what = event.phase if event.type is EventType.JOB_PHASE_CHANGED else event.type.value
         text = Text.assemble(
-            (event.time.strftime("%H:%M:%S "), "dim"), (f"{event.job_id} ", "bold"), (what or "", style)
+            (event.time.strftime("%H:%M:%S "), "dim"),
+            (f"{_safe(event.job_id or '')} ", "bold"),
+            (_safe(what or ""), style),
         )
         extra = event.reason or event.detail
         if extra:
-            text.append(f"  {extra}", style="dim")
+            text.append(f"  {_safe(extra)}", style="dim")
         self.console.print(text)
 
     def render(self) -> RenderableType:
@@ -99,7 +110,7 @@ class LiveView:
         done = sum(counts[p] for p in ("Success", "Failed", "timed_out", "not_found"))
         summary = Text(f"{self.title}  {done}/{len(rows)} finished  ", style="bold")
         for phase, n in sorted(counts.items()):
-            summary.append(f"{phase} {n}  ", style=_STYLES.get(phase, "magenta"))
+            summary.append(f"{_safe(phase)} {n}  ", style=_STYLES.get(phase, "magenta"))
         table = Table(expand=True, show_edge=False, pad_edge=False)
         table.add_column("job", no_wrap=True)
         table.add_column("type", no_wrap=True)
@@ -112,17 +123,18 @@ class LiveView:
             subs = row.sub_phases.values()
             sub_done = sum(1 for p in subs if p == "Success")
             sub_text = f"{sub_done}/{len(row.sub_phases)}" if row.sub_phases else ""
+            # Text objects, not str: rich would read "[...]" in a reason from CCE as console markup.
             table.add_row(
-                row.job_id,
-                row.job_type,
-                Text(row.phase, style=_STYLES.get(row.phase, "magenta")),
-                sub_text,
-                row.note,
+                Text(_safe(row.job_id)),
+                Text(_safe(row.job_type)),
+                Text(_safe(row.phase), style=_STYLES.get(row.phase, "magenta")),
+                Text(sub_text),
+                Text(_safe(row.note)),
             )
         hidden = len(ordered) - limit
         parts: list[RenderableType] = [summary, ProgressBar(total=max(1, len(rows)), completed=done)]
         for info in self._rollouts.values():  # one line and bar per rollout, from its latest digest
-            parts.append(Text(describe(info), style="bold cyan"))
+            parts.append(Text(_safe(describe(info)), style="bold cyan"))
             parts.append(ProgressBar(total=max(1, int(info.get("total", 0))), completed=int(info.get("finished", 0))))
         parts.append(table)
         if hidden > 0:

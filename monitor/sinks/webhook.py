@@ -52,6 +52,7 @@ from monitor.errors import ConfigError, SinkError, parse_error_body, parse_retry
 from monitor.events import Event
 from monitor.sinks import register
 from monitor.throttle import RateLimiter
+from monitor.tls import ssl_context
 
 __all__ = ["Secret", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
@@ -146,6 +147,8 @@ class WebhookSinkSettings:
     backoff_max: float = 60.0
     rate: float = 5.0
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    ca_bundle: str | None = None
+    """Extra CA file (PEM) trusted for this endpoint; verification itself is always on."""
 
     def __repr__(self) -> str:
         return (
@@ -177,6 +180,8 @@ class WebhookSink:
         parts = {url.raw_query_string, url.query_string, url.password or "", url.raw_password or ""}
         parts |= {v for v in url.query.values() if len(v) >= 4}
         parts |= {v for v in settings.headers.values() if len(v) >= 4}
+        # ... and each word of them: a receiver may quote just the token of "Authorization: Bearer <token>".
+        parts |= {w for v in settings.headers.values() for w in v.split() if len(w) >= 8}
         self._scrub = tuple(sorted(full, key=len, reverse=True)) + tuple(
             sorted((p for p in parts if p), key=len, reverse=True)
         )
@@ -208,6 +213,7 @@ class WebhookSink:
     def _session_for_send(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl_context(self.settings.ca_bundle)),
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
                 headers={"User-Agent": USER_AGENT},
             )
@@ -330,7 +336,7 @@ def _headers(value: object) -> Mapping[str, str]:
     return MappingProxyType(headers)
 
 
-_KNOWN = ("backoff_initial", "backoff_max", "headers", "max_attempts", "rate", "secret", "timeout")
+_KNOWN = ("backoff_initial", "backoff_max", "ca_bundle", "headers", "max_attempts", "rate", "secret", "timeout")
 
 
 def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSettings:
@@ -357,6 +363,10 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
     if backoff_max < backoff_initial:
         raise ConfigError("webhook sink: option 'backoff_max' must be at least 'backoff_initial'")
     headers = _headers(options.get("headers", {}))
+    ca_bundle = options.get("ca_bundle")
+    if ca_bundle is not None and not isinstance(ca_bundle, str):
+        raise ConfigError("webhook sink: option 'ca_bundle' must be a path")
+    ssl_context(ca_bundle, what="webhook sink: option 'ca_bundle'")  # fail at start-up, not at first send
     if url.user is not None and any(name.lower() == "authorization" for name in headers):
         raise ConfigError("webhook sink: credentials in the URL and an Authorization header cannot be combined")
     return WebhookSinkSettings(
@@ -368,6 +378,7 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
         backoff_max=backoff_max,
         rate=_number(options, "rate", 5.0, minimum=0, strict=True),
         headers=headers,
+        ca_bundle=ca_bundle,
     )
 
 
