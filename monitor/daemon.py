@@ -203,7 +203,10 @@ class Daemon:
             or cfg.make_auth()
             or auth_from_env(self._env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
         )
-        limiter = RateLimiter(settings.rate, burst=settings.burst)
+        # Held for one window at start: a daemon restarted right after a crash must not add a full window of
+        # requests to what the previous process sent in its last second.
+        window = (settings.burst / settings.rate if settings.burst else 1.0) * 1.01
+        limiter = RateLimiter(settings.rate, burst=settings.burst, hold=window)
         probe = LoopLagProbe()
         async with CCEClient(cfg.client_settings(), auth, limiter=limiter) as client, Bus() as bus:
             self._bus = bus
@@ -218,8 +221,10 @@ class Daemon:
             bus.subscribe(on_event, name="daemon")
 
             async def publish_digest(event: Event) -> None:
-                await state.record_events([event])  # durable sinks get digests through their outbox too
-                await bus.publish(event)
+                # Durable sinks get digests through their outbox; a digest recorded before (a finished rollout
+                # announced again after a restart) is not published twice.
+                for new in await state.record_events([event]):
+                    await bus.publish(new)
 
             rollouts = RolloutTracker(publish_digest, project_id=cfg.project_id, interval=cfg.rollouts.interval)
             self._rollouts = rollouts

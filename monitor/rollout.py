@@ -197,6 +197,12 @@ class RolloutTracker:
         if rollout.finished:
             rollout.ended = max((m.ended or rollout.started) for m in rollout.members.values())
             rollout.dirty = False
+            # Announce it (again): the process may have died before its digest was recorded. The id is the
+            # same as the first time, so the daemon's digest log drops a repeat (see Daemon.publish_digest).
+            if name not in self._finished_pending:
+                self._finished_pending.append(name)
+        elif name in self._finished_pending:
+            self._finished_pending.remove(name)
 
     def get(self, name: str) -> Rollout | None:
         return self._rollouts.get(name)
@@ -263,7 +269,8 @@ class RolloutTracker:
         for name in finished:
             rollout = self._rollouts[name]
             rollout.dirty = False
-            await self._publish(self._event(rollout, EventType.ROLLOUT_FINISHED, "finished"))
+            # Keyed by size: a rollout that gets more jobs after finishing finishes again, as a new event.
+            await self._publish(self._event(rollout, EventType.ROLLOUT_FINISHED, f"finished:{len(rollout.members)}"))
         for rollout in list(self._rollouts.values()):
             if not rollout.dirty or rollout.ended is not None:
                 continue

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (sink, event_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, seq) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS digests (
+    event_id TEXT PRIMARY KEY,
+    at       REAL NOT NULL
+);
 """
 
 
@@ -206,18 +210,27 @@ class State:
                     [(sink, event_id, data) for sink in sinks],
                 )
 
-    async def record_events(self, events: Sequence[Event]) -> None:
-        """Queue events that belong to no single job (rollout digests) for the routed durable sinks."""
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        """Record events that belong to no single job (rollout digests) and queue them for the routed durable
+        sinks; returns those not recorded before (an event id is recorded once)."""
         rows = [(e.id, e.to_json(), [name for name, f in self._routes if f.matches(e)]) for e in events]
-        await self._run(self._record_outbox, rows)
+        new_ids = await self._run(self._record_outbox, rows)
+        return [e for e in events if e.id in new_ids]
 
-    def _record_outbox(self, rows: list[tuple[str, bytes, list[str]]]) -> None:
+    def _record_outbox(self, rows: list[tuple[str, bytes, list[str]]]) -> set[str]:
+        new: set[str] = set()
+        now = time.time()
         with self._conn:
             for event_id, data, sinks in rows:
+                cur = self._conn.execute("INSERT OR IGNORE INTO digests (event_id, at) VALUES (?,?)", (event_id, now))
+                if not cur.rowcount:
+                    continue
+                new.add(event_id)
                 self._conn.executemany(
                     "INSERT OR IGNORE INTO outbox (sink, event_id, event) VALUES (?,?,?)",
                     [(sink, event_id, data) for sink in sinks],
                 )
+        return new
 
     async def unfinished(self) -> list[StoredJob]:
         """Jobs to track again after a restart."""
@@ -292,6 +305,7 @@ class State:
             self._conn.executemany("DELETE FROM history WHERE job_id = ?", old)
             self._conn.executemany("DELETE FROM jobs WHERE job_id = ?", old)
             self._conn.execute("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,))
+            self._conn.execute("DELETE FROM digests WHERE at < ?", (cutoff,))
         return len(old)
 
     # -------------------------------------------------------------------------------------- outbox

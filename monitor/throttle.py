@@ -32,9 +32,9 @@ _SLACK = 1.01
 def _window(rate: float, burst: int | None) -> tuple[int, float]:
     """``(count, period)`` for a sliding window that admits ``rate`` per second on average.
 
-    With an integer rate of at least one per second the window is one second (so no 1-second window is ever
-    over the rate); slower or fractional rates use one request per ``1/rate`` seconds. ``burst`` widens the
-    window to ``burst`` requests per ``burst/rate`` seconds.
+    With a rate of at least one per second the window is one second and holds ``floor(rate)`` requests (so no
+    1-second window is ever over the rate); slower rates use one request per ``1/rate`` seconds. ``burst`` widens
+    the window to ``burst`` requests per ``burst/rate`` seconds.
 
     Every period is 1 % longer than exact: the window counts admissions, and a request leaves the process a
     moment (0.1-2 ms) after its admission, so with zero slack two requests could still land less than a second
@@ -42,7 +42,11 @@ def _window(rate: float, burst: int | None) -> tuple[int, float]:
     """
     if burst is not None and burst >= 1:
         return burst, burst / rate * _SLACK
-    if rate >= 1 and float(rate).is_integer():
+    if rate >= 1:
+        # Always a one-second window at one request per second or more, so that when the rate changes (429s,
+        # recovery) the log of the last second still counts: switching between window lengths would let a
+        # whole second's worth through on top. A fractional part cannot be honoured in a 1-second window
+        # without exceeding the rate in some second, so it is dropped (2.5/s admits 2 in any second).
         return int(rate), _SLACK
     return 1, _SLACK / rate
 
@@ -68,8 +72,11 @@ class RateLimiter:
         *,
         burst: int | None = None,
         retry_interval: float = 0.01,
+        hold: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``hold``: admit nothing for this many seconds at first (a restarted process cannot know what its
+        predecessor sent in its last second)."""
         if not rate > 0 or math.isinf(rate):
             raise ValueError(f"rate must be a positive number, got {rate!r}")
         self.configured_rate = float(rate)
@@ -78,7 +85,7 @@ class RateLimiter:
         count, period = _window(rate, burst)
         self._throttler = Throttler(rate_limit=count, period=period, retry_interval=retry_interval)
         self._clock = clock
-        self._hold_until = 0.0
+        self._hold_until = clock() + hold if hold > 0 else 0.0
         self._last_change = clock()
         self.throttled_count = 0
         self.waited_seconds = 0.0

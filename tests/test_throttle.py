@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 
@@ -70,14 +69,26 @@ async def test_throttled_rate_is_enforced() -> None:
     assert stamps[10] - stamps[0] >= 1.0 - 1e-3
 
 
-async def test_fractional_rate_spaces_requests() -> None:
+async def test_fractional_rate_never_exceeds_its_floor_in_any_second() -> None:
+    """4.5/s: the fraction cannot be honoured in a 1-second window without exceeding it, so 4 per second."""
     limiter = RateLimiter(4.5)
     stamps = []
-    for _ in range(3):
+    for _ in range(9):
         await limiter.acquire()
         stamps.append(time.monotonic())
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) >= 1 / 4.5 - 1e-3
+    for i, start in enumerate(stamps):
+        assert sum(1 for t in stamps[i:] if t - start < 1.0) <= 4
+    assert stamps[-1] - stamps[0] < 2.2  # and it does not fall back to one request per 1/rate seconds
+
+
+async def test_sub_one_rate_spaces_requests() -> None:
+    limiter = RateLimiter(2.0, clock=time.monotonic)
+    limiter._set_rate(0.5)  # as after repeated 429s
+    stamps = []
+    for _ in range(2):
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+    assert stamps[1] - stamps[0] >= 2.0 - 1e-3
 
 
 async def test_retry_after_holds_the_next_acquire() -> None:
