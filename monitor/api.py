@@ -68,7 +68,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,7 +79,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from monitor.errors import ConfigError, InvalidIdError
 from monitor.events import Event
-from monitor.model import job_to_json, validate_id
+from monitor.model import job_to_json, validate_id, validate_label
 from monitor.secret import Secret
 from monitor.state import StoredJob
 
@@ -91,11 +90,8 @@ logger = logging.getLogger(__name__)
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _BODY_KEYS = ("job_ids", "labels", "rollout")
 _QUERY_KEYS = frozenset({"phase", "rollout", "label"})
-_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 _PHASE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_MAX_LABEL_VALUE = 256
 _MAX_LABELS = 64
-_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 # Headers of an aiohttp HTTPException that describe its own plain-text body, not ours.
 _BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "transfer-encoding"})
 _REALM = 'Bearer realm="cce-monitor"'
@@ -190,17 +186,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _bad_char(text: str) -> bool:
-    return any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in text)
-
-
 def _check_label(key: str, value: str) -> None:
-    if not _LABEL_KEY_RE.fullmatch(key):
-        raise _Reject(400, f"invalid label key {_shown(key)}: use 1-63 letters, digits, '_', '.' or '-'")
-    if len(value) > _MAX_LABEL_VALUE:
-        raise _Reject(400, f"label {key}: value is longer than {_MAX_LABEL_VALUE} characters")
-    if _bad_char(value):
-        raise _Reject(400, f"label {key}: value contains a control character")
+    try:
+        validate_label(key, value)
+    except InvalidIdError as exc:
+        raise _Reject(400, exc.message) from None
 
 
 def _check_id(value: str, what: str, where: str = "") -> str:

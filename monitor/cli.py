@@ -30,12 +30,13 @@ from monitor.bus import EventFilter
 from monitor.client import CCEClient, ClientSettings
 from monitor.config import Config, load_config
 from monitor.errors import ConfigError, MonitorError
-from monitor.model import job_to_json, validate_id
+from monitor.model import job_to_json, validate_id, validate_label
 from monitor.rollout import describe
 from monitor.scheduler import SchedulerSettings
 from monitor.secret import Secret
 from monitor.simulator import Simulator, SimulatorConfig, run_forever
 from monitor.sinks import Sink, create_sink
+from monitor.text import printable
 from monitor.throttle import RateLimiter
 from monitor.watch import SinkBinding, WatchResult, watch
 
@@ -135,6 +136,7 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--label {pair!r}: expected KEY=VALUE")
+        validate_label(key, value)
         out[key] = value
     return out
 
@@ -594,7 +596,8 @@ def ls_cmd(phase: str | None, rollout: str | None, as_json: bool, api_url: str) 
         return
     for job in data.get("jobs", []):
         state = job.get("outcome") or job.get("phase") or "waiting"
-        click.echo(f"{job['job_id']}  {state:<12} {job.get('rollout') or '-':<16} {job.get('added_at', '')}")
+        line = f"{job['job_id']}  {state:<12} {job.get('rollout') or '-':<16} {job.get('added_at', '')}"
+        click.echo(printable(line))
 
 
 @cli.command()
@@ -617,11 +620,12 @@ def status(rollout: str | None, as_json: bool, api_url: str) -> None:
         return
     if not summaries:
         click.echo("no rollouts")
-    for summary in summaries:
-        click.echo(describe(summary))
+    for summary in summaries:  # text that CCE sent goes through printable(): no escape sequences
+        click.echo(printable(describe(summary)))
         for failure in summary.get("failed", []):
             who = failure.get("resource_name") or failure.get("job_id")
-            click.echo(f"  {failure.get('outcome')}: {who} ({failure.get('job_id')}): {failure.get('reason') or ''}")
+            line = f"  {failure.get('outcome')}: {who} ({failure.get('job_id')}): {failure.get('reason') or ''}"
+            click.echo(printable(line))
         hidden = summary.get("failed_count", 0) - len(summary.get("failed", []))
         if hidden > 0:
             click.echo(f"  ... and {hidden} more failures")

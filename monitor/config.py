@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from monitor.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth
 from monitor.client import ClientSettings
 from monitor.errors import ConfigError, InvalidIdError
 from monitor.events import EventType
-from monitor.model import validate_id
+from monitor.model import validate_id, validate_label
 from monitor.scheduler import SchedulerSettings
 from monitor.secret import Secret
 
@@ -92,10 +101,22 @@ class PollingConfig(_Model):
     auth_backoff_max: Annotated[float, Field(gt=0)] = 600.0
 
 
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        try:
+            validate_label(key, value)
+        except InvalidIdError as exc:
+            raise ValueError(exc.message) from None
+    return labels
+
+
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
 class FilterConfig(_Model):
     types: list[EventType] = []
     phases: list[str] = []
-    labels: dict[str, str] = {}
+    labels: Labels = {}
 
 
 class SinkConfig(BaseModel):
@@ -191,7 +212,7 @@ class Config(_Model):
     http: HttpConfig = HttpConfig()
     polling: PollingConfig = PollingConfig()
     sinks: list[SinkConfig] = []
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     shutdown_deadline: Annotated[float, Field(gt=0)] = 10.0
     logging: LoggingConfig = LoggingConfig()
     state: StateConfig = StateConfig()

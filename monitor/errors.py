@@ -30,6 +30,8 @@ from collections.abc import Mapping
 
 import orjson
 
+from monitor.text import printable
+
 __all__ = [
     "APIError",
     "AuthError",
@@ -166,17 +168,16 @@ class SinkError(MonitorError):
 
 _CODE_KEYS = ("errorCode", "error_code", "code")
 _MESSAGE_KEYS = ("errorMessage", "error_msg", "message", "msg", "title")
-_TAG_RE = re.compile(r"<[^>]*>")
+_TAG_RE = re.compile(r"<[^<>]*>")  # not "[^>]": that rescans to the end from every unclosed "<"
 _SPACE_RE = re.compile(r"\s+")
 
 
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ufeff]")
 _SCAN_LIMIT = 64 * 1024
 
 
 def _clip(text: str) -> str:
     # Messages end up in logs and terminals: no control characters, escape sequences or bidi overrides.
-    text = _CONTROL_RE.sub(" ", text)
+    text = printable(text[: _MAX_MESSAGE * 4])
     text = _SPACE_RE.sub(" ", text).strip()
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from monitor.errors import InvalidIdError, MalformedResponseError
+from monitor.text import has_control
 
 __all__ = [
     "Job",
@@ -34,6 +35,7 @@ __all__ = [
     "parse_job",
     "parse_job_object",
     "validate_id",
+    "validate_label",
 ]
 
 _MAX_UNKNOWN_PHASES = 64
@@ -345,6 +347,23 @@ def parse_job(body: bytes | str) -> Job:
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+MAX_LABEL_VALUE = 256
+
+
+def validate_label(key: object, value: object) -> tuple[str, str]:
+    """Check one label (keys: 1-63 letters, digits, ``_ . -``; values: a string of at most 256 characters
+    without control characters); raises :class:`InvalidIdError` with one line naming the problem."""
+    if not isinstance(key, str) or not _LABEL_KEY_RE.fullmatch(key):
+        shown = repr(key) if len(repr(key)) <= 60 else repr(key)[:57] + "..."
+        raise InvalidIdError(f"invalid label key {shown}: use 1-63 letters, digits, '_', '.' or '-'")
+    if not isinstance(value, str):
+        raise InvalidIdError(f"label {key}: value must be a string")
+    if len(value) > MAX_LABEL_VALUE:
+        raise InvalidIdError(f"label {key}: value is longer than {MAX_LABEL_VALUE} characters")
+    if has_control(value):
+        raise InvalidIdError(f"label {key}: value contains a control character")
+    return key, value
 
 
 def validate_id(value: object, what: str = "job id") -> str:

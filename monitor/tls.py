@@ -24,8 +24,10 @@ def ssl_context(ca_bundle: str | None, *, what: str = "ca_bundle") -> ssl.SSLCon
     """``True`` (the system's trust store) or a verifying context that also trusts ``ca_bundle``."""
     if not ca_bundle:
         return True
+    context = ssl.create_default_context()  # the system's trust store ...
     try:
-        return ssl.create_default_context(cafile=ca_bundle)
+        context.load_verify_locations(cafile=ca_bundle)  # ... plus the bundle: a private CA does not replace it
+        return context
     except FileNotFoundError:
         raise ConfigError(f"{what}: {ca_bundle} does not exist") from None
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -42,9 +44,11 @@ def is_loopback(url: URL) -> bool:
         return False
 
 
-def warn_plain_http(url: URL, what: str) -> None:
-    """Say so, loudly, when credentials would travel unencrypted (plain http to a host other than loopback)."""
+def warn_plain_http(url: URL, what: str, shown: str | None = None) -> None:
+    """Say so, loudly, when credentials would travel unencrypted (plain http to a host other than loopback).
+
+    ``shown`` is how to name the URL in the message (default: without userinfo and query, which may be secret).
+    """
     if url.scheme == "http" and not is_loopback(url):
-        logger.warning(
-            "%s %s uses plain http: credentials and data travel unencrypted; use https", what, url.with_query(None)
-        )
+        name = shown if shown is not None else str(url.with_user(None).with_query(None).with_fragment(None))
+        logger.warning("%s %s uses plain http: credentials and data travel unencrypted; use https", what, name)

@@ -9,7 +9,6 @@ printed above the table, so the scrollback keeps a record after the view closes.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from rich.text import Text
 
 from monitor.events import Event, EventType
 from monitor.rollout import describe
+from monitor.text import printable
 
 __all__ = ["LiveView"]
 
@@ -47,12 +47,9 @@ class _Row:
     seq: int = 0
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def _safe(text: str) -> str:
     """Text from CCE, shown on a terminal: no escape sequences, control characters or bidi overrides."""
-    return _CONTROL.sub("\ufffd", text)
+    return printable(text, "\ufffd")
 
 
 class LiveView:

@@ -333,7 +333,7 @@ async def test_jobs_added_over_the_api_reach_file_and_webhook(
 
 async def test_probes_and_metrics(sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
     _, url = receiver
-    job = sim.add_job("Custom", duration=0.5)
+    job = sim.add_job("Custom", duration=2.5)  # outlasts the daemon's 1 s rate-limit hold at start
     async with running(make_config(sim, tmp_path, url)) as api:
         assert await api.call("GET", "/healthz", auth=False) == (200, {"status": "ok"})
         status, body = await api.call("GET", "/readyz", auth=False)

@@ -96,6 +96,7 @@ from monitor.errors import ConfigError, SinkError, parse_retry_after
 from monitor.events import Event, EventType
 from monitor.secret import Secret
 from monitor.sinks.webhook import USER_AGENT
+from monitor.tls import warn_plain_http
 
 __all__ = [
     "DEFAULT_EVENTS",
@@ -408,6 +409,7 @@ def parse_options(platform: Platform, target: str | None, options: Mapping[str, 
         raise ConfigError(f"{kind} sink: the webhook URL must be an http:// or https:// URL with a host")
     url = url.with_fragment(None)
     shown = public_url(url, platform)
+    warn_plain_http(url, f"{kind} sink", shown)
     if platform.query_key is not None and not url.query.get(platform.query_key):
         raise ConfigError(f"{kind} sink: the webhook URL {shown} lacks its {platform.query_key}= query parameter")
 

@@ -52,7 +52,7 @@ from monitor.errors import ConfigError, SinkError, parse_error_body, parse_retry
 from monitor.events import Event
 from monitor.sinks import register
 from monitor.throttle import RateLimiter
-from monitor.tls import ssl_context
+from monitor.tls import ssl_context, warn_plain_http
 
 __all__ = ["Secret", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
@@ -367,6 +367,7 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
     if ca_bundle is not None and not isinstance(ca_bundle, str):
         raise ConfigError("webhook sink: option 'ca_bundle' must be a path")
     ssl_context(ca_bundle, what="webhook sink: option 'ca_bundle'")  # fail at start-up, not at first send
+    warn_plain_http(url, "webhook sink")
     if url.user is not None and any(name.lower() == "authorization" for name in headers):
         raise ConfigError("webhook sink: credentials in the URL and an Authorization header cannot be combined")
     return WebhookSinkSettings(
