@@ -1077,6 +1077,25 @@ def code_verdict(
     return Verdict(False, detail)
 
 
+def errcode_verdict(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    *,
+    throttle_codes: Iterable[int] = (),
+    retry_codes: Iterable[int] = (),
+) -> Verdict:
+    """The verdict for a bot that answers ``{"errcode": N, "errmsg": "..."}`` (DingTalk, WeCom)."""
+    data = json_answer(raw)
+    if data is None:
+        if 200 <= status < 300:
+            return Verdict(False, f"HTTP {status} with an answer that is not JSON: {answer_snippet(raw)}")
+        return status_verdict(status, headers, answer_snippet(raw))
+    code = answer_code(data.get("errcode"))
+    message = str(data.get("errmsg") or "")[:200]
+    return code_verdict(status, headers, code, message, throttle_codes=throttle_codes, retry_codes=retry_codes)
+
+
 # --------------------------------------------------------------------------------------------------- sink
 
 _QUERY_IN_TEXT = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]*")

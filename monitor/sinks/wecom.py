@@ -30,14 +30,10 @@ from monitor.sinks.chat import (
     Message,
     Platform,
     Verdict,
-    answer_code,
-    answer_snippet,
-    code_verdict,
-    json_answer,
+    errcode_verdict,
     markdown_text,
     parse_options,
     plain_text,
-    status_verdict,
 )
 
 __all__ = ["PLATFORM", "WeComSink", "make_wecom_sink"]
@@ -75,14 +71,7 @@ class WeComSink(ChatSink):
         return len(body["markdown"]["content"].encode()) <= MAX_MARKDOWN_BYTES
 
     def _verdict(self, status: int, headers: Mapping[str, str], raw: bytes) -> Verdict:
-        data = json_answer(raw)
-        if data is None:
-            if 200 <= status < 300:
-                return Verdict(False, f"HTTP {status} with an answer that is not JSON: {answer_snippet(raw)}")
-            return status_verdict(status, headers, answer_snippet(raw))
-        code = answer_code(data.get("errcode"))
-        message = str(data.get("errmsg") or "")[:200]
-        return code_verdict(status, headers, code, message, throttle_codes=THROTTLE_CODES, retry_codes=RETRY_CODES)
+        return errcode_verdict(status, headers, raw, throttle_codes=THROTTLE_CODES, retry_codes=RETRY_CODES)
 
 
 @register("wecom")
