@@ -13,21 +13,26 @@ Three kinds of process, all on 127.0.0.1:
   connections get 503 + ``Connection: close``) for a while in the middle, recording every request's
   ``webhook-id``, body, signature check and arrival time; and the conductor below.
 * ``python -m monitor.cli run --config <generated>`` — the daemon under test, with IAM password auth against the
-  simulator, a file sink and the webhook sink. It is SIGKILLed twice and restarted with the same config (it must
-  resume from its state database: jobs are never added again), and stopped with SIGTERM (exit 0) at the end.
+  simulator, a file sink and the webhook sink. It is SIGKILLed twice and restarted with the same config at once
+  (``--restart-delay``; it must resume from its state database: jobs are never added again), and stopped with
+  SIGTERM (exit 0) at the end. Rate (``--rate``, 60/s) and interval (T/60, 10 s at most, growing x2 to 6x while a
+  job is unchanged) are chosen so the daemon keeps up; the demand is estimated from the plan and printed first.
 
 Timeline, as fractions of ``T = --minutes * 60`` seconds (every duration scales with it): rollouts start from
 0.02 T to 0.55 T, each in up to four waves 0.02 T apart, two thirds CreateNode jobs of ~0.2 T and one third
-DeleteNode jobs of ~0.12 T, 10 % failing; 429 storm at 0.25 T for ``--storm`` (0.05 T); SIGKILLs spread over
-0.33-0.5 T; receiver down at 0.45 T for ``--outage`` (0.1 T); all tokens expired at 0.62 T. Then: wait until
-every job is final and both outboxes are empty, SIGTERM, and compare.
+DeleteNode jobs of ~0.12 T, 10 % failing; the first rollout's last wave comes late, at 0.6 T, after the rest of
+it has finished (``--no-straggler`` to skip); a 429 storm from the first wave after 0.2 T for ``--storm``
+(0.05 T); SIGKILLs spread over 0.33-0.5 T; receiver down at 0.45 T for ``--outage`` (0.1 T); all tokens expired
+at 0.62 T. Then: wait until every job is final, both outboxes are empty and every rollout's rollout.finished is
+recorded, SIGTERM, compare.
 
 Figures (one JSON line on stdout, then a table; a copy in ``bench/results/soak.json`` unless ``--no-save``):
 
 * transitions: the daemon's recorded history (expected deliveries: job events + rollout digests), how many of
   the simulator's true (uid, phase) transitions it observed, phantoms (observed but never true), and whether
   every job's final phase matches the truth;
-* per sink: unique ids delivered, lost, duplicates (same id again), ids whose bodies differ between deliveries;
+* per sink: unique ids delivered, lost, duplicates (same id again), ids whose bodies differ between deliveries,
+  the largest outbox backlog; whether each rollout's last word at both sinks is a complete rollout.finished;
 * requests over the configured rate in the simulator's one-second windows, 429s (during/outside the storm);
 * the daemon's peak RSS (max of VmHWM over its lifetimes) and CPU seconds (utime + stime summed over them),
   read from /proc just before each kill and before the final SIGTERM;
@@ -36,7 +41,8 @@ Figures (one JSON line on stdout, then a table; a copy in ``bench/results/soak.j
 
 Exit status 1 if any must-be-zero figure is not zero (lost, differing bodies, over-rate requests, wrong final
 phases, phantom transitions, rows left or rejected in an outbox, bad signatures, a non-zero exit on SIGTERM, a
-restart that did not resume), else 0. The work directory (config, logs, state, events file) is kept and named.
+restart that did not resume, a rollout never announced finished), else 0. The work directory (config, logs,
+state, events file) is kept and named. SIGINT/SIGTERM and ``--limit`` stop the children before exiting.
 """
 
 from __future__ import annotations
@@ -167,7 +173,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         max_interval=6 * interval,
         backoff=2.0,
         waves=tuple(waves),
-        storm_at=0.25 * T,
+        # The storm starts with the first wave after 0.2 T, when there is certainly polling to throttle.
+        storm_at=next((w.at for w in waves if w.at >= 0.2 * T), 0.25 * T),
         storm_for=args.storm if args.storm is not None else max(3.0, 0.05 * T),
         outage_at=0.45 * T,
         outage_for=args.outage if args.outage is not None else 0.1 * T,
@@ -392,6 +399,8 @@ class Life:
     exit_code: int | None = None
     resumed: int | None = None
     """Jobs it said it tracks again from the database at start-up (None on the first start)."""
+    unfinished_before: int = 0
+    """Unfinished jobs in the database just before the previous daemon was killed."""
 
 
 class DaemonProcess:
@@ -584,6 +593,10 @@ class Run:
     actions: list[tuple[float, float, str]] = field(default_factory=list)
     """(planned at, done at, what) relative to the timeline start."""
     demand: dict[str, float] = field(default_factory=dict)
+    restart_delay: float = 0.0
+    """Seconds between a SIGKILL and the restart (0: at once, as a supervisor restarts a crashed service)."""
+    max_pending: dict[str, int] = field(default_factory=dict)
+    """The largest outbox backlog seen per sink kind (sampled every 2 s)."""
     sim_epoch: float = 0.0
     """The simulator's clock zero on the timeline (seconds, approximate: when its handshake arrived)."""
     sigterm_exit: int | None = None
@@ -604,7 +617,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     plan = make_plan(args)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cce-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    run = Run(plan, workdir)
+    run = Run(plan, workdir, restart_delay=args.restart_delay)
     fault_share = 1 - (1 - FAULTS["p_500"]) * (1 - FAULTS["p_503_html"]) * (1 - FAULTS["p_malformed"]) * (
         1 - FAULTS["p_drop"]
     )
@@ -718,8 +731,11 @@ async def conduct(
 
     def kill_action(number: int) -> Callable[[], Awaitable[str]]:
         async def kill() -> str:
+            before = await asyncio.to_thread(db_progress, state_db)
             life = await daemon.kill()
+            await asyncio.sleep(run.restart_delay)
             await daemon.start()
+            daemon.lives[-1].unfinished_before = before["jobs"] - before["finished"]
             resumed = daemon.lives[-1].resumed
             return (
                 f"SIGKILL #{number} (pid {life.pid}: VmHWM {life.hwm_kb / 1024:.0f} MB, CPU {life.cpu_s:.1f}s); "
@@ -738,17 +754,23 @@ async def conduct(
     actions.sort(key=lambda a: a[0])
 
     async def reporter() -> None:
+        """Sample the outbox backlog every 2 s; say how things go every T/20."""
         every = max(5.0, plan.T / 20)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(2.0)
             with contextlib.suppress(sqlite3.Error):
                 p = await asyncio.to_thread(db_progress, state_db)
-                ok = len(receiver.first_ok)
-                say(
-                    f"progress: {p['finished']}/{len(run.jobs)} jobs final, "
-                    f"outbox pending {sum(p['pending'].values())}, "
-                    f"receiver {ok} ids, {len(receiver.hits)} requests"
-                )
+                for sink, n in p["pending"].items():
+                    kind = sink.split(":", 1)[0]
+                    run.max_pending[kind] = max(run.max_pending.get(kind, 0), n)
+                if time.monotonic() - last >= every:
+                    last = time.monotonic()
+                    say(
+                        f"progress: {p['finished']}/{len(run.jobs)} jobs final, "
+                        f"outbox pending {sum(p['pending'].values())}, "
+                        f"receiver {len(receiver.first_ok)} ids, {len(receiver.hits)} requests"
+                    )
 
     progress = asyncio.create_task(reporter(), name="reporter")
     try:
@@ -840,7 +862,6 @@ def analyse(
 ) -> dict[str, Any]:
     plan = run.plan
     stored = read_state(run.workdir / "state.db")
-    problems: list[str] = []
 
     # Ground truth vs the daemon: final phases, transitions observed, phantoms.
     wrong_final = []
@@ -854,11 +875,11 @@ def analyse(
     seen_pairs = {(_uid(e), e["phase"]) for _, _, e, _ in history if e["type"] in PHASE_TYPES}
     observed = len(seen_pairs & true_at.keys())
     phantoms = sorted(seen_pairs - true_at.keys())
-    last_event_wrong = []
-    for job_id in run.jobs:
-        finals = [e["phase"] for j, _, e, _ in history if j == job_id and e["type"] == "job.phase_changed"]
-        if not finals or finals[-1] != stored.jobs[job_id][1]:
-            last_event_wrong.append(job_id)
+    last_phase: dict[str, str] = {}  # each job's last job.phase_changed, in recording order
+    for job_id, _, e, _ in history:
+        if e["type"] == "job.phase_changed":
+            last_phase[job_id] = e["phase"]
+    last_event_wrong = [j for j in run.jobs if last_phase.get(j) is None or last_phase[j] != stored.jobs[j][1]]
     history_types = Counter(e["type"] for _, _, e, _ in history)
 
     # What each durable sink should have got: its outbox rows (job events and rollout digests).
@@ -934,7 +955,7 @@ def analyse(
             if at is not None:
                 delays.append((receiver.first_ok[eid] - at) / 1e9)
 
-    restarts_not_resumed = [life.pid for life in lives[1:] if not life.resumed]
+    restarts_not_resumed = [life.pid for life in lives[1:] if life.unfinished_before and not life.resumed]
     logs = _log_scan(lives)
     peak_rss_mb = max((life.hwm_kb for life in lives), default=0) / 1024
     cpu = sum(life.cpu_s for life in lives)
@@ -991,6 +1012,7 @@ def analyse(
             "unexpected": len(hook_unexpected),
             "duplicates": sum(n - 1 for n in ok_counts.values()),
             "bodies_differ": hook_mismatch[:5] + hook_vs_stored[:5],
+            "max_backlog": run.max_pending.get("webhook", 0),
             "requests": len(receiver.hits),
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
         },
@@ -1002,6 +1024,7 @@ def analyse(
             "duplicates": sum(n - 1 for n in file_counts.values()),
             "bodies_differ": file_mismatch[:5] + file_vs_stored[:5],
             "corrupt_lines": corrupt,
+            "max_backlog": run.max_pending.get("file", 0),
         },
         "cce": {
             "configured_rate": plan.rate,
@@ -1047,6 +1070,7 @@ def analyse(
             "storm": [round(plan.storm_at, 1), plan.storm_for],
             "outage": [round(plan.outage_at, 1), plan.outage_for],
             "kills": [round(k, 1) for k in plan.kills],
+            "restart_delay": run.restart_delay,
             "straggler": any(w.at == 0.6 * plan.T for w in plan.waves),
             "expire_tokens_at": round(plan.expire_at, 1),
             "faults": FAULTS,
@@ -1077,6 +1101,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, object]]:
         ("webhook delivered / lost", f"{w['delivered_unique']}/{w['expected']} unique ids; lost {w['lost']}"),
         ("webhook duplicates", f"{w['duplicates']} (bodies differ: {len(w['bodies_differ'])})"),
         ("webhook requests", f"{w['requests']} by status {w['statuses']}"),
+        ("largest outbox backlog", f"webhook {w['max_backlog']}, file {f['max_backlog']} (sampled every 2 s)"),
         ("file delivered / lost", f"{f['delivered_unique']}/{f['expected']} unique ids; lost {f['lost']}"),
         ("file duplicates", f"{f['duplicates']} (bodies differ: {len(f['bodies_differ'])})"),
         ("file corrupt lines", f["corrupt_lines"]),
@@ -1103,6 +1128,7 @@ def main() -> int:
     parser.add_argument("--server-rate", type=float, default=None, help="the simulator's limit (default 1.1 x rate)")
     parser.add_argument("--interval", type=float, default=None, help="polling interval (default T/60, 1-10 s)")
     parser.add_argument("--kills", type=int, default=2, help="SIGKILLs (each followed by a restart)")
+    parser.add_argument("--restart-delay", type=float, default=0.0, help="seconds from a SIGKILL to the restart")
     parser.add_argument("--outage", type=float, default=None, help="receiver down this long (default 0.1 T)")
     parser.add_argument("--storm", type=float, default=None, help="429 storm this long (default 0.05 T)")
     parser.add_argument(
