@@ -16,8 +16,24 @@ PROJECT_ID = "0b0f5d1d9c8a4bfa9d0c6c1b0f3d2e1a"
 JOB_ID = "354331b2c-229a-11e8-9c75-0255ac100ceb"
 WHEN = datetime(2026, 11, 28, 6, 41, 0, tzinfo=UTC)
 CONTRACT_FIELDS = [
-    "schema", "id", "type", "time", "project_id", "job_id", "job_type", "phase", "previous_phase", "reason",
-    "subjob_id", "subjob_type", "resource_name", "cluster_id", "labels", "detail", "rollout", "summary",
+    "schema",
+    "id",
+    "type",
+    "time",
+    "project_id",
+    "job_id",
+    "job_type",
+    "phase",
+    "previous_phase",
+    "reason",
+    "subjob_id",
+    "subjob_type",
+    "resource_name",
+    "cluster_id",
+    "labels",
+    "detail",
+    "rollout",
+    "summary",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 

@@ -122,12 +122,8 @@ def test_seed_example_every_field(body: str | bytes) -> None:
     assert job.phase is Phase.RUNNING
     assert job.reason == ""
     assert not job.is_terminal
-    assert job.created == ts(
-        "2020-02-02 08:12:40.672772389 +0000 UTC", utc(2020, 2, 2, 8, 12, 40, 672772)
-    )
-    assert job.updated == ts(
-        "2020-02-02 08:21:50.478108569 +0000 UTC", utc(2020, 2, 2, 8, 21, 50, 478108)
-    )
+    assert job.created == ts("2020-02-02 08:12:40.672772389 +0000 UTC", utc(2020, 2, 2, 8, 12, 40, 672772))
+    assert job.updated == ts("2020-02-02 08:21:50.478108569 +0000 UTC", utc(2020, 2, 2, 8, 21, 50, 478108))
     assert job.created.at is not None
     assert job.created.at.utcoffset() == timedelta(0)
 
@@ -201,9 +197,7 @@ def test_optional_object_missing_or_null(name: str, how: str) -> None:
     job = parse_job(orjson.dumps(data))
     assert job.id == ("" if name == "metadata" else "j-1")
     assert job.created == (
-        ts("", None)
-        if name == "metadata"
-        else ts("2021-08-26 11:46:31 +0000 UTC", utc(2021, 8, 26, 11, 46, 31))
+        ts("", None) if name == "metadata" else ts("2021-08-26 11:46:31 +0000 UTC", utc(2021, 8, 26, 11, 46, 31))
     )
     assert job.type == ("" if name == "spec" else "CreateNode")
     assert job.cluster_id == ("" if name == "spec" else "c-1")
@@ -512,8 +506,20 @@ def test_parse_go_time_roundtrip(
 # --- arbitrary job documents -------------------------------------------------------------------------------
 
 RESERVED = {
-    "metadata", "spec", "status", "uid", "creationTimestamp", "updateTimestamp", "type", "clusterUID",
-    "resourceID", "resourceName", "extendParam", "subJobs", "phase", "reason",
+    "metadata",
+    "spec",
+    "status",
+    "uid",
+    "creationTimestamp",
+    "updateTimestamp",
+    "type",
+    "clusterUID",
+    "resourceID",
+    "resourceName",
+    "extendParam",
+    "subJobs",
+    "phase",
+    "reason",
 }
 json_values = st.recursive(
     st.none()
@@ -649,8 +655,31 @@ def test_validate_id_accepts(value: str) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "../x", "a/b", "a?b", "a%2F", "a#b", " a", "a ", "a\n", "\na", "", ".", "..", "jöb", "\uff4aob", "a\x00b",
-        "a.b", "a;b", "-a", "_a", "a+b", "A" * 129, None, 123, b"abc", ["a"],
+        "../x",
+        "a/b",
+        "a?b",
+        "a%2F",
+        "a#b",
+        " a",
+        "a ",
+        "a\n",
+        "\na",
+        "",
+        ".",
+        "..",
+        "jöb",
+        "\uff4aob",
+        "a\x00b",
+        "a.b",
+        "a;b",
+        "-a",
+        "_a",
+        "a+b",
+        "A" * 129,
+        None,
+        123,
+        b"abc",
+        ["a"],
     ],
 )
 def test_validate_id_refuses(value: object) -> None:
