@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.padding import Padding
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -24,6 +25,14 @@ from monitor.rollout import describe
 from monitor.text import printable
 
 __all__ = ["LiveView"]
+
+_BAR_WIDTH = 60
+
+
+def _bar(total: int, completed: int) -> RenderableType:
+    # ProgressBar renders without a line break of its own; in a Group the next line would run on after it.
+    return Padding(ProgressBar(total=max(1, total), completed=completed, width=_BAR_WIDTH), 0)
+
 
 _STYLES = {"Success": "green", "Failed": "bold red", "Running": "cyan", "Initializing": "yellow"}
 _ORDER = {"Failed": 0, "Running": 1, "Initializing": 2}
@@ -114,7 +123,8 @@ class LiveView:
         table.add_column("phase", no_wrap=True)
         table.add_column("sub-jobs", no_wrap=True)
         table.add_column("reason / detail", overflow="ellipsis", no_wrap=True, ratio=1)
-        limit = max(5, self.console.size.height - 6)
+        # Summary, bar, two lines per rollout, table header (2), "and N more", a spare: the rest is rows.
+        limit = max(5, self.console.size.height - 7 - 2 * len(self._rollouts))
         ordered = sorted(rows, key=lambda r: (_ORDER.get(r.phase, 3), -r.seq))
         for row in ordered[:limit]:
             subs = row.sub_phases.values()
@@ -129,10 +139,10 @@ class LiveView:
                 Text(_safe(row.note)),
             )
         hidden = len(ordered) - limit
-        parts: list[RenderableType] = [summary, ProgressBar(total=max(1, len(rows)), completed=done)]
+        parts: list[RenderableType] = [summary, _bar(len(rows), done)]
         for info in self._rollouts.values():  # one line and bar per rollout, from its latest digest
             parts.append(Text(_safe(describe(info)), style="bold cyan"))
-            parts.append(ProgressBar(total=max(1, int(info.get("total", 0))), completed=int(info.get("finished", 0))))
+            parts.append(_bar(int(info.get("total", 0)), int(info.get("finished", 0))))
         parts.append(table)
         if hidden > 0:
             parts.append(Text(f"… and {hidden} more jobs", style="dim"))

@@ -135,3 +135,25 @@ async def test_watch_emits_rollout_digests_to_sinks(sim: Simulator, tmp_path: Pa
     assert summary["failed_count"] == 1 and summary["failed"][0]["reason"]
     assert any(e["type"] == "rollout.progress" for e in digests)
     assert all(e["rollout"] == "pool-b" for e in events), "every job event names its rollout"
+
+
+def test_live_view_draws_each_rollout_line_and_bar_on_its_own_line() -> None:
+    """A progress bar renders without a line break; the view must not let the next line run on after it."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from monitor.view import LiveView  # noqa: PLC0415
+
+    console = Console(file=io.StringIO(), width=100, height=30, force_terminal=True, color_system=None)
+    view = LiveView(["j1", "j2"], console=console)
+    view.on_event(job_event("j1", "Running", job_type="CreateNode"))
+    summary = {"rollout": "demo", "total": 2, "finished": 1, "counts": {"Success": 1, "Running": 1}}
+    view.on_event(
+        Event(id="r", type=EventType.ROLLOUT_PROGRESS, project_id="p", job_id=None, rollout="demo", summary=summary)
+    )
+    console.print(view.render())
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert any(line.startswith("demo: 1/2 finished (1 Success, 1 Running)") for line in lines), lines
+    assert any(line.startswith("job ") for line in lines), lines
+    assert sum("━" in line and "demo" not in line and "job" not in line for line in lines[:5]) >= 2
