@@ -210,11 +210,7 @@ class Bus:
         """Stop intake, drain queues for up to ``deadline`` seconds, then cancel the rest."""
         self._closed = True
         start = time.monotonic()
-        drains = [asyncio.ensure_future(sub._queue.join()) for sub in self._subs]
-        if drains:
-            _done, pending = await asyncio.wait(drains, timeout=deadline)
-            for fut in pending:
-                fut.cancel()
+        await self.drain(deadline)
         for sub in self._subs:
             if sub.depth:
                 logger.warning(

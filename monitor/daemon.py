@@ -32,7 +32,7 @@ from monitor.metrics import LoopLagProbe, Metrics
 from monitor.rollout import JOB_EVENT_TYPES, RolloutTracker
 from monitor.scheduler import Scheduler
 from monitor.secret import Secret
-from monitor.sinks import Sink, create_sink
+from monitor.sinks import Sink, close_sinks, create_sink
 from monitor.state import State, StoredJob
 from monitor.throttle import RateLimiter
 
@@ -277,7 +277,7 @@ class Daemon:
             finally:
                 self._running = False
                 await runner.cleanup()
-                await asyncio.gather(*(_close(s) for s in [*self._plain_sinks, *(d.sink for d in deliverers)]))
+                await close_sinks([*self._plain_sinks, *(d.sink for d in deliverers)])
                 stats = scheduler.stats
                 logger.info(
                     "stopped: %d polls %s, %d events; deliveries %s",
@@ -333,10 +333,3 @@ class Daemon:
                 logger.warning("outbox not empty at the shutdown deadline; it will be delivered after restart")
         for task in workers:
             task.cancel()
-
-
-async def _close(sink: Sink) -> None:
-    try:
-        await sink.aclose()
-    except Exception as exc:
-        logger.error("sink %s failed to close: %s", sink.name, exc)

@@ -172,11 +172,7 @@ class State:
 
         ``outcome`` (``Success``, ``Failed``, ``timed_out``, ``not_found``) marks the job finished.
         """
-        rows = []
-        for event in events:
-            data = event.to_json()
-            sinks = [name for name, f in self._routes if f.matches(event)]
-            rows.append((event.id, data, sinks))
+        rows = self._rows(events)
         blob = job_to_json(snapshot) if snapshot is not None else None
         phase = snapshot.phase.value if snapshot is not None else None
         await self._run(self._record, job_id, blob, phase, rows, outcome)
@@ -205,15 +201,12 @@ class State:
                 self._conn.execute(
                     "INSERT OR IGNORE INTO history (job_id, event_id, event) VALUES (?,?,?)", (job_id, event_id, data)
                 )
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO outbox (sink, event_id, event) VALUES (?,?,?)",
-                    [(sink, event_id, data) for sink in sinks],
-                )
+                self._queue(event_id, data, sinks)
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Record events that belong to no single job (rollout digests) and queue them for the routed durable
         sinks; returns those not recorded before (an event id is recorded once)."""
-        rows = [(e.id, e.to_json(), [name for name, f in self._routes if f.matches(e)]) for e in events]
+        rows = self._rows(events)
         new_ids = await self._run(self._record_outbox, rows)
         return [e for e in events if e.id in new_ids]
 
@@ -226,11 +219,19 @@ class State:
                 if not cur.rowcount:
                     continue
                 new.add(event_id)
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO outbox (sink, event_id, event) VALUES (?,?,?)",
-                    [(sink, event_id, data) for sink in sinks],
-                )
+                self._queue(event_id, data, sinks)
         return new
+
+    def _rows(self, events: Sequence[Event]) -> list[tuple[str, bytes, list[str]]]:
+        """``(id, JSON, durable sinks whose filter matches)`` per event, built on the loop before the commit."""
+        return [(e.id, e.to_json(), [name for name, f in self._routes if f.matches(e)]) for e in events]
+
+    def _queue(self, event_id: str, data: bytes, sinks: list[str]) -> None:
+        """One outbox row per routed sink (inside the caller's transaction); a repeat of an event id is ignored."""
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO outbox (sink, event_id, event) VALUES (?,?,?)",
+            [(sink, event_id, data) for sink in sinks],
+        )
 
     async def unfinished(self) -> list[StoredJob]:
         """Jobs to track again after a restart."""

@@ -19,7 +19,7 @@ from monitor.client import CCEClient
 from monitor.events import Event, EventType
 from monitor.rollout import JOB_EVENT_TYPES, RolloutTracker
 from monitor.scheduler import Scheduler, SchedulerSettings
-from monitor.sinks import Sink
+from monitor.sinks import Sink, close_sinks
 
 __all__ = ["Outcome", "SinkBinding", "WatchResult", "watch"]
 
@@ -130,12 +130,5 @@ async def watch(
                 await rollouts.flush()
             await bus.aclose(settings.drain)
     finally:
-        await asyncio.gather(*(_close_sink(b.sink) for b in sinks))
+        await close_sinks(b.sink for b in sinks)
     return WatchResult(tracker.outcomes, interrupted)
-
-
-async def _close_sink(sink: Sink) -> None:
-    try:
-        await sink.aclose()
-    except Exception as exc:
-        logger.error("sink %s failed to close: %s", sink.name, exc)

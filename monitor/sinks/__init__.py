@@ -20,17 +20,21 @@ Third-party sinks register a factory under the entry point group ``cce_monitor.s
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
 from monitor.errors import ConfigError
 from monitor.events import Event
 
-__all__ = ["ENTRY_POINT_GROUP", "Sink", "SinkFactory", "available_sinks", "create_sink", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "Sink", "SinkFactory", "available_sinks", "close_sinks", "create_sink", "register"]
 
 ENTRY_POINT_GROUP = "cce_monitor.sinks"
+
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -85,6 +89,18 @@ def _lookup(name: str) -> SinkFactory | None:
             _REGISTRY[name] = factory
             return factory
     return None
+
+
+async def close_sinks(sinks: Iterable[Sink]) -> None:
+    """Close every sink, concurrently; a sink that fails to close is logged, not raised."""
+
+    async def close(sink: Sink) -> None:
+        try:
+            await sink.aclose()
+        except Exception as exc:
+            logger.error("sink %s failed to close: %s", sink.name, exc)
+
+    await asyncio.gather(*(close(s) for s in sinks))
 
 
 def available_sinks() -> list[str]:
