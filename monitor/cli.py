@@ -301,7 +301,15 @@ def watch_cmd(
     except MonitorError as exc:
         _fail(str(exc))
     result, _ = _run(lambda stop: _watch(ids, settings, auth, sched, sinks, labels, live, stop, rollout=rollout))
+    _report_unsent(result)
     sys.exit(result.exit_code)
+
+
+def _report_unsent(result: WatchResult) -> None:
+    """One line on stderr per sink that closed with events it could not send in time."""
+    for name, kinds in result.unsent.items():
+        what = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        click.echo(printable(f"cce-monitor: not sent to {name}: {what}"), err=True)
 
 
 async def _watch(
@@ -326,11 +334,13 @@ async def _watch(
     async with CCEClient(settings, auth, limiter=limiter) as client:
         common["client"] = client
         if not live:
-            return await watch(ids, **common)
+            return await watch(
+                ids, notify=lambda text: click.echo(printable(f"cce-monitor: {text}"), err=True), **common
+            )
         from monitor.view import LiveView  # noqa: PLC0415 - rich's live machinery only when drawing
 
         async with LiveView(ids, title=title) as view:
-            return await watch(ids, observers=[view.on_event], **common)
+            return await watch(ids, observers=[view.on_event], notify=view.note, **common)
 
 
 @cli.command()
@@ -460,6 +470,7 @@ def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str 
             await sim.close()
 
     result, _ = _run(main)
+    _report_unsent(result)
     counts: dict[str, int] = {}
     for outcome in result.outcomes.values():
         counts[outcome.value] = counts.get(outcome.value, 0) + 1

@@ -32,7 +32,7 @@ from monitor.metrics import LoopLagProbe, Metrics
 from monitor.rollout import JOB_EVENT_TYPES, RolloutTracker
 from monitor.scheduler import Scheduler
 from monitor.secret import Secret
-from monitor.sinks import Sink, close_sinks, create_sink
+from monitor.sinks import Sink, close_sinks, create_sink, drain_sinks
 from monitor.state import State, StoredJob
 from monitor.throttle import RateLimiter
 
@@ -324,7 +324,9 @@ class Daemon:
         start = time.monotonic()
         await bus.aclose(deadline)
         remaining = max(0.1, deadline - (time.monotonic() - start))
-        waits = [asyncio.ensure_future(d.wait_idle()) for d in self._deliverers]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(d.wait_idle()) for d in self._deliverers]
+        # Chat sinks hold digests back for their rate budget: let them send everything now, within the deadline.
+        waits.append(asyncio.ensure_future(drain_sinks([d.sink for d in self._deliverers], within=remaining)))
         if waits:
             _done, pending = await asyncio.wait(waits, timeout=remaining)
             for fut in pending:

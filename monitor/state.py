@@ -311,20 +311,27 @@ class State:
 
     # -------------------------------------------------------------------------------------- outbox
 
-    async def pending(self, sink: str, *, limit: int = 100) -> list[OutboxRow]:
-        """Undelivered rows for ``sink``, oldest first."""
-        rows = await self._run(self._pending, sink, limit)
+    async def pending(self, sink: str, *, limit: int = 100, after: int = 0) -> list[OutboxRow]:
+        """Undelivered rows for ``sink`` (with ``seq`` above ``after``), oldest first."""
+        rows = await self._run(self._pending, sink, limit, after)
         return [OutboxRow(seq, sink, Event.from_json(data), attempts) for seq, data, attempts in rows]
 
-    def _pending(self, sink: str, limit: int) -> list[tuple[int, bytes, int]]:
+    def _pending(self, sink: str, limit: int, after: int) -> list[tuple[int, bytes, int]]:
         cur = self._conn.execute(
-            "SELECT seq, event, attempts FROM outbox WHERE sink = ? AND delivered_at IS NULL ORDER BY seq LIMIT ?",
-            (sink, limit),
+            "SELECT seq, event, attempts FROM outbox WHERE sink = ? AND delivered_at IS NULL AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (sink, after, limit),
         )
         return [(r[0], r[1], r[2]) for r in cur.fetchall()]
 
-    async def delivered(self, seq: int) -> None:
-        await self._run(self._exec, "UPDATE outbox SET delivered_at = ? WHERE seq = ?", (time.time(), seq))
+    async def delivered(self, *seqs: int) -> None:
+        """Mark rows delivered (one transaction)."""
+        if seqs:
+            await self._run(self._delivered, seqs, time.time())
+
+    def _delivered(self, seqs: tuple[int, ...], now: float) -> None:
+        with self._conn:
+            self._conn.executemany("UPDATE outbox SET delivered_at = ? WHERE seq = ?", [(now, s) for s in seqs])
 
     async def attempt_failed(self, seq: int, error: str) -> None:
         """A retryable failure: count it; the row stays first in line."""

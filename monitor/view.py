@@ -97,6 +97,10 @@ class LiveView:
             row.note = event.detail or ""
             self._print(event)
 
+    def note(self, text: str) -> None:
+        """Print a line of the monitor's own above the table (what it is waiting for at the end)."""
+        self.console.print(Text(_safe(text), style="yellow"))
+
     def _print(self, event: Event) -> None:
         style = _STYLES.get(event.phase or "", "magenta") if event.type is EventType.JOB_PHASE_CHANGED else "magenta"
         what = event.phase if event.type is EventType.JOB_PHASE_CHANGED else event.type.value

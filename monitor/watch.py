@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -19,7 +19,7 @@ from monitor.client import CCEClient
 from monitor.events import Event, EventType
 from monitor.rollout import JOB_EVENT_TYPES, RolloutTracker
 from monitor.scheduler import Scheduler, SchedulerSettings
-from monitor.sinks import Sink, close_sinks
+from monitor.sinks import Sink, Unsent, close_sinks, drain_sinks
 
 __all__ = ["Outcome", "SinkBinding", "WatchResult", "watch"]
 
@@ -48,6 +48,7 @@ class SinkBinding:
 class WatchResult:
     outcomes: Mapping[str, Outcome]
     interrupted: bool
+    unsent: Unsent = field(default_factory=dict)  # per sink, events it held back and could not send in time
 
     @property
     def exit_code(self) -> int:
@@ -87,17 +88,24 @@ async def watch(
     stop: asyncio.Event | None = None,
     rollout: str | None = None,
     rollout_interval: float = 30.0,
+    notify: Callable[[str], None] | None = None,
 ) -> WatchResult:
     """Poll ``job_ids`` until each is final or ``stop`` is set; deliver events to sinks and observers.
 
     With ``rollout``, the jobs form one rollout: its ``rollout.progress`` digests (every ``rollout_interval``)
     and ``rollout.finished`` summary go to the sinks too.
+
+    Sinks that hold events back (chat digests within a rate budget) get to send them before they close: after
+    a normal end each waits up to its own bound (a chat sink's ``final_wait``) so the final summary arrives;
+    after ``stop`` (or if it is set meanwhile) they wait ``settings.drain`` at most. What could not be sent is
+    in :attr:`WatchResult.unsent`; ``notify`` hears what they are waiting for.
     """
     stop = stop or asyncio.Event()
     if rollout is not None:
         labels = {**(labels or {}), "rollout": rollout}
     tracker = _Outcomes(job_ids)
     interrupted = False
+    unsent: Unsent = {}
     try:
         async with Bus() as bus:
             for binding in sinks:
@@ -129,6 +137,13 @@ async def watch(
                 digests.cancel()
                 await rollouts.flush()
             await bus.aclose(settings.drain)
+        unsent = await drain_sinks(
+            [b.sink for b in sinks],
+            within=settings.drain if stop.is_set() else None,
+            stop=stop,
+            after_stop=settings.drain,
+            notify=notify,
+        )
     finally:
         await close_sinks(b.sink for b in sinks)
-    return WatchResult(tracker.outcomes, interrupted)
+    return WatchResult(tracker.outcomes, interrupted or stop.is_set(), unsent)

@@ -60,3 +60,63 @@ class Recorder:
 
     def of(self, kind: str, job_id: str | None = None) -> list[Event]:
         return [e for e in self.events if e.type == kind and (job_id is None or e.job_id == job_id)]
+
+
+class BotReceiver:
+    """A chat bot endpoint (WeCom / DingTalk style: ``{"errcode": 0}``) on 127.0.0.1 that records every message.
+
+    ``per_minute`` enforces the bot's limit: past it the bot answers ``errcode`` 45009 and records a violation.
+    """
+
+    def __init__(self, per_minute: int = 20) -> None:
+        self.per_minute = per_minute
+        self.bodies: list[dict[str, Any]] = []
+        self.violations = 0
+        self._times: list[float] = []
+        self._server: Any = None
+        self.url = ""
+
+    async def _handle(self, request: Any) -> Any:
+        import time  # noqa: PLC0415
+
+        import orjson  # noqa: PLC0415
+        from aiohttp import web  # noqa: PLC0415
+
+        now = time.monotonic()
+        self._times = [t for t in self._times if t > now - 60]
+        if len(self._times) >= self.per_minute:
+            self.violations += 1
+            return web.json_response({"errcode": 45009, "errmsg": "api freq out of limit"})
+        self._times.append(now)
+        self.bodies.append(orjson.loads(await request.read()))
+        return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+    def texts(self) -> list[str]:
+        """Each message's text (markdown or plain)."""
+        out = []
+        for body in self.bodies:
+            part = body.get("markdown") or body.get("text") or {}
+            out.append(str(part.get("content") or part.get("text") or ""))
+        return out
+
+    async def start(self) -> BotReceiver:
+        from aiohttp import web  # noqa: PLC0415
+        from aiohttp.test_utils import TestServer  # noqa: PLC0415
+
+        app = web.Application()
+        app.router.add_post("/cgi-bin/webhook/send", self._handle)
+        self._server = TestServer(app, host="127.0.0.1", port=0)
+        await self._server.start_server()
+        self.url = str(self._server.make_url("/cgi-bin/webhook/send")) + "?key=botKEY123456"
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+
+
+@pytest.fixture
+async def bot() -> AsyncIterator[BotReceiver]:
+    receiver = await BotReceiver().start()
+    yield receiver
+    await receiver.close()

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from monitor.simulator import Simulator
-from tests.conftest import SimFactory
+from tests.conftest import BotReceiver, SimFactory
 
 EXE = [sys.executable, "-m", "monitor.cli"]
 
@@ -216,3 +216,33 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         len({e["job_id"] for e in events if e["type"] == "job.phase_changed" and e["phase"] in ("Success", "Failed")})
         == 6
     )
+
+
+async def test_sigint_while_waiting_for_the_chat_budget_says_what_was_not_sent(
+    sim: Simulator, bot: BotReceiver, tmp_path: Path
+) -> None:
+    """A signal during the final wait: exit 130 and one stderr line per sink with what it could not send."""
+    jobs = [sim.add_job(duration=0.5, fail=i == 0) for i in range(3)]
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"endpoint: {sim.endpoint}\nproject_id: {sim.config.project_id}\nshutdown_deadline: 2\n"
+        "sinks:\n"
+        f"  - {{type: wecom, url: '{bot.url}', rate_per_minute: 1, coalesce: 0, final_wait: 120}}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "watch", "--config", str(config), *FAST, "--no-live", *jobs,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=sim_env(sim),
+    )  # fmt: skip
+    assert proc.stderr is not None
+    waited = ""
+    while "waiting" not in waited:  # the budget (one a minute) went to the first digest: it says it waits
+        waited = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+        assert waited, "watch ended without waiting for the budget"
+    assert "for the rate budget to send the final message" in waited
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 130, err.decode()
+    [line] = [ln for ln in err.decode().splitlines() if "not sent to" in ln]
+    assert line.startswith("cce-monitor: not sent to wecom:") and "1 rollout.finished" in line
+    assert "botKEY123456" not in err.decode()
+    assert len(bot.bodies) == 1

@@ -27,11 +27,11 @@ import pytest
 import yaml
 from aiohttp import web
 
-from monitor.config import Config, parse_config
+from monitor.config import Config, SinkConfig, parse_config
 from monitor.daemon import Daemon
 from monitor.simulator import Simulator
 from monitor.state import State
-from tests.conftest import SimFactory
+from tests.conftest import BotReceiver, SimFactory
 
 API_TOKEN = "api-token-for-tests"
 HOOK_KEY = b"daemon-webhook-key"
@@ -603,3 +603,36 @@ async def test_rollouts_over_the_api_and_status_command(
         text = out.decode()
         assert text.startswith("pool-z: 3/3 finished (2 Success, 1 Failed)")
         assert "Failed:" in text
+
+
+async def test_a_summary_the_chat_budget_held_at_sigterm_is_sent_after_the_restart(
+    sim: Simulator, receiver: tuple[Receiver, str], bot: BotReceiver, tmp_path: Path
+) -> None:
+    """Chat digests are durable: events wait in the outbox until a message carrying them was delivered."""
+    _, url = receiver
+    jobs = [sim.add_job("Custom", duration=0.3), sim.add_job("Custom", duration=0.8, fail=True)]
+    chat = {"type": "wecom", "url": bot.url, "rate_per_minute": 1, "coalesce": 0}
+    config = make_config(sim, tmp_path, url, shutdown_deadline=1.0)
+    config = config.model_copy(update={"sinks": [*config.sinks, SinkConfig.model_validate(chat)]})
+    async with running(config) as api:
+        assert (await api.call("POST", "/v1/jobs", {"job_ids": jobs, "rollout": "pool-x"}))[0] == 202
+        await until(lambda: all_finished(api, jobs), 10, "every job to finish")
+
+        async def summarised() -> bool:
+            return any(e["type"] == "rollout.finished" for e in file_events(tmp_path))
+
+        await until(summarised, 10, "the rollout to finish")
+    # The first message spent the budget (one a minute): the summary waits in the outbox.
+    assert len(bot.bodies) == 1 and "Rollout pool-x finished" not in bot.texts()[0]
+    assert any(sink.startswith("wecom:") for sink in await outbox_depth(tmp_path))
+
+    async with running(config):
+
+        async def sent() -> bool:
+            return any("Rollout pool-x finished" in t for t in bot.texts())
+
+        await until(sent, 10, "the summary to be sent after the restart")
+    assert "Rollout pool-x finished: 1/2 succeeded, 1 did not" in bot.texts()[-1]
+    assert sum("Rollout pool-x finished" in t for t in bot.texts()) == 1
+    assert not any(sink.startswith("wecom:") for sink in await outbox_depth(tmp_path))
+    assert bot.violations == 0

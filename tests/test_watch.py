@@ -21,7 +21,7 @@ from monitor.scheduler import SchedulerSettings
 from monitor.simulator import Simulator
 from monitor.sinks import create_sink
 from monitor.watch import Outcome, SinkBinding, watch
-from tests.conftest import Recorder, SimFactory, client_for
+from tests.conftest import BotReceiver, Recorder, SimFactory, client_for
 
 SECRET_KEY = b"e2e-webhook-key"
 SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
@@ -147,3 +147,19 @@ async def test_stop_event_interrupts_and_flushes(sim: Simulator, tmp_path: Path)
     assert result.interrupted and result.exit_code == 130
     assert set(result.outcomes.values()) == {Outcome.UNFINISHED}
     assert len(out.read_bytes().splitlines()) == len(seen.events)
+
+
+async def test_watch_waits_for_the_chat_budget_to_send_the_final_summary(sim: Simulator, bot: BotReceiver) -> None:
+    """Was: at the end of watch the chat sinks closed at once; the summary waiting for the budget was lost."""
+    ids = [sim.add_job(duration=0.4, fail=i < 2) for i in range(6)]
+    # One message a second: the first failure's digest spends it, so the summary has to wait for the budget.
+    sink = create_sink(f"wecom:{bot.url}", {"rate_per_minute": 60, "rate_per_second": 1, "coalesce": 0})
+    notices: list[str] = []
+    async with client_for(sim) as client:
+        result = await watch(
+            ids, client=client, settings=SETTINGS, sinks=[SinkBinding(sink)], rollout="pool-a", notify=notices.append
+        )
+    assert result.unsent == {} and bot.violations == 0
+    texts = bot.texts()
+    assert "Rollout pool-a finished: 4/6 succeeded, 2 did not" in texts[-1]
+    assert sum("Rollout pool-a finished" in t for t in texts) == 1

@@ -25,12 +25,23 @@ import importlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from monitor.errors import ConfigError
 from monitor.events import Event
 
-__all__ = ["ENTRY_POINT_GROUP", "Sink", "SinkFactory", "available_sinks", "close_sinks", "create_sink", "register"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Drainable",
+    "Sink",
+    "SinkFactory",
+    "Unsent",
+    "available_sinks",
+    "close_sinks",
+    "create_sink",
+    "drain_sinks",
+    "register",
+]
 
 ENTRY_POINT_GROUP = "cce_monitor.sinks"
 
@@ -50,6 +61,23 @@ class Sink(Protocol):
     async def aclose(self) -> None:
         """Flush and release resources. Called once, after the last ``send``."""
         ...
+
+
+@runtime_checkable
+class Drainable(Protocol):
+    """A sink that holds events back (chat digests within a rate budget) and can be told to send them all now."""
+
+    name: str
+
+    async def drain(
+        self, within: float | None = None, *, notify: Callable[[str], None] | None = None
+    ) -> Mapping[str, int]:
+        """Send what is held back within ``within`` seconds (None: the sink's own bound); say what was not
+        sent, by event kind (``{"rollout.finished": 1}``). ``notify`` hears what the sink waits for."""
+        ...
+
+
+Unsent = dict[str, Mapping[str, int]]  # sink name -> event kind -> count
 
 
 SinkFactory = Callable[[str | None, Mapping[str, object]], Sink]
@@ -101,6 +129,47 @@ async def close_sinks(sinks: Iterable[Sink]) -> None:
             logger.error("sink %s failed to close: %s", sink.name, exc)
 
     await asyncio.gather(*(close(s) for s in sinks))
+
+
+async def drain_sinks(
+    sinks: Iterable[Sink],
+    *,
+    within: float | None,
+    stop: asyncio.Event | None = None,
+    after_stop: float = 10.0,
+    notify: Callable[[str], None] | None = None,
+) -> Unsent:
+    """Let every :class:`Drainable` sink send what it holds, concurrently; what each could not send.
+
+    ``within`` bounds the wait (None: each sink's own bound, e.g. a chat sink's ``final_wait``); if ``stop`` is
+    set meanwhile, the wait ends ``after_stop`` seconds later at the latest.
+    """
+    drainable = [s for s in sinks if isinstance(s, Drainable)]
+    if not drainable:
+        return {}
+    tasks = {asyncio.ensure_future(s.drain(within, notify=notify)): s for s in drainable}
+    waits: set[asyncio.Future[Any]] = set(tasks)
+    if stop is not None:
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        waits.add(stopped)
+    try:
+        while any(t in waits for t in tasks):
+            done, waits = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if stop is not None and stopped in done:  # bring every deadline forward; the first drains answer
+                waits |= {asyncio.ensure_future(s.drain(after_stop, notify=notify)) for s in drainable}
+    finally:
+        for fut in waits - set(tasks):
+            fut.cancel()
+    unsent: Unsent = {}
+    for task, sink in tasks.items():
+        try:
+            left = task.result()
+        except Exception as exc:
+            logger.error("sink %s failed to drain: %s", sink.name, exc)
+            continue
+        if left:
+            unsent[sink.name] = left
+    return unsent
 
 
 def available_sinks() -> list[str]:

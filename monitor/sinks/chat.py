@@ -11,7 +11,8 @@ else is here:
   A flusher task (started on the first ``send`` in the running loop, owned and closed by the sink) sends when
   the destination's budget allows. Whatever arrives in between is merged into the next message: job events are
   listed by kind ("Failed jobs (12)": the first ``max_items`` and "… and 7 more"); the latest ``rollout.progress``
-  of a rollout replaces older ones; every ``rollout.finished`` gets a message of its own. At most
+  of a rollout replaces older ones; a ``rollout.finished`` goes out as soon as the budget allows, as the
+  rollout's complete summary carrying everything else pending (so nothing about the rollout trails it). At most
   ``max_pending`` job events wait; more are counted, not kept, and the count shows up as "and N more", so a
   digest's totals are always complete.
 * **Budget.** Chat bots punish excess hard (DingTalk mutes a robot for ten minutes after its 21st message in a
@@ -38,8 +39,13 @@ else is here:
 * **Secrets.** Webhook URLs carry credentials (Slack and Feishu in the path, the others in the query) and
   signing secrets are credentials: names, reprs, log lines and errors show the URL without query and with
   the token part of the path masked, and scrub every token spelling from answers and exceptions.
-* **Close.** ``aclose`` stops the flusher, then sends one final digest of whatever is still pending if the
-  budget allows it at once (one attempt), else logs how many events were not sent, and closes the session.
+* **Drain and close.** :meth:`ChatSink.drain` (``watch`` at its end, the daemon at shutdown) sends everything
+  pending as one final message as soon as the budget allows, within ``final_wait`` seconds or a shorter deadline
+  (a signal), and returns what it could not send by event kind. ``aclose`` stops the flusher, makes one attempt
+  if nothing was drained and the budget allows it at once, logs what is left, and closes the session.
+* **Acknowledgements.** ``on_delivered`` (set by the daemon's outbox deliverer) hears the ids of the events a
+  delivered message carried, and of events the sink does not want, so the outbox marks rows only when their
+  message arrived; what is pending at a stop is sent after the restart.
 
 Options (all optional; the webhook URL is the spec's target, e.g. ``dingtalk:https://…?access_token=…``):
 
@@ -61,6 +67,8 @@ Options (all optional; the webhook URL is the spec's target, e.g. ``dingtalk:htt
     Job lines listed per section before "… and N more" (default 10).
 ``max_pending``
     Job events kept while waiting (default 1000); more are counted only.
+``final_wait``
+    Seconds :meth:`ChatSink.drain` waits for the budget by default (75: DingTalk's 20 a minute).
 ``max_attempts``, ``backoff_initial``, ``backoff_max``, ``timeout``
     Tries per message (default 5); seconds: before retry *n* the sink sleeps ``uniform(0, min(backoff_max,
     backoff_initial * 2**n))`` or the ``Retry-After`` if longer (defaults 1 and 60); one request (default 10).
@@ -299,6 +307,7 @@ class ChatSettings:
     max_items: int = 10
     coalesce: float = 5.0
     progress_every: float = 60.0
+    final_wait: float = 75.0
 
     def __repr__(self) -> str:
         return (
@@ -314,6 +323,7 @@ _COMMON_OPTIONS = (
     "backoff_max",
     "coalesce",
     "events",
+    "final_wait",
     "link",
     "max_attempts",
     "max_items",
@@ -457,6 +467,7 @@ def parse_options(platform: Platform, target: str | None, options: Mapping[str, 
         max_items=_required_integer(kind, options, "max_items", 10),
         coalesce=_number(kind, options, "coalesce", 5.0, positive=False),
         progress_every=_number(kind, options, "progress_every", 60.0, positive=False),
+        final_wait=_number(kind, options, "final_wait", 75.0, positive=False),
     )
 
 
@@ -673,6 +684,30 @@ def rollout_name(event: Event) -> str:
     return _clip(name or "(unnamed rollout)", _MAX_NAME)
 
 
+def event_kind(event: Event) -> str:
+    """How an event is counted when a sink says what it did not send: its type, and the phase of a job's."""
+    if event.type is EventType.JOB_PHASE_CHANGED and event.phase:
+        return f"{event.type.value}:{event.phase}"
+    return event.type.value
+
+
+@dataclass(slots=True)
+class Carried:
+    """The events a part of the pending digest stands for: their ids (acknowledged once a message carrying them
+    is delivered) and how many of each kind (said when they could not be sent)."""
+
+    ids: list[str] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: Event) -> None:
+        self.ids.append(event.id)
+        self.kinds[event_kind(event)] += 1
+
+    def merge(self, other: Carried) -> None:
+        self.ids.extend(other.ids)
+        self.kinds.update(other.kinds)
+
+
 @dataclass(slots=True)
 class RolloutEntry:
     """The latest rollout event of a rollout, and how many events it stands for."""
@@ -680,6 +715,7 @@ class RolloutEntry:
     seq: int
     event: Event
     events: int = 1
+    carried: Carried = field(default_factory=Carried)
 
 
 @dataclass(slots=True)
@@ -689,13 +725,28 @@ class Batch:
     notes: list[Note] = field(default_factory=list)
     overflow: Counter[str] = field(default_factory=Counter)
     rollouts: dict[str, RolloutEntry] = field(default_factory=dict)
-    finished: RolloutEntry | None = None
+    finished: list[RolloutEntry] = field(default_factory=list)
     first_at: float = math.inf
+    carried: Carried = field(default_factory=Carried)  # the events of notes and overflow (entries carry their own)
 
     @property
     def events(self) -> int:
         total = len(self.notes) + sum(self.overflow.values()) + sum(e.events for e in self.rollouts.values())
-        return total + (self.finished.events if self.finished else 0)
+        return total + sum(entry.events for entry in self.finished)
+
+    def ids(self) -> list[str]:
+        """Every event id this batch carries."""
+        out = list(self.carried.ids)
+        for entry in (*self.rollouts.values(), *self.finished):
+            out.extend(entry.carried.ids)
+        return out
+
+    def kinds(self) -> Counter[str]:
+        """How many events of each kind this batch carries."""
+        out = Counter(self.carried.kinds)
+        for entry in (*self.rollouts.values(), *self.finished):
+            out.update(entry.carried.kinds)
+        return out
 
 
 class Pending:
@@ -714,6 +765,13 @@ class Pending:
     def count(self) -> int:
         """Events waiting."""
         return self._digest.events + sum(entry.events for entry in self._finished)
+
+    def kinds(self) -> Counter[str]:
+        """Events waiting, by kind (``job.phase_changed:Failed``, ``rollout.finished``, …)."""
+        out = self._digest.kinds()
+        for entry in self._finished:
+            out.update(entry.carried.kinds)
+        return out
 
     @property
     def has_digest(self) -> bool:
@@ -742,24 +800,32 @@ class Pending:
         if event.type in (EventType.ROLLOUT_PROGRESS, EventType.ROLLOUT_FINISHED):
             name = rollout_name(event)
             if event.type is EventType.ROLLOUT_FINISHED:
+                entry = RolloutEntry(seq, event)
                 superseded = digest.rollouts.pop(name, None)
-                self._finished.append(RolloutEntry(seq, event, 1 + (superseded.events if superseded else 0)))
+                if superseded is not None:
+                    entry.events += superseded.events
+                    entry.carried.merge(superseded.carried)
+                entry.carried.add(event)
+                self._finished.append(entry)
                 return
             for entry in self._finished:
                 if rollout_name(entry.event) == name:  # progress after the end: nothing new
                     entry.events += 1
+                    entry.carried.add(event)
                     return
             if not self.has_digest:
                 digest.first_at = now
-            previous = digest.rollouts.get(name)
-            if previous is None:
-                digest.rollouts[name] = RolloutEntry(seq, event)
+            latest = digest.rollouts.get(name)
+            if latest is None:
+                latest = digest.rollouts[name] = RolloutEntry(seq, event)
             else:
-                previous.event, previous.events = event, previous.events + 1
+                latest.event, latest.events = event, latest.events + 1
+            latest.carried.add(event)
             return
         if not self.has_digest:
             digest.first_at = now
         note = _note(event, seq)
+        digest.carried.add(event)
         if len(digest.notes) >= self._limit:
             digest.overflow[note.category] += 1
             self.dropped += 1
@@ -771,26 +837,28 @@ class Pending:
         return batch
 
     def take_finished(self) -> Batch:
-        return Batch(finished=self._finished.popleft())
+        return Batch(finished=[self._finished.popleft()])
 
     def take_all(self) -> Batch:
-        """Everything, as one digest: finished rollouts become rollout lines in their final state."""
+        """Everything: the digest and every finished rollout (see :func:`build_final`)."""
         batch = self.take_digest()
-        while self._finished:
-            entry = self._finished.popleft()
-            batch.rollouts[rollout_name(entry.event)] = entry
+        batch.finished.extend(self._finished)
+        self._finished.clear()
         return batch
 
     def restore(self, batch: Batch, *, demote: bool = False) -> None:
         """Put a failed message's events back, older than what arrived since. ``demote`` turns its listed job
         events into counts and a finished summary into a rollout line (a payload the bot keeps refusing)."""
         digest = self._digest
-        if batch.finished is not None and not demote:
-            late = digest.rollouts.pop(rollout_name(batch.finished.event), None)  # progress after the end
-            batch.finished.events += late.events if late else 0
-            self._finished.appendleft(batch.finished)
-        elif batch.finished is not None:
-            batch.rollouts[rollout_name(batch.finished.event)] = batch.finished
+        for entry in reversed(batch.finished):
+            if demote:
+                batch.rollouts[rollout_name(entry.event)] = entry
+                continue
+            late = digest.rollouts.pop(rollout_name(entry.event), None)  # progress after the end
+            if late is not None:
+                entry.events += late.events
+                entry.carried.merge(late.carried)
+            self._finished.appendleft(entry)
         notes = digest.notes
         if demote:
             for note in batch.notes:
@@ -799,18 +867,27 @@ class Pending:
         else:
             notes = batch.notes + notes
         digest.overflow.update(batch.overflow)
+        digest.carried.merge(batch.carried)
         for note in notes[self._limit :]:
             digest.overflow[note.category] += 1
             self.dropped += 1
         digest.notes = notes[: self._limit]
         newer = digest.rollouts
         finished_names = {rollout_name(entry.event) for entry in self._finished}
-        merged = {name: e for name, e in batch.rollouts.items() if name not in newer and name not in finished_names}
+        merged: dict[str, RolloutEntry] = {}
+        for name, old in batch.rollouts.items():
+            if name in finished_names:  # a finished summary arrived since: the old progress rides with it
+                target = next(e for e in self._finished if rollout_name(e.event) == name)
+                target.events += old.events
+                target.carried.merge(old.carried)
+            elif name not in newer:
+                merged[name] = old
         for name, entry in newer.items():
-            old = batch.rollouts.get(name)
-            if old is not None:
-                entry.events += old.events
-                entry.seq = min(entry.seq, old.seq)
+            earlier = batch.rollouts.get(name)
+            if earlier is not None:
+                entry.events += earlier.events
+                entry.seq = min(entry.seq, earlier.seq)
+                entry.carried.merge(earlier.carried)
             merged[name] = entry
         digest.rollouts = merged
         digest.first_at = min(digest.first_at, batch.first_at)
@@ -1005,6 +1082,32 @@ def build_finished(entry: RolloutEntry, settings: ChatSettings) -> Message:
     return Message(_prefix(settings) + headline, tuple(sections), entry.events)
 
 
+_SUMMARISED: frozenset[Category] = frozenset({"failed", "timed_out", "not_found"})  # a finished summary lists these
+
+
+def build_final(batch: Batch, settings: ChatSettings) -> Message:
+    """One message for everything pending when a sink closes: the complete summary of every finished rollout,
+    then what else is pending (job events the summaries do not already list, progress of other rollouts)."""
+    if not batch.finished:
+        return build_digest(batch, settings)
+    names = {rollout_name(entry.event) for entry in batch.finished}
+    summaries = [build_finished(entry, settings) for entry in batch.finished]
+    covered = {id(n) for n in batch.notes if n.rollout in names and n.category in _SUMMARISED}
+    rest = Batch(
+        notes=[n for n in batch.notes if id(n) not in covered],
+        # Counted events cannot say their rollout; if every listed one belonged to a summary, so did they.
+        overflow=Counter(
+            {c: n for c, n in batch.overflow.items() if not (c in _SUMMARISED and len(covered) == len(batch.notes))}
+        ),
+        rollouts={name: entry for name, entry in batch.rollouts.items() if name not in names},
+    )
+    sections = [section for message in summaries for section in message.sections]
+    if rest.notes or rest.overflow or rest.rollouts:
+        sections.extend(build_digest(rest, settings).sections)
+    title = summaries[0].title if len(summaries) == 1 else _prefix(settings) + f"{len(summaries)} rollouts finished"
+    return Message(title, tuple(sections), batch.events)
+
+
 # ------------------------------------------------------------------------------------------------ answers
 
 
@@ -1108,11 +1211,17 @@ class ChatSink(abc.ABC):
 
     platform: ClassVar[Platform]
 
+    durable: ClassVar[bool] = True  # the daemon feeds it from an outbox; rows are marked when acknowledged
+    acknowledges: ClassVar[bool] = True
+
     __slots__ = (
         "_budget",
         "_closed",
+        "_deadline",
+        "_drained",
         "_in_flight",
         "_last_progress",
+        "_notify",
         "_parked",
         "_pending",
         "_resume_at",
@@ -1125,6 +1234,7 @@ class ChatSink(abc.ABC):
         "_wake",
         "failed_messages",
         "name",
+        "on_delivered",
         "sent_messages",
         "settings",
     )
@@ -1140,6 +1250,10 @@ class ChatSink(abc.ABC):
         self._wake = asyncio.Event()
         self._parked: Literal["wait", "nap"] | None = None
         self._closed = False
+        self._deadline: float | None = None  # set by drain(): send everything now, give up at this time
+        self._drained = asyncio.Event()
+        self._notify: Callable[[str], None] | None = None
+        self.on_delivered: Callable[[Sequence[str]], Awaitable[None]] | None = None
         self._seq = 0
         self._in_flight = 0
         self._strikes = 0
@@ -1217,12 +1331,21 @@ class ChatSink(abc.ABC):
         if self._closed:
             raise SinkError(f"{self.name}: sink is closed", retryable=False)
         if not self.settings.events(event):
+            await self._acknowledge([event.id])
             return
         self._seq += 1
         self._pending.add(event, self._seq, self._timing.clock())
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._guarded(), name=f"chat flusher {self.name}")
         self._wake.set()
+
+    async def _acknowledge(self, ids: Sequence[str]) -> None:
+        """Tell the owner (the daemon's outbox) that these events are delivered, or need no delivery."""
+        if self.on_delivered is not None and ids:
+            try:
+                await self.on_delivered(ids)
+            except Exception:
+                logger.exception("%s: could not record %s as delivered", self.name, _plural(len(ids), "event"))
 
     # ---- the flusher
 
@@ -1237,12 +1360,16 @@ class ChatSink(abc.ABC):
                 self.name,
                 self._pending.count,
             )
+            self._drained.set()
         else:  # pragma: no cover - _run never returns
             logger.error("%s: flusher finished unexpectedly", self.name)
 
-    def _choose(self, now: float) -> tuple[Literal["digest", "finished"] | None, float | None]:
+    def _choose(self, now: float) -> tuple[Literal["digest", "finished", "final"] | None, float | None]:
         """What to send next and after how long; ``(None, None)`` when nothing is pending."""
         pending = self._pending
+        common = max(self._budget.delay(now), self._resume_at - now)
+        if self._deadline is not None:  # draining: everything in one message as soon as the budget allows
+            return ("final", max(0.0, common)) if pending.count else (None, None)
         candidates: list[tuple[int, Literal["digest", "finished"], float]] = []
         finished = pending.finished_seq()
         if finished is not None:
@@ -1254,7 +1381,6 @@ class ChatSink(abc.ABC):
             candidates.append((pending.digest_seq(), "digest", gate))
         if not candidates:
             return None, None
-        common = max(self._budget.delay(now), self._resume_at - now)
         ready = [c for c in candidates if c[2] <= 0]
         if ready:
             return min(ready)[1], max(0.0, common)
@@ -1263,17 +1389,26 @@ class ChatSink(abc.ABC):
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            kind, wait = self._choose(self._timing.clock())
+            now = self._timing.clock()
+            kind, wait = self._choose(now)
+            if self._deadline is not None and (wait is None or now + wait > self._deadline):
+                self._drained.set()  # all sent, or the rest cannot be sent in time: drain() reports it
+                await self._park(None)
+                continue
             if wait is None:
                 await self._park(None)
                 continue
             if kind is None or wait > 0:
+                if kind == "final" and self._notify is not None and wait >= 1:
+                    self._notify(
+                        f"{self.name}: waiting {wait:.0f}s for the rate budget to send the final message "
+                        f"({_plural(self._pending.count, 'event')})"
+                    )
                 await self._park(max(wait, _MIN_NAP))
                 continue
-            if kind == "finished":
-                batch = self._pending.take_finished()
-                assert batch.finished is not None
-                message = build_finished(batch.finished, self.settings)
+            if kind in ("final", "finished"):  # a summary takes everything pending with it: nothing trails it
+                batch = self._pending.take_all()
+                message = build_final(batch, self.settings)
             else:
                 batch = self._pending.take_digest()
                 message = build_digest(batch, self.settings)
@@ -1285,6 +1420,7 @@ class ChatSink(abc.ABC):
                 raise
             except Exception:  # a bug: drop this message rather than fail on it forever
                 logger.exception("%s: dropped a message carrying %s", self.name, _plural(batch.events, "event"))
+                await self._acknowledge(batch.ids())
                 continue
             finally:
                 self._in_flight = 0
@@ -1293,6 +1429,7 @@ class ChatSink(abc.ABC):
                 self._strikes = 0
                 if batch.rollouts:
                     self._last_progress = now
+                await self._acknowledge(batch.ids())
                 continue
             self._strikes = 0 if verdict.retryable else self._strikes + 1
             demote = self._strikes >= _STRIKES
@@ -1343,10 +1480,14 @@ class ChatSink(abc.ABC):
         verdict = Verdict(False, "no attempt made", retryable=True)
         attempt = 0
         while attempt < attempts:
-            wait = self._budget.delay(self._timing.clock())
+            now = self._timing.clock()
+            wait = self._budget.delay(now)
             if wait > 0:
                 if final:
                     verdict = Verdict(False, "the rate budget is spent", retryable=True)
+                    break
+                if self._deadline is not None and now + wait > self._deadline:
+                    verdict = Verdict(False, "the rate budget is spent until after the deadline", retryable=True)
                     break
                 await self._nap(wait)
                 continue
@@ -1361,6 +1502,8 @@ class ChatSink(abc.ABC):
             if not verdict.retryable or attempt >= attempts:
                 break
             delay = max(verdict.retry_after or 0.0, self._backoff(attempt - 1))
+            if self._deadline is not None and self._timing.clock() + delay > self._deadline:
+                break
             logger.debug(
                 "%s: attempt %d/%d failed: %s; retrying in %.2fs", self.name, attempt, attempts, verdict.detail, delay
             )
@@ -1419,8 +1562,37 @@ class ChatSink(abc.ABC):
 
     # ---- close
 
+    def unsent(self) -> dict[str, int]:
+        """Events accepted and not delivered, by kind (``rollout.finished``, ``job.phase_changed:Failed``, …)."""
+        return dict(sorted(self._pending.kinds().items()))
+
+    async def drain(
+        self, within: float | None = None, *, notify: Callable[[str], None] | None = None
+    ) -> dict[str, int]:
+        """Send everything pending as one final message — a finished rollout's complete summary with whatever
+        else waits — as soon as the budget allows, waiting at most ``within`` seconds (default: option
+        ``final_wait``); return what could not be
+        sent (see :meth:`unsent`). ``notify`` hears what the sink is waiting for. Calling it again (a signal
+        during a long wait) can only bring the deadline forward."""
+        if self._closed:
+            return self.unsent()
+        deadline = self._timing.clock() + max(0.0, self.settings.final_wait if within is None else within)
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        self._notify = notify or self._notify
+        if not self._pending.count and self._in_flight == 0:
+            return {}
+        self._drained.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._guarded(), name=f"chat flusher {self.name}")
+        self._wake.set()
+        await self._drained.wait()
+        return self.unsent()
+
     async def aclose(self) -> None:
-        """Stop the flusher, send one final digest if the budget allows it now, close the session."""
+        """Stop the flusher, send one final message if the budget allows it now, close the session.
+
+        Without a :meth:`drain` before, that is one attempt and only if the budget allows it at once; after a
+        drain, what it could not send is logged (the daemon's outbox keeps it for the next start)."""
         if self._closed:
             return
         self._closed = True
@@ -1429,15 +1601,27 @@ class ChatSink(abc.ABC):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.wait((task,))
+            now = self._timing.clock()
+            if (
+                self._pending.count
+                and self._deadline is None
+                and max(self._resume_at - now, self._budget.delay(now)) <= 0
+            ):
+                batch = self._pending.take_all()
+                verdict = await self._deliver(build_final(batch, self.settings), final=True)  # logs a failure
+                if verdict.ok:
+                    await self._acknowledge(batch.ids())
+                else:
+                    self._pending.restore(batch)
             count = self._pending.count
             if count:
-                if self._budget.delay(self._timing.clock()) > 0:
-                    logger.warning(
-                        "%s: closing with %s not sent: the rate budget is spent", self.name, _plural(count, "event")
-                    )
-                else:
-                    batch = self._pending.take_all()
-                    await self._deliver(build_digest(batch, self.settings), final=True)  # logs a failure
+                kinds = ", ".join(f"{n} {kind}" for kind, n in self.unsent().items())
+                logger.warning(
+                    "%s: closing with %s not sent: the rate budget is spent (%s)",
+                    self.name,
+                    _plural(count, "event"),
+                    kinds,
+                )
         finally:
             session, self._session = self._session, None
             if session is not None:

@@ -26,7 +26,8 @@ A ``markdown`` body (``text``: ``{"msgtype": "text", "text": {"content": …}}``
                  (job 0c1f…): Install node failed\\n- … and 2 more"}}
 
 The answer is JSON with ``errcode`` 0. 130101 (sending too fast) pauses every request for a minute (or
-``Retry-After``) and retries; -1 (system busy), 429 and 5xx retry; 310000 (keyword, signature or IP setting not
+``Retry-After``) and retries; 410100 (more than 20 messages in a minute: the robot is muted for ten minutes)
+pauses it for ten minutes; -1 (system busy), 429 and 5xx retry; 310000 (keyword, signature or IP setting not
 met), 300001 (bad token) and every other code are final.
 """
 
@@ -36,6 +37,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -48,7 +50,9 @@ from monitor.sinks.chat import (
     Message,
     Platform,
     Verdict,
+    answer_code,
     errcode_verdict,
+    json_answer,
     markdown_text,
     parse_options,
     plain_text,
@@ -67,7 +71,10 @@ PLATFORM = Platform(
 )
 
 MAX_BYTES = 20_000
-THROTTLE_CODES = (130101,)
+# More than 20 messages in a minute: the robot is muted ("限流") for ten minutes and answers 410100 meanwhile.
+MUTED = 410100
+MUTE_SECONDS = 600.0
+THROTTLE_CODES = (130101, MUTED)
 RETRY_CODES = (-1,)
 
 
@@ -75,6 +82,11 @@ def sign(secret: str, timestamp_ms: int) -> str:
     """DingTalk's robot signature before URL encoding: base64(HMAC-SHA256(key=secret, "{timestamp}\\n{secret}"))."""
     digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
+
+
+def _errcode(raw: bytes) -> object:
+    answer = json_answer(raw)
+    return answer.get("errcode") if answer else None
 
 
 class DingTalkSink(ChatSink):
@@ -102,7 +114,10 @@ class DingTalkSink(ChatSink):
         return url, orjson.dumps(body)
 
     def _verdict(self, status: int, headers: Mapping[str, str], raw: bytes) -> Verdict:
-        return errcode_verdict(status, headers, raw, throttle_codes=THROTTLE_CODES, retry_codes=RETRY_CODES)
+        verdict = errcode_verdict(status, headers, raw, throttle_codes=THROTTLE_CODES, retry_codes=RETRY_CODES)
+        if verdict.throttled and verdict.retry_after is None and answer_code(_errcode(raw)) == MUTED:
+            return replace(verdict, retry_after=MUTE_SECONDS)  # asking again sooner only prolongs the mute
+        return verdict
 
 
 @register("dingtalk")
