@@ -7,12 +7,14 @@ Exit codes: 0 success; 1 a job Failed, timed out or was not found (``watch``), o
 Credentials are never taken from flags (they would show in ``ps`` and shell history): only from the
 environment (``CCE_AUTH_TOKEN``; ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK``; ``CCE_IAM_USER`` +
 ``CCE_IAM_PASSWORD`` + ``CCE_IAM_DOMAIN``) or the config file's ``${ENV}`` references.
+
+``watch`` and ``get`` take their settings from one place, :func:`monitor.config.complete_config`: the file (or
+none), then the environment, then the flags, validated once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -25,10 +27,10 @@ import click
 import orjson
 
 from monitor import __version__
-from monitor.auth import Auth, TokenAuth, auth_from_env
+from monitor.auth import ENV_IAM_ENDPOINT, Auth, TokenAuth, auth_from_env
 from monitor.bus import EventFilter
 from monitor.client import CCEClient, ClientSettings
-from monitor.config import Config, load_config
+from monitor.config import Config, Flag, complete_config, load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.model import job_to_json, validate_id, validate_label
 from monitor.rollout import describe
@@ -141,51 +143,26 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _project_id(flag: str | None, cfg: Config | None) -> str:
-    value = flag or os.environ.get("CCE_PROJECT_ID") or os.environ.get("HUAWEICLOUD_SDK_PROJECT_ID")
-    value = value or (cfg.project_id if cfg else None)
-    if not value:
-        raise ConfigError("--project-id (or CCE_PROJECT_ID / HUAWEICLOUD_SDK_PROJECT_ID) is required")
-    return validate_id(value, "project id")
+def _where_flags(endpoint: str | None, project_id: str | None, iam_endpoint: str | None) -> list[Flag]:
+    """The flags that say where CCE is; with the environment and the file they go through complete_config."""
+    return [
+        Flag("endpoint", "--endpoint", endpoint),
+        Flag("project_id", "--project-id", project_id),
+        Flag("iam_endpoint", "--iam-endpoint", iam_endpoint),
+    ]
 
 
-def _client_settings(endpoint: str | None, project_id: str, cfg: Config | None) -> ClientSettings:
-    """Flags and environment override the file's endpoint and project; HTTP settings come from the file."""
-    endpoint = endpoint or (cfg.endpoint if cfg else None)
-    if not endpoint:
-        raise ConfigError("--endpoint (or CCE_ENDPOINT) is required")
-    base = cfg.client_settings() if cfg else None
-    if base is None:
-        return ClientSettings(endpoint=endpoint, project_id=project_id)
-    return dataclasses.replace(base, endpoint=endpoint, project_id=project_id)
+def _auth(cfg: Config) -> Auth:
+    """The file's ``auth:`` if it has one, else credentials from the environment."""
+    # cfg.iam_endpoint already holds --iam-endpoint, else CCE_IAM_ENDPOINT, else the file's: hide the variable
+    # so that auth_from_env does not put it back in front of the flag.
+    env = {k: v for k, v in os.environ.items() if k != ENV_IAM_ENDPOINT}
+    return cfg.make_auth() or auth_from_env(env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
 
 
-def _auth(cfg: Config | None, project_id: str, iam_endpoint: str | None) -> Auth:
-    auth = cfg.make_auth() if cfg else None
-    return auth or auth_from_env(
-        os.environ, project_id=project_id, iam_endpoint=iam_endpoint or (cfg.iam_endpoint if cfg else None)
-    )
-
-
-def _scheduler_settings(
-    cfg: Config | None, *, rate: float | None, interval: float | None, timeout: float | None
-) -> SchedulerSettings:
-    base = cfg.scheduler_settings() if cfg else SchedulerSettings()
-    values = {name: getattr(base, name) for name in SchedulerSettings.__dataclass_fields__}
-    if rate is not None:
-        values["rate"] = rate
-    if interval is not None:
-        values["interval"] = interval
-        values["min_interval"] = min(values["min_interval"], interval)
-        values["max_interval"] = max(values["max_interval"], interval)
-    if timeout is not None:
-        values["job_timeout"] = timeout
-    return SchedulerSettings(**values)
-
-
-def _sinks(cfg: Config | None, specs: Sequence[str], *, plain_log: bool) -> list[SinkBinding]:
+def _sinks(cfg: Config, specs: Sequence[str], *, plain_log: bool) -> list[SinkBinding]:
     bindings: list[SinkBinding] = []
-    for entry in cfg.sinks if cfg else []:
+    for entry in cfg.sinks:
         f = entry.filter
         bindings.append(
             SinkBinding(create_sink(entry.spec, entry.options), EventFilter.of(f.types, f.phases, f.labels))
@@ -202,13 +179,12 @@ def cli() -> None:
     """Watch Huawei Cloud / Open Telekom Cloud CCE jobs and report their progress."""
 
 
+# The environment variables behind these flags are read by complete_config, which knows where each value came from.
 _endpoint_option = click.option(
-    "--endpoint",
-    envvar="CCE_ENDPOINT",
-    help="CCE endpoint, e.g. https://cce.eu-de.otc.t-systems.com [env CCE_ENDPOINT]",
+    "--endpoint", help="CCE endpoint, e.g. https://cce.eu-de.otc.t-systems.com [env CCE_ENDPOINT]"
 )
 _project_option = click.option("--project-id", help="Project id [env CCE_PROJECT_ID or HUAWEICLOUD_SDK_PROJECT_ID]")
-_iam_option = click.option("--iam-endpoint", envvar="CCE_IAM_ENDPOINT", help="IAM endpoint for password auth")
+_iam_option = click.option("--iam-endpoint", help="IAM endpoint for password auth [env CCE_IAM_ENDPOINT]")
 _log_option = click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None, help="Default: warning"
 )
@@ -232,11 +208,10 @@ def get(
     """Print one job's progress as JSON."""
     _setup_logging(log_level or "warning")
     try:
-        cfg = load_config(config_path) if config_path else None
         validate_id(job_id, "job id")
-        pid = _project_id(project_id, cfg)
-        settings = _client_settings(endpoint, pid, cfg)
-        auth = _auth(cfg, pid, iam_endpoint)
+        cfg = complete_config(config_path, _where_flags(endpoint, project_id, iam_endpoint))
+        settings = cfg.client_settings()
+        auth = _auth(cfg)
     except MonitorError as exc:
         _fail(str(exc))
 
@@ -288,14 +263,20 @@ def watch_cmd(
     """
     live = sys.stdout.isatty() if live is None else live
     try:
-        cfg = load_config(config_path) if config_path else None
-        _setup_logging(log_level or (cfg.logging.level if cfg else "warning"), cfg.logging.format if cfg else "text")
+        flags = [
+            *_where_flags(endpoint, project_id, iam_endpoint),
+            Flag("polling.rate", "--rate", rate),
+            Flag("polling.interval", "--interval", interval),
+            Flag("polling.job_timeout", "--timeout", timeout),
+        ]
+        cfg = complete_config(config_path, flags)
+        # Without a file, the CLI's own default level (warning), not the file's (info).
+        _setup_logging(log_level or (cfg.logging.level if config_path else "warning"), cfg.logging.format)
         ids = _read_ids(job_ids)
-        pid = _project_id(project_id, cfg)
-        settings = _client_settings(endpoint, pid, cfg)
-        sched = _scheduler_settings(cfg, rate=rate, interval=interval, timeout=timeout)
-        auth = _auth(cfg, pid, iam_endpoint)
-        labels = {**(cfg.labels if cfg else {}), **_labels(label_pairs)}
+        settings = cfg.client_settings()
+        sched = cfg.scheduler_settings()
+        auth = _auth(cfg)
+        labels = {**cfg.labels, **_labels(label_pairs)}
         validate_id(rollout, "rollout name")
         sinks = _sinks(cfg, sink_specs, plain_log=not live)
     except MonitorError as exc:

@@ -7,13 +7,19 @@ Secrets (token, SK, password, webhook secrets) may only be given as ``${ENV_VAR}
 expanded at load time; a literal secret in the file is refused, so config files can be committed and shared.
 Any problem — a YAML syntax error, an unknown key, a wrong type, a missing value, an unset variable — raises one
 :class:`ConfigError` whose message names the key path, e.g. ``polling.rate: Input should be greater than 0``.
+
+``watch`` and ``get`` complete the file (or an empty one) with environment variables and flags before the one
+validation (:func:`complete_config`): flags win over the environment, the environment over the file, the file
+over the defaults. A problem is then reported against where the value came from: ``--project-id 'a/b': ...``,
+``CCE_PROJECT_ID: ...``, ``sinks.yaml: polling.rate: ...``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,7 +43,7 @@ from monitor.model import validate_id, validate_label
 from monitor.scheduler import SchedulerSettings
 from monitor.secret import Secret
 
-__all__ = ["Config", "SinkConfig", "load_config", "parse_config"]
+__all__ = ["ENV_VARS", "Config", "Flag", "SinkConfig", "complete_config", "load_config", "parse_config"]
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_KEYS = {"token", "sk", "password", "secret"}
@@ -319,23 +325,88 @@ def _expand(node: object, path: str, env: Mapping[str, str]) -> object:
     return node
 
 
-def _describe(error: ValidationError) -> str:
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "endpoint": ("CCE_ENDPOINT",),
+    "project_id": ("CCE_PROJECT_ID", "HUAWEICLOUD_SDK_PROJECT_ID"),
+    "iam_endpoint": ("CCE_IAM_ENDPOINT",),
+}
+"""Keys that :func:`complete_config` takes from the environment over the file; the first variable set wins."""
+
+# Keys whose values may be URLs, which may carry user:password@: messages name the flag, never show the value.
+_URL_KEYS = frozenset({"endpoint", "iam_endpoint"})
+_KEY_AT_START = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A command-line option that sets one key of the file; ``key`` is its dotted path, e.g. ``polling.rate``.
+
+    ``value`` is ``None`` when the option was not given: it is still named when its key is missing.
+    """
+
+    key: str
+    name: str
+    value: object = None
+
+    @property
+    def label(self) -> str:
+        """How a message names it: ``--project-id 'a/b'``, ``--interval 5``; URL-valued flags by name only."""
+        return self.name if self.key in _URL_KEYS else f"{self.name} {_show(self.value)}"
+
+
+def _show(value: object) -> str:
+    """A value as a message shows it: numbers plainly (``5``, not ``5.0``), anything else quoted, cut short."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _set(raw: dict[object, object], key: str, value: object) -> None:
+    """Set a dotted key in the raw mapping; a non-mapping in the way is the file's mistake, left for validation."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return
+        node = child
+    node[leaf] = value
+
+
+def _describe(
+    error: ValidationError,
+    source: str,
+    given: Mapping[tuple[str, ...], str] | None = None,
+    ways: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """The first problem as one line, against where its value came from (``given``: key path -> flag or variable).
+
+    A missing key that ``ways`` lists (other ways to give it: flags, variables) names all of them.
+    """
     first = error.errors()[0]
-    where = ".".join(_key_text(p) for p in first["loc"]) or "(top level)"
+    loc = tuple(_key_text(p) for p in first["loc"])
+    where = ".".join(loc) or "(top level)"
     message = first["msg"]
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problems)" if more else ""
+    if first["type"] == "missing" and ways and where in ways:
+        return f"{where} is required: {', '.join(ways[where])}, or {where}: in the config file{suffix}"
+    origin = next((label for key, label in (given or {}).items() if loc[: len(key)] == key), None)
+    if origin is not None:
+        return f"{origin}: {message.removeprefix('Value error, ')}{suffix}"
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "missing":
         message = "required key is missing"
-    more = len(error.errors()) - 1
-    return f"{where}: {message}" + (f" (and {more} more problems)" if more else "")
+    return f"{source}: {where}: {message}{suffix}"
 
 
-def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
-    """Validate YAML text into a :class:`Config`; raises :class:`ConfigError` with one line.
+def _parse(text: str, env: Mapping[str, str], source: str) -> dict[object, object]:
+    """YAML text to the raw mapping, ``${VAR}`` references expanded; raises :class:`ConfigError` with one line.
 
-    Errors are raised outside the ``except`` blocks on purpose: the YAML and pydantic exceptions quote the
-    input, which may hold a secret, and must not ride along as ``__context__``.
+    Errors are raised outside the ``except`` blocks on purpose: the YAML exceptions quote the input, which may
+    hold a secret, and must not ride along as ``__context__``.
     """
     problem: str | None = None
     try:
@@ -355,21 +426,98 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     try:
-        expanded = _expand(raw, "", os.environ if env is None else env)
+        expanded = _expand(raw, "", env)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from None
+    assert isinstance(expanded, dict)
+    return expanded
+
+
+def _validate(
+    raw: Mapping[object, object],
+    source: str,
+    given: Mapping[tuple[str, ...], str] | None = None,
+    ways: Mapping[str, Sequence[str]] | None = None,
+) -> Config:
+    # Raised outside the except block: pydantic's exception quotes the input, which may hold a secret.
     try:
-        return Config.model_validate(expanded)
+        return Config.model_validate(raw)
     except ValidationError as exc:
-        problem = _describe(exc)
-    raise ConfigError(f"{source}: {problem}")
+        problem = _describe(exc, source, given, ways)
+    raise ConfigError(problem)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+
+
+def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
+    """Validate YAML text into a :class:`Config`; raises :class:`ConfigError` with one line."""
+    return _validate(_parse(text, os.environ if env is None else env, source), source)
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file."""
+    """Read and validate a config file: the file and its ``${VAR}`` references only (``run``, ``check-config``)."""
     p = Path(path)
+    return parse_config(_read(p), env=env, source=str(p))
+
+
+def complete_config(
+    path: str | Path | None, flags: Sequence[Flag] = (), *, env: Mapping[str, str] | None = None
+) -> Config:
+    """The file at ``path`` (or an empty one), completed by the environment and then by ``flags``, validated once.
+
+    Precedence: flags, then :data:`ENV_VARS`, then the file, then the defaults; ``env`` (default
+    ``os.environ``) also serves the file's ``${VAR}`` references. A ``polling.interval`` flag outside the default
+    ``min_interval``/``max_interval`` widens them, unless the file sets them: that is a contradiction, named with
+    both origins. The cross-field checks of :meth:`Config.scheduler_settings` and :meth:`Config.client_settings`
+    run here too. Problems raise one :class:`ConfigError` naming the flag, the variable, or the file and key.
+    """
+    env = os.environ if env is None else env
+    source = str(Path(path)) if path is not None else "config"
+    raw = _parse(_read(Path(path)), env, source) if path is not None else {}
+    polling = raw.get("polling")
+    in_file = {k for k in polling if isinstance(k, str)} if isinstance(polling, dict) else set()
+    given: dict[tuple[str, ...], str] = {}
+    ways: dict[str, list[str]] = {}
+    for key, names in ENV_VARS.items():
+        name = next((n for n in names if env.get(n, "").strip()), None)
+        if name is not None:
+            _set(raw, key, env[name].strip())
+            given[tuple(key.split("."))] = name
+    for flag in flags:
+        ways.setdefault(flag.key, []).append(flag.name)
+        if flag.value is not None:
+            _set(raw, flag.key, flag.value)
+            given[tuple(flag.key.split("."))] = flag.label
+    for key, names in ENV_VARS.items():
+        ways.setdefault(key, []).extend(names)
+    interval = next((f for f in reversed(flags) if f.key == "polling.interval" and f.value is not None), None)
+    if interval is not None and isinstance(interval.value, int | float):
+        # Today's convenience: --interval 0.5 lowers the default floor, --interval 60 raises the default ceiling.
+        for name, pick in (("min_interval", min), ("max_interval", max)):
+            if name not in in_file:
+                default = PollingConfig.model_fields[name].default
+                _set(raw, f"polling.{name}", pick(default, interval.value))
+                given["polling", name] = interval.label
+    cfg = _validate(raw, source, given, ways)
+    p = cfg.polling
+    if interval is not None:
+        if "min_interval" in in_file and p.interval < p.min_interval:
+            raise ConfigError(f"{interval.label} is below polling.min_interval {_show(p.min_interval)} (from {source})")
+        if "max_interval" in in_file and p.interval > p.max_interval:
+            raise ConfigError(f"{interval.label} is above polling.max_interval {_show(p.max_interval)} (from {source})")
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
-    return parse_config(text, env=env, source=str(p))
+        cfg.scheduler_settings()
+        cfg.client_settings()
+    except (ConfigError, InvalidIdError) as exc:
+        problem = exc.message
+    else:
+        return cfg
+    # These messages start with the key they are about ("polling.rate = ...", "endpoint 'x' must be ...").
+    match = _KEY_AT_START.match(problem)
+    origin = given.get(tuple(match.group().split("."))) if match else None
+    raise ConfigError(f"{origin or source}: {problem}")

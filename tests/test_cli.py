@@ -246,3 +246,66 @@ async def test_sigint_while_waiting_for_the_chat_budget_says_what_was_not_sent(
     assert line.startswith("cce-monitor: not sent to wecom:") and "1 rollout.finished" in line
     assert "botKEY123456" not in err.decode()
     assert len(bot.bodies) == 1
+
+
+async def test_a_sinks_only_file_is_completed_by_flags(sim: Simulator, tmp_path: Path) -> None:
+    job = sim.add_job(duration=0.3)
+    out_file = tmp_path / "events.jsonl"
+    config = tmp_path / "sinks.yaml"
+    config.write_text(f"sinks:\n  - type: file\n    path: {out_file}\n")
+    code, _, err = await run_cli(
+        "watch", "--config", str(config), "--endpoint", str(sim.endpoint), "--project-id", sim.config.project_id,
+        *FAST, job, env=clean_env(CCE_AUTH_TOKEN=sim.config.token),
+    )  # fmt: skip
+    assert code == 0, err
+    assert job in out_file.read_text()
+
+
+async def test_interval_flag_within_the_files_max_interval(sim: Simulator, tmp_path: Path) -> None:
+    job = sim.add_job(duration=0.3)
+    config = tmp_path / "c.yaml"
+    config.write_text("polling: {max_interval: 3}\n")
+    code, out, err = await run_cli(
+        "watch", "--config", str(config), "--interval", "1", "--rate", "100", job, env=sim_env(sim)
+    )
+    assert code == 0, err
+    assert "-> Success" in out
+
+
+_UNREACHABLE = {"CCE_ENDPOINT": "http://127.0.0.1:1", "CCE_PROJECT_ID": "p1", "CCE_AUTH_TOKEN": "tok-never-shown"}
+
+
+@pytest.mark.parametrize(
+    ("file_text", "args", "env_extra", "message"),
+    [
+        ("polling: {max_interval: 3}\n", ["--interval", "5"], {}, "--interval 5 is above polling.max_interval 3 (from"),
+        ("polling: {min_interval: 2}\n", ["--interval", "1"], {}, "--interval 1 is below polling.min_interval 2 (from"),
+        (None, ["--project-id", "a/b"], {}, "--project-id 'a/b': invalid project id"),
+        (None, [], {"CCE_PROJECT_ID": "a/b"}, "CCE_PROJECT_ID: invalid project id"),
+        (None, ["--endpoint", "ftp://x"], {}, "--endpoint: endpoint 'ftp://x' must be an http(s) URL"),
+        ("sinks: []\npolling: {rate: -1}\n", [], {}, "c.yaml: polling.rate: Input should be greater than 0"),
+        (None, [], {"CCE_ENDPOINT": ""}, "endpoint is required: --endpoint, CCE_ENDPOINT, or endpoint: in the config"),
+        (
+            "sinks: []\n",
+            [],
+            {"CCE_PROJECT_ID": ""},
+            "project_id is required: --project-id, CCE_PROJECT_ID, HUAWEICLOUD_SDK_PROJECT_ID, or project_id:",
+        ),
+    ],
+)
+async def test_settings_problems_name_where_the_value_came_from(
+    tmp_path: Path, file_text: str | None, args: list[str], env_extra: dict[str, str], message: str
+) -> None:
+    config_args: list[str] = []
+    if file_text is not None:
+        config = tmp_path / "c.yaml"
+        config.write_text(file_text)
+        config_args = ["--config", str(config)]
+    env = {k: v for k, v in clean_env(**{**_UNREACHABLE, **env_extra}).items() if v}
+    code, out, err = await run_cli("watch", *config_args, *args, "--timeout", "1", "job-1", env=env, limit=20)
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1, err
+    assert message in err
+    if "(from" in message:  # a contradiction names the file as well as the flag
+        assert f"(from {tmp_path / 'c.yaml'})" in err
+    assert "tok-never-shown" not in err

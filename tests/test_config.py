@@ -145,3 +145,112 @@ def test_arbitrary_documents_give_config_or_config_error(doc: dict[str, object])
         assert "\n" not in str(exc)
     else:
         assert isinstance(result, Config)
+
+
+PID = "0123456789abcdef0123456789abcdef"
+
+
+def where_flags(endpoint: str | None = None, project_id: str | None = None, **polling: float) -> list[c.Flag]:
+    flags = [c.Flag("endpoint", "--endpoint", endpoint), c.Flag("project_id", "--project-id", project_id)]
+    names = {"rate": "--rate", "interval": "--interval", "job_timeout": "--timeout"}
+    return flags + [c.Flag(f"polling.{key}", names[key], value) for key, value in polling.items()]
+
+
+def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("endpoint: https://file.example.com\nproject_id: fromfile\niam_endpoint: https://iam.file\n")
+    env = {"CCE_ENDPOINT": "https://env.example.com", "HUAWEICLOUD_SDK_PROJECT_ID": "fromsdkenv"}
+    cfg = c.complete_config(path, where_flags(), env=env)
+    assert (cfg.endpoint, cfg.project_id, cfg.iam_endpoint) == (
+        "https://env.example.com",
+        "fromsdkenv",
+        "https://iam.file",
+    )
+    cfg = c.complete_config(path, where_flags(project_id="fromflag"), env={**env, "CCE_PROJECT_ID": "fromenv"})
+    assert (cfg.endpoint, cfg.project_id) == ("https://env.example.com", "fromflag")
+    cfg = c.complete_config(path, where_flags("https://flag.example.com"), env={"CCE_ENDPOINT": ""})
+    assert (cfg.endpoint, cfg.project_id) == ("https://flag.example.com", "fromfile")
+
+
+def test_a_file_with_only_sinks_is_completed(tmp_path: Path) -> None:
+    path = tmp_path / "sinks.yaml"
+    path.write_text("sinks:\n  - type: log\n")
+    cfg = c.complete_config(path, where_flags("https://cce.example.com", PID, rate=5, job_timeout=60), env={})
+    assert cfg.client_settings().project_id == PID
+    assert [s.spec for s in cfg.sinks] == ["log"]
+    sched = cfg.scheduler_settings()
+    assert (sched.rate, sched.job_timeout, sched.interval) == (5, 60, 10)
+
+
+@pytest.mark.parametrize(
+    ("polling", "interval", "expected"),
+    [
+        ("{max_interval: 3}", 1, (1, 1, 3)),  # the case: the file's ceiling, the default floor
+        ("{}", 0.5, (0.5, 0.5, 30)),  # below the default floor: the floor follows
+        ("{}", 60, (60, 1, 60)),  # above the default ceiling: the ceiling follows
+        ("{min_interval: 0.2, max_interval: 5}", 2, (2, 0.2, 5)),
+    ],
+)
+def test_interval_flag_widens_only_the_defaults(
+    tmp_path: Path, polling: str, interval: float, expected: tuple[float, float, float]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"polling: {polling}\n")
+    cfg = c.complete_config(path, where_flags("https://cce.example.com", PID, interval=interval), env={})
+    sched = cfg.scheduler_settings()
+    assert (sched.interval, sched.min_interval, sched.max_interval) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "env", "message"),
+    [
+        (
+            "polling: {max_interval: 3}\n",
+            where_flags(interval=5),
+            {},
+            "--interval 5 is above polling.max_interval 3 (from c.yaml)",
+        ),
+        (
+            "polling: {min_interval: 2}\n",
+            where_flags(interval=0.5),
+            {},
+            "--interval 0.5 is below polling.min_interval 2 (from c.yaml)",
+        ),
+        (None, where_flags(project_id="a/b"), {}, "--project-id 'a/b': invalid project id 'a/b'"),
+        (None, where_flags(rate=float("inf")), {}, "--rate inf: Input should be a finite number"),
+        (None, where_flags(), {"CCE_PROJECT_ID": "a b"}, "CCE_PROJECT_ID: invalid project id"),
+        (None, where_flags("https://user:pw@cce.example.com"), {}, "--endpoint: endpoint must not carry credentials"),
+        ("polling: {rate: 0}\n", where_flags(), {}, "c.yaml: polling.rate: Input should be greater than 0"),
+        ("polling: {interval: 50}\n", where_flags(), {}, "c.yaml: polling.max_interval = 30.0 must be >= interval"),
+        (
+            "endpoint: ftp://x\n",
+            where_flags(),
+            {"CCE_ENDPOINT": ""},
+            "c.yaml: endpoint 'ftp://x' must be an http(s) URL",
+        ),
+        ("auth: {token: '${NOPE}'}\n", where_flags(), {}, "c.yaml: auth.token: environment variable NOPE is not set"),
+        (None, [], {"CCE_ENDPOINT": " "}, "endpoint is required: CCE_ENDPOINT, or endpoint: in the config file"),
+        (
+            "sinks: []\n",
+            where_flags(),
+            {"CCE_ENDPOINT": "", "CCE_PROJECT_ID": ""},
+            "endpoint is required: --endpoint, CCE_ENDPOINT, or endpoint: in the config file (and 1 more problems)",
+        ),
+    ],
+)
+def test_problems_name_where_the_value_came_from(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str | None,
+    flags: list[c.Flag],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        Path("c.yaml").write_text(text)
+    base = {"CCE_ENDPOINT": "https://cce.example.com", "CCE_PROJECT_ID": PID}
+    with pytest.raises(ConfigError) as info:
+        c.complete_config("c.yaml" if text is not None else None, flags, env={**base, **env})
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value) and "pw" not in str(info.value)
