@@ -33,6 +33,7 @@ from monitor.errors import (
     MalformedResponseError,
     RequestTimeoutError,
     api_error,
+    transport_detail,
 )
 from monitor.model import parse_go_time
 from monitor.secret import Secret
@@ -230,12 +231,15 @@ class PasswordAuth:
                         content_type=resp.headers.get("Content-Type", ""),
                         request_id=request_id,
                         retry_after=resp.headers.get("Retry-After"),
+                        secrets=(self._password,),
                     )
                 subject = resp.headers.get("X-Subject-Token")
         except TimeoutError:
             raise RequestTimeoutError(f"IAM token request to {self.iam_endpoint} timed out") from None
         except aiohttp.ClientError as exc:
-            raise ConnectError(f"IAM token request to {self.iam_endpoint} failed: {exc}") from None
+            # A token too large for the header limit makes aiohttp quote its start: transport_detail drops it.
+            detail = transport_detail(exc, (self._password,))
+            raise ConnectError(f"IAM token request to {self.iam_endpoint} failed: {detail}") from None
         if not subject:
             raise MalformedResponseError("IAM answered without an X-Subject-Token header", request_id=request_id)
         return Secret(subject), _token_lifetime(body)

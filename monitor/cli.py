@@ -33,6 +33,7 @@ from monitor.client import CCEClient, ClientSettings
 from monitor.config import Config, Flag, complete_config, load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.model import job_to_json, validate_id, validate_label
+from monitor.reason import readable_reason
 from monitor.rollout import describe
 from monitor.scheduler import SchedulerSettings
 from monitor.secret import Secret
@@ -616,7 +617,9 @@ def status(rollout: str | None, as_json: bool, api_url: str) -> None:
         click.echo(printable(describe(summary)))
         for failure in summary.get("failed", []):
             who = failure.get("resource_name") or failure.get("job_id")
-            line = f"  {failure.get('outcome')}: {who} ({failure.get('job_id')}): {failure.get('reason') or ''}"
+            reason = failure.get("reason")
+            reason = readable_reason(reason) if isinstance(reason, str) else ""
+            line = f"  {failure.get('outcome')}: {who} ({failure.get('job_id')}): {reason}"
             click.echo(printable(line))
         hidden = summary.get("failed_count", 0) - len(summary.get("failed", []))
         if hidden > 0:

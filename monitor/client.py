@@ -34,6 +34,7 @@ from monitor.errors import (
     RequestTimeoutError,
     ThrottledError,
     api_error,
+    transport_detail,
 )
 from monitor.model import Job, parse_job, validate_id
 from monitor.throttle import RateLimiter
@@ -44,6 +45,9 @@ __all__ = ["CCEClient", "ClientSettings"]
 logger = logging.getLogger(__name__)
 
 _MAX_BODY = 8 * 1024 * 1024
+# IAM tokens are up to 16 KB (X-Subject-Token in, X-Auth-Token out); aiohttp's default limit is 8190 bytes.
+MAX_HEADER = 32 * 1024
+_SECRET_HEADERS = ("X-Auth-Token", "Authorization")
 
 
 def _user_agent() -> str:
@@ -118,6 +122,8 @@ class CCEClient:
                 connector=connector,
                 timeout=self._timeout,
                 headers={"User-Agent": _user_agent()},
+                max_line_size=MAX_HEADER,
+                max_field_size=MAX_HEADER,
             )
             # aiohttp silently re-sends an idempotent request once when a kept-alive connection drops. That
             # request would bypass our rate limit (one slot, two requests to CCE) and hide the failure; we
@@ -178,6 +184,8 @@ class CCEClient:
     async def _request(
         self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str
     ) -> tuple[bytes, str | None]:
+        # What an answer or a parser error might quote back at us: masked wherever it shows up.
+        secrets = [headers[name] for name in _SECRET_HEADERS if headers.get(name)]
         try:
             # The timeout is given per request so that it also holds on a session the caller passed in.
             async with session.get(url, headers=headers, timeout=self._timeout) as resp:
@@ -196,6 +204,7 @@ class CCEClient:
                         content_type=resp.headers.get("Content-Type", ""),
                         request_id=request_id,
                         retry_after=resp.headers.get("Retry-After"),
+                        secrets=secrets,
                     )
                     if isinstance(error, ThrottledError) and self._limiter is not None:
                         self._limiter.throttled(error.retry_after)
@@ -203,9 +212,10 @@ class CCEClient:
         except TimeoutError:
             raise RequestTimeoutError(f"job {job_id}: request timed out") from None
         except aiohttp.ClientPayloadError as exc:
-            raise ConnectError(f"job {job_id}: response body broken off: {exc}") from None
+            detail = transport_detail(exc, secrets)
+            raise ConnectError(f"job {job_id}: response body broken off: {detail}") from None
         except aiohttp.ClientError as exc:
-            raise ConnectError(f"job {job_id}: {type(exc).__name__}: {exc}") from None
+            raise ConnectError(f"job {job_id}: {transport_detail(exc, secrets)}") from None
         if self._limiter is not None:
             self._limiter.succeeded()
         return body, request_id

@@ -2,7 +2,9 @@
 
 Every error says whether retrying the same operation can help (``retryable``) and, where the server said so,
 after how long (``retry_after``). API errors carry the HTTP status, the error code and message from the body,
-and the ``X-Request-Id`` — never a credential: nothing here is built from request headers.
+and the ``X-Request-Id`` — never a credential: nothing here is built from request headers, and the text of a
+transport failure goes through :func:`transport_detail`, which drops what a parser quoted from the wire and
+masks the secrets in play.
 
 ::
 
@@ -26,10 +28,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import orjson
 
+from monitor.secret import Secret, redact
 from monitor.text import printable
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "api_error",
     "parse_error_body",
     "parse_retry_after",
+    "transport_detail",
 ]
 
 _MAX_MESSAGE = 300
@@ -257,9 +261,11 @@ def api_error(
     content_type: str = "",
     request_id: str | None = None,
     retry_after: str | None = None,
+    secrets: Iterable[Secret | str] = (),
 ) -> APIError:
-    """Map an error response to the right :class:`APIError` subclass."""
+    """Map an error response to the right :class:`APIError` subclass; ``secrets`` are masked if echoed."""
     code, message = parse_error_body(body, content_type)
+    message = redact(message, secrets)
     cls: type[APIError]
     if status in (401, 403):
         cls = AuthError
@@ -278,3 +284,46 @@ def api_error(
         request_id=request_id,
         retry_after=parse_retry_after(retry_after),
     )
+
+
+# A quoted literal as a parser's message shows it (``b'...'``, ``'...'``, ``"..."``), closed or cut off.
+_QUOTED_RE = re.compile(r"""b?'[^']*(?:'|$)|b?"[^"]*(?:"|$)""")
+_CARET_RE = re.compile(r"^\s*\^+\s*$", re.MULTILINE)  # the llhttp parser's pointer under the quoted line
+
+
+def _from_the_wire(exc: BaseException) -> bool:
+    """Whether ``exc`` is a parser's complaint about what a server sent (its text may quote header bytes).
+
+    aiohttp raises ``ClientResponseError`` (carrying ``request_info``) for a response it could not parse and
+    ``ClientPayloadError`` for a broken body, both built from an ``HttpProcessingError``; duck-typed, so the
+    core does not import aiohttp.
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        names = {cls.__name__ for cls in type(current).__mro__}
+        if names & {"ClientResponseError", "ClientPayloadError", "HttpProcessingError"}:
+            return True
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return False
+
+
+def transport_detail(exc: BaseException, secrets: Iterable[Secret | str] = ()) -> str:
+    """A one-line text for a failed HTTP exchange (an aiohttp exception), safe for logs, events and terminals.
+
+    When the exception comes from parsing the answer, every quoted literal in its text is replaced by ``…``:
+    aiohttp quotes the start of a header line it refuses (``Got more than 8190 bytes when reading: b'MII…'``),
+    and that header may be a token. Then every secret in ``secrets``, or a piece of one, is masked
+    (:func:`monitor.secret.redact`), control characters go and the text is clipped.
+    """
+    text = str(exc)
+    status = getattr(exc, "status", None)
+    message = getattr(exc, "message", None)
+    if _from_the_wire(exc):
+        # ClientResponseError's str() adds the URL and repeats the message; its parts are enough.
+        if isinstance(message, str):
+            text = f"{status}, {message}" if isinstance(status, int) and status else message
+        text = _CARET_RE.sub("", _QUOTED_RE.sub("…", text))
+    text = redact(text, secrets)
+    name = type(exc).__name__
+    return _clip(f"{name}: {text}" if text else name)

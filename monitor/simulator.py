@@ -83,6 +83,9 @@ Clock = Callable[[], float]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_MAX_HEADER = 64 * 1024
+
+
 def _mask(value: str | None) -> str:
     return "None" if value is None else "'***'"
 
@@ -93,7 +96,8 @@ class SimulatorConfig:
 
     Probabilities are per request to the job API. ``rate_limit`` is requests per second (``None``: no
     limit) with a bucket of ``rate_burst`` (default: the rate, at least 1). Default job durations are
-    ``job_duration`` times a per-type factor, jittered ±20 %, times ``time_scale``.
+    ``job_duration`` times a per-type factor, jittered ±20 %, times ``time_scale``. ``token_length`` is the
+    length of the tokens IAM issues (real ones are up to 16 KB; the server accepts request headers that large).
     """
 
     seed: int = 0
@@ -101,6 +105,7 @@ class SimulatorConfig:
     project_name: str = "eu-de"
     token: str = "MIIsimulator-static-token"  # noqa: S105 - a fixture value for a loopback test server
     token_ttl: float = 86_400.0
+    token_length: int = 123
     ak: str | None = None
     sk: str | None = None
     iam_user: str = "monitor"
@@ -126,6 +131,8 @@ class SimulatorConfig:
             raise ValueError("ak and sk go together")
         if self.token_ttl <= 0 or self.time_scale <= 0 or self.job_duration < 0 or self.iam_delay < 0:
             raise ValueError("token_ttl and time_scale must be positive, job_duration and iam_delay >= 0")
+        if self.token_length < 4:
+            raise ValueError("token_length must be at least 4 (tokens start with 'MII')")
         self.faults()  # validates the fault fields
 
     def faults(self) -> FaultSettings:
@@ -907,7 +914,7 @@ class Simulator:
             message = "The project in the scope is not found."
             return self._json(401, {"error": {"code": 401, "title": "Unauthorized", "message": message}})
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-        token = "MII" + "".join(self._rng_tokens.choices(alphabet, k=120))
+        token = "MII" + "".join(self._rng_tokens.choices(alphabet, k=cfg.token_length - 3))
         issued = self._clock()
         self._tokens[token] = issued + self._token_ttl
         self._counters.tokens_issued += 1
@@ -931,6 +938,10 @@ class Simulator:
             }
         }
         return self._json(201, body, {"X-Subject-Token": token})
+
+    def issued_tokens(self) -> list[str]:
+        """Every token this simulator accepts (the static one and those IAM issued): for leak tests."""
+        return list(self._tokens)
 
     async def _handle_sim_jobs(self, request: web.Request) -> web.Response:
         try:
@@ -981,7 +992,15 @@ class Simulator:
         if self._runner is not None:
             raise RuntimeError("simulator already started")
         self._closing.clear()
-        runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        # Request headers up to 64 KiB (aiohttp's default is 8190 bytes): an X-Auth-Token can be 16 KB.
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            max_line_size=_MAX_HEADER,
+            max_field_size=_MAX_HEADER,
+        )
         await runner.setup()
         self._runner = runner
         await web.TCPSite(runner, host, port).start()

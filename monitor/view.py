@@ -4,6 +4,10 @@ The view is just another bus subscriber: it keeps a small row per job from the e
 from an asyncio task four times a second (rich's own refresh thread is not used, so nothing touches the view
 off the event loop). Notable events — a job finishing or failing, polls failing, auth failing, stalls — are also
 printed above the table, so the scrollback keeps a record after the view closes.
+
+On top: one progress line and one bar per rollout (from its latest digest); only while no rollout is known, a
+line and a bar counting the view's own jobs instead. Rows show the job id next to its resource (node) name, and
+reasons through :func:`~monitor.reason.readable_reason` (``Ecs.0319: The ECS quota is insufficient.``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from monitor.events import Event, EventType
+from monitor.reason import readable_reason
 from monitor.rollout import describe
 from monitor.text import printable
 
@@ -50,6 +55,7 @@ _NOTABLE = {
 class _Row:
     job_id: str
     job_type: str = ""
+    resource_name: str = ""
     phase: str = "waiting"
     note: str = ""
     sub_phases: dict[str, str] = field(default_factory=dict)
@@ -84,11 +90,13 @@ class LiveView:
         row.seq = self._seq
         if event.job_type:
             row.job_type = event.job_type
+        if event.resource_name:
+            row.resource_name = event.resource_name
         if event.type is EventType.SUBJOB_PHASE_CHANGED and event.subjob_id and event.phase:
             row.sub_phases[event.subjob_id] = event.phase
         elif event.type is EventType.JOB_PHASE_CHANGED and event.phase:
             row.phase = event.phase
-            row.note = event.reason or ""
+            row.note = readable_reason(event.reason or "")
             if event.phase in ("Success", "Failed"):
                 self._print(event)
         elif event.type in _NOTABLE:
@@ -107,9 +115,13 @@ class LiveView:
         text = Text.assemble(
             (event.time.strftime("%H:%M:%S "), "dim"),
             (f"{_safe(event.job_id or '')} ", "bold"),
-            (_safe(what or ""), style),
         )
-        extra = event.reason or event.detail
+        row = self._rows.get(event.job_id or "")
+        name = event.resource_name or (row.resource_name if row is not None else "")
+        if name:
+            text.append(f"{_safe(name)} ")
+        text.append(_safe(what or ""), style=style)
+        extra = readable_reason(event.reason) if event.reason else event.detail
         if extra:
             text.append(f"  {_safe(extra)}", style="dim")
         self.console.print(text)
@@ -118,17 +130,15 @@ class LiveView:
         rows = list(self._rows.values())
         counts = Counter(r.phase for r in rows)
         done = sum(counts[p] for p in ("Success", "Failed", "timed_out", "not_found"))
-        summary = Text(f"{self.title}  {done}/{len(rows)} finished  ", style="bold")
-        for phase, n in sorted(counts.items()):
-            summary.append(f"{_safe(phase)} {n}  ", style=_STYLES.get(phase, "magenta"))
         table = Table(expand=True, show_edge=False, pad_edge=False)
         table.add_column("job", no_wrap=True)
+        table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=40)
         table.add_column("type", no_wrap=True)
         table.add_column("phase", no_wrap=True)
         table.add_column("sub-jobs", no_wrap=True)
         table.add_column("reason / detail", overflow="ellipsis", no_wrap=True, ratio=1)
-        # Summary, bar, two lines per rollout, table header (2), "and N more", a spare: the rest is rows.
-        limit = max(5, self.console.size.height - 7 - 2 * len(self._rollouts))
+        # A line and a bar per rollout (or the view's own two), table header (2), "and N more", a spare.
+        limit = max(5, self.console.size.height - 5 - 2 * max(1, len(self._rollouts)))
         ordered = sorted(rows, key=lambda r: (_ORDER.get(r.phase, 3), -r.seq))
         for row in ordered[:limit]:
             subs = row.sub_phases.values()
@@ -137,16 +147,22 @@ class LiveView:
             # Text objects, not str: rich would read "[...]" in a reason from CCE as console markup.
             table.add_row(
                 Text(_safe(row.job_id)),
+                Text(_safe(row.resource_name)),
                 Text(_safe(row.job_type)),
                 Text(_safe(row.phase), style=_STYLES.get(row.phase, "magenta")),
                 Text(sub_text),
                 Text(_safe(row.note)),
             )
         hidden = len(ordered) - limit
-        parts: list[RenderableType] = [summary, _bar(len(rows), done)]
+        parts: list[RenderableType] = []
         for info in self._rollouts.values():  # one line and bar per rollout, from its latest digest
             parts.append(Text(_safe(describe(info)), style="bold cyan"))
             parts.append(_bar(int(info.get("total", 0)), int(info.get("finished", 0))))
+        if not self._rollouts:  # no digest yet (or no rollout at all): count the view's own jobs
+            summary = Text(f"{self.title}  {done}/{len(rows)} finished  ", style="bold")
+            for phase, n in sorted(counts.items()):
+                summary.append(f"{_safe(phase)} {n}  ", style=_STYLES.get(phase, "magenta"))
+            parts += [summary, _bar(len(rows), done)]
         parts.append(table)
         if hidden > 0:
             parts.append(Text(f"… and {hidden} more jobs", style="dim"))

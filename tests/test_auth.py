@@ -112,6 +112,34 @@ async def test_password_token_is_fetched_once_and_cached(start_sim: StartSim) ->
     assert sim.stats.by_status == {201: 1, 200: 15}
 
 
+async def test_a_16kb_token_works_end_to_end(start_sim: StartSim) -> None:
+    """IAM's documented maximum: in as X-Subject-Token, out as X-Auth-Token (aiohttp's default limit is 8190)."""
+    sim, endpoint = await start_sim(token_length=16_000)
+    job_id = sim.add_job(duration=100)
+    auth = password_auth(endpoint)
+    async with client(endpoint, auth) as c:
+        assert (await c.get_job(job_id)).id == job_id
+        sim.expire_tokens()  # a 401 for the big token, a second big token, and the retry with it
+        assert (await c.get_job(job_id)).id == job_id
+    issued = [t for t in sim.issued_tokens() if t != sim.config.token]
+    assert [len(t) for t in issued] == [16_000, 16_000]
+    assert sim.stats.tokens_issued == 2 and auth.fetches == 2
+    assert sim.stats.by_status == {201: 2, 200: 2, 401: 1}
+
+
+async def test_a_16kb_static_token_is_accepted(start_sim: StartSim) -> None:
+    token = "MII" + "x" * 15_997
+    sim, endpoint = await start_sim(token=token)
+    job_id = sim.add_job(duration=100)
+    async with client(endpoint, TokenAuth(Secret(token))) as c:
+        assert (await c.get_job(job_id)).id == job_id
+
+
+def test_simulator_token_length_is_validated() -> None:
+    with pytest.raises(ValueError, match="token_length"):
+        SimulatorConfig(token_length=3)
+
+
 async def test_password_scope_by_project_name(start_sim: StartSim) -> None:
     sim, endpoint = await start_sim()
     job_id = sim.add_job(duration=100)

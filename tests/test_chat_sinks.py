@@ -655,6 +655,19 @@ async def test_pending_events_are_bounded_and_counted(harness: Harness) -> None:
     assert "cce-monitor: 12 jobs failed, 1 timed out" in text
 
 
+ECS_REASON = 'Create node vm failed: {"error":{"code":"Ecs.0319","message":"The ECS quota is insufficient."}}'
+ECS_READABLE = "Create node vm failed: Ecs.0319: The ECS quota is insufficient."
+
+
+async def test_digest_failure_lines_show_embedded_errors_readably(harness: Harness) -> None:
+    sink, receiver = await harness.start("teams")
+    await sink.send(job_event(4, reason=ECS_REASON))
+    await harness.clock.advance(2)
+    text = text_of(receiver.seen[0])
+    assert f"node-004 (job job-004): {ECS_READABLE}" in text, text
+    assert '"error"' not in text
+
+
 def test_renders_the_rollout_trackers_summaries() -> None:
     """The summary shape is the rollout tracker's: render what it really produces."""
     now = [1000.0]
@@ -667,7 +680,7 @@ def test_renders_the_rollout_trackers_summaries() -> None:
     now[0] = 1060.0
     for n in range(5):
         tracker.on_event(job_event(n, phase="Success", reason=None))
-    tracker.on_event(job_event(5, reason="boom"))
+    tracker.on_event(job_event(5, reason=ECS_REASON))
     tracker.on_event(job_event(6, EventType.JOB_TIMED_OUT, phase=None, reason=None))
     rollout = tracker.get("pool-a")
     assert rollout is not None
@@ -687,7 +700,8 @@ def test_renders_the_rollout_trackers_summaries() -> None:
     text = plain_text(build_finished(RolloutEntry(1, event), settings_))
     assert text.startswith("cce-monitor: Rollout pool-a finished: 6/8 succeeded, 2 did not\n")
     assert "8/8 finished in 8m, 6 Success, 1 Failed, 1 timed out" in text
-    assert "node-005 (job job-005): boom" in text and "node-006 (job job-006) [timed out]" in text
+    assert f"node-005 (job job-005): {ECS_READABLE}\n" in text and 'Ecs.0319"' not in text
+    assert "node-006 (job job-006) [timed out]" in text
 
 
 def test_rollout_state_is_exact_and_tolerant() -> None:

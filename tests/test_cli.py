@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from monitor.simulator import Simulator
 from tests.conftest import BotReceiver, SimFactory
@@ -309,3 +311,26 @@ async def test_settings_problems_name_where_the_value_came_from(
     if "(from" in message:  # a contradiction names the file as well as the flag
         assert f"(from {tmp_path / 'c.yaml'})" in err
     assert "tok-never-shown" not in err
+
+
+async def test_status_shows_failure_reasons_readably() -> None:
+    """``status`` against an API answering like the daemon's: JSON error objects in reasons are made readable."""
+    raw = 'Create node vm failed: {"error":{"code":"Ecs.0319","message":"The ECS quota is insufficient."}}'
+    summary = {
+        "rollout": "pool-a", "total": 2, "finished": 2, "counts": {"Success": 1, "Failed": 1}, "failed_count": 1,
+        "failed": [{"job_id": "job-1", "resource_name": "node-1", "reason": raw, "outcome": "Failed"}],
+    }  # fmt: skip
+
+    async def rollout(request: web.Request) -> web.Response:
+        return web.json_response({"rollout": summary})
+
+    app = web.Application()
+    app.router.add_get("/v1/rollouts/pool-a", rollout)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        code, out, err = await run_cli("status", "pool-a", "--api", str(server.make_url("")), env=clean_env())
+    finally:
+        await server.close()
+    assert code == 0, err
+    assert "  Failed: node-1 (job-1): Create node vm failed: Ecs.0319: The ECS quota is insufficient.\n" in out, out

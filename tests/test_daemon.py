@@ -29,6 +29,7 @@ from aiohttp import web
 
 from monitor.config import Config, SinkConfig, parse_config
 from monitor.daemon import Daemon
+from monitor.reason import readable_reason
 from monitor.simulator import Simulator
 from monitor.state import State
 from tests.conftest import BotReceiver, SimFactory
@@ -603,6 +604,8 @@ async def test_rollouts_over_the_api_and_status_command(
         text = out.decode()
         assert text.startswith("pool-z: 3/3 finished (2 Success, 1 Failed)")
         assert "Failed:" in text
+        raw = summary["failed"][0]["reason"]
+        assert f": {readable_reason(raw)}\n" in text, (raw, text)  # the API keeps it raw, status shows it readably
 
 
 async def test_a_summary_the_chat_budget_held_at_sigterm_is_sent_after_the_restart(

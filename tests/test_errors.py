@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import aiohttp
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from monitor.errors import (
     APIError,
@@ -25,7 +28,9 @@ from monitor.errors import (
     api_error,
     parse_error_body,
     parse_retry_after,
+    transport_detail,
 )
+from monitor.secret import Secret, redact
 
 CCE_404 = orjson.dumps({"errorCode": "CCE.01404001", "errorMessage": "Resource not found", "error_code": "x"})
 APIGW_429 = orjson.dumps({"error_code": "APIGW.0308", "error_msg": "The request is throttled.", "request_id": "r1"})
@@ -302,3 +307,41 @@ def test_sink_error_retryable_per_instance() -> None:
     assert permanent.retryable is False
     assert SinkError("webhook 429", retry_after=2.0).retry_after == 2.0
     assert SinkError.retryable is False  # the class default is untouched
+
+
+# --- redact and transport_detail --------------------------------------------------------------------------
+
+SECRET = "tok-" + "".join(f"{i:03x}" for i in range(200))
+
+
+def test_redact_masks_whole_secrets_and_pieces() -> None:
+    assert redact(f"a {SECRET} b", [SECRET]) == "a *** b"
+    assert redact(f"quoted: {SECRET[:40]}...", [Secret(SECRET)]) == "quoted: ***..."
+    assert redact(f"middle {SECRET[100:113]} end", [SECRET]) == "middle *** end"
+    assert redact(f"eleven {SECRET[100:111]} ok", [SECRET]) == f"eleven {SECRET[100:111]} ok"  # too short to tell
+    assert redact("pw=short1 and short1", ["short1"]) == "pw=*** and ***"
+    assert redact("nothing here", [SECRET, "", Secret("")]) == "nothing here"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.integers(0, len(SECRET) - 12), st.integers(12, 60))
+def test_redact_leaves_no_piece(prefix: str, start: int, size: int) -> None:
+    out = redact(prefix + SECRET[start : start + size] + prefix, [SECRET])
+    assert not any(out[i : i + 12] in SECRET for i in range(len(out) - 11))
+
+
+def test_transport_detail_drops_what_a_parser_quoted() -> None:
+    info = aiohttp.RequestInfo(URL("http://127.0.0.1:1/x"), "GET", CIMultiDictProxy(CIMultiDict()))
+    quoted = f"Got more than 8190 bytes when reading: b'X-Subject-Token: {SECRET[:100]}...'."
+    exc = aiohttp.ClientResponseError(info, (), status=400, message=quoted)
+    assert transport_detail(exc) == "ClientResponseError: 400, Got more than 8190 bytes when reading: …."
+    pointer = f"Invalid header token:\n\n  b'{SECRET[:30]}\n    ^"  # cut off: no closing quote
+    exc = aiohttp.ClientResponseError(info, (), status=400, message=pointer)
+    assert transport_detail(exc) == "ClientResponseError: 400, Invalid header token: …"
+
+
+def test_transport_detail_keeps_other_errors_but_masks_secrets() -> None:
+    exc = aiohttp.ClientConnectionError(f"Cannot connect to host 'cce.example' with {SECRET}")
+    assert transport_detail(exc, [SECRET]) == "ClientConnectionError: Cannot connect to host 'cce.example' with ***"
+    assert transport_detail(aiohttp.ServerDisconnectedError()) == "ServerDisconnectedError: Server disconnected"
+    assert len(transport_detail(aiohttp.ClientConnectionError("x" * 5000))) <= 300

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import socket
+import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -252,6 +254,120 @@ async def test_issued_iam_tokens_never_leak(start_sim: StartSim, logs: pytest.Lo
         assert_error_clean(error, also=issued)
     assert_clean(repr(auth), logs.text, also=issued)
     assert "IAM token refused" in logs.text  # the DEBUG/INFO capture works
+
+
+# --- what a server sends back: a header too large, a line the parser refuses, an echo ------------------------
+
+
+def assert_no_piece(secret: str, *texts: str, size: int = 20) -> None:
+    """No ``size``-character piece of ``secret`` in any of ``texts`` (a quoted header is usually cut short)."""
+    pieces = {secret[i : i + size] for i in range(len(secret) - size + 1)}
+    for text in texts:
+        for i in range(len(text) - size + 1):
+            assert text[i : i + size] not in pieces, f"a piece of a secret leaked into: {text[:300]!r}"
+
+
+async def test_iam_token_beyond_the_header_limit_never_leaks(
+    start_sim: StartSim, logs: pytest.LogCaptureFixture
+) -> None:
+    # 40,000 characters: beyond our 32 KiB header limit, so aiohttp refuses X-Subject-Token and quotes its start.
+    sim, endpoint = await start_sim(iam_password=PASSWORD, token_length=40_000)
+    job_id = sim.add_job(duration=100)
+    auth = iam_auth(endpoint)
+    settings = ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=5)
+    async with CCEClient(settings, auth) as client:
+        error = await raised(client.get_job(job_id), ConnectError)
+    assert "bytes when reading" in str(error)  # the cause is still told
+    [issued] = [t for t in sim.issued_tokens() if t != sim.config.token]
+    assert len(issued) == 40_000
+    assert_error_clean(error)
+    shown = [str(e) for e in shown_chain(error)] + [repr(e) for e in shown_chain(error)]
+    assert_no_piece(issued, *shown, "".join(traceback.format_exception(error)), logs.text)
+
+
+async def test_cli_reports_an_oversized_iam_token_without_it(start_sim: StartSim) -> None:
+    sim, endpoint = await start_sim(iam_password=PASSWORD, token_length=40_000)
+    job_id = sim.add_job(duration=100)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CCE_", "HUAWEICLOUD_"))}
+    env |= {
+        "CCE_ENDPOINT": endpoint,
+        "CCE_PROJECT_ID": PROJECT,
+        "CCE_IAM_ENDPOINT": endpoint,
+        "CCE_IAM_USER": "monitor",
+        "CCE_IAM_PASSWORD": PASSWORD,
+        "CCE_IAM_DOMAIN": "sim-domain",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor.cli", "get", job_id, "--log-level", "debug",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    assert proc.returncode == 1
+    assert "IAM token request" in err.decode()
+    [issued] = [t for t in sim.issued_tokens() if t != sim.config.token]
+    assert_no_piece(issued, out.decode(), err.decode())
+    assert_clean(out.decode(), err.decode())
+
+
+LONG_TOKEN = "tok-SECRET-" + "".join(f"{i:04x}" for i in range(400))  # 1,611 characters, no repeats
+
+
+def _refused_line(kind: str, echo: bytes) -> bytes:
+    if kind == "bad_header_name":
+        return b"HTTP/1.1 200 OK\r\nX-Echo\x01: " + echo + b"\r\nContent-Length: 2\r\n\r\n{}"
+    if kind == "no_colon":
+        return b"HTTP/1.1 200 OK\r\n" + echo + b"\r\nContent-Length: 2\r\n\r\n{}"
+    if kind == "bad_status_line":
+        return b"HTTP/1.1 2x0 " + echo + b"\r\n\r\n"
+    assert kind == "header_too_long"
+    return b"HTTP/1.1 200 OK\r\nX-Echo: " + echo * 30 + b"\r\nContent-Length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize("kind", ["bad_header_name", "no_colon", "bad_status_line", "header_too_long"])
+async def test_parser_errors_quoting_the_token_never_leak(logs: pytest.LogCaptureFixture, kind: str) -> None:
+    """A server that answers with a line aiohttp refuses, holding our token: the error must not quote it."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        sent = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"x-auth-token:"))
+        writer.write(_refused_line(kind, sent.split(b":", 1)[1].strip()))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = ClientSettings(endpoint=f"http://127.0.0.1:{port}", project_id=PROJECT, total_timeout=5)
+    try:
+        async with CCEClient(settings, TokenAuth(Secret(LONG_TOKEN))) as client:
+            error = await raised(client.get_job("job-1"), ConnectError)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "ClientResponseError: 400" in str(error)
+    assert_error_clean(error, also=(LONG_TOKEN,))
+    assert_no_piece(LONG_TOKEN, str(error), repr(error), logs.text)
+
+
+async def test_error_bodies_echoing_the_token_are_masked(logs: pytest.LogCaptureFixture) -> None:
+    """A gateway that quotes the start of a refused token in its error body."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        quoted = request.headers["X-Auth-Token"][:60]
+        return web.json_response({"error_code": "APIGW.0301", "error_msg": f"bad token {quoted}..."}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/api/v3/projects/{project}/jobs/{job}", refuse)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    settings = ClientSettings(endpoint=str(server.make_url("")), project_id=PROJECT, total_timeout=5)
+    try:
+        async with CCEClient(settings, TokenAuth(Secret(LONG_TOKEN))) as client:
+            error = await raised(client.get_job("job-1"), AuthError)
+    finally:
+        await server.close()
+    assert "bad token ***..." in str(error)
+    assert_error_clean(error, also=(LONG_TOKEN,))
+    assert_no_piece(LONG_TOKEN, str(error), repr(error), logs.text, size=12)
 
 
 # --- AK/SK -------------------------------------------------------------------------------------------------

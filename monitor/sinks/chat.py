@@ -102,6 +102,7 @@ from yarl import URL
 
 from monitor.errors import ConfigError, SinkError, parse_retry_after
 from monitor.events import Event, EventType
+from monitor.reason import readable_reason
 from monitor.secret import Secret
 from monitor.sinks.webhook import USER_AGENT
 from monitor.tls import warn_plain_http
@@ -669,7 +670,7 @@ def _note(event: Event, seq: int) -> Note:
         category=category,
         job_id=_clip(event.job_id, _MAX_NAME) if event.job_id else None,
         resource=_clip(event.resource_name, _MAX_NAME) if event.resource_name else None,
-        reason=_clip(event.reason or event.detail or "", _MAX_REASON) or None,
+        reason=_clip(readable_reason(event.reason) if event.reason else event.detail or "", _MAX_REASON) or None,
         rollout=_clip(event.rollout, _MAX_NAME) if event.rollout else None,
         label=_clip(label, _MAX_REASON) if label else None,
     )
@@ -1071,7 +1072,7 @@ def build_finished(entry: RolloutEntry, settings: ChatSettings) -> Message:
                     settings,
                     job_id=_clip(job_id, _MAX_NAME) if isinstance(job_id, str) and job_id else None,
                     resource=_clip(resource, _MAX_NAME) if isinstance(resource, str) and resource else None,
-                    reason=_clip(reason, _MAX_REASON) if isinstance(reason, str) and reason else None,
+                    reason=_clip(readable_reason(reason), _MAX_REASON) if isinstance(reason, str) and reason else None,
                     rollout=name,
                     extra=f"[{_clip(outcome.replace('_', ' '), 40)}]"
                     if isinstance(outcome, str) and outcome not in ("", "Failed")
