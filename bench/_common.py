@@ -70,6 +70,7 @@ def simulator(
     seed: int = 0,
     rate: float | None = None,
     start_timeout: float = 60.0,
+    extra: Sequence[str] = (),
 ) -> Iterator[Sim]:
     """Run ``cce-monitor simulate --port 0`` on loopback; yield its handshake; kill it on exit."""
     cmd = [_cli(), "simulate", "--host", HOST, "--port", "0", "--jobs", str(jobs), "--fail-ratio", str(fail_ratio)]
@@ -78,6 +79,7 @@ def simulator(
         cmd += ["--duration", str(duration)]
     if rate is not None:
         cmd += ["--rate", str(rate)]
+    cmd += list(extra)
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
         try:

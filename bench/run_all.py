@@ -28,6 +28,14 @@ def _cpu(r: dict[str, Any]) -> str:
     return f"ratio {r['ratio']:.3f} ({r['monitor_us_per_poll']:.1f} vs {r['bare_us_per_poll']:.1f} µs/poll)"
 
 
+def _process(r: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{case} {r[case]['ratio']:.3f} ({r[case]['monitor_us']:.1f} vs {r[case]['bare_us']:.1f} µs/poll)"
+        for case in ("changing", "repeat")
+        if case in r
+    )
+
+
 def _rate(r: dict[str, Any]) -> str:
     return (
         f"{r['used']:.1%} of {r['configured_rate']:g}/s; max 1-s window "
@@ -51,6 +59,7 @@ def _latency(r: dict[str, Any]) -> str:
 # name -> (script, wall-time bound for the whole process in seconds, headline)
 BENCHES: dict[str, tuple[str, float, Callable[[dict[str, Any]], str]]] = {
     "client_cpu": ("bench_client_cpu.py", 240.0, _cpu),
+    "process_cpu": ("bench_process_cpu.py", 400.0, _process),
     "rate": ("bench_rate.py", 150.0, _rate),
     "memory": ("bench_memory.py", 300.0, _memory),
     "idle_cpu": ("bench_idle_cpu.py", 150.0, _idle),

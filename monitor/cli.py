@@ -341,6 +341,7 @@ async def _watch(
 @click.option("--slow-seconds", default=2.0, show_default=True)
 @click.option("--p-drop", default=0.0, type=click.FloatRange(0, 1), help="Probability of a dropped connection")
 @click.option("--token-ttl", default=86400.0, show_default=True, help="Lifetime of issued tokens, seconds")
+@click.option("--live-timestamps", is_flag=True, help="Running jobs report the request time as updateTimestamp")
 @click.option("--ak", envvar="SIM_AK", default=None, help="Accept requests signed with this AK [env SIM_AK]")
 @click.option("--sk", envvar="SIM_SK", default=None, help="... and this SK [env SIM_SK]")
 @_log_option
@@ -361,6 +362,7 @@ def simulate(**opts: Any) -> None:
             slow_seconds=opts["slow_seconds"],
             p_drop=opts["p_drop"],
             token_ttl=opts["token_ttl"],
+            live_timestamps=opts["live_timestamps"],
             ak=opts["ak"],
             sk=opts["sk"],
         )

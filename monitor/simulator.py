@@ -125,6 +125,7 @@ class SimulatorConfig:
     faults_on_iam: bool = False
     time_scale: float = 1.0
     job_duration: float = 20.0
+    live_timestamps: bool = False  # an unfinished job's updateTimestamp is the request time: every body differs
 
     def __post_init__(self) -> None:
         if (self.ak is None) != (self.sk is None):
@@ -651,6 +652,8 @@ class Simulator:
         subs = [(node, node.step_at(now_ns)) for node in job.subs]
         root_step = job.root.step_at(now_ns)
         updated = max([root_step.at_ns, *(step.at_ns for _, step in subs)])
+        if self.config.live_timestamps and root_step.phase in (INITIALIZING, RUNNING):
+            updated = now_ns  # as a job reporting progress does: the answer changes at every poll
         document = self._node_json(job.root, root_step, updated)
         document["spec"]["subJobs"] = [self._node_json(node, step, step.at_ns) for node, step in subs]
         return document
