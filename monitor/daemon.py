@@ -137,7 +137,7 @@ class Daemon:
                 seen[sink.name] += 1
                 # Outbox rows are keyed by sink name: two sinks with the same target need distinct keys.
                 name = sink.name if seen[sink.name] == 1 else f"{sink.name}#{seen[sink.name]}"
-                state.route(name, event_filter)
+                state.route(name, event_filter, getattr(sink, "wants", None))
                 d = self.config.delivery
                 self._deliverers.append(
                     Deliverer(sink, state, name=name, retry_initial=d.retry_initial, retry_max=d.retry_max)

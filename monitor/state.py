@@ -108,7 +108,7 @@ class State:
         self.path = path
         self._conn = conn
         self._executor = executor
-        self._routes: list[tuple[str, EventFilter]] = []
+        self._routes: list[tuple[str, Callable[[Event], bool]]] = []
         self.closed = False
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -137,9 +137,13 @@ class State:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    def route(self, sink: str, event_filter: EventFilter) -> None:
-        """Give durable sink ``sink`` an outbox: :meth:`record` queues matching events for it."""
-        self._routes.append((sink, event_filter))
+    def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
+        """Give durable sink ``sink`` an outbox: :meth:`record` queues events that match the filter (and that
+        the sink ``wants``, e.g. a chat sink's own event selection) for it."""
+        if wants is None:
+            self._routes.append((sink, event_filter.matches))
+        else:
+            self._routes.append((sink, lambda e: event_filter.matches(e) and wants(e)))
 
     # ---------------------------------------------------------------------------------------- jobs
 
@@ -224,7 +228,7 @@ class State:
 
     def _rows(self, events: Sequence[Event]) -> list[tuple[str, bytes, list[str]]]:
         """``(id, JSON, durable sinks whose filter matches)`` per event, built on the loop before the commit."""
-        return [(e.id, e.to_json(), [name for name, f in self._routes if f.matches(e)]) for e in events]
+        return [(e.id, e.to_json(), [name for name, f in self._routes if f(e)]) for e in events]
 
     def _queue(self, event_id: str, data: bytes, sinks: list[str]) -> None:
         """One outbox row per routed sink (inside the caller's transaction); a repeat of an event id is ignored."""

@@ -920,9 +920,13 @@ def test_budget_is_never_exceeded_at_the_server(
 # --------------------------------------------------------------------------------------------------- burst
 
 
-def _burst() -> tuple[list[Event], set[str], Counter[str]]:
-    failed_at = set(range(7, 300, 20))  # 15
-    timed_out_at = {13, 95, 143, 211, 277}  # 5
+def _burst(
+    failed_at: set[int] | None = None, timed_out_at: set[int] | None = None, *, progress_every: int = 7
+) -> tuple[list[Event], set[str], Counter[str]]:
+    """300 job transitions of rollout pool-a (15 Failed and 5 timed out unless told), progress digests in
+    between, and the finished summary; the names of the nodes that did not succeed; the final counts."""
+    failed_at = set(range(7, 300, 20)) if failed_at is None else failed_at
+    timed_out_at = {13, 95, 143, 211, 277} if timed_out_at is None else timed_out_at
     counts: Counter[str] = Counter()
     events: list[Event] = []
     bad: list[dict[str, str]] = []
@@ -940,7 +944,7 @@ def _burst() -> tuple[list[Event], set[str], Counter[str]]:
         else:
             events.append(job_event(n, phase="Success", reason=None))
             counts["Success"] += 1
-        if n % 7 == 6:
+        if n % progress_every == progress_every - 1:
             events.append(rollout_event(counts, n + 1))
     events.append(rollout_event(counts, 300, finished=True, failed=bad))
     names = {f"node-{n:03d}" for n in failed_at | timed_out_at}
@@ -1041,22 +1045,8 @@ def enforce(receiver: Receiver, kind: str) -> list[float]:
 
 
 def _burst_with_failures(failures: int = 25) -> tuple[list[Event], set[str]]:
-    failed_at = set(range(5, 300, 300 // failures))
-    counts: Counter[str] = Counter()
-    events: list[Event] = []
-    bad: list[dict[str, str]] = []
-    for n in range(300):
-        if n in failed_at:
-            events.append(job_event(n, reason=f"Create node vm failed on node-{n:03d}"))
-            counts["Failed"] += 1
-            bad.append({"job_id": f"job-{n:03d}", "resource_name": f"node-{n:03d}", "reason": "x", "outcome": "Failed"})
-        else:
-            events.append(job_event(n, phase="Success", reason=None))
-            counts["Success"] += 1
-        if n % 10 == 9:
-            events.append(rollout_event(counts, n + 1))
-    events.append(rollout_event(counts, 300, finished=True, failed=bad))
-    return events, {f"node-{n:03d}" for n in failed_at}
+    events, names, _ = _burst(set(range(5, 300, 300 // failures)), set(), progress_every=10)
+    return events, names
 
 
 async def _drive(harness: Harness, work: asyncio.Future[Any], step: float = 1.0, limit: float = 900.0) -> None:

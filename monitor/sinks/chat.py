@@ -1327,6 +1327,10 @@ class ChatSink(abc.ABC):
 
     # ---- intake
 
+    def wants(self, event: Event) -> bool:
+        """Whether this sink takes ``event`` (option ``events``); the daemon queues only those for it."""
+        return self.settings.events(event)
+
     async def send(self, event: Event) -> None:
         """Take ``event`` into the pending digest if the sink wants it; never waits for the network."""
         if self._closed:
