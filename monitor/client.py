@@ -36,7 +36,7 @@ from monitor.errors import (
     api_error,
     transport_detail,
 )
-from monitor.model import Job, parse_job, validate_id
+from monitor.model import Digests, Job, parse_job_reusing, validate_id
 from monitor.throttle import RateLimiter
 from monitor.tls import ssl_context, warn_plain_http
 
@@ -48,6 +48,7 @@ _MAX_BODY = 8 * 1024 * 1024
 # IAM tokens are up to 16 KB (X-Subject-Token in, X-Auth-Token out); aiohttp's default limit is 8190 bytes.
 MAX_HEADER = 32 * 1024
 _SECRET_HEADERS = ("X-Auth-Token", "Authorization")
+_URL_CACHE = 65_536
 
 
 def _user_agent() -> str:
@@ -88,7 +89,7 @@ class ClientSettings:
 class CCEClient:
     """Reads CCE job progress. Use as ``async with CCEClient(settings, auth) as client: ...``."""
 
-    __slots__ = ("_auth", "_base", "_limiter", "_owns_session", "_session", "_timeout", "settings")
+    __slots__ = ("_auth", "_base", "_limiter", "_owns_session", "_session", "_timeout", "_urls", "settings")
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class CCEClient:
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.total_timeout, sock_connect=settings.connect_timeout)
         self._base = f"{settings.endpoint.rstrip('/')}/api/v3/projects/{settings.project_id}/jobs/"
+        self._urls: dict[str, URL] = {}  # job id (validated) → its URL: a poll builds neither again
 
     def __repr__(self) -> str:
         return f"CCEClient(endpoint={self.settings.endpoint!r}, auth={self._auth.kind})"
@@ -149,13 +151,16 @@ class CCEClient:
     async def get_job(self, job_id: str, *, slot_acquired: bool = False) -> Job:
         """Fetch one job's progress. ``slot_acquired``: the caller already took a rate-limit slot."""
         body, request_id = await self.fetch_job(job_id, slot_acquired=slot_acquired)
-        return self.parse(job_id, body, request_id)
+        return self.parse(job_id, body, request_id)[0]
 
     @staticmethod
-    def parse(job_id: str, body: bytes, request_id: str | None) -> Job:
-        """Parse a body from :meth:`fetch_job`; a bad one raises ``MalformedResponseError`` naming the job."""
+    def parse(
+        job_id: str, body: bytes, request_id: str | None, previous: Job | None = None, digests: Digests = ()
+    ) -> tuple[Job, Digests]:
+        """Parse a body from :meth:`fetch_job`, reusing ``previous``'s unchanged sub-jobs (see
+        :func:`~monitor.model.parse_job_reusing`); a bad one raises ``MalformedResponseError`` naming the job."""
         try:
-            return parse_job(body)
+            return parse_job_reusing(body, previous, digests)
         except MalformedResponseError as exc:
             raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
 
@@ -164,9 +169,13 @@ class CCEClient:
 
         The scheduler uses this to skip parsing when a body is byte-identical to the previous one.
         """
-        validate_id(job_id, "job id")
+        url = self._urls.get(job_id)
+        if url is None:
+            validate_id(job_id, "job id")
+            if len(self._urls) >= _URL_CACHE:
+                self._urls.clear()
+            url = self._urls[job_id] = URL(self._base + job_id, encoded=True)
         session = self._ensure_session()
-        url = URL(self._base + job_id, encoded=True)
         refreshed = False
         while True:
             if self._limiter is not None and not slot_acquired:
@@ -184,8 +193,6 @@ class CCEClient:
     async def _request(
         self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str
     ) -> tuple[bytes, str | None]:
-        # What an answer or a parser error might quote back at us: masked wherever it shows up.
-        secrets = [headers[name] for name in _SECRET_HEADERS if headers.get(name)]
         try:
             # The timeout is given per request so that it also holds on a session the caller passed in.
             async with session.get(url, headers=headers, timeout=self._timeout) as resp:
@@ -204,7 +211,7 @@ class CCEClient:
                         content_type=resp.headers.get("Content-Type", ""),
                         request_id=request_id,
                         retry_after=resp.headers.get("Retry-After"),
-                        secrets=secrets,
+                        secrets=_secrets(headers),
                     )
                     if isinstance(error, ThrottledError) and self._limiter is not None:
                         self._limiter.throttled(error.retry_after)
@@ -212,13 +219,18 @@ class CCEClient:
         except TimeoutError:
             raise RequestTimeoutError(f"job {job_id}: request timed out") from None
         except aiohttp.ClientPayloadError as exc:
-            detail = transport_detail(exc, secrets)
+            detail = transport_detail(exc, _secrets(headers))
             raise ConnectError(f"job {job_id}: response body broken off: {detail}") from None
         except aiohttp.ClientError as exc:
-            raise ConnectError(f"job {job_id}: {transport_detail(exc, secrets)}") from None
+            raise ConnectError(f"job {job_id}: {transport_detail(exc, _secrets(headers))}") from None
         if self._limiter is not None:
             self._limiter.succeeded()
         return body, request_id
+
+
+def _secrets(headers: dict[str, str]) -> list[str]:
+    """What an answer or a transport error might quote back at us: masked wherever it shows up."""
+    return [headers[name] for name in _SECRET_HEADERS if headers.get(name)]
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, request_id: str | None) -> bytes:

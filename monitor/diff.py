@@ -38,10 +38,10 @@ def _sub_key(sub: Job, parent_key: str, index: int) -> str:
     return sub.id or f"{parent_key}/{sub.type}#{index}"
 
 
-def _index(job: Job) -> dict[str, Job]:
-    """Every sub-job below ``job`` by its matching key."""
+def _index(job: Job, key: str = "") -> dict[str, Job]:
+    """Every sub-job below ``job`` (whose own matching key is ``key``) by its matching key."""
     out: dict[str, Job] = {}
-    stack: list[tuple[str, Job]] = [("", job)]
+    stack: list[tuple[str, Job]] = [(key, job)]
     while stack:
         key, node = stack.pop()
         for i, sub in enumerate(node.sub_jobs):
@@ -63,12 +63,15 @@ def _reason(job: Job) -> str | None:
 def detect(previous: Job | None, current: Job, ctx: JobContext, now: datetime) -> list[Event]:
     """The events that turn ``previous`` into ``current`` (empty when nothing that matters changed)."""
     events: list[Event] = []
-    if previous is not None and previous.sub_jobs == current.sub_jobs:
-        old_subs: dict[str, Job] | None = None  # fast path: nothing below the job changed
-    else:
-        old_subs = _index(previous) if previous is not None else {}
-    if old_subs is not None:
-        for key, sub in _index(current).items():
+    old_subs: dict[str, Job] | None = None  # built on first need
+    old_tops = previous.sub_jobs if previous is not None else ()
+    for i, top in enumerate(current.sub_jobs if old_tops is not current.sub_jobs else ()):
+        if i < len(old_tops) and old_tops[i] is top:
+            continue  # the same snapshot (model.parse_job_reusing): nothing in this subtree changed
+        if old_subs is None:
+            old_subs = _index(previous) if previous is not None else {}
+        top_key = _sub_key(top, "", i)
+        for key, sub in [(top_key, top), *_index(top, top_key).items()]:
             before = old_subs.get(key)
             if before is not None and before.phase == sub.phase:
                 continue

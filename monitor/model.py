@@ -34,6 +34,7 @@ __all__ = [
     "parse_go_time",
     "parse_job",
     "parse_job_object",
+    "parse_job_reusing",
     "validate_id",
     "validate_label",
 ]
@@ -75,6 +76,7 @@ class Phase(StrEnum):
 
 
 _KNOWN_PHASES = frozenset(p.value for p in Phase)
+_PHASES: dict[object, Phase] = Phase._value2member_map_  # type: ignore[assignment]
 
 _GO_TIME_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -229,8 +231,17 @@ def _str(value: object) -> str:
     return ""
 
 
-def parse_job_object(data: object, *, _depth: int = 0, _memo: dict[str, str] | None = None) -> Job:
-    """Build a :class:`Job` from decoded JSON (a dict); raises :class:`MalformedResponseError`."""
+def parse_job_object(
+    data: object,
+    *,
+    _depth: int = 0,
+    _memo: dict[str, str] | None = None,
+    _reuse: list[Job | None] | None = None,
+) -> Job:
+    """Build a :class:`Job` from decoded JSON (a dict); raises :class:`MalformedResponseError`.
+
+    ``_reuse`` (from :func:`parse_job_reusing`) holds, per top-level sub-job, an already parsed snapshot of it.
+    """
     if _depth > _MAX_DEPTH:
         raise MalformedResponseError(f"sub-jobs nested deeper than {_MAX_DEPTH} levels")
     job = _obj(data, "job" if _depth == 0 else "sub-job")
@@ -244,7 +255,8 @@ def parse_job_object(data: object, *, _depth: int = 0, _memo: dict[str, str] | N
     raw_phase = status.get("phase")
     if raw_phase is not None and not isinstance(raw_phase, str):
         raise MalformedResponseError(f"status.phase is {type(raw_phase).__name__}, expected a string")
-    phase = Phase(raw_phase) if raw_phase else Phase.INITIALIZING
+    # The enum's own lookup first: ``Phase(value)`` goes through EnumMeta.__call__, a poll's worth of time.
+    phase = (_PHASES.get(raw_phase) or Phase(raw_phase)) if raw_phase else Phase.INITIALIZING
     raw_subs = spec.get("subJobs")
     if raw_subs is not None and not isinstance(raw_subs, list):
         raise MalformedResponseError("spec.subJobs is not a list")
@@ -254,8 +266,13 @@ def parse_job_object(data: object, *, _depth: int = 0, _memo: dict[str, str] | N
     memo = {} if _memo is None else _memo
 
     def text(value: object) -> str:
-        s = _str(value)
+        s = value if value.__class__ is str else _str(value)
         return memo.setdefault(s, s)
+
+    subs: list[Job] = []
+    for i, sub in enumerate(raw_subs or ()):
+        reused = _reuse[i] if _reuse is not None else None
+        subs.append(reused or parse_job_object(sub, _depth=_depth + 1, _memo=memo))
 
     return Job(
         id=text(metadata.get("uid")),
@@ -268,7 +285,7 @@ def parse_job_object(data: object, *, _depth: int = 0, _memo: dict[str, str] | N
         extend_params=_extend_params(extend, text),
         created=Timestamp(text(metadata.get("creationTimestamp"))),
         updated=Timestamp(text(metadata.get("updateTimestamp"))),
-        sub_jobs=tuple(parse_job_object(sub, _depth=_depth + 1, _memo=memo) for sub in raw_subs or ()),
+        sub_jobs=tuple(subs),
     )
 
 
@@ -333,6 +350,66 @@ def _strip_trailing_commas(text: str) -> str:
 
 def parse_job(body: bytes | str) -> Job:
     """Parse a job response body; raises :class:`MalformedResponseError` with a one-line reason."""
+    return parse_job_object(_decode(body))
+
+
+# Most polls of a running job change only its ``updateTimestamp``, and its sub-jobs change one at a time (a
+# ``ScaleupCluster`` job has a sub-job per node, each with three of its own): parsing the whole body again at
+# every poll would be most of the poll's cost. So a parse keeps digests of what it read, re-serialized by
+# orjson (in C): one of the body without the job's ``updateTimestamp`` and one per top-level sub-job. If the
+# first matches, the snapshot is the previous one with the new time; otherwise a sub-job whose digest matches
+# is the previous snapshot's very object, which also lets change detection skip it by identity. A digest is
+# Python's 64-bit hash of the bytes, as for the whole-body comparison in the scheduler: a collision (2**-64 a
+# comparison) would show a change a poll late, and we accept that over keeping every body's bytes.
+Digests = tuple[int, ...]
+_NO_STAMP: Any = object()
+
+
+def parse_job_reusing(body: bytes | str, previous: Job | None, digests: Digests) -> tuple[Job, Digests]:
+    """Parse ``body`` like :func:`parse_job`, reusing what is unchanged from ``previous``.
+
+    ``digests`` are the ones returned with ``previous`` (``()`` at first); returns the snapshot and its digests:
+    ``(the body without the job's updateTimestamp, each top-level sub-job)``.
+    """
+    data = _decode(body)
+    job = _obj(data, "job")
+    metadata = job.get("metadata")
+    stamp = metadata.pop("updateTimestamp", _NO_STAMP) if isinstance(metadata, dict) else _NO_STAMP
+    body_key = hash(orjson.dumps(job)) if stamp is not _NO_STAMP else 0
+    if stamp is not _NO_STAMP:
+        metadata["updateTimestamp"] = stamp  # type: ignore[index]
+        if previous is not None and digests and body_key == digests[0]:
+            updated = _str(stamp)
+            if updated == previous.updated.raw:
+                return previous, digests
+            return _restamped(previous, updated), digests
+    spec = job.get("spec")
+    raw_subs = spec.get("subJobs") if isinstance(spec, dict) else None
+    if not isinstance(raw_subs, list) or not raw_subs:
+        return parse_job_object(job), (body_key,)
+    known = dict(zip(digests[1:], previous.sub_jobs, strict=False)) if previous is not None else {}
+    keys = [hash(orjson.dumps(raw)) for raw in raw_subs]
+    return parse_job_object(job, _reuse=[known.get(key) for key in keys]), (body_key, *keys)
+
+
+def _restamped(job: Job, updated: str) -> Job:
+    """``job`` with another ``updateTimestamp`` (everything else, sub-jobs included, is the same objects)."""
+    return Job(
+        id=job.id,
+        type=job.type,
+        phase=job.phase,
+        reason=job.reason,
+        cluster_id=job.cluster_id,
+        resource_id=job.resource_id,
+        resource_name=job.resource_name,
+        extend_params=job.extend_params,
+        created=job.created,
+        updated=Timestamp(updated),
+        sub_jobs=job.sub_jobs,
+    )
+
+
+def _decode(body: bytes | str) -> object:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -343,7 +420,7 @@ def parse_job(body: bytes | str) -> Job:
             raise MalformedResponseError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise MalformedResponseError("body is nested too deeply") from None
-    return parse_job_object(data)
+    return data
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")

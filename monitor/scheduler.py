@@ -5,8 +5,9 @@ Design (why it is cheap with 100,000 jobs):
 * Every tracked job is one small slotted object and one entry in a **due-time heap**. Nothing runs per job while
   it waits: one **dispatcher** task sleeps until the earliest due time (or until a job is added), so idle jobs
   cost no CPU.
-* The dispatcher pops due jobs earliest-first, takes an in-flight slot (at most ``max_in_flight`` requests run
-  at once), takes a rate-limit slot — it is the limiter's only waiter — and starts the poll as a task. When
+* ``max_in_flight`` pollers take turns as the dispatcher (whoever holds a lock): it pops the earliest due job,
+  takes a rate-limit slot — it is the limiter's only waiter — hands the lock on and polls. So at most
+  ``max_in_flight`` requests run at once, and a poll costs no task of its own. When
   demand exceeds the rate, jobs simply wait their turn in due order, so every job's effective interval
   stretches evenly and none starves; the dispatcher logs a warning (rate-limited to once a minute) and
   ``stats.lag`` says by how much.
@@ -49,7 +50,7 @@ from monitor.client import CCEClient
 from monitor.diff import JobContext, detect, progressed
 from monitor.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError, TransportError
 from monitor.events import Event, EventType, event_id
-from monitor.model import Job, validate_id
+from monitor.model import Digests, Job, validate_id
 from monitor.throttle import RateLimiter
 
 __all__ = ["Scheduler", "SchedulerSettings", "SchedulerStats"]
@@ -156,6 +157,7 @@ class _Tracked:
     """One tracked job. Slotted and small: a daemon may track 100,000 of these."""
 
     __slots__ = (
+        "_context",
         "deadline",
         "delay",
         "digest",
@@ -169,6 +171,7 @@ class _Tracked:
         "not_found",
         "removed",
         "stalled",
+        "sub_digests",
     )
 
     def __init__(self, job_id: str, labels: Mapping[str, str], now: float, timeout: float, delay: float):
@@ -178,6 +181,7 @@ class _Tracked:
         self.delay = delay
         self.last: Job | None = None
         self.digest = 0
+        self.sub_digests: Digests = ()  # of last's sub-jobs, to reuse the unchanged ones (model.parse_job_reusing)
         self.last_progress = now
         self.failures = 0
         self.not_found = 0
@@ -185,6 +189,13 @@ class _Tracked:
         self.stalled = False
         self.removed = False
         self.dropped = False  # removed by the user: nothing more about it is stored or published
+        self._context: JobContext | None = None
+
+    def context(self, project_id: str) -> JobContext:
+        """What every event about this job carries (built once: labels do not change)."""
+        if self._context is None:
+            self._context = JobContext(project_id, self.job_id, self.labels)
+        return self._context
 
 
 class Scheduler:
@@ -221,8 +232,9 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._slots = asyncio.Semaphore(self.settings.max_in_flight)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stop_requested = asyncio.Event()
+        self._dispatching = asyncio.Lock()  # its holder is the dispatcher (see _poller)
+        self._busy: dict[str, _Tracked] = {}  # jobs being polled
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
@@ -302,6 +314,7 @@ class Scheduler:
     def stop(self) -> None:
         """Stop intake and dispatch; :meth:`run` drains what is in flight and returns."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
 
     # -------------------------------------------------------------------------------------- internals
@@ -334,22 +347,44 @@ class Scheduler:
         self._check_idle()
 
     async def run(self) -> None:
-        """Dispatch until :meth:`stop`; then drain polls in flight for up to ``settings.drain`` seconds."""
+        """Poll until :meth:`stop`; then drain polls in flight for up to ``settings.drain`` seconds."""
+        pollers = [asyncio.create_task(self._poller(), name=f"poller-{i}") for i in range(self.settings.max_in_flight)]
+        stop = asyncio.create_task(self._stop_requested.wait(), name="scheduler-stop")
         try:
-            await self._dispatch()
+            # Pollers end only when stopping, or when one crashed (a bug outside _poll): then stop them all.
+            await asyncio.wait([*pollers, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await self._drain()
+            stop.cancel()
+            await self._drain(pollers)
+        for task in pollers:
+            if not task.cancelled() and (crash := task.exception()) is not None:
+                raise crash
 
-    async def _dispatch(self) -> None:
+    async def _poller(self) -> None:
+        """One of ``max_in_flight`` pollers. Whoever holds the lock is the dispatcher: it waits for the next
+        due job and a rate-limit slot (so the limiter has exactly one waiter), hands the lock on and polls."""
+        while True:
+            async with self._dispatching:
+                tracked = await self._next_due()
+            if tracked is None:
+                return
+            self._busy[tracked.job_id] = tracked
+            try:
+                await self._poll(tracked)
+            except Exception:  # _poll catches everything it expects: this is a bug, but it must not stop polling
+                logger.exception("poll of job %s crashed", tracked.job_id)
+            finally:
+                self._busy.pop(tracked.job_id, None)
+
+    async def _next_due(self) -> _Tracked | None:
+        """The next job to poll, once it is due and a rate-limit slot is taken; ``None`` when stopping."""
         heap = self._heap
         while not self._stopping:
             now = self._clock()
             wait = None
             if self._paused_until > now:
                 wait = self._paused_until - now
-            elif not heap:
-                wait = None
-            else:
+            elif heap:
                 due, _, tracked = heap[0]
                 if tracked.removed:
                     heapq.heappop(heap)
@@ -358,7 +393,8 @@ class Scheduler:
                     wait = due - now
                 else:
                     heapq.heappop(heap)
-                    await self._start_poll(tracked, due)
+                    if await self._take_slot(tracked, due):
+                        return tracked
                     continue
             self._wake.clear()
             try:
@@ -366,32 +402,19 @@ class Scheduler:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+        return None
 
-    async def _start_poll(self, tracked: _Tracked, due: float) -> None:
-        await self._slots.acquire()
-        try:
-            await self.limiter.acquire()
-        except BaseException:
-            self._slots.release()
-            raise
+    async def _take_slot(self, tracked: _Tracked, due: float) -> bool:
+        """Wait for a rate-limit slot to poll ``tracked``; ``False`` if it was removed or we stopped meanwhile."""
+        await self.limiter.acquire()
         if tracked.removed or self._stopping:
-            self._slots.release()
             if not tracked.removed:
                 self._push(tracked, due)
-            return
+            return False
         lag = self._clock() - due
         self.stats.lag = lag
         self._warn_lag(lag)
-        task = asyncio.create_task(self._poll(tracked), name=f"poll:{tracked.job_id}")
-        self._in_flight.add(task)
-        task.add_done_callback(self._poll_done)
-
-    def _poll_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            # _poll catches everything it expects; this is a bug, but it must not kill the scheduler.
-            logger.error("poll task %s crashed", task.get_name(), exc_info=task.exception())
+        return True
 
     def _warn_lag(self, lag: float) -> None:
         threshold = max(1.0, self.settings.interval / 2)
@@ -406,14 +429,15 @@ class Scheduler:
                 self.limiter.effective_rate,
             )
 
-    async def _drain(self) -> None:
-        if self._in_flight:
-            _done, pending = await asyncio.wait(set(self._in_flight), timeout=self.settings.drain)
+    async def _drain(self, pollers: list[asyncio.Task[None]]) -> None:
+        self.stop()
+        _done, pending = await asyncio.wait(pollers, timeout=self.settings.drain)
+        if pending:
+            for job_id in sorted(self._busy):
+                logger.warning("cancelling poll of job %s still running after %.1fs", job_id, self.settings.drain)
             for task in pending:
-                logger.warning("cancelling poll %s still running after %.1fs", task.get_name(), self.settings.drain)
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await asyncio.wait(pending)
 
     def _count(self, outcome: str) -> None:
         self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
@@ -438,9 +462,6 @@ class Scheduler:
         for event in events:
             self.stats.events += 1
             await self._publish(event)
-
-    def _context(self, tracked: _Tracked) -> JobContext:
-        return JobContext(self.project_id, tracked.job_id, tracked.labels)
 
     def _event(self, tracked: _Tracked, kind: EventType, *, detail: str | None, key: str | None = None) -> Event:
         last = tracked.last
@@ -470,7 +491,9 @@ class Scheduler:
             if tracked.last is not None and digest == tracked.digest:
                 job = tracked.last  # byte-identical answer: nothing can have changed, skip parsing
             else:
-                job = self._client.parse(tracked.job_id, body, request_id)
+                job, tracked.sub_digests = self._client.parse(
+                    tracked.job_id, body, request_id, tracked.last, tracked.sub_digests
+                )
                 tracked.digest = digest
         except MonitorError as exc:
             outcome = _outcome_of(exc)
@@ -527,7 +550,7 @@ class Scheduler:
             changes: list[Event] = []
             moved = False
         else:
-            changes = detect(previous, job, self._context(tracked), datetime.now(UTC))
+            changes = detect(previous, job, tracked.context(self.project_id), datetime.now(UTC))
             moved = progressed(previous, job)
         if moved:
             tracked.last_progress = now
@@ -548,16 +571,18 @@ class Scheduler:
                         key=job.phase.value + ":" + job.updated.raw,
                     )
                 )
-        if job.is_terminal:
+        terminal = job.phase.is_terminal
+        if terminal:
             self._finish(tracked)
         else:
             self._reschedule(tracked, self._jittered(tracked.delay))
-        await self._commit(
-            tracked,
-            events,
-            snapshot=job if moved or changes else None,
-            outcome=job.phase.value if job.is_terminal else None,
-        )
+        if events or moved or terminal:
+            await self._commit(
+                tracked,
+                events,
+                snapshot=job if moved or changes else None,
+                outcome=job.phase.value if terminal else None,
+            )
 
     async def _on_not_found(self, tracked: _Tracked, exc: NotFoundError) -> None:
         now = self._clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -325,3 +326,17 @@ def test_random_histories(pool: list[Job], order: list[int]) -> None:
         assert len(sub_events) == len(expected)
         previous = current
     assert last_phase == history[-1].phase.value
+
+
+@settings(max_examples=200, deadline=None)
+@given(previous=snapshots(), current=snapshots())
+def test_shared_sub_job_snapshots_give_the_same_events(previous: Job, current: Job) -> None:
+    """The parser hands back the previous snapshot's own object for an unchanged sub-job, and detect skips
+    those by identity: the events must be exactly those of a snapshot with fresh, equal objects."""
+    shared = tuple(
+        previous.sub_jobs[i] if i < len(previous.sub_jobs) and previous.sub_jobs[i] == top else top
+        for i, top in enumerate(current.sub_jobs)
+    )
+    reused = dataclasses.replace(current, sub_jobs=shared)
+    assert reused == current
+    assert detect(previous, reused, CTX, NOW) == detect(previous, current, CTX, NOW)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
@@ -12,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.errors import InvalidIdError, MalformedResponseError
-from monitor.model import Job, Phase, Timestamp, parse_go_time, parse_job, parse_job_object, validate_id
+from monitor.model import (
+    Job,
+    Phase,
+    Timestamp,
+    parse_go_time,
+    parse_job,
+    parse_job_object,
+    parse_job_reusing,
+    validate_id,
+)
 
 # The example response of "Reading Job Progress" (cce_02_0247), verbatim, including the trailing comma after the
 # ``subJobs`` list that makes it invalid JSON.
@@ -707,3 +717,82 @@ def test_validate_id_accepts_only_path_safe_text(value: str) -> None:
     assert quote(value, safe="") == value
     assert value not in {".", ".."}
     assert 1 <= len(value) <= 128
+
+
+# --- reusing unchanged sub-jobs ----------------------------------------------------------------------------
+
+
+def _restamp(node: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """``node`` with its own ``metadata.updateTimestamp`` set to ``stamp`` (what a running job's poll changes)."""
+    copy = orjson.loads(orjson.dumps(node))
+    if isinstance(copy.get("metadata"), dict):
+        copy["metadata"]["updateTimestamp"] = stamp
+    return copy
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(job_dicts(), min_size=1, max_size=4), st.data())
+def test_parse_reusing_equals_a_fresh_parse_over_a_history(pool: list[dict[str, Any]], data: st.DataObject) -> None:
+    """A history of bodies drawn from a pool and from copies that differ only in the job's updateTimestamp (so
+    sub-jobs repeat, change and move): every reused snapshot equals a fresh parse, and a top-level sub-job whose
+    JSON did not change is the previous snapshot's very object."""
+    pool = pool + [_restamp(node, f"2026-12-01 10:00:0{i} +0000 UTC") for i, node in enumerate(pool)]
+    previous: Job | None = None
+    previous_raw: list[Any] = []
+    digests: tuple[int, ...] = ()
+    for index in data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=1, max_size=8)):
+        body = orjson.dumps(pool[index])
+        try:
+            expected = parse_job(body)
+        except MalformedResponseError:
+            with pytest.raises(MalformedResponseError):
+                parse_job_reusing(body, previous, digests)
+            continue
+        job, digests = parse_job_reusing(body, previous, digests)
+        assert job == expected
+        raw_subs = (pool[index].get("spec") or {}).get("subJobs") or []
+        if previous is not None:
+            for raw, sub in zip(raw_subs, job.sub_jobs, strict=True):
+                same = [old for old, old_raw in zip(previous.sub_jobs, previous_raw, strict=True) if old_raw == raw]
+                if same:
+                    assert any(sub is old for old in same)
+        previous, previous_raw = job, raw_subs
+
+
+def test_parse_reusing_a_body_that_only_moved_its_timestamp_is_the_previous_snapshot_restamped() -> None:
+    node = orjson.loads(SEED_STRICT)
+    first, digests = parse_job_reusing(orjson.dumps(node), None, ())
+    later, later_digests = parse_job_reusing(
+        orjson.dumps(_restamp(node, "2026-12-01 10:00:00 +0000 UTC")), first, digests
+    )
+    assert later.updated.raw == "2026-12-01 10:00:00 +0000 UTC"
+    assert later.sub_jobs is first.sub_jobs and later_digests == digests
+    assert later == dataclasses.replace(first, updated=Timestamp("2026-12-01 10:00:00 +0000 UTC"))
+    # The same body again (whitespace aside): the very same snapshot.
+    again, _ = parse_job_reusing(orjson.dumps(node, option=orjson.OPT_INDENT_2), first, digests)
+    assert again is first
+    # A missing updateTimestamp never takes the shortcut.
+    del node["metadata"]["updateTimestamp"]
+    bare, _ = parse_job_reusing(orjson.dumps(node), first, digests)
+    assert bare.updated.raw == "" and bare == parse_job(orjson.dumps(node))
+
+
+def test_parse_reusing_parses_a_changed_sub_job_and_keeps_the_others() -> None:
+    def body(second_phase: str, updated: str) -> bytes:
+        subs = [
+            {"metadata": {"uid": f"s{i}"}, "spec": {"type": "CreateNode"}, "status": {"phase": phase}}
+            for i, phase in enumerate(["Success", second_phase, "Initializing"])
+        ]
+        return orjson.dumps(
+            {"metadata": {"uid": "root", "updateTimestamp": updated}, "spec": {"subJobs": subs}, "status": {}}
+        )
+
+    first, digests = parse_job_reusing(body("Running", "t1"), None, ())
+    second, _ = parse_job_reusing(body("Success", "t2"), first, digests)
+    assert second.updated.raw == "t2"
+    assert second.sub_jobs[0] is first.sub_jobs[0] and second.sub_jobs[2] is first.sub_jobs[2]
+    assert second.sub_jobs[1] is not first.sub_jobs[1]
+    assert second.sub_jobs[1].phase is Phase.SUCCESS
+    # Digests that belong to another snapshot are harmless: nothing matches, everything is parsed.
+    third, _ = parse_job_reusing(body("Failed", "t3"), None, digests)
+    assert third == parse_job(body("Failed", "t3"))
