@@ -25,10 +25,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from monitor.auth import TokenAuth
-from monitor.client import CCEClient, ClientSettings
-from monitor.secret import Secret
-from monitor.throttle import RateLimiter
+from monitor.cce.auth import TokenAuth
+from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.throttle import RateLimiter
+from monitor.core.secret import Secret
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ measure this process's CPU time (``time.process_time``) over ``--polls`` polls a
 
 * bare: one ``aiohttp.ClientSession``; ``--concurrency`` workers each loop
   ``async with session.get(url, headers={"X-Auth-Token": token}) as r: orjson.loads(await r.read())``;
-* monitor: the real :class:`~monitor.scheduler.Scheduler` + :class:`~monitor.client.CCEClient` (token auth, a
-  :class:`~monitor.throttle.RateLimiter` too high to bind) publishing to a no-op callback, with
+* monitor: the real :class:`~monitor.engine.scheduler.Scheduler` + :class:`~monitor.cce.client.CCEClient` (token auth, a
+  :class:`~monitor.cce.throttle.RateLimiter` too high to bind) publishing to a no-op callback, with
   ``max_in_flight = --concurrency`` and a 1 ms interval with no jitter or backoff, so polls are always due.
   Polls are counted from ``scheduler.stats.polls``.
 
@@ -26,8 +26,8 @@ import aiohttp
 import orjson
 from _common import Sim, make_client, median, report, run, simulator
 
-from monitor.events import Event
-from monitor.scheduler import Scheduler, SchedulerSettings
+from monitor.core.events import Event
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 TARGET = 1.25
 NO_LIMIT = 100_000.0

@@ -18,8 +18,8 @@ import uuid
 
 from _common import make_client, report, rss_bytes, run, simulator
 
-from monitor.events import Event
-from monitor.scheduler import Scheduler, SchedulerSettings
+from monitor.core.events import Event
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 TARGET_PERCENT = 2.0
 

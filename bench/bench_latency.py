@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 from _common import make_client, percentile, report, run, sim_add_jobs, sim_truth, simulator
 
-from monitor.events import Event, EventType
-from monitor.scheduler import Scheduler, SchedulerSettings
+from monitor.core.events import Event, EventType
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 PHASE_EVENTS = (EventType.JOB_PHASE_CHANGED, EventType.SUBJOB_PHASE_CHANGED)
 

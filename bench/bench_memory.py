@@ -28,9 +28,9 @@ from typing import Any
 import aiohttp
 from _common import Sim, make_client, report, rss_bytes, run, sim_add_jobs, sim_job_body, simulator
 
-from monitor.events import Event
-from monitor.model import Job, parse_job
-from monitor.scheduler import Scheduler, SchedulerSettings
+from monitor.core.events import Event
+from monitor.core.model import Job, parse_job
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 TARGET = 4096
 

@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 from _common import Sim, make_client, report, run, sim_stats, simulator
 
-from monitor.client import _user_agent
-from monitor.events import Event
-from monitor.scheduler import Scheduler, SchedulerSettings
+from monitor.cce.client import _user_agent
+from monitor.core.events import Event
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 TARGET_USED = 0.97
 

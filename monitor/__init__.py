@@ -4,23 +4,17 @@ The names a library user needs are re-exported here; everything else lives in on
 (see README "How it works").
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cce-monitor")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
-
-from monitor.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth, auth_from_env
-from monitor.bus import Bus, EventFilter
-from monitor.client import CCEClient, ClientSettings
-from monitor.errors import MonitorError
-from monitor.events import Event, EventType
-from monitor.model import Job, Phase, parse_job
-from monitor.scheduler import Scheduler, SchedulerSettings
-from monitor.secret import Secret
+from monitor.cce.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth, auth_from_env
+from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.throttle import RateLimiter
+from monitor.core.errors import MonitorError
+from monitor.core.events import Event, EventType
+from monitor.core.model import Job, Phase, parse_job
+from monitor.core.secret import Secret
+from monitor.core.version import __version__
+from monitor.engine.bus import Bus, EventFilter
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 from monitor.sinks import Sink, create_sink
-from monitor.throttle import RateLimiter
 
 __all__ = [
     "AKSKAuth",

@@ -35,13 +35,13 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth
-from monitor.client import ClientSettings
-from monitor.errors import ConfigError, InvalidIdError
-from monitor.events import EventType
-from monitor.model import validate_id, validate_label
-from monitor.scheduler import SchedulerSettings
-from monitor.secret import Secret
+from monitor.cce.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth
+from monitor.cce.client import ClientSettings
+from monitor.core.errors import ConfigError, InvalidIdError
+from monitor.core.events import EventType
+from monitor.core.model import validate_id, validate_label
+from monitor.core.secret import Secret
+from monitor.engine.scheduler import SchedulerSettings
 
 __all__ = ["ENV_VARS", "Config", "Flag", "SinkConfig", "complete_config", "load_config", "parse_config"]
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from monitor.auth import TokenAuth
-from monitor.client import CCEClient, ClientSettings
-from monitor.events import Event
-from monitor.secret import Secret
-from monitor.simulator import Simulator, SimulatorConfig
-from monitor.throttle import RateLimiter
+from monitor.cce.auth import TokenAuth
+from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.throttle import RateLimiter
+from monitor.core.events import Event
+from monitor.core.secret import Secret
+from monitor.sim import Simulator, SimulatorConfig
 
 SimFactory = Callable[..., Awaitable[tuple[Simulator, str]]]
 

@@ -20,19 +20,19 @@ Third-party sinks register a factory under the entry point group ``cce_monitor.s
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from monitor.errors import ConfigError
-from monitor.events import Event
+from monitor.core.errors import ConfigError
+from monitor.engine.outputs import Drainable, Output, Unsent, close_sinks, drain_sinks
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Drainable",
+    "Output",
     "Sink",
     "SinkFactory",
     "Unsent",
@@ -49,35 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
-class Sink(Protocol):
-    """What every sink implements. See the module docstring for the contract."""
-
-    name: str
-
-    async def send(self, event: Event) -> None:
-        """Deliver one event; raise :class:`monitor.errors.SinkError` if it could not be delivered."""
-        ...
-
-    async def aclose(self) -> None:
-        """Flush and release resources. Called once, after the last ``send``."""
-        ...
-
-
-@runtime_checkable
-class Drainable(Protocol):
-    """A sink that holds events back (chat digests within a rate budget) and can be told to send them all now."""
-
-    name: str
-
-    async def drain(
-        self, within: float | None = None, *, notify: Callable[[str], None] | None = None
-    ) -> Mapping[str, int]:
-        """Send what is held back within ``within`` seconds (None: the sink's own bound); say what was not
-        sent, by event kind (``{"rollout.finished": 1}``). ``notify`` hears what the sink waits for."""
-        ...
-
-
-Unsent = dict[str, Mapping[str, int]]  # sink name -> event kind -> count
+class Sink(Output, Protocol):
+    """What every sink implements (see the module docstring); the engine's :class:`Output`, by that name here."""
 
 
 SinkFactory = Callable[[str | None, Mapping[str, object]], Sink]
@@ -86,11 +59,11 @@ _BUILTINS: dict[str, str] = {
     "log": "monitor.sinks.log",
     "file": "monitor.sinks.file",
     "webhook": "monitor.sinks.webhook",
-    "slack": "monitor.sinks.slack",
-    "teams": "monitor.sinks.teams",
-    "feishu": "monitor.sinks.feishu",
-    "dingtalk": "monitor.sinks.dingtalk",
-    "wecom": "monitor.sinks.wecom",
+    "slack": "monitor.sinks.chat.slack",
+    "teams": "monitor.sinks.chat.teams",
+    "feishu": "monitor.sinks.chat.feishu",
+    "dingtalk": "monitor.sinks.chat.dingtalk",
+    "wecom": "monitor.sinks.chat.wecom",
 }
 _REGISTRY: dict[str, SinkFactory] = {}
 
@@ -117,59 +90,6 @@ def _lookup(name: str) -> SinkFactory | None:
             _REGISTRY[name] = factory
             return factory
     return None
-
-
-async def close_sinks(sinks: Iterable[Sink]) -> None:
-    """Close every sink, concurrently; a sink that fails to close is logged, not raised."""
-
-    async def close(sink: Sink) -> None:
-        try:
-            await sink.aclose()
-        except Exception as exc:
-            logger.error("sink %s failed to close: %s", sink.name, exc)
-
-    await asyncio.gather(*(close(s) for s in sinks))
-
-
-async def drain_sinks(
-    sinks: Iterable[Sink],
-    *,
-    within: float | None,
-    stop: asyncio.Event | None = None,
-    after_stop: float = 10.0,
-    notify: Callable[[str], None] | None = None,
-) -> Unsent:
-    """Let every :class:`Drainable` sink send what it holds, concurrently; what each could not send.
-
-    ``within`` bounds the wait (None: each sink's own bound, e.g. a chat sink's ``final_wait``); if ``stop`` is
-    set meanwhile, the wait ends ``after_stop`` seconds later at the latest.
-    """
-    drainable = [s for s in sinks if isinstance(s, Drainable)]
-    if not drainable:
-        return {}
-    tasks = {asyncio.ensure_future(s.drain(within, notify=notify)): s for s in drainable}
-    waits: set[asyncio.Future[Any]] = set(tasks)
-    if stop is not None:
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        waits.add(stopped)
-    try:
-        while any(t in waits for t in tasks):
-            done, waits = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if stop is not None and stopped in done:  # bring every deadline forward; the first drains answer
-                waits |= {asyncio.ensure_future(s.drain(after_stop, notify=notify)) for s in drainable}
-    finally:
-        for fut in waits - set(tasks):
-            fut.cancel()
-    unsent: Unsent = {}
-    for task, sink in tasks.items():
-        try:
-            left = task.result()
-        except Exception as exc:
-            logger.error("sink %s failed to drain: %s", sink.name, exc)
-            continue
-        if left:
-            unsent[sink.name] = left
-    return unsent
 
 
 def available_sinks() -> list[str]:

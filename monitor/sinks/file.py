@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.errors import ConfigError, SinkError
-from monitor.events import Event
+from monitor.core.errors import ConfigError, SinkError
+from monitor.core.events import Event
 from monitor.sinks import register
 
 __all__ = ["FileSink", "FileSinkSettings", "make_file_sink"]

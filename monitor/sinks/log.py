@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Literal, TextIO, cast
 
-from monitor.errors import ConfigError, SinkError
-from monitor.events import Event, EventType
+from monitor.core.errors import ConfigError, SinkError
+from monitor.core.events import Event, EventType
 from monitor.sinks import register
 
 __all__ = ["LogSink", "LogSinkSettings", "format_text", "make_log_sink"]

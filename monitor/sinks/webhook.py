@@ -14,7 +14,7 @@ Spec ``webhook:URL`` (http or https). Options (all optional):
     Seconds. Before retry *n* (0-based) the sink sleeps ``uniform(0, min(backoff_max, backoff_initial * 2**n))``
     (full jitter), or the server's ``Retry-After`` if that is longer (defaults 1 and 60).
 ``rate``
-    Requests per second to this endpoint, through :class:`monitor.throttle.RateLimiter` (default 5).
+    Requests per second to this endpoint, through :class:`monitor.cce.throttle.RateLimiter` (default 5).
 ``headers``
     Extra static headers, e.g. ``Authorization``; their values are treated like the secret.
 
@@ -42,17 +42,17 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 
 import aiohttp
 from yarl import URL
 
-from monitor.errors import ConfigError, SinkError, parse_error_body, parse_retry_after
-from monitor.events import Event
+from monitor.cce.throttle import RateLimiter
+from monitor.cce.tls import ssl_context, warn_plain_http
+from monitor.core.errors import ConfigError, SinkError, parse_error_body, parse_retry_after
+from monitor.core.events import Event
+from monitor.core.version import USER_AGENT
 from monitor.sinks import register
-from monitor.throttle import RateLimiter
-from monitor.tls import ssl_context, warn_plain_http
 
 __all__ = ["Secret", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
@@ -71,16 +71,6 @@ _RESERVED_HEADERS = frozenset(
         "webhook-timestamp",
     }
 )
-
-
-def _user_agent() -> str:
-    try:
-        return f"cce-monitor/{version('cce-monitor')}"
-    except PackageNotFoundError:  # running from a source tree
-        return "cce-monitor/0+unknown"
-
-
-USER_AGENT = _user_agent()
 
 
 class Secret:

@@ -1,0 +1,239 @@
+"""The CCE job API client: one pooled aiohttp session, authentication, and the error tree.
+
+``await client.get_job(job_id)`` returns a :class:`~monitor.core.model.Job` or raises a
+:class:`~monitor.core.errors.MonitorError` subclass that says whether retrying helps (see :mod:`monitor.core.errors`).
+
+What the client does with each outcome:
+
+* 2xx with a job body → the parsed snapshot; a body that is not a job → ``MalformedResponseError``.
+* 401 → asks the auth provider; a provider that can fetch a new token (IAM password) drops the refused one and
+  the request is sent once more; otherwise, or if that fails too, ``AuthError``. 403 → ``AuthError``.
+* 404 → ``NotFoundError`` (the scheduler decides whether it is final: new jobs may 404 briefly).
+* 429 → ``ThrottledError`` with ``retry_after`` when sent; the shared :class:`RateLimiter` is told to slow down.
+* 5xx → ``ServerError``; connection failures → ``ConnectError``; timeouts → ``RequestTimeoutError``.
+
+Every HTTP request, the 401 retry included, passes the rate limiter when one is given. The scheduler acquires
+the first slot itself (its dispatcher is the limiter's only waiter) and says so with ``slot_acquired=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from monitor.cce.auth import Auth
+from monitor.cce.throttle import RateLimiter
+from monitor.cce.tls import ssl_context, warn_plain_http
+from monitor.core.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    MalformedResponseError,
+    RequestTimeoutError,
+    ThrottledError,
+    api_error,
+    transport_detail,
+)
+from monitor.core.model import Digests, Job, parse_job_reusing, validate_id
+from monitor.core.version import USER_AGENT
+
+__all__ = ["CCEClient", "ClientSettings"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_BODY = 8 * 1024 * 1024
+# IAM tokens are up to 16 KB (X-Subject-Token in, X-Auth-Token out); aiohttp's default limit is 8190 bytes.
+MAX_HEADER = 32 * 1024
+_SECRET_HEADERS = ("X-Auth-Token", "Authorization")
+_URL_CACHE = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """How to reach CCE. Timeouts are seconds; ``ca_bundle`` adds a CA file; TLS is always verified."""
+
+    endpoint: str
+    project_id: str
+    connect_timeout: float = 10.0
+    total_timeout: float = 30.0
+    max_connections: int = 64
+    ca_bundle: str | None = None
+
+    def __post_init__(self) -> None:
+        url = URL(self.endpoint)
+        if url.user or url.password:
+            raise ConfigError("endpoint must not carry credentials (user:password@)")
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"endpoint {self.endpoint!r} must be an http(s) URL with a host")
+        if url.query_string or url.fragment:
+            raise ConfigError("endpoint must not carry a query or fragment")
+        validate_id(self.project_id, "project id")
+        for name in ("connect_timeout", "total_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+        ssl_context(self.ca_bundle, what="http.ca_bundle")  # a bad bundle fails here, at start-up
+
+
+class CCEClient:
+    """Reads CCE job progress. Use as ``async with CCEClient(settings, auth) as client: ...``."""
+
+    __slots__ = ("_auth", "_base", "_limiter", "_owns_session", "_session", "_timeout", "_urls", "settings")
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        auth: Auth,
+        *,
+        limiter: RateLimiter | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.settings = settings
+        self._auth = auth
+        self._limiter = limiter
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=settings.total_timeout, sock_connect=settings.connect_timeout)
+        self._base = f"{settings.endpoint.rstrip('/')}/api/v3/projects/{settings.project_id}/jobs/"
+        self._urls: dict[str, URL] = {}  # job id (validated) → its URL: a poll builds neither again
+
+    def __repr__(self) -> str:
+        return f"CCEClient(endpoint={self.settings.endpoint!r}, auth={self._auth.kind})"
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self._limiter
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            warn_plain_http(URL(self.settings.endpoint), "CCE endpoint")
+            ssl_ctx = ssl_context(self.settings.ca_bundle, what="http.ca_bundle")
+            connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ssl=ssl_ctx, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"User-Agent": USER_AGENT},
+                max_line_size=MAX_HEADER,
+                max_field_size=MAX_HEADER,
+            )
+            # aiohttp silently re-sends an idempotent request once when a kept-alive connection drops. That
+            # request would bypass our rate limit (one slot, two requests to CCE) and hide the failure; we
+            # retry through the scheduler instead. No public switch exists; tests/test_client.py notices if
+            # this private one stops working.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
+        return self._session
+
+    async def __aenter__(self) -> CCEClient:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session if this client created it."""
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    async def get_job(self, job_id: str, *, slot_acquired: bool = False) -> Job:
+        """Fetch one job's progress. ``slot_acquired``: the caller already took a rate-limit slot."""
+        body, request_id = await self.fetch_job(job_id, slot_acquired=slot_acquired)
+        return self.parse(job_id, body, request_id)[0]
+
+    @staticmethod
+    def parse(
+        job_id: str, body: bytes, request_id: str | None, previous: Job | None = None, digests: Digests = ()
+    ) -> tuple[Job, Digests]:
+        """Parse a body from :meth:`fetch_job`, reusing ``previous``'s unchanged sub-jobs (see
+        :func:`~monitor.core.model.parse_job_reusing`); a bad one raises ``MalformedResponseError`` naming the job."""
+        try:
+            return parse_job_reusing(body, previous, digests)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
+
+    async def fetch_job(self, job_id: str, *, slot_acquired: bool = False) -> tuple[bytes, str | None]:
+        """The raw 2xx body of a job and its request id, with every error mapped like :meth:`get_job`.
+
+        The scheduler uses this to skip parsing when a body is byte-identical to the previous one.
+        """
+        url = self._urls.get(job_id)
+        if url is None:
+            validate_id(job_id, "job id")
+            if len(self._urls) >= _URL_CACHE:
+                self._urls.clear()
+            url = self._urls[job_id] = URL(self._base + job_id, encoded=True)
+        session = self._ensure_session()
+        refreshed = False
+        while True:
+            if self._limiter is not None and not slot_acquired:
+                await self._limiter.acquire()
+            slot_acquired = False
+            headers: dict[str, str] = {"Content-Type": "application/json"}
+            await self._auth.apply(session, "GET", url, headers, b"")
+            try:
+                return await self._request(session, url, headers, job_id)
+            except AuthError as exc:
+                if exc.status != 401 or refreshed or not await self._auth.unauthorized(headers):
+                    raise
+                refreshed = True
+
+    async def _request(
+        self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str
+    ) -> tuple[bytes, str | None]:
+        try:
+            # The timeout is given per request so that it also holds on a session the caller passed in.
+            async with session.get(url, headers=headers, timeout=self._timeout) as resp:
+                status = resp.status
+                request_id = resp.headers.get("X-Request-Id")
+                length = resp.content_length
+                # Content-Length is the compressed size when a body is encoded, so only trust it when not.
+                if length is not None and length <= _MAX_BODY and "Content-Encoding" not in resp.headers:
+                    body = await resp.read()
+                else:
+                    body = await _read_limited(resp, request_id)
+                if status >= 300:
+                    error = api_error(
+                        status,
+                        body,
+                        content_type=resp.headers.get("Content-Type", ""),
+                        request_id=request_id,
+                        retry_after=resp.headers.get("Retry-After"),
+                        secrets=_secrets(headers),
+                    )
+                    if isinstance(error, ThrottledError) and self._limiter is not None:
+                        self._limiter.throttled(error.retry_after)
+                    raise error
+        except TimeoutError:
+            raise RequestTimeoutError(f"job {job_id}: request timed out") from None
+        except aiohttp.ClientPayloadError as exc:
+            detail = transport_detail(exc, _secrets(headers))
+            raise ConnectError(f"job {job_id}: response body broken off: {detail}") from None
+        except aiohttp.ClientError as exc:
+            raise ConnectError(f"job {job_id}: {transport_detail(exc, _secrets(headers))}") from None
+        if self._limiter is not None:
+            self._limiter.succeeded()
+        return body, request_id
+
+
+def _secrets(headers: dict[str, str]) -> list[str]:
+    """What an answer or a transport error might quote back at us: masked wherever it shows up."""
+    return [headers[name] for name in _SECRET_HEADERS if headers.get(name)]
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, request_id: str | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise MalformedResponseError(f"body larger than {_MAX_BODY} bytes", request_id=request_id)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,5 @@
+"""``python -m monitor.cli``: the same as the ``cce-monitor`` command."""
+
+from monitor.cli import main
+
+main()

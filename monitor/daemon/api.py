@@ -1,0 +1,459 @@
+"""The daemon's HTTP control API: rollout tooling adds, lists, inspects and removes jobs over JSON.
+
+The API runs in the daemon's process (``aiohttp.web``) and reaches the daemon only through :class:`Control`,
+which the daemon implements::
+
+    @dataclass(frozen=True, slots=True)
+    class AddResult:
+        accepted: list[str]   # newly tracked
+        known: list[str]      # already tracked or known (not an error)
+
+    class Control(Protocol):
+        async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str],
+                           rollout: str | None) -> AddResult: ...
+        async def list_jobs(self, *, phase: str | None, rollout: str | None,
+                            labels: Mapping[str, str]) -> list[StoredJob]: ...
+        async def get_job(self, job_id: str) -> tuple[StoredJob, list[Event]] | None: ...
+        async def remove_job(self, job_id: str) -> bool: ...
+        def readiness(self) -> dict[str, bool]: ...   # e.g. {"state": True, "scheduler": True, "cce": False}
+        def metrics(self) -> tuple[bytes, str]: ...   # Prometheus exposition body and its content type
+
+Everything :class:`Control` receives is already validated: job ids and the rollout name pass
+:func:`~monitor.core.model.validate_id`, ``job_ids`` is non-empty and free of duplicates, labels are checked as
+below. ``readiness`` and ``metrics`` are called on the event loop and must not block.
+
+Routes (every body is JSON, every error is ``{"error": "<one line>"}``)::
+
+    POST   /v1/jobs            {"job_ids": [...], "labels": {...}, "rollout": "name"}
+                               -> 202 {"accepted": [...], "known": [...]}
+    GET    /v1/jobs            ?phase=Running&rollout=r1&label=k=v&label=k2=v2
+                               -> 200 {"jobs": [job, ...]}
+    GET    /v1/jobs/{job_id}   -> 200 {"job": job + {"snapshot": ...}, "history": [event, ...]} | 404
+    DELETE /v1/jobs/{job_id}   -> 200 {"removed": true} | 404
+    GET    /healthz            -> 200 {"status": "ok"}                     (the process is up)
+    GET    /readyz             -> 200 | 503 {"ready": bool, "checks": {...}}
+    GET    /metrics            -> control.metrics() as it is
+
+A job is ``{"job_id", "labels", "rollout", "added_at", "phase", "outcome", "finished_at"}`` with times in
+RFC 3339 UTC (``2024-05-01T12:00:00.123456Z``) or ``null``; ``snapshot`` is the last :class:`~monitor.core.model.Job`
+as :func:`~monitor.core.model.job_to_json` writes it, or ``null``; events are ``Event.to_dict()``.
+
+Statuses:
+
+* 400: the body is not JSON, not an object, has keys other than ``job_ids``, ``labels``, ``rollout``; ``job_ids``
+  is missing, empty, not a list of strings, longer than ``max_jobs_per_request``, or holds an invalid id (the
+  message names its index and shows it truncated); ``labels`` is not an object of string to string, has more than
+  64 entries, a key not matching ``[A-Za-z0-9_.-]{1,63}``, a value over 256 characters or with a control or
+  format character (Unicode Cc, Cf, Zl, Zp, Cs); ``rollout`` is not a valid id. ``null`` for ``labels`` or
+  ``rollout`` means "not given". The same rules apply to the path's job id and to the query of
+  ``GET /v1/jobs``, which also rejects unknown or repeated parameters and a ``phase`` not matching
+  ``[A-Za-z0-9_.-]{1,64}``.
+* 401 with ``WWW-Authenticate: Bearer``: a token is configured and the request lacks it or has another one.
+* 404: no such route, or the job is not tracked. 405: wrong method (with ``Allow``).
+* 413: the body is longer than ``max_body`` (checked on ``Content-Length`` and while reading).
+* 415: a ``POST`` whose ``Content-Type`` is not ``application/json``. This also makes every cross-site ``POST``
+  from a browser need a CORS preflight, which this API never grants, so a web page cannot add jobs to a daemon
+  that listens on loopback without a token.
+* 500 ``{"error": "internal error"}``: anything else raised, logged here with its traceback; the exception's
+  text never reaches the client.
+
+Authentication: with a ``token`` configured, every route except ``/healthz``, ``/readyz`` and ``/metrics`` needs
+``Authorization: Bearer <token>`` — reads too, since jobs carry labels and rollout names — and so do unknown
+paths (401 before 404: the API does not show its routes to strangers). Tokens are compared in constant time.
+Neither the token nor the ``Authorization`` header is ever logged; the access log is off.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from monitor.core.errors import ConfigError, InvalidIdError
+from monitor.core.events import Event
+from monitor.core.model import job_to_json, validate_id, validate_label
+from monitor.core.secret import Secret
+from monitor.daemon.store import StoredJob
+
+__all__ = ["AddResult", "Control", "make_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_BODY_KEYS = ("job_ids", "labels", "rollout")
+_QUERY_KEYS = frozenset({"phase", "rollout", "label"})
+_PHASE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MAX_LABELS = 64
+# Headers of an aiohttp HTTPException that describe its own plain-text body, not ours.
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "transfer-encoding"})
+_REALM = 'Bearer realm="cce-monitor"'
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What :meth:`Control.add_jobs` did with the ids it was given."""
+
+    accepted: list[str]
+    """Newly tracked."""
+    known: list[str]
+    """Already tracked or known (not an error)."""
+
+
+class Control(Protocol):
+    """The daemon as the API sees it; see the module docstring for what each method receives."""
+
+    async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> AddResult:
+        """Track the jobs not yet known; say which were new and which were known."""
+        ...
+
+    async def list_jobs(self, *, phase: str | None, rollout: str | None, labels: Mapping[str, str]) -> list[StoredJob]:
+        """Known jobs matching every filter given (``None`` / empty: no filter)."""
+        ...
+
+    async def get_job(self, job_id: str) -> tuple[StoredJob, list[Event]] | None:
+        """The job and its history, oldest event first; ``None`` if the job is not known."""
+        ...
+
+    async def remove_job(self, job_id: str) -> bool:
+        """Stop tracking and forget the job; ``False`` if it was not known."""
+        ...
+
+    def readiness(self) -> dict[str, bool]:
+        """Named checks, e.g. ``{"state": True, "scheduler": True, "cce": False}``; must not block."""
+        ...
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """The summary of every known rollout (see :meth:`monitor.engine.rollout.Rollout.summary`); must not block."""
+        ...
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        """One rollout's summary, or ``None``; must not block."""
+        ...
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition body and its content type; must not block."""
+        ...
+
+
+class _Reject(Exception):
+    """A request we answer with a JSON error; the message is shown to the client, so it holds no secret."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _json(data: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json({"error": message}, status, headers)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr`` clipped: escapes control characters, so the text stays on one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_label(key: str, value: str) -> None:
+    try:
+        validate_label(key, value)
+    except InvalidIdError as exc:
+        raise _Reject(400, exc.message) from None
+
+
+def _check_id(value: str, what: str, where: str = "") -> str:
+    try:
+        return validate_id(value, what)
+    except InvalidIdError as exc:
+        raise _Reject(400, where + exc.message) from None
+
+
+def _time(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _job_dict(job: StoredJob, *, snapshot: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "job_id": job.job_id,
+        "labels": dict(job.labels),
+        "rollout": job.rollout,
+        "added_at": _time(job.added_at),
+        "phase": job.phase,
+        "outcome": job.outcome,
+        "finished_at": _time(job.finished_at),
+    }
+    if snapshot:
+        out["snapshot"] = orjson.loads(job_to_json(job.snapshot)) if job.snapshot is not None else None
+    return out
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every exception into a JSON error; only unexpected ones are logged, and never shown."""
+    try:
+        return await handler(request)
+    except _Reject as exc:
+        return _error(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413 from request.read(), ...
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        return _error(exc.status, exc.reason, headers)
+    except Exception:
+        # The raw path is percent-encoded (no control characters); the query is left out.
+        logger.exception("api: %s %s failed", request.method, _shown(request.rel_url.raw_path, 200))
+        return _error(500, "internal error")
+
+
+def _bearer_guard(token: Secret) -> Middleware:
+    expected = token.reveal().encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in _OPEN_PATHS:
+            header = request.headers.get(hdrs.AUTHORIZATION)
+            if header is None:
+                raise _Reject(401, "missing bearer token", {hdrs.WWW_AUTHENTICATE: _REALM})
+            scheme, _, given = header.strip().partition(" ")
+            # surrogatepass: a header that is not valid UTF-8 compares unequal instead of raising.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode("utf-8", "surrogatepass"), expected
+            ):
+                raise _Reject(401, "invalid bearer token", {hdrs.WWW_AUTHENTICATE: _REALM + ', error="invalid_token"'})
+        return await handler(request)
+
+    return guard
+
+
+class _API:
+    __slots__ = ("_control", "_max_body", "_max_jobs")
+
+    def __init__(self, control: Control, max_body: int, max_jobs: int) -> None:
+        self._control = control
+        self._max_body = max_body
+        self._max_jobs = max_jobs
+
+    # ----------------------------------------------------------------------------------- /v1/jobs
+
+    async def add_jobs(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        job_ids, labels, rollout = self._parse_add(body)
+        result = await self._control.add_jobs(job_ids, labels, rollout)
+        logger.info(
+            "api: %d jobs added, %d already known (rollout %s)", len(result.accepted), len(result.known), rollout
+        )
+        return _json({"accepted": list(result.accepted), "known": list(result.known)}, 202)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        query = request.query
+        for key in query:
+            if key not in _QUERY_KEYS:
+                raise _Reject(400, f"unknown query parameter {_shown(key)}; use phase, rollout, label")
+        phase = self._single(request, "phase")
+        if phase is not None and not _PHASE_RE.fullmatch(phase):
+            raise _Reject(400, f"invalid phase {_shown(phase)}: use 1-64 letters, digits, '_', '.' or '-'")
+        rollout = self._single(request, "rollout")
+        if rollout is not None:
+            _check_id(rollout, "rollout name")
+        labels: dict[str, str] = {}
+        for item in query.getall("label", []):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise _Reject(400, f"invalid label filter {_shown(item)}: use label=key=value")
+            _check_label(key, value)
+            if key in labels:
+                raise _Reject(400, f"label {key} given more than once")
+            labels[key] = value
+        jobs = await self._control.list_jobs(phase=phase, rollout=rollout, labels=labels)
+        return _json({"jobs": [_job_dict(job) for job in jobs]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job_id = _check_id(request.match_info["job_id"], "job id")
+        found = await self._control.get_job(job_id)
+        if found is None:
+            raise _Reject(404, f"job {job_id} is not tracked")
+        job, history = found
+        return _json({"job": _job_dict(job, snapshot=True), "history": [event.to_dict() for event in history]})
+
+    async def remove_job(self, request: web.Request) -> web.Response:
+        job_id = _check_id(request.match_info["job_id"], "job id")
+        if not await self._control.remove_job(job_id):
+            raise _Reject(404, f"job {job_id} is not tracked")
+        logger.info("api: job %s removed", job_id)
+        return _json({"removed": True})
+
+    async def list_rollouts(self, request: web.Request) -> web.Response:
+        return _json({"rollouts": self._control.rollouts()})
+
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        name = _check_id(request.match_info["name"], "rollout name")
+        summary = self._control.rollout(name)
+        if summary is None:
+            raise _Reject(404, f"rollout {name} is not known")
+        return _json({"rollout": summary})
+
+    # ------------------------------------------------------------------------------------- probes
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = {str(name): bool(ok) for name, ok in self._control.readiness().items()}
+        ready = all(checks.values())
+        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self._control.metrics()
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+    # ------------------------------------------------------------------------------------ parsing
+
+    async def _read_json(self, request: web.Request) -> object:
+        if request.content_type != "application/json":
+            raise _Reject(415, "Content-Type must be application/json")
+        too_large = _Reject(413, f"request body is larger than {self._max_body} bytes")
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise too_large
+        try:
+            raw = await request.read()  # enforces client_max_size for chunked bodies too
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        try:
+            return orjson.loads(raw)
+        except (orjson.JSONDecodeError, RecursionError) as exc:
+            raise _Reject(400, f"body is not valid JSON: {_one_line(str(exc))}") from None
+
+    def _parse_add(self, body: object) -> tuple[list[str], dict[str, str], str | None]:
+        if not isinstance(body, dict):
+            raise _Reject(400, f"body must be a JSON object, not {_json_type(body)}")
+        for key in body:
+            if key not in _BODY_KEYS:
+                raise _Reject(400, f"unknown key {_shown(key)} in body; use job_ids, labels, rollout")
+        if "job_ids" not in body:
+            raise _Reject(400, "job_ids is required")
+        raw_ids = body["job_ids"]
+        if not isinstance(raw_ids, list):
+            raise _Reject(400, f"job_ids must be an array of strings, not {_json_type(raw_ids)}")
+        if not raw_ids:
+            raise _Reject(400, "job_ids must not be empty")
+        if len(raw_ids) > self._max_jobs:
+            raise _Reject(400, f"job_ids has {len(raw_ids)} ids; at most {self._max_jobs} per request")
+        for i, job_id in enumerate(raw_ids):
+            if not isinstance(job_id, str):
+                raise _Reject(400, f"job_ids[{i}] must be a string, not {_json_type(job_id)}")
+            _check_id(job_id, "job id", f"job_ids[{i}]: ")
+        job_ids = list(dict.fromkeys(raw_ids))  # drop repeats, keep order
+        labels = self._parse_labels(body.get("labels"))
+        rollout = body.get("rollout")
+        if rollout is not None:
+            if not isinstance(rollout, str):
+                raise _Reject(400, f"rollout must be a string, not {_json_type(rollout)}")
+            _check_id(rollout, "rollout name")
+        return job_ids, labels, rollout
+
+    @staticmethod
+    def _parse_labels(raw: object) -> dict[str, str]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise _Reject(400, f"labels must be an object of string to string, not {_json_type(raw)}")
+        if len(raw) > _MAX_LABELS:
+            raise _Reject(400, f"labels has {len(raw)} entries; at most {_MAX_LABELS}")
+        for key, value in raw.items():
+            if not isinstance(value, str):
+                raise _Reject(400, f"label {_shown(key)}: value must be a string, not {_json_type(value)}")
+            _check_label(key, value)
+        return dict(raw)
+
+    @staticmethod
+    def _single(request: web.Request, name: str) -> str | None:
+        values = request.query.getall(name, [])
+        if len(values) > 1:
+            raise _Reject(400, f"query parameter {name} given more than once")
+        return values[0] if values else None
+
+
+def make_app(
+    control: Control,
+    *,
+    token: Secret | None,
+    max_body: int = 1 << 20,
+    max_jobs_per_request: int = 10_000,
+) -> web.Application:
+    """The control API over ``control``; with ``token``, every route but the probes needs it as a bearer token.
+
+    Raises :class:`~monitor.core.errors.ConfigError` for an empty token or a limit below 1.
+    """
+    if token is not None and not token:
+        raise ConfigError("api token is empty; give a token or none")
+    if max_body < 1:
+        raise ConfigError(f"api max_body must be at least 1, not {max_body}")
+    if max_jobs_per_request < 1:
+        raise ConfigError(f"api max_jobs_per_request must be at least 1, not {max_jobs_per_request}")
+    middlewares: list[Middleware] = [_errors]
+    if token is not None:
+        middlewares.append(_bearer_guard(token))
+    app = web.Application(client_max_size=max_body, middlewares=middlewares)
+    api = _API(control, max_body, max_jobs_per_request)
+    app.router.add_post("/v1/jobs", api.add_jobs)
+    app.router.add_get("/v1/jobs", api.list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", api.get_job)
+    app.router.add_delete("/v1/jobs/{job_id}", api.remove_job)
+    app.router.add_get("/v1/rollouts", api.list_rollouts)
+    app.router.add_get("/v1/rollouts/{name}", api.get_rollout)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", api.metrics)
+    return app
+
+
+async def serve(
+    app: web.Application, host: str, port: int, *, shutdown_timeout: float = 5.0
+) -> tuple[web.AppRunner, str]:
+    """Start ``app`` on ``host:port`` (``0``: any free port); return its runner and ``http://host:port``.
+
+    Stop it with ``await runner.cleanup()``, which waits up to ``shutdown_timeout`` for requests in flight.
+    With port 0, give an IP address: a name like ``localhost`` may bind one port per address family.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
+    except BaseException:
+        await runner.cleanup()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{bound}"

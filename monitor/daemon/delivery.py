@@ -1,0 +1,156 @@
+"""Durable delivery: one :class:`Deliverer` per durable sink sends that sink's outbox rows from the state database.
+
+The scheduler records every event (with an outbox row per matching durable sink) before it publishes anything;
+the deliverer is woken by the publication, reads the due rows oldest first, calls ``sink.send`` and marks each row
+delivered. That gives at-least-once delivery across crashes (see :mod:`monitor.daemon.store`) while keeping the order of
+events per sink:
+
+* a retryable :class:`SinkError` (the receiver is down, 5xx, timeouts — after the sink's own retries) pauses this
+  deliverer with exponential backoff and tries the *same* row again; nothing later overtakes it;
+* a non-retryable one (the receiver refused the event with a 4xx, or answered 410 and the sink is disabled) marks
+  the row rejected with the reason, so a poison event cannot block the queue forever;
+* a cancelled send (shutdown) leaves the row undelivered: it is sent again after the restart, with the same id.
+
+A sink that ``acknowledges`` (the chat sinks, which merge events into digests sent when a rate budget allows)
+takes each row at once and reports later, through its ``on_delivered`` hook, which events a delivered message
+carried; only then are their rows marked. Rows handed over but not acknowledged when the process stops stay in
+the outbox and are handed over again at the next start — so a ``rollout.finished`` summary the budget did not
+allow before a SIGTERM is sent after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+
+from monitor.core.errors import SinkError
+from monitor.core.events import Event
+from monitor.daemon.store import State
+from monitor.sinks import Sink
+
+__all__ = ["Deliverer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Deliverer:
+    """Sends one durable sink's outbox. Run :meth:`run` as a task; :meth:`notify` after new events."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        state: State,
+        *,
+        name: str | None = None,
+        retry_initial: float = 2.0,
+        retry_max: float = 120.0,
+        batch: int = 100,
+    ) -> None:
+        self.sink = sink
+        self.name = name or sink.name
+        self._state = state
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._batch = batch
+        self._failures = 0
+        self._acks = bool(getattr(sink, "acknowledges", False))
+        self._handed: dict[str, list[int]] = {}  # acknowledging sinks: event id -> rows handed over, not yet acked
+        self._cursor = 0  # acknowledging sinks: the last row handed over
+        if self._acks:
+            sink.on_delivered = self._acknowledged  # type: ignore[attr-defined]
+        self.delivered = 0
+        self.failed = 0
+        self.rejected = 0
+
+    def notify(self) -> None:
+        """New rows may be waiting."""
+        self._idle.clear()
+        self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once every due row has been delivered or rejected."""
+        await self._idle.wait()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Rows an acknowledging sink holds and has not yet reported delivered."""
+        return sum(len(seqs) for seqs in self._handed.values())
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            rows = await self._state.pending(self.name, limit=self._batch, after=self._cursor)
+            if not rows:
+                if not self._handed:
+                    self._idle.set()
+                await self._wake.wait()
+                continue
+            for row in rows:
+                if self._acks:
+                    self._handed.setdefault(row.event.id, []).append(row.seq)
+                    self._cursor = row.seq
+                if not await self._deliver(row.seq, row.event):
+                    break
+
+    async def _acknowledged(self, event_ids: Sequence[str]) -> None:
+        """The acknowledging sink delivered a message carrying these events (or needs none for them)."""
+        seqs = [seq for event_id in event_ids for seq in self._handed.pop(event_id, ())]
+        if seqs:
+            await self._state.delivered(*seqs)
+            self.delivered += len(seqs)
+        self.notify()
+
+    async def _deliver(self, seq: int, event: Event) -> bool:
+        """Send one row; ``False`` means stop this batch (the row will be retried after the pause)."""
+        try:
+            await self.sink.send(event)
+        except SinkError as exc:
+            if self._acks:  # handed over again after the pause
+                self._forget(event.id, seq)
+            if not exc.retryable:
+                self.rejected += 1
+                logger.error("sink %s rejected event %s (job %s): %s", self.name, event.id, event.job_id, exc)
+                await self._state.rejected(seq, str(exc))
+                return True
+            self.failed += 1
+            self._failures += 1
+            ceiling = min(self._retry_max, self._retry_initial * 2 ** min(self._failures - 1, 20))
+            delay = max(exc.retry_after or 0.0, random.uniform(ceiling / 2, ceiling))  # jitter, not cryptography
+            logger.warning(
+                "sink %s failed on event %s (job %s), trying again in %.0fs: %s",
+                self.name,
+                event.id,
+                event.job_id,
+                delay,
+                exc,
+            )
+            await self._state.attempt_failed(seq, str(exc))
+            await asyncio.sleep(delay)
+            return False
+        except Exception:
+            # A bug in a (possibly third-party) sink: treat like a retryable failure, loudly.
+            logger.exception("sink %s crashed on event %s (job %s)", self.name, event.id, event.job_id)
+            if self._acks:
+                self._forget(event.id, seq)
+            self.failed += 1
+            await self._state.attempt_failed(seq, "sink crashed")
+            await asyncio.sleep(self._retry_max)
+            return False
+        self._failures = 0
+        if not self._acks:
+            self.delivered += 1
+            await self._state.delivered(seq)
+        return True
+
+    def _forget(self, event_id: str, seq: int) -> None:
+        """A row the acknowledging sink did not take: hand it over again from here."""
+        seqs = self._handed.get(event_id, [])
+        if seq in seqs:
+            seqs.remove(seq)
+        if not seqs:
+            self._handed.pop(event_id, None)
+        self._cursor = min(self._cursor, seq - 1)

@@ -1,0 +1,337 @@
+"""``cce-monitor run``: the long-lived daemon — scheduler, durable state, sinks, control API and metrics.
+
+Start-up: open the state database, build the sinks (durable ones — ``file``, ``webhook`` and any sink with
+``durable = True`` — get an outbox and a ``Deliverer``; others subscribe to the bus), track
+every unfinished job from the database again with its last snapshot (a transition that happened while the daemon
+was down is detected on the first poll), then serve the API.
+
+Shutdown (SIGTERM/SIGINT, or ``stop`` set): stop the API (no new jobs), stop polling and let polls in flight
+finish, drain the bus and the outboxes within ``shutdown_deadline``, close the sinks and the database. Anything
+not delivered by then stays in the outbox and is sent after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from monitor.cce.auth import Auth, auth_from_env
+from monitor.cce.client import CCEClient
+from monitor.cce.throttle import RateLimiter
+from monitor.config import Config
+from monitor.core.events import Event
+from monitor.core.secret import Secret
+from monitor.daemon.api import AddResult, make_app, serve
+from monitor.daemon.delivery import Deliverer
+from monitor.daemon.metrics import LoopLagProbe, Metrics
+from monitor.daemon.store import State, StoredJob
+from monitor.engine.bus import Bus, EventFilter
+from monitor.engine.rollout import JOB_EVENT_TYPES, RolloutTracker
+from monitor.engine.scheduler import Scheduler
+from monitor.sinks import Sink, close_sinks, create_sink, drain_sinks
+
+__all__ = ["Daemon"]
+
+logger = logging.getLogger(__name__)
+
+_DURABLE_TYPES = {"file", "webhook"}
+_PRUNE_EVERY = 3600.0
+_REACHABLE_WITHIN = 300.0
+
+
+class Daemon:
+    """One daemon process. ``await Daemon(config).run(stop)``; the API calls the ``Control`` methods below."""
+
+    def __init__(self, config: Config, *, env: Mapping[str, str] | None = None, auth: Auth | None = None) -> None:
+        self.config = config
+        self._env = os.environ if env is None else env
+        self._auth = auth
+        self._metrics = Metrics()
+        self._outbox_depth: dict[str, int] = {}
+        self.endpoint: str | None = None
+        """``http://host:port`` of the control API once it listens."""
+        self.started = asyncio.Event()
+        self._state: State | None = None
+        self._scheduler: Scheduler | None = None
+        self._bus: Bus | None = None
+        self._deliverers: list[Deliverer] = []
+        self._plain_sinks: list[Sink] = []
+        self._running = False
+        self._rollouts: RolloutTracker | None = None
+
+    # ------------------------------------------------------------------------------------ Control
+
+    async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> AddResult:
+        state, scheduler = self._parts()
+        labels = {**self.config.labels, **labels, **({"rollout": rollout} if rollout else {})}
+        new = await state.add_jobs(job_ids, labels, rollout)
+        shared = dict(labels)
+        if rollout and self._rollouts is not None and new:
+            self._rollouts.add(rollout, new)
+        for job_id in new:
+            scheduler.add(job_id, shared)
+        fresh = set(new)
+        return AddResult(accepted=new, known=[j for j in job_ids if j not in fresh])
+
+    async def list_jobs(self, *, phase: str | None, rollout: str | None, labels: Mapping[str, str]) -> list[StoredJob]:
+        state, _ = self._parts()
+        return await state.jobs(phase=phase, rollout=rollout, labels=labels)
+
+    async def get_job(self, job_id: str) -> tuple[StoredJob, list[Event]] | None:
+        state, _ = self._parts()
+        job = await state.get(job_id)
+        if job is None:
+            return None
+        return job, await state.history(job_id)
+
+    async def remove_job(self, job_id: str) -> bool:
+        state, scheduler = self._parts()
+        tracked = scheduler.remove(job_id)
+        stored = await state.delete(job_id)
+        if self._rollouts is not None:
+            self._rollouts.forget(job_id)
+        return tracked or stored
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        tracker = self._rollouts
+        return [r.summary() for r in tracker.rollouts()] if tracker else []
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        found = self._rollouts.get(name) if self._rollouts else None
+        return found.summary() if found else None
+
+    def readiness(self) -> dict[str, bool]:
+        scheduler = self._scheduler
+        contact = scheduler.stats.last_contact if scheduler else None
+        polled = bool(scheduler and scheduler.stats.polls)
+        return {
+            "state": self._state is not None and not self._state.closed,
+            "scheduler": self._running,
+            # Nothing to poll yet counts as reachable; otherwise CCE must have answered recently.
+            "cce": not polled or (contact is not None and time.monotonic() - contact < _REACHABLE_WITHIN),
+        }
+
+    def metrics(self) -> tuple[bytes, str]:
+        return self._metrics.render()
+
+    def _parts(self) -> tuple[State, Scheduler]:
+        if self._state is None or self._scheduler is None:
+            raise RuntimeError("the daemon is not running")
+        return self._state, self._scheduler
+
+    # ---------------------------------------------------------------------------------------- run
+
+    def _build_sinks(self, state: State, bus: Bus) -> None:
+        seen: Counter[str] = Counter()
+        for entry in self.config.sinks:
+            sink = create_sink(entry.spec, entry.options)
+            f = entry.filter
+            event_filter = EventFilter.of(f.types, f.phases, f.labels)
+            if entry.type in _DURABLE_TYPES or getattr(sink, "durable", False):
+                seen[sink.name] += 1
+                # Outbox rows are keyed by sink name: two sinks with the same target need distinct keys.
+                name = sink.name if seen[sink.name] == 1 else f"{sink.name}#{seen[sink.name]}"
+                state.route(name, event_filter, getattr(sink, "wants", None))
+                d = self.config.delivery
+                self._deliverers.append(
+                    Deliverer(sink, state, name=name, retry_initial=d.retry_initial, retry_max=d.retry_max)
+                )
+            else:
+                self._plain_sinks.append(sink)
+                bus.subscribe(sink.send, event_filter, name=sink.name)
+
+    def _wire_metrics(self, scheduler: Scheduler, limiter: RateLimiter, bus: Bus, probe: LoopLagProbe) -> None:
+        sources = self._metrics.sources
+        sources.jobs_by_phase = scheduler.phase_counts
+        sources.rate = lambda: (
+            limiter.configured_rate,
+            limiter.effective_rate,
+            limiter.waited_seconds,
+            limiter.throttled_count,
+        )
+        sources.queue_depth = lambda: {s.name: s.depth for s in bus.subscriptions} | self._outbox_depth
+        sources.deliveries = self._delivery_counts
+        sources.loop_lag = lambda: probe.lag
+        sources.schedule_lag = lambda: scheduler.stats.lag
+
+    def _delivery_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for d in self._deliverers:
+            counts[(d.name, "delivered")] = d.delivered
+            counts[(d.name, "failed")] = d.failed
+            counts[(d.name, "rejected")] = d.rejected
+        if self._bus is not None:
+            for sub in self._bus.subscriptions:
+                counts[(sub.name, "delivered")] = sub.delivered
+                counts[(sub.name, "failed")] = sub.failed
+        return counts
+
+    async def _housekeeping(self, state: State) -> None:
+        """Prune finished jobs past retention; refresh the outbox depth for metrics."""
+        last_prune = -math.inf  # prune once at start-up too
+        while True:
+            if time.monotonic() - last_prune >= _PRUNE_EVERY:
+                pruned = await state.prune(self.config.state.retention)
+                last_prune = time.monotonic()
+                if pruned:
+                    logger.info("pruned %d finished jobs older than the retention", pruned)
+            self._outbox_depth = await state.outbox_depth()
+            await asyncio.sleep(5.0)
+
+    async def run(self, stop: asyncio.Event, *, on_ready: Callable[[str], Any] | None = None) -> None:
+        """Run until ``stop`` is set; then shut down in order (see the module docstring)."""
+        cfg = self.config
+        state = await State.open(cfg.state.path)
+        self._state = state
+        try:
+            await self._serve(state, stop, on_ready)
+        finally:
+            await state.close()
+            self._state = None
+
+    async def _serve(self, state: State, stop: asyncio.Event, on_ready: Callable[[str], Any] | None) -> None:
+        cfg = self.config
+        settings = cfg.scheduler_settings()
+        auth = (
+            self._auth
+            or cfg.make_auth()
+            or auth_from_env(self._env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
+        )
+        # Held for one window at start: a daemon restarted right after a crash must not add a full window of
+        # requests to what the previous process sent in its last second.
+        window = (settings.burst / settings.rate if settings.burst else 1.0) * 1.01
+        limiter = RateLimiter(settings.rate, burst=settings.burst, hold=window)
+        probe = LoopLagProbe()
+        async with CCEClient(cfg.client_settings(), auth, limiter=limiter) as client, Bus() as bus:
+            self._bus = bus
+            self._build_sinks(state, bus)
+            deliverers = self._deliverers
+
+            def on_event(event: Event) -> None:
+                self._metrics.count_event(event)
+                for d in deliverers:
+                    d.notify()
+
+            bus.subscribe(on_event, name="daemon")
+
+            async def publish_digest(event: Event) -> None:
+                # Durable sinks get digests through their outbox; a digest recorded before (a finished rollout
+                # announced again after a restart) is not published twice.
+                for new in await state.record_events([event]):
+                    await bus.publish(new)
+
+            rollouts = RolloutTracker(publish_digest, project_id=cfg.project_id, interval=cfg.rollouts.interval)
+            self._rollouts = rollouts
+            bus.subscribe(rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
+            scheduler = Scheduler(client, bus.publish, settings, store=state, on_poll=self._metrics.observe_poll)
+            self._scheduler = scheduler
+            self._wire_metrics(scheduler, limiter, bus, probe)
+            restored = 0
+            now = time.time()
+            for job in await state.unfinished():
+                restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
+            await self._restore_rollouts(state, rollouts)
+            await self._warn_stranded(state)
+            if restored:
+                logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
+            token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
+            app = make_app(self, token=token, max_body=cfg.api.max_body)
+            runner, self.endpoint = await serve(app, cfg.api.host, cfg.api.port)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    poller = tg.create_task(scheduler.run(), name="scheduler")
+                    workers = [tg.create_task(d.run(), name=f"deliver:{d.name}") for d in deliverers]
+                    for d in deliverers:
+                        d.notify()  # rows left from before a restart
+                    chores = [
+                        tg.create_task(self._housekeeping(state), name="housekeeping"),
+                        tg.create_task(probe.run(), name="loop-lag"),
+                        tg.create_task(rollouts.run(), name="rollout-digests"),
+                    ]
+                    self._running = True
+                    self.started.set()
+                    logger.info("cce-monitor daemon ready; API on %s", self.endpoint)
+                    if on_ready is not None:
+                        on_ready(self.endpoint)
+                    await stop.wait()
+                    logger.info("shutting down")
+                    stopping = time.monotonic()
+                    self._running = False
+                    await runner.cleanup()  # no new jobs
+                    scheduler.stop()
+                    await poller
+                    left = max(0.5, self.config.shutdown_deadline - (time.monotonic() - stopping))
+                    await bus.drain(left)  # the rollout tracker sees the last job events
+                    await rollouts.flush()
+                    await self._drain(
+                        bus, workers, max(0.5, self.config.shutdown_deadline - (time.monotonic() - stopping))
+                    )
+                    for task in chores:
+                        task.cancel()
+            finally:
+                self._running = False
+                await runner.cleanup()
+                await close_sinks([*self._plain_sinks, *(d.sink for d in deliverers)])
+                stats = scheduler.stats
+                logger.info(
+                    "stopped: %d polls %s, %d events; deliveries %s",
+                    stats.polls,
+                    dict(stats.outcomes),
+                    stats.events,
+                    {d.name: d.delivered for d in deliverers},
+                )
+
+    async def _warn_stranded(self, state: State) -> None:
+        """Outbox rows of a sink no longer configured (renamed URL or path) would wait forever: say so."""
+        configured = {d.name for d in self._deliverers}
+        for sink, count in (await state.outbox_depth()).items():
+            if sink not in configured:
+                logger.warning(
+                    "%d undelivered events wait for sink %s, which is no longer configured; "
+                    "configure it again to deliver them",
+                    count,
+                    sink,
+                )
+
+    @staticmethod
+    async def _restore_rollouts(state: State, rollouts: RolloutTracker) -> None:
+        """Rebuild rollout aggregates from the database (jobs of every rollout still kept)."""
+        members: dict[str, list[StoredJob]] = {}
+        for job in await state.jobs():
+            if job.rollout:
+                members.setdefault(job.rollout, []).append(job)
+        for name, jobs in members.items():
+            rollouts.add(name, [j.job_id for j in jobs], started=min(j.added_at for j in jobs))
+            for j in jobs:
+                snap = j.snapshot
+                rollouts.restore(
+                    name,
+                    j.job_id,
+                    phase=j.outcome or j.phase,
+                    ended=j.finished_at,
+                    reason=snap.reason or None if snap else None,
+                    resource_name=snap.resource_name or None if snap else None,
+                    subjobs={s.id: s.phase.value for s in snap.walk()} if snap else None,
+                )
+
+    async def _drain(self, bus: Bus, workers: list[asyncio.Task[None]], deadline: float) -> None:
+        start = time.monotonic()
+        await bus.aclose(deadline)
+        remaining = max(0.1, deadline - (time.monotonic() - start))
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(d.wait_idle()) for d in self._deliverers]
+        # Chat sinks hold digests back for their rate budget: let them send everything now, within the deadline.
+        waits.append(asyncio.ensure_future(drain_sinks([d.sink for d in self._deliverers], within=remaining)))
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=remaining)
+            for fut in pending:
+                fut.cancel()
+            if pending:
+                logger.warning("outbox not empty at the shutdown deadline; it will be delivered after restart")
+        for task in workers:
+            task.cancel()

@@ -1,0 +1,656 @@
+"""The scheduler: polls many jobs concurrently under one rate limit and publishes what changed.
+
+Design (why it is cheap with 100,000 jobs):
+
+* Every tracked job is one small slotted object and one entry in a **due-time heap**. Nothing runs per job while
+  it waits: one **dispatcher** task sleeps until the earliest due time (or until a job is added), so idle jobs
+  cost no CPU.
+* ``max_in_flight`` pollers take turns as the dispatcher (whoever holds a lock): it pops the earliest due job,
+  takes a rate-limit slot — it is the limiter's only waiter — hands the lock on and polls. So at most
+  ``max_in_flight`` requests run at once, and a poll costs no task of its own. When
+  demand exceeds the rate, jobs simply wait their turn in due order, so every job's effective interval
+  stretches evenly and none starves; the dispatcher logs a warning (rate-limited to once a minute) and
+  ``stats.lag`` says by how much.
+* Removal is lazy: a removed job's heap entry is skipped when it surfaces.
+
+Per poll outcome:
+
+* a snapshot → :func:`monitor.engine.diff.detect` → events → ``publish``; a terminal phase ends polling. While the job
+  is unchanged its interval grows by ``backoff`` up to ``max_interval``; any change resets it to ``interval``.
+  Phase and ``updateTimestamp`` unchanged for ``stall_after`` → one ``job.stalled``.
+* past ``job_timeout`` since the job was added → ``job.timed_out``, polling stops.
+* 404 → retried; only ``not_found_count`` consecutive 404s spread over at least ``not_found_grace`` seconds give
+  ``job.not_found`` (CCE can 404 for a moment after creating a job).
+* 429 → the shared limiter halves the rate and honours ``Retry-After`` (see :mod:`monitor.cce.throttle`); the job
+  is tried again after at least ``min_interval``. 429s never count as the job's failures.
+* 5xx, timeouts, connection errors, malformed bodies → the job backs off exponentially with full jitter; after
+  ``failure_threshold`` consecutive failures one ``job.poll_failed``, and ``job.recovered`` when it works again.
+* 401/403 → one ``monitor.auth_failed`` per episode and the whole dispatcher pauses, backing off
+  (``auth_backoff`` doubling up to ``auth_backoff_max``) instead of hammering IAM or CCE.
+
+Shutdown: :meth:`Scheduler.stop` stops intake; :meth:`Scheduler.run` then waits up to ``drain`` seconds for
+polls in flight, cancels the rest and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from monitor.cce.client import CCEClient
+from monitor.cce.throttle import RateLimiter
+from monitor.core.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError, TransportError
+from monitor.core.events import Event, EventType, event_id
+from monitor.core.model import Digests, Job, validate_id
+from monitor.engine.diff import JobContext, detect, progressed
+
+__all__ = ["Scheduler", "SchedulerSettings", "SchedulerStats"]
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[Event], Awaitable[None]]
+
+
+class JobStore(Protocol):
+    """Durable storage the scheduler writes to before publishing (see :mod:`monitor.daemon.store`)."""
+
+    async def record(
+        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: str | None = None
+    ) -> None: ...
+
+
+_LAG_WARN_EVERY = 60.0
+_EMPTY_LABELS: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """Polling policy. Times are seconds. Defaults suit CCE's default API quotas."""
+
+    rate: float = 10.0
+    """Requests per second to CCE, over all jobs, retries included."""
+    burst: int | None = None
+    """Requests allowed back to back; ``None`` means at most ``rate`` in any one second."""
+    max_in_flight: int = 16
+    interval: float = 10.0
+    """Delay between polls of a job, after its first poll and after every change."""
+    min_interval: float = 1.0
+    """Floor of every delay, including error backoff: never a tight loop."""
+    max_interval: float = 30.0
+    """Ceiling of the delay while a job is unchanged."""
+    backoff: float = 1.5
+    """Factor by which the delay grows after each unchanged poll (1 = never grows)."""
+    jitter: float = 0.1
+    """Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]."""
+    initial_delay: float = 0.0
+    """Delay before a newly added job's first poll (spread over [0, initial_delay])."""
+    job_timeout: float = 3600.0
+    stall_after: float = 1800.0
+    not_found_grace: float = 60.0
+    not_found_count: int = 3
+    failure_threshold: int = 3
+    error_backoff: float = 2.0
+    error_backoff_max: float = 300.0
+    auth_backoff: float = 30.0
+    auth_backoff_max: float = 600.0
+    drain: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("rate", 0 < self.rate < math.inf, "must be a finite number > 0"),
+            ("max_in_flight", self.max_in_flight >= 1, "must be >= 1"),
+            ("interval", self.interval > 0, "must be > 0"),
+            ("min_interval", 0 < self.min_interval <= self.interval, f"must be > 0 and <= interval ({self.interval})"),
+            ("max_interval", self.max_interval >= self.interval, f"must be >= interval ({self.interval})"),
+            ("backoff", self.backoff >= 1, "must be >= 1"),
+            ("jitter", 0 <= self.jitter < 1, "must be in [0, 1)"),
+            ("initial_delay", self.initial_delay >= 0, "must be >= 0"),
+            ("job_timeout", self.job_timeout > 0, "must be > 0"),
+            ("stall_after", self.stall_after > 0, "must be > 0"),
+            ("not_found_grace", self.not_found_grace >= 0, "must be >= 0"),
+            ("not_found_count", self.not_found_count >= 1, "must be >= 1"),
+            ("failure_threshold", self.failure_threshold >= 1, "must be >= 1"),
+            ("error_backoff", self.error_backoff > 0, "must be > 0"),
+            ("error_backoff_max", self.error_backoff_max >= self.error_backoff, "must be >= error_backoff"),
+            ("auth_backoff", self.auth_backoff > 0, "must be > 0"),
+            ("auth_backoff_max", self.auth_backoff_max >= self.auth_backoff, "must be >= auth_backoff"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"polling.{name} = {getattr(self, name)!r} {rule}")
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters for logs, metrics and benchmarks."""
+
+    polls: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    lag: float = 0.0
+    """How late the most recent poll started compared with its due time (seconds)."""
+    events: int = 0
+    last_contact: float | None = None
+    """Clock time of the last answer from CCE (any HTTP status), for readiness checks."""
+
+
+def _outcome_of(exc: MonitorError) -> str:
+    """The label a failed poll is counted under (stats, metrics)."""
+    if isinstance(exc, NotFoundError):
+        return "not_found"
+    if isinstance(exc, AuthError):
+        return "auth_failed"
+    if isinstance(exc, ThrottledError):
+        return "throttled"
+    return "error"
+
+
+class _Tracked:
+    """One tracked job. Slotted and small: a daemon may track 100,000 of these."""
+
+    __slots__ = (
+        "_context",
+        "deadline",
+        "delay",
+        "digest",
+        "dropped",
+        "failures",
+        "first_not_found",
+        "job_id",
+        "labels",
+        "last",
+        "last_progress",
+        "not_found",
+        "removed",
+        "stalled",
+        "sub_digests",
+    )
+
+    def __init__(self, job_id: str, labels: Mapping[str, str], now: float, timeout: float, delay: float):
+        self.job_id = job_id
+        self.labels = labels
+        self.deadline = now + timeout
+        self.delay = delay
+        self.last: Job | None = None
+        self.digest = 0
+        self.sub_digests: Digests = ()  # of last's sub-jobs, to reuse the unchanged ones (model.parse_job_reusing)
+        self.last_progress = now
+        self.failures = 0
+        self.not_found = 0
+        self.first_not_found = 0.0
+        self.stalled = False
+        self.removed = False
+        self.dropped = False  # removed by the user: nothing more about it is stored or published
+        self._context: JobContext | None = None
+
+    def context(self, project_id: str) -> JobContext:
+        """What every event about this job carries (built once: labels do not change)."""
+        if self._context is None:
+            self._context = JobContext(project_id, self.job_id, self.labels)
+        return self._context
+
+
+class Scheduler:
+    """Polls tracked jobs through ``client`` and calls ``publish`` with every event, in order per job."""
+
+    def __init__(
+        self,
+        client: CCEClient,
+        publish: Publish,
+        settings: SchedulerSettings | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        store: JobStore | None = None,
+        on_poll: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings or SchedulerSettings()
+        self._client = client
+        self._publish = publish
+        self._store = store
+        self._on_poll = on_poll
+        self.project_id = client.settings.project_id
+        limiter = limiter or client.limiter
+        if limiter is None:
+            raise ConfigError("the scheduler needs the client to have a RateLimiter")
+        self.limiter = limiter
+        self._clock = clock
+        self._rng = rng or random.Random()  # jitter, not cryptography
+        self._jobs: dict[str, _Tracked] = {}
+        self._heap: list[tuple[float, int, _Tracked]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._dispatching = asyncio.Lock()  # its holder is the dispatcher (see _poller)
+        self._busy: dict[str, _Tracked] = {}  # jobs being polled
+        self._paused_until = 0.0
+        self._auth_delay = self.settings.auth_backoff
+        self._auth_episode = False
+        self._last_lag_warning = -_LAG_WARN_EVERY
+        self.stats = SchedulerStats()
+
+    # ----------------------------------------------------------------------------------------- intake
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def add(
+        self,
+        job_id: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        previous: Job | None = None,
+        age: float = 0.0,
+    ) -> bool:
+        """Start tracking ``job_id`` (validated).
+
+        ``previous`` is a remembered snapshot to diff against and ``age`` how long the job has been tracked
+        already (both from the state database after a restart, so timeouts and transitions carry over).
+        Returns ``False`` if it was already tracked or the scheduler is stopping.
+        """
+        return self._add(job_id, dict(labels) if labels else _EMPTY_LABELS, previous, age)
+
+    def _add(self, job_id: str, labels: Mapping[str, str], previous: Job | None, age: float = 0.0) -> bool:
+        validate_id(job_id, "job id")
+        if self._stopping or job_id in self._jobs:
+            return False
+        now = self._clock()
+        s = self.settings
+        tracked = _Tracked(job_id, labels, now, s.job_timeout - max(0.0, age), s.interval)
+        tracked.last = previous
+        self._jobs[job_id] = tracked
+        first = now + (self._rng.uniform(0, s.initial_delay) if s.initial_delay else 0.0)
+        self._push(tracked, first)
+        self._idle.clear()
+        return True
+
+    def add_many(self, job_ids: Iterable[str], labels: Mapping[str, str] | None = None) -> int:
+        """Track several jobs (sharing one copy of ``labels``); returns how many were new."""
+        shared = dict(labels) if labels else _EMPTY_LABELS
+        return sum(self._add(job_id, shared, None) for job_id in job_ids)
+
+    def remove(self, job_id: str) -> bool:
+        """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
+        tracked = self._jobs.pop(job_id, None)
+        if tracked is None:
+            return False
+        tracked.removed = True
+        tracked.dropped = True
+        self._check_idle()
+        return True
+
+    def phase_counts(self) -> dict[str, int]:
+        """Tracked jobs by their last seen phase (``waiting`` before the first answer)."""
+        counts: dict[str, int] = {}
+        for tracked in self._jobs.values():
+            phase = tracked.last.phase.value if tracked.last is not None else "waiting"
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
+    def snapshot(self, job_id: str) -> Job | None:
+        """The last snapshot seen for a tracked job."""
+        tracked = self._jobs.get(job_id)
+        return tracked.last if tracked is not None else None
+
+    async def wait_idle(self) -> None:
+        """Return once no job is tracked (every job finished, timed out, was not found or was removed)."""
+        await self._idle.wait()
+
+    def stop(self) -> None:
+        """Stop intake and dispatch; :meth:`run` drains what is in flight and returns."""
+        self._stopping = True
+        self._stop_requested.set()
+        self._wake.set()
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _push(self, tracked: _Tracked, due: float) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), tracked))
+        if self._heap[0][2] is tracked:
+            self._wake.set()  # earlier than what the dispatcher sleeps for
+
+    def _check_idle(self) -> None:
+        if not self._jobs:
+            self._idle.set()
+
+    def _jittered(self, delay: float) -> float:
+        j = self.settings.jitter
+        if j:
+            delay *= self._rng.uniform(1 - j, 1 + j)
+        return max(self.settings.min_interval, delay)
+
+    def _reschedule(self, tracked: _Tracked, delay: float) -> None:
+        if tracked.removed:
+            return
+        due = min(self._clock() + delay, tracked.deadline)
+        self._push(tracked, due)
+
+    def _finish(self, tracked: _Tracked) -> None:
+        if self._jobs.get(tracked.job_id) is tracked:
+            del self._jobs[tracked.job_id]
+        tracked.removed = True
+        self._check_idle()
+
+    async def run(self) -> None:
+        """Poll until :meth:`stop`; then drain polls in flight for up to ``settings.drain`` seconds."""
+        pollers = [asyncio.create_task(self._poller(), name=f"poller-{i}") for i in range(self.settings.max_in_flight)]
+        stop = asyncio.create_task(self._stop_requested.wait(), name="scheduler-stop")
+        try:
+            # Pollers end only when stopping, or when one crashed (a bug outside _poll): then stop them all.
+            await asyncio.wait([*pollers, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            await self._drain(pollers)
+        for task in pollers:
+            if not task.cancelled() and (crash := task.exception()) is not None:
+                raise crash
+
+    async def _poller(self) -> None:
+        """One of ``max_in_flight`` pollers. Whoever holds the lock is the dispatcher: it waits for the next
+        due job and a rate-limit slot (so the limiter has exactly one waiter), hands the lock on and polls."""
+        while True:
+            async with self._dispatching:
+                tracked = await self._next_due()
+            if tracked is None:
+                return
+            self._busy[tracked.job_id] = tracked
+            try:
+                await self._poll(tracked)
+            except Exception:  # _poll catches everything it expects: this is a bug, but it must not stop polling
+                logger.exception("poll of job %s crashed", tracked.job_id)
+            finally:
+                self._busy.pop(tracked.job_id, None)
+
+    async def _next_due(self) -> _Tracked | None:
+        """The next job to poll, once it is due and a rate-limit slot is taken; ``None`` when stopping."""
+        heap = self._heap
+        while not self._stopping:
+            now = self._clock()
+            wait = None
+            if self._paused_until > now:
+                wait = self._paused_until - now
+            elif heap:
+                due, _, tracked = heap[0]
+                if tracked.removed:
+                    heapq.heappop(heap)
+                    continue
+                if due > now:
+                    wait = due - now
+                else:
+                    heapq.heappop(heap)
+                    if await self._take_slot(tracked, due):
+                        return tracked
+                    continue
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+        return None
+
+    async def _take_slot(self, tracked: _Tracked, due: float) -> bool:
+        """Wait for a rate-limit slot to poll ``tracked``; ``False`` if it was removed or we stopped meanwhile."""
+        await self.limiter.acquire()
+        if tracked.removed or self._stopping:
+            if not tracked.removed:
+                self._push(tracked, due)
+            return False
+        lag = self._clock() - due
+        self.stats.lag = lag
+        self._warn_lag(lag)
+        return True
+
+    def _warn_lag(self, lag: float) -> None:
+        threshold = max(1.0, self.settings.interval / 2)
+        now = self._clock()
+        if lag > threshold and now - self._last_lag_warning >= _LAG_WARN_EVERY:
+            self._last_lag_warning = now
+            logger.warning(
+                "polling is %.1fs behind schedule: %d jobs need more than %.3g requests/s; "
+                "every job's interval is stretched evenly (raise rate or interval)",
+                lag,
+                len(self._jobs),
+                self.limiter.effective_rate,
+            )
+
+    async def _drain(self, pollers: list[asyncio.Task[None]]) -> None:
+        self.stop()
+        _done, pending = await asyncio.wait(pollers, timeout=self.settings.drain)
+        if pending:
+            for job_id in sorted(self._busy):
+                logger.warning("cancelling poll of job %s still running after %.1fs", job_id, self.settings.drain)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+
+    def _count(self, outcome: str) -> None:
+        self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+
+    async def _commit(
+        self,
+        tracked: _Tracked,
+        events: list[Event],
+        *,
+        snapshot: Job | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        """Persist (when a store is set) and then publish: the store sees every event before any sink does."""
+        if tracked.dropped:  # removed while this poll was in flight
+            return
+        if self._store is not None and (events or snapshot is not None or outcome is not None):
+            try:
+                await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
+            except Exception:
+                # Keep monitoring: the non-durable sinks still get the events; durable ones will miss them.
+                logger.exception("job %s: could not persist %d events", tracked.job_id, len(events))
+        for event in events:
+            self.stats.events += 1
+            await self._publish(event)
+
+    def _event(self, tracked: _Tracked, kind: EventType, *, detail: str | None, key: str | None = None) -> Event:
+        last = tracked.last
+        return Event(
+            id=event_id(self.project_id, tracked.job_id, None, kind.value, key),
+            type=kind,
+            time=datetime.now(UTC),
+            project_id=self.project_id,
+            job_id=tracked.job_id,
+            job_type=(last.type or None) if last else None,
+            phase=last.phase.value if last else None,
+            reason=(last.reason or None) if last else None,
+            resource_name=(last.resource_name or None) if last else None,
+            cluster_id=(last.cluster_id or None) if last else None,
+            labels=tracked.labels,
+            detail=detail,
+            rollout=tracked.labels.get("rollout"),
+        )
+
+    async def _poll(self, tracked: _Tracked) -> None:
+        self.stats.polls += 1
+        started = self._clock()
+        outcome = "ok"
+        try:
+            body, request_id = await self._client.fetch_job(tracked.job_id, slot_acquired=True)
+            digest = hash(body)
+            if tracked.last is not None and digest == tracked.digest:
+                job = tracked.last  # byte-identical answer: nothing can have changed, skip parsing
+            else:
+                job, tracked.sub_digests = self._client.parse(
+                    tracked.job_id, body, request_id, tracked.last, tracked.sub_digests
+                )
+                tracked.digest = digest
+        except MonitorError as exc:
+            outcome = _outcome_of(exc)
+            await self._on_poll_error(tracked, exc)
+        except Exception as exc:  # a bug below us; keep polling the job, loudly
+            outcome = "error"
+            logger.exception("job %s: unexpected error while polling", tracked.job_id)
+            await self._on_error(tracked, exc)
+        else:
+            self.stats.last_contact = self._clock()
+            await self._on_snapshot(tracked, job)
+        self._count(outcome)
+        if self._on_poll is not None:
+            self._on_poll(outcome, self._clock() - started)
+        if not tracked.removed and self._clock() >= tracked.deadline:
+            self._finish(tracked)
+            event = self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())
+            await self._commit(tracked, [event], outcome="timed_out")
+
+    async def _on_poll_error(self, tracked: _Tracked, exc: MonitorError) -> None:
+        if not isinstance(exc, TransportError):
+            self.stats.last_contact = self._clock()  # CCE (or its gateway) answered
+        if isinstance(exc, NotFoundError):
+            await self._on_not_found(tracked, exc)
+        elif isinstance(exc, AuthError):
+            await self._on_auth_failed(tracked, exc)
+        elif isinstance(exc, ThrottledError):
+            retry = exc.retry_after or 0.0
+            self._reschedule(tracked, max(self.settings.min_interval, retry) + self._rng.uniform(0, 1))
+        else:
+            await self._on_error(tracked, exc)
+
+    def _timeout_detail(self) -> str:
+        return f"not finished after {self.settings.job_timeout:g}s"
+
+    async def _on_snapshot(self, tracked: _Tracked, job: Job) -> None:
+        now = self._clock()
+        s = self.settings
+        self._auth_ok()
+        events: list[Event] = []
+        if tracked.failures >= s.failure_threshold:
+            events.append(
+                self._event(
+                    tracked,
+                    EventType.JOB_RECOVERED,
+                    detail=f"polling works again after {tracked.failures} failures",
+                    key=str(tracked.failures) + ":" + job.updated.raw,
+                )
+            )
+        tracked.failures = 0
+        tracked.not_found = 0
+        previous = tracked.last
+        if job is previous:  # the same body as last time (see _poll)
+            changes: list[Event] = []
+            moved = False
+        else:
+            changes = detect(previous, job, tracked.context(self.project_id), datetime.now(UTC))
+            moved = progressed(previous, job)
+        if moved:
+            tracked.last_progress = now
+            tracked.stalled = False
+        tracked.last = job
+        events.extend(changes)
+        if changes:
+            tracked.delay = s.interval
+        else:
+            tracked.delay = min(s.max_interval, tracked.delay * s.backoff)
+            if not tracked.stalled and now - tracked.last_progress >= s.stall_after:
+                tracked.stalled = True
+                events.append(
+                    self._event(
+                        tracked,
+                        EventType.JOB_STALLED,
+                        detail=f"phase {job.phase.value} unchanged for {now - tracked.last_progress:.0f}s",
+                        key=job.phase.value + ":" + job.updated.raw,
+                    )
+                )
+        terminal = job.phase.is_terminal
+        if terminal:
+            self._finish(tracked)
+        else:
+            self._reschedule(tracked, self._jittered(tracked.delay))
+        if events or moved or terminal:
+            await self._commit(
+                tracked,
+                events,
+                snapshot=job if moved or changes else None,
+                outcome=job.phase.value if terminal else None,
+            )
+
+    async def _on_not_found(self, tracked: _Tracked, exc: NotFoundError) -> None:
+        now = self._clock()
+        s = self.settings
+        if tracked.not_found == 0:
+            tracked.first_not_found = now
+        tracked.not_found += 1
+        self._auth_ok()
+        if tracked.not_found >= s.not_found_count and now - tracked.first_not_found >= s.not_found_grace:
+            self._finish(tracked)
+            detail = f"{tracked.not_found} consecutive 404s over {now - tracked.first_not_found:.0f}s: {exc}"
+            await self._commit(
+                tracked, [self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)], outcome="not_found"
+            )
+            return
+        # Spread the confirming polls over the grace period.
+        delay = max(s.not_found_grace / s.not_found_count, s.min_interval)
+        self._reschedule(tracked, self._jittered(min(delay, s.interval)))
+
+    async def _on_error(self, tracked: _Tracked, exc: BaseException) -> None:
+        s = self.settings
+        tracked.failures += 1
+        ceiling = min(s.error_backoff_max, s.error_backoff * 2 ** min(tracked.failures - 1, 30))
+        delay = max(s.min_interval, self._rng.uniform(0, ceiling))  # full jitter
+        self._reschedule(tracked, delay)
+        logger.info(
+            "job %s: poll failed (%d in a row), next try in %.1fs: %s", tracked.job_id, tracked.failures, delay, exc
+        )
+        if tracked.failures == s.failure_threshold:
+            await self._commit(
+                tracked,
+                [
+                    self._event(
+                        tracked,
+                        EventType.JOB_POLL_FAILED,
+                        detail=f"{tracked.failures} polls failed in a row; last: {exc}",
+                        key=str(int(time.time())),
+                    )
+                ],
+            )
+
+    def _auth_ok(self) -> None:
+        if self._auth_episode:
+            logger.info("authentication works again; polling resumes")
+        self._auth_episode = False
+        self._auth_delay = self.settings.auth_backoff
+
+    async def _on_auth_failed(self, tracked: _Tracked, exc: AuthError) -> None:
+        now = self._clock()
+        s = self.settings
+        first = not self._auth_episode
+        if first or self._paused_until <= now:
+            if not first:
+                self._auth_delay = min(s.auth_backoff_max, self._auth_delay * 2)
+            self._paused_until = now + self._auth_delay
+            self._wake.set()
+            logger.error("authentication failed (%s); pausing all polling for %.0fs", exc, self._auth_delay)
+        self._auth_episode = True
+        self._reschedule(tracked, self._paused_until - now + self._rng.uniform(0, 1))
+        if first:
+            await self._commit(
+                tracked,
+                [
+                    self._event(
+                        tracked,
+                        EventType.MONITOR_AUTH_FAILED,
+                        detail=str(exc),
+                        key=str(int(time.time())),
+                    )
+                ],
+            )

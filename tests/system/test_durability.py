@@ -1,0 +1,308 @@
+"""Crash test with real processes: ``cce-monitor run`` is killed with SIGKILL mid-rollout and restarted.
+
+The simulator and a flaky webhook receiver run in the test process; the daemon is a subprocess, as in production.
+Afterwards, against the simulator's ground truth and the daemon's state file: nothing lost, duplicates only as
+byte-identical redeliveries of the same event id, every job's final phase right and its final event received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from monitor.daemon.store import State
+from tests.conftest import SimFactory
+
+EXE = [sys.executable, "-m", "monitor.cli"]
+API_TOKEN = "durability-api-token"
+JOBS = 30
+START_DELAY = 1.5  # the jobs sit in Initializing while the daemon starts and the jobs are added
+DURATION = 6.0
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Request:
+    webhook_id: str
+    body: bytes
+    status: int
+
+
+@dataclass
+class FlakyReceiver:
+    """Answers 500 to every fifth request (20 %, deterministic by arrival order) and 204 to the rest.
+
+    With ``hold`` set, the next request to be accepted is recorded (it counts as received) and then its answer is
+    held back and ``holding`` is set: the test kills the daemon while it waits for that answer.
+    """
+
+    requests: list[Request] = field(default_factory=list)
+    hold: bool = False
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = 500 if len(self.requests) % 5 == 4 else 204
+        self.requests.append(Request(request.headers["webhook-id"], body, status))
+        if self.hold and status == 204:
+            self.hold = False
+            self.holding.set()
+            await asyncio.sleep(1.0)
+        return web.Response(status=status)
+
+    @property
+    def delivered(self) -> list[Request]:
+        return [r for r in self.requests if r.status < 300]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[FlakyReceiver, str]]:
+    recv = FlakyReceiver()
+    app = web.Application()
+    app.router.add_post("/hook", recv.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    yield recv, f"http://127.0.0.1:{port}/hook"
+    await runner.cleanup()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CCE_", "HUAWEICLOUD_"))}
+    env.update(extra)
+    return env
+
+
+class DaemonProcess:
+    """``cce-monitor run`` in a subprocess; stderr goes to a log file, where the API's address is read from."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        self.config = config
+        self.env = env
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.api: str | None = None
+
+    async def start(self) -> str:
+        with self.log.open("wb") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                *EXE, "run", "--config", str(self.config), "--log-level", "info",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err, env=self.env,
+            )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            match = re.search(r"API on (http://127\.0\.0\.1:\d+)", self.log.read_text(errors="replace"))
+            if match:
+                self.api = match.group(1)
+                return self.api
+            if self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the daemon did not start:\n{self.log.read_text(errors='replace')}")
+
+    async def kill(self, sig: int) -> int:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        self.proc = None
+        return code
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None
+
+
+async def api_get(session: aiohttp.ClientSession, base: str, path: str) -> Any:
+    async with session.get(base + path, headers={"Authorization": f"Bearer {API_TOKEN}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def finished_count(session: aiohttp.ClientSession, base: str) -> int:
+    jobs = (await api_get(session, base, "/v1/jobs"))["jobs"]
+    return sum(1 for j in jobs if j["outcome"])
+
+
+@contextlib.asynccontextmanager
+async def daemon_processes() -> AsyncIterator[list[DaemonProcess]]:
+    """Daemon processes started in the block (log files daemon-N.log); any still alive are killed at the end."""
+    started: list[DaemonProcess] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            await d.close()
+
+
+async def test_kill_9_mid_rollout_loses_nothing(
+    sim_factory: SimFactory, receiver: tuple[FlakyReceiver, str], tmp_path: Path
+) -> None:
+    recv, url = receiver
+    sim, endpoint = await sim_factory(seed=42)
+    jobs = sim.start_rollout(JOBS, fail_ratio=0.1, duration=DURATION, start_delay=START_DELAY)
+    t0 = time.monotonic()
+    events_file = tmp_path / "events.jsonl"
+    state_file = tmp_path / "state.db"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "endpoint": endpoint,
+                "project_id": sim.config.project_id,
+                "auth": {"token": "${SIM_TOKEN}"},
+                "polling": {
+                    "rate": 400,
+                    "max_in_flight": 32,
+                    "interval": 0.2,
+                    "min_interval": 0.05,
+                    "max_interval": 0.3,
+                    "error_backoff": 0.05,
+                    "error_backoff_max": 0.3,
+                    "job_timeout": 120,
+                },
+                "sinks": [
+                    {"type": "file", "path": str(events_file)},
+                    {
+                        "type": "webhook",
+                        "url": url,
+                        "backoff_initial": 0.02,
+                        "backoff_max": 0.1,
+                        "max_attempts": 3,
+                        "rate": 2000,
+                        "timeout": 5,
+                    },
+                ],
+                "state": {"path": str(state_file)},
+                "api": {"listen": "127.0.0.1:0", "token": "${API_TOKEN}"},
+                "shutdown_deadline": 10,
+            }
+        )
+    )
+    env = child_env(SIM_TOKEN=sim.config.token, API_TOKEN=API_TOKEN)
+    kills = 0
+    async with daemon_processes() as started, aiohttp.ClientSession() as session:
+
+        async def start() -> DaemonProcess:
+            d = DaemonProcess(config, env, tmp_path / f"daemon-{len(started) + 1}.log")
+            started.append(d)
+            await d.start()
+            return d
+
+        daemon = await start()
+        add = await asyncio.create_subprocess_exec(
+            *EXE, "add", "--api", daemon.api or "", "--rollout", "crash-test", "--label", "team=durability", "-",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=child_env(CCE_MONITOR_API_TOKEN=API_TOKEN),
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(add.communicate("\n".join(jobs).encode()), 30)
+        assert add.returncode == 0, err.decode()
+        assert out.decode().strip() == f"accepted {JOBS}, already known 0"
+
+        # Kill -9 twice while the jobs are moving: once early in the rollout, once near its end.
+        for at in (START_DELAY + 0.3 * DURATION, START_DELAY + 0.7 * DURATION):
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            assert events_file.read_bytes(), "the daemon had seen the jobs before the kill"
+            # Kill while a delivery is in flight: the receiver has it, the daemon never hears back.
+            recv.holding.clear()
+            recv.hold = True
+            await asyncio.wait_for(recv.holding.wait(), 10)
+            assert await daemon.kill(signal.SIGKILL) == -signal.SIGKILL
+            kills += 1
+            daemon = await start()  # the same config, nothing added again
+            assert re.search(r"tracking \d+ unfinished jobs", daemon.log.read_text()), daemon.log.read_text()
+
+        base = daemon.api or ""
+        deadline = time.monotonic() + 30
+        while await finished_count(session, base) < JOBS:
+            assert time.monotonic() < deadline, "the jobs did not all finish"
+            await asyncio.sleep(0.1)
+        listed = {j["job_id"]: j for j in (await api_get(session, base, "/v1/jobs"))["jobs"]}
+        expected_ids: set[str] = set()
+        for job in jobs:
+            expected_ids |= {e["id"] for e in (await api_get(session, base, f"/v1/jobs/{job}"))["history"]}
+        while {r.webhook_id for r in recv.delivered} < expected_ids:
+            assert time.monotonic() < deadline, "the webhook did not catch up"
+            await asyncio.sleep(0.1)
+        assert await daemon.kill(signal.SIGTERM) == 0, daemon.log.read_text()
+    elapsed = time.monotonic() - t0
+
+    # The daemon's durable view after a clean exit.
+    st = await State.open(state_file)
+    try:
+        history = {job: await st.history(job) for job in jobs}
+        stored = {job: await st.get(job) for job in jobs}
+        depth = await st.outbox_depth()
+    finally:
+        await st.close()
+    expected = {e.id: e for h in history.values() for e in h}
+    assert set(expected) == expected_ids, "the API showed what the database holds"
+    assert depth == {}, "everything delivered at exit"
+    assert not recv.hold
+
+    # Rollout digests (job_id null) are delivered too; the job events are checked against the history below.
+    digests = [orjson.loads(r.body) for r in recv.delivered if orjson.loads(r.body)["job_id"] is None]
+    assert any(d["type"] == "rollout.finished" and d["summary"]["finished"] == JOBS for d in digests), digests[-1:]
+    delivered = [r for r in recv.delivered if orjson.loads(r.body)["job_id"] is not None]
+    delivered_ids = Counter(r.webhook_id for r in delivered)
+    file_lines = [line for line in events_file.read_bytes().splitlines() if orjson.loads(line)["job_id"] is not None]
+    file_ids = Counter(orjson.loads(line)["id"] for line in file_lines)
+    webhook_dups = sum(n - 1 for n in delivered_ids.values())
+    file_dups = sum(n - 1 for n in file_ids.values())
+    failed = sum(1 for r in recv.requests if r.status >= 500)
+    print(
+        f"\ncrash test: {JOBS} jobs, {kills} x SIGKILL, {elapsed:.1f}s; expected {len(expected)} events; "
+        f"webhook: {len(delivered_ids)} delivered, {webhook_dups} duplicates, {failed} answered 500, "
+        f"{len(recv.requests)} requests; file: {len(file_ids)} events, {file_dups} duplicate lines"
+    )
+
+    # Zero lost; nothing that the daemon does not know of.
+    assert set(delivered_ids) == set(expected), (set(expected) - set(delivered_ids), set(delivered_ids) - set(expected))
+    assert set(file_ids) == set(expected)
+    # Duplicates only as the same event again: one body per id, on the webhook (every attempt) and in the file.
+    bodies: dict[str, set[bytes]] = {}
+    for r in recv.requests:
+        bodies.setdefault(r.webhook_id, set()).add(r.body)
+        assert orjson.loads(r.body)["id"] == r.webhook_id
+    assert {i: b for i, b in bodies.items() if len(b) > 1} == {}
+    lines_by_id: dict[str, set[bytes]] = {}
+    for line in file_lines:
+        lines_by_id.setdefault(orjson.loads(line)["id"], set()).add(line)
+    assert {i: b for i, b in lines_by_id.items() if len(b) > 1} == {}
+    # Each kill cut off one accepted delivery: that event was sent again after the restart, with the same id.
+    assert webhook_dups >= kills
+    assert all(orjson.loads(next(iter(bodies[i]))) == e.to_dict() for i, e in expected.items())
+
+    # Against the simulator's ground truth: the final phase, and the final event received by both sinks.
+    for job in jobs:
+        truth = [t.phase for t in sim.truth(job) if not t.is_sub_job][-1]
+        job_stored = stored[job]
+        assert job_stored is not None
+        assert job_stored.outcome == truth and job_stored.phase == truth, job
+        assert listed[job]["outcome"] == truth
+        final = [e for e in history[job] if e.type == "job.phase_changed"][-1]
+        assert final.phase == truth
+        assert final.id in delivered_ids and final.id in file_ids
+        assert job_stored.labels == {"team": "durability", "rollout": "crash-test"}
+        # Per job, the webhook first received the events in the order they happened.
+        first_seen = list(dict.fromkeys(r.webhook_id for r in delivered if orjson.loads(r.body)["job_id"] == job))
+        assert first_seen == [e.id for e in history[job]], job

@@ -1,0 +1,160 @@
+"""Rollout aggregates and digests: counts, sub-job progress, failures, ETA, at most one progress per interval."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from monitor.core.events import Event, EventType, event_id
+from monitor.engine.pipeline import SinkBinding, watch
+from monitor.engine.rollout import RolloutTracker, describe
+from monitor.engine.scheduler import SchedulerSettings
+from monitor.sim import Simulator
+from monitor.sinks import create_sink
+from tests.conftest import Recorder, client_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job_event(job: str, phase: str, *, kind: EventType = EventType.JOB_PHASE_CHANGED, **extra: str) -> Event:
+    return Event(
+        id=event_id(job, phase, kind.value, extra.get("subjob_id")),
+        type=kind,
+        project_id="p",
+        job_id=job,
+        phase=phase,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def test_aggregate_counts_subjobs_failures_and_eta() -> None:
+    clock = Clock()
+    published = Recorder()
+    tracker = RolloutTracker(published, project_id="p", interval=30.0, clock=clock)
+    tracker.add("pool-a", ["j1", "j2", "j3", "j4"])
+    tracker.on_event(job_event("j1", "Running", resource_name="node-1"))
+    tracker.on_event(job_event("j1", "Success", kind=EventType.SUBJOB_PHASE_CHANGED, subjob_id="s1"))
+    tracker.on_event(job_event("j1", "Running", kind=EventType.SUBJOB_PHASE_CHANGED, subjob_id="s2"))
+    clock.now += 100
+    tracker.on_event(job_event("j2", "Success"))
+    tracker.on_event(job_event("j3", "Failed", reason="Ecs.0319 quota", resource_name="node-3"))
+    clock.now += 20
+    tracker.on_event(
+        Event(id="t", type=EventType.JOB_TIMED_OUT, project_id="p", job_id="j4", detail="not finished after 60s")
+    )
+    rollout = tracker.get("pool-a")
+    assert rollout is not None
+    summary = rollout.summary(clock.now)
+    assert summary["total"] == 4 and summary["finished"] == 3
+    assert summary["counts"] == {"Running": 1, "Success": 1, "Failed": 1, "timed_out": 1}
+    assert (summary["subjobs_done"], summary["subjobs_total"]) == (1, 2)
+    assert summary["failed_count"] == 2
+    assert {f["job_id"]: (f["outcome"], f["reason"]) for f in summary["failed"]} == {
+        "j3": ("Failed", "Ecs.0319 quota"),
+        "j4": ("timed_out", "not finished after 60s"),
+    }
+    # One job succeeded after 100 s; the rollout has run 120 s: the typical job should be done already.
+    assert summary["eta_s"] == 0.0
+    assert summary["ended"] is None
+    assert describe(summary) == (
+        "pool-a: 3/4 finished (1 Success, 1 Failed, 1 timed_out, 1 Running), sub-jobs 1/2, ETA 0s"
+    )
+
+
+async def test_progress_at_most_once_per_interval_and_only_on_change_then_finished_once() -> None:
+    clock = Clock()
+    published = Recorder()
+    tracker = RolloutTracker(published, project_id="p", interval=30.0, clock=clock)
+    tracker.add("r", ["a", "b"])
+    await tracker.flush()
+    assert [e.type for e in published.events] == ["rollout.progress"]
+    tracker.on_event(job_event("a", "Running"))
+    await tracker.flush()
+    assert len(published.events) == 1, "within the interval: no second progress"
+    clock.now += 31
+    await tracker.flush()
+    assert len(published.events) == 2
+    clock.now += 31
+    await tracker.flush()
+    assert len(published.events) == 2, "nothing changed: no progress"
+    tracker.on_event(job_event("a", "Success"))
+    tracker.on_event(job_event("b", "Failed", reason="boom"))
+    await tracker.flush()
+    finished = published.events[-1]
+    assert finished.type is EventType.ROLLOUT_FINISHED
+    assert finished.job_id is None and finished.rollout == "r" and finished.labels == {"rollout": "r"}
+    assert finished.summary is not None and finished.summary["finished"] == 2
+    assert finished.summary["ended"] is not None
+    assert finished.detail and "took" in finished.detail
+    clock.now += 100
+    await tracker.flush(force=True)
+    assert sum(e.type is EventType.ROLLOUT_FINISHED for e in published.events) == 1
+    assert len({e.id for e in published.events}) == len(published.events)
+
+
+async def test_jobs_outside_any_rollout_are_ignored() -> None:
+    published = Recorder()
+    tracker = RolloutTracker(published, project_id="p")
+    tracker.on_event(job_event("stranger", "Success"))
+    await tracker.flush()
+    assert published.events == []
+    assert tracker.rollouts() == []
+
+
+async def test_watch_emits_rollout_digests_to_sinks(sim: Simulator, tmp_path: Path) -> None:
+    jobs = sim.start_rollout(6, fail_ratio=0.2, duration=1.0)
+    out = tmp_path / "events.jsonl"
+    settings = SchedulerSettings(rate=100, interval=0.1, min_interval=0.05, max_interval=0.2, job_timeout=20)
+    async with client_for(sim) as client:
+        result = await asyncio.wait_for(
+            watch(
+                jobs,
+                client=client,
+                settings=settings,
+                sinks=[SinkBinding(create_sink(f"file:{out}"))],
+                rollout="pool-b",
+                rollout_interval=0.3,
+            ),
+            20,
+        )
+    assert result.exit_code == 1
+    events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    digests = [e for e in events if e["type"].startswith("rollout.")]
+    assert digests[-1]["type"] == "rollout.finished"
+    summary = digests[-1]["summary"]
+    assert summary["total"] == 6 and summary["finished"] == 6
+    assert summary["counts"] == {"Success": 5, "Failed": 1}
+    assert summary["failed_count"] == 1 and summary["failed"][0]["reason"]
+    assert any(e["type"] == "rollout.progress" for e in digests)
+    assert all(e["rollout"] == "pool-b" for e in events), "every job event names its rollout"
+
+
+def test_live_view_draws_each_rollout_line_and_bar_on_its_own_line() -> None:
+    """A progress bar renders without a line break; the view must not let the next line run on after it."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from monitor.cli.view import LiveView  # noqa: PLC0415
+
+    console = Console(file=io.StringIO(), width=100, height=30, force_terminal=True, color_system=None)
+    view = LiveView(["j1", "j2"], console=console)
+    view.on_event(job_event("j1", "Running", job_type="CreateNode"))
+    summary = {"rollout": "demo", "total": 2, "finished": 1, "counts": {"Success": 1, "Running": 1}}
+    view.on_event(
+        Event(id="r", type=EventType.ROLLOUT_PROGRESS, project_id="p", job_id=None, rollout="demo", summary=summary)
+    )
+    console.print(view.render())
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert any(line.startswith("demo: 1/2 finished (1 Success, 1 Running)") for line in lines), lines
+    assert any(line.startswith("job ") for line in lines), lines
+    bars = [line for line in lines if "━" in line and "╇" not in line]  # ╇: the table's header rule
+    assert len(bars) == 1 and "demo" not in bars[0] and "job" not in bars[0], lines  # the rollout's, alone

@@ -1,0 +1,310 @@
+"""The ``webhook`` sink against real aiohttp receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from monitor.core.errors import ConfigError, SinkError
+from monitor.core.events import Event, EventType, event_id
+from monitor.sinks import Sink, create_sink
+from monitor.sinks.webhook import WebhookSink, make_webhook_sink
+
+KEY = b"0123456789abcdef-the-signing-key!"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+FAST = {"backoff_initial": 0.001, "backoff_max": 0.01, "rate": 1000}
+
+
+def make_event(n: int = 0) -> Event:
+    return Event(
+        id=event_id("proj", f"job-{n}", "Running"),
+        type=EventType.JOB_PHASE_CHANGED,
+        project_id="proj",
+        job_id=f"job-{n}",
+        job_type="CreateCluster",
+        phase="Running",
+        previous_phase=None,
+    )
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    body: str = ""
+
+
+@dataclass
+class Seen:
+    at: float
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A webhook receiver that answers from a script of replies (then 200) and records every request."""
+
+    def __init__(self) -> None:
+        self.script: list[Reply] = []
+        self.seen: list[Seen] = []
+        self.url = ""
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.seen.append(Seen(time.monotonic(), dict(request.headers), body))
+        reply = self.script.pop(0) if self.script else Reply()
+        if reply.delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), reply.delay)
+        return web.Response(status=reply.status, headers=reply.headers, text=reply.body)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    rec.url = str(server.make_url("/hook"))
+    yield rec
+    rec.release.set()
+    await server.close()
+
+
+@pytest.fixture
+async def sinks() -> AsyncIterator[list[WebhookSink]]:
+    """Collects sinks made in a test and closes them at the end (an unclosed session would warn)."""
+    made: list[WebhookSink] = []
+    yield made
+    for sink in made:
+        await sink.aclose()
+
+
+def expected_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
+    """Standard Webhooks, written from the spec: key = base64 of the part after whsec_."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = msg_id.encode() + b"." + timestamp.encode() + b"." + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def build(sinks: list[WebhookSink], url: str, **options: object) -> WebhookSink:
+    sink = make_webhook_sink(url, {**FAST, **options})
+    sinks.append(sink)
+    return sink
+
+
+async def test_posts_the_event_json_signed(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    sink = build(sinks, receiver.url, secret=SECRET, headers={"X-Team": "infra"})
+    event = make_event()
+    await sink.send(event)
+    [seen] = receiver.seen
+    assert seen.body == event.to_json()
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.headers["User-Agent"].startswith("cce-monitor/")
+    assert seen.headers["X-Team"] == "infra"
+    assert seen.headers["webhook-id"] == event.id
+    timestamp = seen.headers["webhook-timestamp"]
+    assert abs(int(timestamp) - time.time()) < 60
+    assert seen.headers["webhook-signature"] == expected_signature(SECRET, event.id, timestamp, seen.body)
+
+
+async def test_plain_secret_uses_its_utf8_bytes(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    sink = build(sinks, receiver.url, secret="plain-shared-secret")
+    event = make_event()
+    await sink.send(event)
+    [seen] = receiver.seen
+    digest = hmac.new(
+        b"plain-shared-secret",
+        f"{event.id}.{seen.headers['webhook-timestamp']}.".encode() + seen.body,
+        hashlib.sha256,
+    ).digest()
+    assert seen.headers["webhook-signature"] == "v1," + base64.b64encode(digest).decode()
+
+
+async def test_without_secret_sends_id_and_timestamp(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    sink = create_sink(f"webhook:{receiver.url}", FAST)
+    assert isinstance(sink, WebhookSink) and isinstance(sink, Sink)
+    sinks.append(sink)
+    await sink.send(make_event())
+    [seen] = receiver.seen
+    assert seen.headers["webhook-id"] == make_event().id
+    assert seen.headers["webhook-timestamp"].isdigit()
+    assert "webhook-signature" not in seen.headers
+
+
+async def test_retries_on_500_then_succeeds(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    receiver.script = [Reply(500), Reply(503)]
+    sink = build(sinks, receiver.url, secret=SECRET)
+    await sink.send(make_event())
+    assert len(receiver.seen) == 3
+    assert {s.headers["webhook-id"] for s in receiver.seen} == {make_event().id}
+    for seen in receiver.seen:  # each attempt is signed with its own timestamp
+        assert seen.headers["webhook-signature"] == expected_signature(
+            SECRET, seen.headers["webhook-id"], seen.headers["webhook-timestamp"], seen.body
+        )
+
+
+async def test_429_retry_after_is_honoured(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    receiver.script = [Reply(429, headers={"Retry-After": "0.2"})]
+    sink = build(sinks, receiver.url)
+    await sink.send(make_event())
+    assert len(receiver.seen) == 2
+    assert receiver.seen[1].at - receiver.seen[0].at >= 0.2
+    assert sink.limiter.throttled_count == 1
+
+
+async def test_400_is_not_retried(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    receiver.script = [Reply(400, body='{"message": "bad payload"}')]
+    sink = build(sinks, receiver.url)
+    with pytest.raises(SinkError) as info:
+        await sink.send(make_event())
+    assert not info.value.retryable
+    assert "HTTP 400" in str(info.value) and "bad payload" in str(info.value)
+    assert len(receiver.seen) == 1
+
+
+async def test_redirect_is_not_followed(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    receiver.script = [Reply(307, headers={"Location": "/elsewhere"})]
+    sink = build(sinks, receiver.url)
+    with pytest.raises(SinkError) as info:
+        await sink.send(make_event())
+    assert not info.value.retryable
+    assert len(receiver.seen) == 1
+
+
+async def test_410_disables_the_endpoint(
+    receiver: Receiver, sinks: list[WebhookSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.script = [Reply(410)]
+    sink = build(sinks, receiver.url)
+    with caplog.at_level(logging.WARNING, logger="monitor.sinks.webhook"):
+        for _ in range(3):
+            with pytest.raises(SinkError) as info:
+                await sink.send(make_event())
+            assert not info.value.retryable
+    assert len(receiver.seen) == 1
+    assert sink.disabled
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "410" in warnings[0].getMessage()
+
+
+async def test_timeout_is_retried(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    receiver.script = [Reply(delay=5.0)]
+    sink = build(sinks, receiver.url, timeout=0.1)
+    await sink.send(make_event())
+    assert len(receiver.seen) == 2
+
+
+async def test_gives_up_after_max_attempts(receiver: Receiver, sinks: list[WebhookSink]) -> None:
+    receiver.script = [Reply(502)] * 10
+    sink = build(sinks, receiver.url, max_attempts=3)
+    with pytest.raises(SinkError) as info:
+        await sink.send(make_event())
+    assert info.value.retryable
+    assert "3 attempts" in str(info.value) and "HTTP 502" in str(info.value)
+    assert len(receiver.seen) == 3
+
+
+async def test_connection_refused_is_retried_then_gives_up(sinks: list[WebhookSink]) -> None:
+    # A port that was just free: nothing listens there.
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    sink = build(sinks, f"http://127.0.0.1:{port}/hook", max_attempts=2)
+    with pytest.raises(SinkError) as info:
+        await sink.send(make_event())
+    assert info.value.retryable and "2 attempts" in str(info.value)
+
+
+async def test_secrets_never_leak(
+    receiver: Receiver, sinks: list[WebhookSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "query-token-xyzzy"
+    password = "url-password-plugh"
+    bearer = "Bearer header-value-frobozz"
+    credentials = f"user:{password}@"
+    url = receiver.url.replace("http://", "http://" + credentials) + f"?token={token}"
+    secrets = [SECRET, SECRET.removeprefix("whsec_"), token, password, bearer]
+    caplog.set_level(logging.DEBUG)
+    errors: list[SinkError] = []
+
+    sink = build(sinks, url, secret=SECRET, headers={"X-Api-Key": bearer}, max_attempts=2, timeout=0.1)
+    assert sink.name == "webhook:" + receiver.url
+    # 500 then a timeout (gives up), 400, a 503 whose body echoes the token then 410, then disabled.
+    receiver.script = [Reply(500), Reply(delay=5.0), Reply(400), Reply(503, body=f"echo {token}"), Reply(410)]
+    for _ in range(4):
+        with pytest.raises(SinkError) as info:
+            await sink.send(make_event())
+        errors.append(info.value)
+    assert len(receiver.seen) == 5
+
+    refused = build(sinks, f"http://{credentials}127.0.0.1:1/hook?token={token}", secret=SECRET, max_attempts=2)
+    with pytest.raises(SinkError) as info:
+        await refused.send(make_event())
+    errors.append(info.value)
+
+    # Our own log lines only: the receiver's access log (aiohttp.access) naturally shows its request line.
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("monitor"))
+    texts = [repr(sink), str(sink), sink.name, repr(sink.settings), repr(refused), ours]
+    texts += [str(e) for e in errors] + [repr(e) for e in errors]
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text
+    assert "timed out" in str(errors[0]) and "HTTP 400" in str(errors[1]) and "410" in str(errors[2])
+
+
+def test_error_texts_from_aiohttp_are_scrubbed() -> None:
+    # aiohttp puts the full request URL into some messages ("Connection timeout to host <url>").
+    url = "https://user:pw-secret-1@example.com/hook?token=tok-secret-2"
+    sink = make_webhook_sink(url, {})
+    text = sink._describe(aiohttp.ConnectionTimeoutError(f"Connection timeout to host {URL(url)}"))
+    assert text == "ConnectionTimeoutError: Connection timeout to host https://example.com/hook"
+
+
+@pytest.mark.parametrize(
+    ("target", "options", "match"),
+    [
+        (None, {}, "URL is required"),
+        ("ftp://example.com/x", {}, "http"),
+        ("http:///path-only", {}, "host"),
+        ("https://example.com/h", {"retries": 3}, "'retries'"),
+        ("https://example.com/h", {"timeout": "10"}, "'timeout'"),
+        ("https://example.com/h", {"timeout": 0}, "'timeout'"),
+        ("https://example.com/h", {"max_attempts": 0}, "'max_attempts'"),
+        ("https://example.com/h", {"max_attempts": 2.5}, "'max_attempts'"),
+        ("https://example.com/h", {"rate": -1}, "'rate'"),
+        ("https://example.com/h", {"backoff_initial": 5, "backoff_max": 1}, "'backoff_max'"),
+        ("https://example.com/h", {"secret": 123}, "'secret'"),
+        ("https://example.com/h", {"secret": "whsec_!!not base64!!"}, "'secret'"),
+        ("https://example.com/h", {"headers": ["X-A"]}, "'headers'"),
+        ("https://example.com/h", {"headers": {"webhook-id": "x"}}, "webhook-id"),
+        ("https://example.com/h", {"headers": {"X-A": "a\r\nB: c"}}, "X-A"),
+    ],
+)
+def test_factory_rejects_bad_config(target: str | None, options: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make_webhook_sink(target, options)
+
+
+def test_bad_secret_error_does_not_show_it() -> None:
+    bad = "whsec_s3cr3t-but-not-base64!"
+    with pytest.raises(ConfigError) as info:
+        make_webhook_sink("https://example.com/h", {"secret": bad})
+    assert bad not in str(info.value) and "s3cr3t" not in str(info.value)
