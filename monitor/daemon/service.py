@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from monitor.cce.auth import Auth, auth_from_env
@@ -32,9 +32,10 @@ from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
 from monitor.daemon.store import State, StoredJob
 from monitor.engine.bus import Bus, EventFilter
-from monitor.engine.rollout import JOB_EVENT_TYPES, RolloutTracker
+from monitor.engine.pipeline import Pipeline, SinkBinding
+from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import Scheduler
-from monitor.sinks import Sink, close_sinks, create_sink, drain_sinks
+from monitor.sinks import create_sink
 
 __all__ = ["Daemon"]
 
@@ -61,7 +62,6 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._bus: Bus | None = None
         self._deliverers: list[Deliverer] = []
-        self._plain_sinks: list[Sink] = []
         self._running = False
         self._rollouts: RolloutTracker | None = None
 
@@ -127,7 +127,9 @@ class Daemon:
 
     # ---------------------------------------------------------------------------------------- run
 
-    def _build_sinks(self, state: State, bus: Bus) -> None:
+    def _build_sinks(self, state: State) -> list[SinkBinding]:
+        """Durable sinks get an outbox route and a deliverer (``self._deliverers``); the rest go on the bus."""
+        plain: list[SinkBinding] = []
         seen: Counter[str] = Counter()
         for entry in self.config.sinks:
             sink = create_sink(entry.spec, entry.options)
@@ -143,8 +145,8 @@ class Daemon:
                     Deliverer(sink, state, name=name, retry_initial=d.retry_initial, retry_max=d.retry_max)
                 )
             else:
-                self._plain_sinks.append(sink)
-                bus.subscribe(sink.send, event_filter, name=sink.name)
+                plain.append(SinkBinding(sink, event_filter))
+        return plain
 
     def _wire_metrics(self, scheduler: Scheduler, limiter: RateLimiter, bus: Bus, probe: LoopLagProbe) -> None:
         sources = self._metrics.sources
@@ -208,9 +210,8 @@ class Daemon:
         window = (settings.burst / settings.rate if settings.burst else 1.0) * 1.01
         limiter = RateLimiter(settings.rate, burst=settings.burst, hold=window)
         probe = LoopLagProbe()
-        async with CCEClient(cfg.client_settings(), auth, limiter=limiter) as client, Bus() as bus:
-            self._bus = bus
-            self._build_sinks(state, bus)
+        async with CCEClient(cfg.client_settings(), auth, limiter=limiter) as client:
+            plain = self._build_sinks(state)
             deliverers = self._deliverers
 
             def on_event(event: Event) -> None:
@@ -218,74 +219,75 @@ class Daemon:
                 for d in deliverers:
                     d.notify()
 
-            bus.subscribe(on_event, name="daemon")
+            def publish_digest(bus: Bus) -> Callable[[Event], Awaitable[None]]:
+                async def publish(event: Event) -> None:
+                    # Durable sinks get digests through their outbox; a digest recorded before (a finished
+                    # rollout announced again after a restart) is not published twice.
+                    for new in await state.record_events([event]):
+                        await bus.publish(new)
 
-            async def publish_digest(event: Event) -> None:
-                # Durable sinks get digests through their outbox; a digest recorded before (a finished rollout
-                # announced again after a restart) is not published twice.
-                for new in await state.record_events([event]):
-                    await bus.publish(new)
+                return publish
 
-            rollouts = RolloutTracker(publish_digest, project_id=cfg.project_id, interval=cfg.rollouts.interval)
-            self._rollouts = rollouts
-            bus.subscribe(rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
-            scheduler = Scheduler(client, bus.publish, settings, store=state, on_poll=self._metrics.observe_poll)
-            self._scheduler = scheduler
-            self._wire_metrics(scheduler, limiter, bus, probe)
-            restored = 0
-            now = time.time()
-            for job in await state.unfinished():
-                restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
-            await self._restore_rollouts(state, rollouts)
-            await self._warn_stranded(state)
-            if restored:
-                logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
-            token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
-            app = make_app(self, token=token, max_body=cfg.api.max_body)
-            runner, self.endpoint = await serve(app, cfg.api.host, cfg.api.port)
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    poller = tg.create_task(scheduler.run(), name="scheduler")
-                    workers = [tg.create_task(d.run(), name=f"deliver:{d.name}") for d in deliverers]
+            pipeline = Pipeline(
+                client,
+                settings,
+                sinks=plain,
+                feeds=deliverers,
+                observers=[on_event],
+                store=state,
+                on_poll=self._metrics.observe_poll,
+                rollout_interval=cfg.rollouts.interval,
+                publish_digest=publish_digest,
+            )
+            async with pipeline:
+                self._bus, self._scheduler, self._rollouts = pipeline.bus, pipeline.scheduler, pipeline.rollouts
+                scheduler = pipeline.scheduler
+                self._wire_metrics(scheduler, limiter, pipeline.bus, probe)
+                restored = 0
+                now = time.time()
+                for job in await state.unfinished():
+                    restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
+                await self._restore_rollouts(state, pipeline.rollouts)
+                await self._warn_stranded(state)
+                if restored:
+                    logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
+                token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
+                app = make_app(self, token=token, max_body=cfg.api.max_body)
+                runner, endpoint = await serve(app, cfg.api.host, cfg.api.port)
+                self.endpoint = endpoint
+
+                async def ready_then_stop() -> None:
                     for d in deliverers:
                         d.notify()  # rows left from before a restart
-                    chores = [
-                        tg.create_task(self._housekeeping(state), name="housekeeping"),
-                        tg.create_task(probe.run(), name="loop-lag"),
-                        tg.create_task(rollouts.run(), name="rollout-digests"),
-                    ]
                     self._running = True
                     self.started.set()
-                    logger.info("cce-monitor daemon ready; API on %s", self.endpoint)
+                    logger.info("cce-monitor daemon ready; API on %s", endpoint)
                     if on_ready is not None:
-                        on_ready(self.endpoint)
+                        on_ready(endpoint)
                     await stop.wait()
                     logger.info("shutting down")
-                    stopping = time.monotonic()
+
+                async def close_api() -> None:
                     self._running = False
                     await runner.cleanup()  # no new jobs
-                    scheduler.stop()
-                    await poller
-                    left = max(0.5, self.config.shutdown_deadline - (time.monotonic() - stopping))
-                    await bus.drain(left)  # the rollout tracker sees the last job events
-                    await rollouts.flush()
-                    await self._drain(
-                        bus, workers, max(0.5, self.config.shutdown_deadline - (time.monotonic() - stopping))
+
+                try:
+                    await pipeline.run(
+                        ready_then_stop(),
+                        deadline=cfg.shutdown_deadline,
+                        chores=[self._housekeeping(state), probe.run()],
+                        on_stopping=close_api,
                     )
-                    for task in chores:
-                        task.cancel()
-            finally:
-                self._running = False
-                await runner.cleanup()
-                await close_sinks([*self._plain_sinks, *(d.sink for d in deliverers)])
-                stats = scheduler.stats
-                logger.info(
-                    "stopped: %d polls %s, %d events; deliveries %s",
-                    stats.polls,
-                    dict(stats.outcomes),
-                    stats.events,
-                    {d.name: d.delivered for d in deliverers},
-                )
+                finally:
+                    await close_api()
+                    stats = scheduler.stats
+                    logger.info(
+                        "stopped: %d polls %s, %d events; deliveries %s",
+                        stats.polls,
+                        dict(stats.outcomes),
+                        stats.events,
+                        {d.name: d.delivered for d in deliverers},
+                    )
 
     async def _warn_stranded(self, state: State) -> None:
         """Outbox rows of a sink no longer configured (renamed URL or path) would wait forever: say so."""
@@ -319,19 +321,3 @@ class Daemon:
                     resource_name=snap.resource_name or None if snap else None,
                     subjobs={s.id: s.phase.value for s in snap.walk()} if snap else None,
                 )
-
-    async def _drain(self, bus: Bus, workers: list[asyncio.Task[None]], deadline: float) -> None:
-        start = time.monotonic()
-        await bus.aclose(deadline)
-        remaining = max(0.1, deadline - (time.monotonic() - start))
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(d.wait_idle()) for d in self._deliverers]
-        # Chat sinks hold digests back for their rate budget: let them send everything now, within the deadline.
-        waits.append(asyncio.ensure_future(drain_sinks([d.sink for d in self._deliverers], within=remaining)))
-        if waits:
-            _done, pending = await asyncio.wait(waits, timeout=remaining)
-            for fut in pending:
-                fut.cancel()
-            if pending:
-                logger.warning("outbox not empty at the shutdown deadline; it will be delivered after restart")
-        for task in workers:
-            task.cancel()

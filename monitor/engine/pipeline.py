@@ -1,4 +1,7 @@
-"""Watch a set of jobs to the end: scheduler → bus → sinks, with a structured shutdown.
+"""The one pipeline — scheduler → bus → sinks, with rollouts and a structured shutdown — and ``watch`` on it.
+
+:class:`Pipeline` is assembled the same way for ``watch`` and for the daemon, which only add their own parts
+(the daemon: a store, outbox feeds, an API and chores).
 
 :func:`watch` is what ``cce-monitor watch`` and ``cce-monitor demo`` run. It returns when every job has reached
 a final outcome (Success, Failed, timed out, not found) or when ``stop`` is set (a signal). Either way it stops
@@ -10,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
 from monitor.cce.client import CCEClient
 from monitor.core.events import Event, EventType
 from monitor.engine.bus import Bus, Callback, EventFilter
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
 from monitor.engine.rollout import JOB_EVENT_TYPES, RolloutTracker
-from monitor.engine.scheduler import Scheduler, SchedulerSettings
+from monitor.engine.scheduler import JobStore, Scheduler, SchedulerSettings
 
-__all__ = ["Outcome", "SinkBinding", "WatchResult", "watch"]
+__all__ = ["Deadline", "Feed", "Outcome", "Pipeline", "SinkBinding", "WatchResult", "watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,146 @@ class _Outcomes:
             self.outcomes[event.job_id] = Outcome.NOT_FOUND
 
 
+class Feed(Protocol):
+    """An output fed from elsewhere than the bus (the daemon's outbox deliverers): run, wait until idle."""
+
+    @property
+    def sink(self) -> Output: ...
+
+    async def run(self) -> None: ...
+
+    async def wait_idle(self) -> None: ...
+
+
+class Deadline:
+    """Seconds left of a shutdown that must end ``seconds`` after it started (at least ``floor`` per step)."""
+
+    __slots__ = ("_end", "_floor")
+
+    def __init__(self, seconds: float, *, floor: float = 0.1) -> None:
+        self._end = time.monotonic() + seconds
+        self._floor = floor
+
+    def left(self) -> float:
+        return max(self._floor, self._end - time.monotonic())
+
+
+class Pipeline:
+    """Scheduler → bus → sinks, with rollouts, assembled once for ``watch`` and the daemon.
+
+    ``async with Pipeline(...) as p:`` opens the bus and subscribes the sinks; :meth:`run` polls until ``end``
+    completes and then shuts down in order within ``deadline`` seconds: stop polling and let polls in flight
+    finish; let the rollout tracker see the last job events and publish its final digests; close the bus
+    (every sink's queue drained); let feeds go idle and drainable sinks send what they hold back; cancel the
+    chores. Leaving the ``async with`` closes every sink, whatever happened.
+    """
+
+    def __init__(
+        self,
+        client: CCEClient,
+        settings: SchedulerSettings,
+        *,
+        sinks: Sequence[SinkBinding] = (),
+        feeds: Sequence[Feed] = (),
+        observers: Sequence[Callback] = (),
+        store: JobStore | None = None,
+        on_poll: Callable[[str, float], None] | None = None,
+        rollout_interval: float = 30.0,
+        track_rollouts: bool = True,
+        publish_digest: Callable[[Bus], Callable[[Event], Awaitable[None]]] | None = None,
+    ) -> None:
+        self._sinks = list(sinks)
+        self._feeds = list(feeds)
+        self.bus = Bus()
+        for binding in self._sinks:
+            self.bus.subscribe(binding.sink.send, binding.filter, name=binding.sink.name)
+        for observer in observers:
+            self.bus.subscribe(observer)
+        publish = publish_digest(self.bus) if publish_digest is not None else self.bus.publish
+        self.rollouts = RolloutTracker(publish, project_id=client.settings.project_id, interval=rollout_interval)
+        if track_rollouts:
+            self.bus.subscribe(self.rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
+        self.scheduler = Scheduler(client, self.bus.publish, settings, store=store, on_poll=on_poll)
+
+    @property
+    def outputs(self) -> list[Output]:
+        """Every sink, those on the bus and those behind a feed."""
+        return [b.sink for b in self._sinks] + [f.sink for f in self._feeds]
+
+    async def __aenter__(self) -> Pipeline:
+        await self.bus.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.bus.__aexit__(*exc)
+        finally:
+            await close_sinks(self.outputs)
+
+    async def run(
+        self,
+        end: Awaitable[Any],
+        *,
+        deadline: float,
+        chores: Sequence[Coroutine[Any, Any, None]] = (),
+        on_stopping: Callable[[], Awaitable[None]] | None = None,
+        wait_for_budget: bool = False,
+        stop: asyncio.Event | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> Unsent:
+        """Poll until ``end`` completes (or the scheduler fails), then shut down (see the class docstring).
+
+        ``on_stopping`` runs first (the daemon closes its API). Drainable sinks get what is left of ``deadline``
+        to send what they hold back — or, with ``wait_for_budget`` and ``stop`` not set, each its own bound (a
+        chat sink's ``final_wait``); if ``stop`` is set meanwhile, ``deadline`` more at most. Returns what
+        drainable sinks could not send, per sink.
+        """
+        async with asyncio.TaskGroup() as tg:
+            poller = tg.create_task(self.scheduler.run(), name="scheduler")
+            helpers = [tg.create_task(self.rollouts.run(), name="rollout-digests")]
+            helpers += [tg.create_task(f.run(), name=f"deliver:{f.sink.name}") for f in self._feeds]
+            helpers += [tg.create_task(c) for c in chores]
+            ending = asyncio.ensure_future(end)
+            try:
+                await asyncio.wait({ending, poller}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ending.cancel()
+            left = Deadline(deadline)
+            if on_stopping is not None:
+                await on_stopping()
+            self.scheduler.stop()
+            await poller
+            await self.bus.drain(left.left())
+            await self.rollouts.flush()
+            await self.bus.aclose(left.left())
+            own_bound = wait_for_budget and not (stop is not None and stop.is_set())
+            unsent = await self._drain_outputs(left, None if own_bound else left.left(), stop, deadline, notify)
+            for task in helpers:
+                task.cancel()
+        return unsent
+
+    async def _drain_outputs(
+        self,
+        left: Deadline,
+        within: float | None,
+        stop: asyncio.Event | None,
+        after_stop: float,
+        notify: Callable[[str], None] | None,
+    ) -> Unsent:
+        draining = asyncio.ensure_future(
+            drain_sinks(self.outputs, within=within, stop=stop, after_stop=after_stop, notify=notify)
+        )
+        if not self._feeds:
+            return await draining
+        idle = [asyncio.ensure_future(f.wait_idle()) for f in self._feeds]
+        _done, pending = await asyncio.wait([*idle, draining], timeout=left.left())
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            logger.warning("outbox not empty at the shutdown deadline; it will be delivered after restart")
+        return draining.result() if draining.done() and not draining.cancelled() else {}
+
+
 async def watch(
     job_ids: Sequence[str],
     *,
@@ -104,46 +249,36 @@ async def watch(
     if rollout is not None:
         labels = {**(labels or {}), "rollout": rollout}
     tracker = _Outcomes(job_ids)
-    interrupted = False
-    unsent: Unsent = {}
-    try:
-        async with Bus() as bus:
-            for binding in sinks:
-                bus.subscribe(binding.sink.send, binding.filter, name=binding.sink.name)
-            for observer in observers:
-                bus.subscribe(observer)
-            bus.subscribe(tracker, name="outcomes")
-            rollouts = RolloutTracker(bus.publish, project_id=client.settings.project_id, interval=rollout_interval)
-            if rollout is not None:
-                rollouts.add(rollout, job_ids)
-                bus.subscribe(rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
-            scheduler = Scheduler(client, bus.publish, settings)
-            scheduler.add_many(job_ids, labels)
-            async with asyncio.TaskGroup() as tg:
-                runner = tg.create_task(scheduler.run(), name="scheduler")
-                digests = tg.create_task(rollouts.run(), name="rollout-digests")
-                idle = tg.create_task(scheduler.wait_idle(), name="wait-idle")
-                stopped = tg.create_task(stop.wait(), name="wait-stop")
-                await asyncio.wait({idle, stopped, runner}, return_when=asyncio.FIRST_COMPLETED)
-                interrupted = stop.is_set() and not idle.done()
-                if interrupted:
-                    logger.info("stopping: %d jobs still tracked", len(scheduler))
-                scheduler.stop()
+    pipeline = Pipeline(
+        client,
+        settings,
+        sinks=sinks,
+        observers=[*observers, tracker],
+        rollout_interval=rollout_interval,
+        track_rollouts=rollout is not None,
+    )
+    async with pipeline:
+        if rollout is not None:
+            pipeline.rollouts.add(rollout, job_ids)
+        scheduler = pipeline.scheduler
+        scheduler.add_many(job_ids, labels)
+
+        async def end() -> None:
+            idle = asyncio.ensure_future(scheduler.wait_idle())
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({idle, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
                 idle.cancel()
                 stopped.cancel()
-                await runner
-                # Let the rollout tracker see the last job events, then publish its final digest.
-                await bus.drain(settings.drain)
-                digests.cancel()
-                await rollouts.flush()
-            await bus.aclose(settings.drain)
-        unsent = await drain_sinks(
-            [b.sink for b in sinks],
-            within=settings.drain if stop.is_set() else None,
+            if stop.is_set() and len(scheduler):
+                logger.info("stopping: %d jobs still tracked", len(scheduler))
+
+        unsent = await pipeline.run(
+            end(),
+            deadline=settings.drain,
+            wait_for_budget=True,
             stop=stop,
-            after_stop=settings.drain,
             notify=notify,
         )
-    finally:
-        await close_sinks(b.sink for b in sinks)
-    return WatchResult(tracker.outcomes, interrupted or stop.is_set(), unsent)
+    return WatchResult(tracker.outcomes, stop.is_set(), unsent)
