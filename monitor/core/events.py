@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SCHEMA", "Event", "EventType", "event_id"]
+__all__ = ["SCHEMA", "Event", "EventType", "Outcome", "event_id"]
 
 SCHEMA = "cce-monitor/v1"
 
@@ -39,6 +39,21 @@ class EventType(StrEnum):
     def is_final(self) -> bool:
         """Events after which the job is no longer polled (besides a terminal phase change)."""
         return self in (EventType.JOB_TIMED_OUT, EventType.JOB_NOT_FOUND)
+
+
+class Outcome(StrEnum):
+    """How following one job ended: its final phase, or why the monitor stopped following it."""
+
+    SUCCESS = "Success"
+    FAILED = "Failed"
+    TIMED_OUT = "timed_out"
+    NOT_FOUND = "not_found"
+    UNFINISHED = "unfinished"
+
+    @classmethod
+    def of(cls, phase: str) -> Outcome:
+        """The outcome a final phase gives (``Success`` or ``Failed``)."""
+        return cls(phase)
 
 
 def event_id(*parts: str | None) -> str:

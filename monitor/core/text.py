@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["has_control", "printable"]
+__all__ = ["format_duration", "has_control", "printable"]
 
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
@@ -24,3 +24,14 @@ def printable(text: str, replacement: str = " ") -> str:
     if text.isprintable():
         return text
     return "".join(replacement if unicodedata.category(ch) in _BAD_CATEGORIES else ch for ch in text)
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``7m``, ``2h 5m``: short, rounded down (ETAs and ages, wherever they are shown)."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}h {rest // 60}m"

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 
+from monitor.core.backoff import full_jitter
 from monitor.core.errors import SinkError
 from monitor.core.events import Event
 from monitor.daemon.store import State
@@ -118,8 +118,8 @@ class Deliverer:
                 return True
             self.failed += 1
             self._failures += 1
-            ceiling = min(self._retry_max, self._retry_initial * 2 ** min(self._failures - 1, 20))
-            delay = max(exc.retry_after or 0.0, random.uniform(ceiling / 2, ceiling))  # jitter, not cryptography
+            wait = full_jitter(self._failures - 1, self._retry_initial, self._retry_max, least=0.5)
+            delay = max(exc.retry_after or 0.0, wait)
             logger.warning(
                 "sink %s failed on event %s (job %s), trying again in %.0fs: %s",
                 self.name,

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import orjson
 
 from monitor.core.errors import ConfigError
-from monitor.core.events import Event
+from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.engine.bus import EventFilter
 
@@ -170,7 +170,7 @@ class State:
         snapshot: Job | None,
         events: Sequence[Event],
         *,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         """Atomically store a new snapshot (``None``: unchanged), history and outbox rows, and an outcome.
 
@@ -179,7 +179,7 @@ class State:
         rows = self._rows(events)
         blob = job_to_json(snapshot) if snapshot is not None else None
         phase = snapshot.phase.value if snapshot is not None else None
-        await self._run(self._record, job_id, blob, phase, rows, outcome)
+        await self._run(self._record, job_id, blob, phase, rows, str(outcome) if outcome is not None else None)
 
     def _record(
         self,

@@ -16,11 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 from monitor.cce.client import CCEClient
-from monitor.core.events import Event, EventType
+from monitor.core.events import Event, EventType, Outcome
 from monitor.engine.bus import Bus, Callback, EventFilter
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
 from monitor.engine.rollout import JOB_EVENT_TYPES, RolloutTracker
@@ -29,16 +28,6 @@ from monitor.engine.scheduler import JobStore, Scheduler, SchedulerSettings
 __all__ = ["Deadline", "Feed", "Outcome", "Pipeline", "SinkBinding", "WatchResult", "watch"]
 
 logger = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    """How watching one job ended."""
-
-    SUCCESS = "Success"
-    FAILED = "Failed"
-    TIMED_OUT = "timed_out"
-    NOT_FOUND = "not_found"
-    UNFINISHED = "unfinished"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.core.events import Event, EventType, event_id
+from monitor.core.text import format_duration
 
 __all__ = ["FINAL_STATES", "JOB_EVENT_TYPES", "Rollout", "RolloutTracker", "describe"]
 
@@ -115,19 +116,10 @@ def describe(summary: Mapping[str, Any]) -> str:
         text += f", sub-jobs {summary.get('subjobs_done', 0)}/{summary['subjobs_total']}"
     eta = summary.get("eta_s")
     if summary.get("ended"):
-        text += f", took {_human(float(summary.get('duration_s') or 0))}"
+        text += f", took {format_duration(float(summary.get('duration_s') or 0))}"
     elif eta is not None:
-        text += f", ETA {_human(float(eta))}"
+        text += f", ETA {format_duration(float(eta))}"
     return text
-
-
-def _human(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 90:
-        return f"{seconds}s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)}m"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
 JOB_EVENT_TYPES = frozenset(

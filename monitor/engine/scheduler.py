@@ -48,8 +48,9 @@ from typing import Protocol
 
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import RateLimiter
+from monitor.core.backoff import full_jitter
 from monitor.core.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError, TransportError
-from monitor.core.events import Event, EventType, event_id
+from monitor.core.events import Event, EventType, Outcome, event_id
 from monitor.core.model import Digests, Job, validate_id
 from monitor.engine.diff import JobContext, detect, progressed
 
@@ -64,7 +65,7 @@ class JobStore(Protocol):
     """Durable storage the scheduler writes to before publishing (see :mod:`monitor.daemon.store`)."""
 
     async def record(
-        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: str | None = None
+        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
     ) -> None: ...
 
 
@@ -211,8 +212,10 @@ class Scheduler:
         store: JobStore | None = None,
         on_poll: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
     ) -> None:
+        """``clock`` (monotonic seconds) drives every schedule; ``now`` stamps events; ``rng`` draws jitter."""
         self.settings = settings or SchedulerSettings()
         self._client = client
         self._publish = publish
@@ -224,7 +227,12 @@ class Scheduler:
             raise ConfigError("the scheduler needs the client to have a RateLimiter")
         self.limiter = limiter
         self._clock = clock
+        self._now = now
         self._rng = rng or random.Random()  # jitter, not cryptography
+        # Episodes (polls failing, authentication failing) have no CCE time to key their event ids on: a run
+        # key and a counter make each episode's id unique, across restarts too, without the wall clock.
+        self._run_key = f"{self._rng.getrandbits(48):012x}"
+        self._episodes = itertools.count(1)
         self._jobs: dict[str, _Tracked] = {}
         self._heap: list[tuple[float, int, _Tracked]] = []
         self._seq = itertools.count()
@@ -448,7 +456,7 @@ class Scheduler:
         events: list[Event],
         *,
         snapshot: Job | None = None,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         """Persist (when a store is set) and then publish: the store sees every event before any sink does."""
         if tracked.dropped:  # removed while this poll was in flight
@@ -468,7 +476,7 @@ class Scheduler:
         return Event(
             id=event_id(self.project_id, tracked.job_id, None, kind.value, key),
             type=kind,
-            time=datetime.now(UTC),
+            time=self._now(),
             project_id=self.project_id,
             job_id=tracked.job_id,
             job_type=(last.type or None) if last else None,
@@ -511,7 +519,7 @@ class Scheduler:
         if not tracked.removed and self._clock() >= tracked.deadline:
             self._finish(tracked)
             event = self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())
-            await self._commit(tracked, [event], outcome="timed_out")
+            await self._commit(tracked, [event], outcome=Outcome.TIMED_OUT)
 
     async def _on_poll_error(self, tracked: _Tracked, exc: MonitorError) -> None:
         if not isinstance(exc, TransportError):
@@ -550,7 +558,7 @@ class Scheduler:
             changes: list[Event] = []
             moved = False
         else:
-            changes = detect(previous, job, tracked.context(self.project_id), datetime.now(UTC))
+            changes = detect(previous, job, tracked.context(self.project_id), self._now())
             moved = progressed(previous, job)
         if moved:
             tracked.last_progress = now
@@ -581,7 +589,7 @@ class Scheduler:
                 tracked,
                 events,
                 snapshot=job if moved or changes else None,
-                outcome=job.phase.value if terminal else None,
+                outcome=Outcome.of(job.phase.value) if terminal else None,
             )
 
     async def _on_not_found(self, tracked: _Tracked, exc: NotFoundError) -> None:
@@ -595,7 +603,7 @@ class Scheduler:
             self._finish(tracked)
             detail = f"{tracked.not_found} consecutive 404s over {now - tracked.first_not_found:.0f}s: {exc}"
             await self._commit(
-                tracked, [self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)], outcome="not_found"
+                tracked, [self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)], outcome=Outcome.NOT_FOUND
             )
             return
         # Spread the confirming polls over the grace period.
@@ -605,8 +613,7 @@ class Scheduler:
     async def _on_error(self, tracked: _Tracked, exc: BaseException) -> None:
         s = self.settings
         tracked.failures += 1
-        ceiling = min(s.error_backoff_max, s.error_backoff * 2 ** min(tracked.failures - 1, 30))
-        delay = max(s.min_interval, self._rng.uniform(0, ceiling))  # full jitter
+        delay = max(s.min_interval, full_jitter(tracked.failures - 1, s.error_backoff, s.error_backoff_max, self._rng))
         self._reschedule(tracked, delay)
         logger.info(
             "job %s: poll failed (%d in a row), next try in %.1fs: %s", tracked.job_id, tracked.failures, delay, exc
@@ -619,10 +626,13 @@ class Scheduler:
                         tracked,
                         EventType.JOB_POLL_FAILED,
                         detail=f"{tracked.failures} polls failed in a row; last: {exc}",
-                        key=str(int(time.time())),
+                        key=self._episode(),
                     )
                 ],
             )
+
+    def _episode(self) -> str:
+        return f"{self._run_key}.{next(self._episodes)}"
 
     def _auth_ok(self) -> None:
         if self._auth_episode:
@@ -650,7 +660,7 @@ class Scheduler:
                         tracked,
                         EventType.MONITOR_AUTH_FAILED,
                         detail=str(exc),
-                        key=str(int(time.time())),
+                        key=self._episode(),
                     )
                 ],
             )
