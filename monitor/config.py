@@ -43,7 +43,7 @@ from monitor.core.model import validate_id, validate_label
 from monitor.core.secret import Secret
 from monitor.engine.scheduler import SchedulerSettings
 
-__all__ = ["ENV_VARS", "Config", "Flag", "SinkConfig", "complete_config", "load_config", "parse_config"]
+__all__ = ["ENV_VARS", "Config", "Flag", "SinkConfig", "complete_config", "config_from", "load_config", "parse_config"]
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_KEYS = {"token", "sk", "password", "secret"}
@@ -457,6 +457,15 @@ def _read(path: Path) -> str:
 def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
     """Validate YAML text into a :class:`Config`; raises :class:`ConfigError` with one line."""
     return _validate(_parse(text, os.environ if env is None else env, source), source)
+
+
+def config_from(values: Mapping[object, object], *, source: str = "config") -> Config:
+    """Validate values already in the file's shape (no YAML, no ``${VAR}``) into a :class:`Config`.
+
+    For settings a command fixes itself (``demo``): they go through the same checks and the same builders
+    (:meth:`Config.client_settings`, :meth:`Config.scheduler_settings`) as a file's.
+    """
+    return _validate(values, source)
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:

@@ -1,0 +1,289 @@
+"""The commands that poll CCE themselves, without a daemon: ``get`` (one job, once), ``watch`` (jobs until they
+end) and ``demo`` (``watch`` against the embedded simulator).
+
+``watch`` and ``get`` take their settings from one place, :func:`monitor.config.complete_config`: the file (or
+none), then the environment, then the flags, validated once. ``demo`` fixes its own, through
+:func:`monitor.config.config_from`: the same validation and the same builders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from monitor.cce.auth import ENV_IAM_ENDPOINT, Auth, TokenAuth, auth_from_env
+from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.throttle import RateLimiter
+from monitor.cli.options import log_option, parse_labels, read_ids
+from monitor.cli.runtime import EXIT_INTERRUPTED, fail, run_with_signals, setup_logging
+from monitor.config import Config, Flag, complete_config, config_from
+from monitor.core.errors import MonitorError
+from monitor.core.model import job_to_json, validate_id
+from monitor.core.secret import Secret
+from monitor.core.text import printable
+from monitor.engine.bus import EventFilter
+from monitor.engine.pipeline import SinkBinding, WatchResult, watch
+from monitor.engine.scheduler import SchedulerSettings
+from monitor.sim import Simulator, SimulatorConfig
+from monitor.sinks import Sink, create_sink
+
+__all__ = ["demo", "get", "watch_cmd"]
+
+
+def _where_flags(endpoint: str | None, project_id: str | None, iam_endpoint: str | None) -> list[Flag]:
+    """The flags that say where CCE is; with the environment and the file they go through complete_config."""
+    return [
+        Flag("endpoint", "--endpoint", endpoint),
+        Flag("project_id", "--project-id", project_id),
+        Flag("iam_endpoint", "--iam-endpoint", iam_endpoint),
+    ]
+
+
+def _auth(cfg: Config) -> Auth:
+    """The file's ``auth:`` if it has one, else credentials from the environment."""
+    # cfg.iam_endpoint already holds --iam-endpoint, else CCE_IAM_ENDPOINT, else the file's: hide the variable
+    # so that auth_from_env does not put it back in front of the flag.
+    env = {k: v for k, v in os.environ.items() if k != ENV_IAM_ENDPOINT}
+    return cfg.make_auth() or auth_from_env(env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
+
+
+def _sinks(cfg: Config, specs: Sequence[str], *, plain_log: bool) -> list[SinkBinding]:
+    bindings: list[SinkBinding] = []
+    for entry in cfg.sinks:
+        f = entry.filter
+        bindings.append(
+            SinkBinding(create_sink(entry.spec, entry.options), EventFilter.of(f.types, f.phases, f.labels))
+        )
+    bindings.extend(SinkBinding(create_sink(spec)) for spec in specs)
+    if plain_log and not any(b.sink.name.startswith("log") for b in bindings):
+        bindings.insert(0, SinkBinding(create_sink("log")))
+    return bindings
+
+
+# The environment variables behind these flags are read by complete_config, which knows where each value came from.
+_endpoint_option = click.option(
+    "--endpoint", help="CCE endpoint, e.g. https://cce.eu-de.otc.t-systems.com [env CCE_ENDPOINT]"
+)
+_project_option = click.option("--project-id", help="Project id [env CCE_PROJECT_ID or HUAWEICLOUD_SDK_PROJECT_ID]")
+_iam_option = click.option("--iam-endpoint", help="IAM endpoint for password auth [env CCE_IAM_ENDPOINT]")
+
+
+@click.command()
+@click.argument("job_id")
+@_endpoint_option
+@_project_option
+@_iam_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file")
+@log_option
+def get(
+    job_id: str,
+    endpoint: str | None,
+    project_id: str | None,
+    iam_endpoint: str | None,
+    config_path: str | None,
+    log_level: str | None,
+) -> None:
+    """Print one job's progress as JSON."""
+    setup_logging(log_level or "warning")
+    try:
+        validate_id(job_id, "job id")
+        cfg = complete_config(config_path, _where_flags(endpoint, project_id, iam_endpoint))
+        settings = cfg.client_settings()
+        auth = _auth(cfg)
+    except MonitorError as exc:
+        fail(str(exc))
+
+    async def main(stop: asyncio.Event) -> bytes:
+        async with CCEClient(settings, auth) as client:
+            job = await client.get_job(job_id)
+        return job_to_json(job, indent=True)
+
+    try:
+        out, _ = run_with_signals(main)
+    except MonitorError as exc:
+        fail(str(exc), 1)
+    click.echo(out.decode())
+
+
+@click.command("watch")
+@click.argument("job_ids", nargs=-1, required=True)
+@_endpoint_option
+@_project_option
+@_iam_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Requests per second to CCE [10]")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between polls of a job [10]")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Give up on a job after this [3600]")
+@click.option("--sink", "sink_specs", multiple=True, help="log | file:PATH | webhook:URL (repeatable)")
+@click.option("--label", "label_pairs", multiple=True, help="KEY=VALUE added to every event (repeatable)")
+@click.option("--rollout", default="watch", show_default=True, help="Name of the rollout these jobs form")
+@click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
+@log_option
+def watch_cmd(
+    job_ids: tuple[str, ...],
+    endpoint: str | None,
+    project_id: str | None,
+    iam_endpoint: str | None,
+    config_path: str | None,
+    rate: float | None,
+    interval: float | None,
+    timeout: float | None,
+    sink_specs: tuple[str, ...],
+    label_pairs: tuple[str, ...],
+    rollout: str,
+    live: bool | None,
+    log_level: str | None,
+) -> None:
+    """Watch JOB_ID... until each one finishes ('-' reads ids from stdin).
+
+    Exit 0 when all succeed, 1 when any failed, timed out or was not found, 2 on usage or config errors,
+    130 when interrupted.
+    """
+    live = sys.stdout.isatty() if live is None else live
+    try:
+        flags = [
+            *_where_flags(endpoint, project_id, iam_endpoint),
+            Flag("polling.rate", "--rate", rate),
+            Flag("polling.interval", "--interval", interval),
+            Flag("polling.job_timeout", "--timeout", timeout),
+        ]
+        cfg = complete_config(config_path, flags)
+        # Without a file, the CLI's own default level (warning), not the file's (info).
+        setup_logging(log_level or (cfg.logging.level if config_path else "warning"), cfg.logging.format)
+        ids = read_ids(job_ids)
+        settings = cfg.client_settings()
+        sched = cfg.scheduler_settings()
+        auth = _auth(cfg)
+        labels = {**cfg.labels, **parse_labels(label_pairs)}
+        validate_id(rollout, "rollout name")
+        sinks = _sinks(cfg, sink_specs, plain_log=not live)
+    except MonitorError as exc:
+        fail(str(exc))
+    result, _ = run_with_signals(
+        lambda stop: _watch(ids, settings, auth, sched, sinks, labels, live, stop, rollout=rollout)
+    )
+    _report_unsent(result)
+    sys.exit(result.exit_code)
+
+
+def _report_unsent(result: WatchResult) -> None:
+    """One line on stderr per sink that closed with events it could not send in time."""
+    for name, kinds in result.unsent.items():
+        what = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        click.echo(printable(f"cce-monitor: not sent to {name}: {what}"), err=True)
+
+
+async def _watch(
+    ids: list[str],
+    settings: ClientSettings,
+    auth: Auth,
+    sched: SchedulerSettings,
+    sinks: list[SinkBinding],
+    labels: dict[str, str],
+    live: bool,
+    stop: asyncio.Event,
+    title: str = "cce-monitor",
+    *,
+    rollout: str,
+    rollout_interval: float = 30.0,
+) -> WatchResult:
+    limiter = RateLimiter(sched.rate, burst=sched.burst)
+    common: dict[str, Any] = {
+        "client": None, "settings": sched, "sinks": sinks, "labels": labels, "stop": stop, "rollout": rollout,
+        "rollout_interval": rollout_interval,
+    }  # fmt: skip
+    async with CCEClient(settings, auth, limiter=limiter) as client:
+        common["client"] = client
+        if not live:
+            return await watch(
+                ids, notify=lambda text: click.echo(printable(f"cce-monitor: {text}"), err=True), **common
+            )
+        from monitor.cli.view import LiveView  # noqa: PLC0415 - rich's live machinery only when drawing
+
+        async with LiveView(ids, title=title) as view:
+            return await watch(ids, observers=[view.on_event], notify=view.note, **common)
+
+
+@click.command()
+@click.option("--jobs", default=50, show_default=True, help="Jobs in the simulated rollout")
+@click.option("--out", "out_path", default="cce-monitor-demo.jsonl", show_default=True, help="File sink path")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
+@log_option
+def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str | None) -> None:
+    """Watch a simulated bulk node rollout end to end (no cloud account needed; under a minute)."""
+    setup_logging(log_level or "error")
+    live = sys.stdout.isatty() if live is None else live
+    path = Path(out_path).expanduser().resolve()
+    try:
+        path.unlink(missing_ok=True)
+        file_sink: Sink = create_sink(f"file:{path}")
+    except (MonitorError, OSError) as exc:
+        fail(str(exc))
+    sinks = [SinkBinding(file_sink)]
+    if not live:
+        sinks.insert(0, SinkBinding(create_sink("log")))
+
+    async def main(stop: asyncio.Event) -> WatchResult:
+        sim = Simulator(
+            SimulatorConfig(
+                seed=seed,
+                rate_limit=40.0,
+                p_500=0.02,
+                p_503_html=0.01,
+                p_malformed=0.01,
+                p_slow=0.01,
+                slow_seconds=1.0,
+                job_duration=12.0,
+            )
+        )
+        endpoint = await sim.start()
+        try:
+            ids = sim.start_rollout(jobs, fail_ratio=0.08, not_found_for=1.0)
+            cfg = config_from(
+                {
+                    "endpoint": endpoint,
+                    "project_id": sim.config.project_id,
+                    "http": {"total_timeout": 5.0},
+                    "polling": {
+                        "rate": 20.0,
+                        "interval": 2.0,
+                        "min_interval": 0.5,
+                        "max_interval": 4.0,
+                        "error_backoff": 0.5,
+                        "error_backoff_max": 4.0,
+                        "not_found_grace": 5.0,
+                        "job_timeout": 120.0,
+                        "stall_after": 60.0,
+                    },
+                    "shutdown_deadline": 10.0,  # half of it, 5 s, for the polls in flight at the end
+                },
+                source="demo",
+            )
+            settings = cfg.client_settings()
+            sched = cfg.scheduler_settings()
+            auth = TokenAuth(Secret(sim.config.token))
+            title = "cce-monitor demo"
+            return await _watch(
+                ids, settings, auth, sched, sinks, {}, live, stop, title, rollout="demo", rollout_interval=3.0
+            )
+        finally:
+            await sim.close()
+
+    result, _ = run_with_signals(main)
+    _report_unsent(result)
+    counts: dict[str, int] = {}
+    for outcome in result.outcomes.values():
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+    summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    click.echo(f"demo: {len(result.outcomes)} jobs watched: {summary}; events in {path}", err=live)
+    if result.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    # The rollout fails a few jobs on purpose: the demo succeeded if every job reached an end.
+    sys.exit(0 if all(o.value in ("Success", "Failed") for o in result.outcomes.values()) else 1)
