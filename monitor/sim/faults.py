@@ -1,0 +1,67 @@
+"""Fault decisions and the throttle: the per-request draw of which faults strike, and the API gateway's
+token bucket.
+
+Every request that can fail draws the same six numbers from the fault stream whatever the probabilities,
+so the fault decisions depend only on the order of requests.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from monitor.sim.config import FaultSettings
+
+__all__ = ["Draw", "TokenBucket", "bucket_for", "draw_faults"]
+
+
+class TokenBucket:
+    """Requests per second with a burst: each request takes one token, refilled at ``rate`` per second."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.last = rate, burst, float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """Which faults strike one request, and where a truncated body is cut (a fraction of its length)."""
+
+    slow: bool
+    drop: bool
+    html_503: bool
+    error_500: bool
+    malformed: bool
+    cut: float
+
+
+def draw_faults(rng: random.Random, faults: FaultSettings) -> Draw:
+    """The fault decisions for one request: always six numbers, so the stream depends only on order."""
+    u = [rng.random() for _ in range(6)]
+    return Draw(
+        slow=u[0] < faults.p_slow,
+        drop=u[1] < faults.p_drop,
+        html_503=u[2] < faults.p_503_html,
+        error_500=u[3] < faults.p_500,
+        malformed=u[4] < faults.p_malformed,
+        cut=0.2 + 0.6 * u[5],
+    )
+
+
+def bucket_for(faults: FaultSettings, clock: Callable[[], float]) -> TokenBucket | None:
+    """A full bucket, as of ``clock()``, for the throttle in ``faults`` (burst by default the rate, at least
+    1); ``None``: no limit."""
+    rate = faults.rate_limit
+    if rate is None:
+        return None
+    return TokenBucket(rate, faults.rate_burst or max(1, round(rate)), clock())

@@ -1,0 +1,517 @@
+"""The simulated region behind one aiohttp application: :class:`Simulator` and :func:`run_forever`.
+
+Routes: the job API (``GET /api/v3/projects/{project_id}/jobs/{job_id}``), IAM tokens
+(``POST /v3/auth/tokens``), and the ``/_sim/`` control endpoints (add jobs, truth, statistics, faults).
+Requests to the job API are authenticated by token or AK/SK signature, throttled, and put through the
+fault draw; every answer carries an ``X-Request-Id`` and, outside ``/_sim/``, is counted in the statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import hmac
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import orjson
+from aiohttp import web
+
+from monitor.cce.signing import DATE_FORMAT, parse_authorization, signature
+from monitor.sim.config import FaultSettings, SimulatorConfig
+from monitor.sim.faults import Draw, TokenBucket, bucket_for, draw_faults
+from monitor.sim.shapes import job_context, new_uid, template
+from monitor.sim.stats import Counters, SimulatorStats
+from monitor.sim.timeline import NS, Job, Transition, plan_job, render, wall_time
+
+__all__ = ["Simulator", "run_forever"]
+
+# The package's logger, as before the split into modules: log lines keep the name ``monitor.sim``.
+logger = logging.getLogger("monitor.sim")
+
+_MAX_SDK_DATE_SKEW = timedelta(minutes=15)
+_MAX_HEADER = 64 * 1024  # request headers up to 64 KiB: an X-Auth-Token can be 16 KB
+_HTML_503 = (
+    "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+    "<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+Clock = Callable[[], float]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Dropped(web.Response):
+    """Returned for a dropped connection; never sent, the transport is already closed."""
+
+
+# The id of the request being served (set by the middleware; handlers run in its context).
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("cce_simulator_request_id", default="")
+
+
+class Simulator:
+    """The simulated region: jobs, tokens, throttle and faults behind one aiohttp application."""
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, *, clock: Clock | None = None, epoch_ns: int | None = None
+    ) -> None:
+        """``clock`` drives everything (default :func:`time.monotonic`); its reading now is wall time
+        ``epoch_ns`` (nanoseconds since the Unix epoch, default: the real time now)."""
+        self.config = config or SimulatorConfig()
+        self._clock: Clock = clock or time.monotonic
+        self._epoch_clock = self._clock()
+        self._epoch_ns = time.time_ns() if epoch_ns is None else epoch_ns
+        seed = self.config.seed
+        self._rng_jobs = random.Random(f"{seed}:jobs")
+        self._rng_faults = random.Random(f"{seed}:faults")
+        self._rng_tokens = random.Random(f"{seed}:tokens")
+        self._rng_ids = random.Random(f"{seed}:request-ids")
+        self._jobs: dict[str, Job] = {}
+        self._cluster_names: dict[str, str] = {}
+        self._token_ttl = self.config.token_ttl
+        self._tokens: dict[str, float] = {self.config.token: self._epoch_clock + self._token_ttl}
+        self._faults = self.config.faults()
+        self._bucket: TokenBucket | None = bucket_for(self._faults, self._clock)
+        self._counters = Counters()
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.endpoint: str | None = None
+        """``http://host:port`` once started."""
+        self.app = self._build_app()
+
+    def __repr__(self) -> str:
+        return f"Simulator(jobs={len(self._jobs)}, project_id={self.config.project_id!r})"
+
+    # --- time ---------------------------------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        """The simulator's current wall time in nanoseconds since the epoch (follows the clock)."""
+        return self._epoch_ns + round((self._clock() - self._epoch_clock) * NS)
+
+    # --- jobs ---------------------------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        job_type: str = "CreateNode",
+        *,
+        fail: bool = False,
+        duration: float | None = None,
+        not_found_for: float = 0.0,
+        start_delay: float = 0.0,
+        cluster_uid: str | None = None,
+    ) -> str:
+        """Plan a job starting now and return its id.
+
+        ``duration`` (seconds, exact) defaults to the config's jittered per-type duration. The job stays
+        Initializing for ``start_delay`` more seconds, and answers 404 for its first ``not_found_for``
+        seconds. Unknown job types are served too, without sub-jobs.
+        """
+        if min(not_found_for, start_delay, 0.0 if duration is None else duration) < 0:
+            raise ValueError("duration, not_found_for and start_delay must be >= 0")
+        rng = self._rng_jobs
+        factor, root_shape, sub_shapes, optional_last = template(job_type)
+        if optional_last and rng.random() < 0.5:
+            sub_shapes = sub_shapes[:-1]
+        if duration is None:
+            duration = self.config.job_duration * factor * rng.uniform(0.8, 1.2) * self.config.time_scale
+        context = job_context(rng, cluster_uid or new_uid(rng), self._cluster_names)
+        uids = [new_uid(rng) for _ in range(1 + len(sub_shapes))]
+        self._jobs[uids[0]] = plan_job(
+            rng,
+            uids,
+            (root_shape, *sub_shapes),
+            context,
+            created=self.now_ns(),
+            duration=duration,
+            start_delay=start_delay,
+            fail=fail,
+            not_found_for=not_found_for,
+        )
+        logger.debug("simulator: planned job %s (%s, %.1fs, fail=%s)", uids[0], job_type, duration, fail)
+        return uids[0]
+
+    def start_rollout(
+        self,
+        n: int,
+        *,
+        fail_ratio: float = 0.1,
+        job_type: str = "CreateNode",
+        duration: float | None = None,
+        not_found_for: float = 0.0,
+        start_delay: float = 0.0,
+    ) -> list[str]:
+        """Plan ``n`` jobs in one cluster, exactly ``round(n * fail_ratio)`` of them (chosen by seed) failing."""
+        if n < 0 or not 0.0 <= fail_ratio <= 1.0:
+            raise ValueError("n must be >= 0 and fail_ratio within [0, 1]")
+        failing = set(self._rng_jobs.sample(range(n), round(n * fail_ratio)))
+        cluster = new_uid(self._rng_jobs)
+        return [
+            self.add_job(
+                job_type,
+                fail=i in failing,
+                duration=duration,
+                not_found_for=not_found_for,
+                start_delay=start_delay,
+                cluster_uid=cluster,
+            )
+            for i in range(n)
+        ]
+
+    def truth(self, job_id: str) -> list[Transition]:
+        """Every phase change of the job and its sub-jobs, in time order; ``KeyError`` for an unknown job."""
+        return list(self._jobs[job_id].truth)
+
+    @property
+    def job_ids(self) -> list[str]:
+        """The ids of all planned jobs, in creation order."""
+        return list(self._jobs)
+
+    # --- faults, tokens, statistics ----------------------------------------------------------------------
+
+    @property
+    def faults(self) -> FaultSettings:
+        """The fault settings in force."""
+        return self._faults
+
+    def set_faults(self, **changes: Any) -> FaultSettings:
+        """Change fault settings (fields of :class:`FaultSettings`); a new rate or burst refills the bucket."""
+        self._faults = dataclasses.replace(self._faults, **changes)
+        if {"rate_limit", "rate_burst"} & changes.keys():
+            self._bucket = bucket_for(self._faults, self._clock)
+        logger.info("simulator: faults changed: %s", sorted(changes))
+        return self._faults
+
+    def expire_tokens(self) -> None:
+        """Expire every token issued so far (the static one too), as a soak test's token expiry."""
+        now = self._clock()
+        self._tokens = {token: min(expiry, now) for token, expiry in self._tokens.items()}
+
+    def set_token_ttl(self, seconds: float) -> None:
+        """Lifetime of tokens issued from now on."""
+        if seconds <= 0:
+            raise ValueError("token ttl must be positive")
+        self._token_ttl = seconds
+
+    @property
+    def stats(self) -> SimulatorStats:
+        """A snapshot of the request statistics."""
+        return self._counters.snapshot()
+
+    # --- HTTP ---------------------------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        @web.middleware
+        async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+            request_id = f"{self._rng_ids.getrandbits(128):032x}"
+            _request_id.set(request_id)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # no route, wrong method: answer as the API gateway does
+                response = self._error(
+                    request,
+                    exc.status,
+                    {"error_code": "APIGW.0101", "error_msg": "The API does not exist or has not been published"},
+                )
+            response.headers["X-Request-Id"] = request_id
+            if not request.path.startswith("/_sim/"):
+                counters = self._counters
+                counters.requests += 1
+                if isinstance(response, _Dropped):
+                    counters.dropped += 1
+                else:
+                    counters.by_status[response.status] = counters.by_status.get(response.status, 0) + 1
+            return response
+
+        app = web.Application(middlewares=[request_ids])
+        app.router.add_get("/api/v3/projects/{project_id}/jobs/{job_id}", self._handle_job)
+        app.router.add_post("/v3/auth/tokens", self._handle_iam)
+        app.router.add_post("/_sim/jobs", self._handle_sim_jobs)
+        app.router.add_get("/_sim/truth", self._handle_sim_truth)
+        app.router.add_get("/_sim/stats", self._handle_sim_stats)
+        app.router.add_get("/_sim/faults", self._handle_sim_faults)
+        app.router.add_post("/_sim/faults", self._handle_sim_faults)
+        return app
+
+    @staticmethod
+    def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+    def _error(self, request: web.Request, status: int, body: dict[str, Any], **headers: str) -> web.Response:
+        if "error_code" in body:
+            body = {**body, "request_id": _request_id.get()}
+        return self._json(status, body, headers)
+
+    async def _transport_faults(self, request: web.Request, draw: Draw) -> web.Response | None:
+        """Slow, drop and HTML 503: what the load balancer in front of everything does."""
+        if draw.slow:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._faults.slow_seconds)
+        if draw.drop:
+            if request.transport is not None:
+                request.transport.close()
+            return _Dropped(status=499)
+        if draw.html_503:
+            return web.Response(status=503, text=_HTML_503, content_type="text/html")
+        return None
+
+    async def _handle_job(self, request: web.Request) -> web.Response:
+        counters = self._counters
+        counters.job_requests += 1
+        window = int(self._clock() - self._epoch_clock)
+        counters.per_second[window] = counters.per_second.get(window, 0) + 1
+        draw = draw_faults(self._rng_faults, self._faults)
+        if (early := await self._transport_faults(request, draw)) is not None:
+            return early
+        if self._bucket is not None and not self._bucket.take(self._clock()):
+            counters.throttled += 1
+            return self._throttled(request)
+        if (denied := await self._authenticate(request)) is not None:
+            return self._error(request, 401, denied)
+        job = self._jobs.get(request.match_info["job_id"])
+        now = self.now_ns()
+        if request.match_info["project_id"] != self.config.project_id or job is None or now < job.visible_ns:
+            return self._not_found(request.match_info["job_id"])
+        if draw.error_500:
+            return self._json(500, {"errorCode": "CCE.01500001", "errorMessage": "Internal server error"})
+        body = orjson.dumps(render(job, now, live_timestamps=self.config.live_timestamps))
+        if draw.malformed:
+            body = body[: max(1, int(len(body) * draw.cut))]
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    def _throttled(self, request: web.Request) -> web.Response:
+        f = self._faults
+        headers = {"Retry-After": "1"} if f.retry_after else {}
+        if f.throttle_style == "cce":
+            message = "The request is throttled, please try again later"
+            return self._json(429, {"errorCode": "CCE.02429001", "errorMessage": message}, headers)
+        limit = f"{f.rate_limit:g}"
+        message = f"The throttling threshold has been reached: policy user over ratelimit,limit:{limit},time:1 second"
+        return self._error(request, 429, {"error_code": "APIGW.0308", "error_msg": message}, **headers)
+
+    @staticmethod
+    def _not_found(job_id: str) -> web.Response:
+        message = f"job {job_id} not found"
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": "NotFound",
+            "code": 404,
+            "errorCode": "CCE.01404001",
+            "errorMessage": "The resource is not found",
+        }
+        return Simulator._json(404, body)
+
+    async def _authenticate(self, request: web.Request) -> dict[str, str] | None:
+        """``None`` if the request carries a valid token or AK/SK signature, else the 401 body."""
+        bad = "Incorrect IAM authentication information: "
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:
+            parsed = parse_authorization(authorization)
+            if parsed is None or self.config.ak is None or self.config.sk is None:
+                return {"error_code": "APIGW.0301", "error_msg": bad + "unsupported authorization"}
+            if not hmac.compare_digest(parsed.access, self.config.ak):
+                return {"error_code": "APIGW.0301", "error_msg": bad + "ak is not exist"}
+            sdk_date = request.headers.get("X-Sdk-Date", "")
+            try:
+                signed_at = datetime.strptime(sdk_date, DATE_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                return {"error_code": "APIGW.0301", "error_msg": bad + "x-sdk-date is missing or invalid"}
+            if abs(signed_at - wall_time(self.now_ns())) > _MAX_SDK_DATE_SKEW:
+                return {"error_code": "APIGW.0301", "error_msg": bad + "the request time is out of range"}
+            if not {"host", "x-sdk-date"} <= set(parsed.signed_headers):
+                return {"error_code": "APIGW.0301", "error_msg": bad + "host and x-sdk-date must be signed"}
+            expected = signature(
+                self.config.sk,
+                method=request.method,
+                path=request.rel_url.raw_path,
+                query=list(request.rel_url.query.items()),
+                headers={name: request.headers.get(name, "") for name in parsed.signed_headers},
+                signed=parsed.signed_headers,
+                body=await request.read(),
+                sdk_date=sdk_date,
+            )
+            if not hmac.compare_digest(expected, parsed.signature):
+                return {"error_code": "APIGW.0301", "error_msg": bad + "verify aksk signature fail"}
+            return None
+        token = request.headers.get("X-Auth-Token")
+        expiry = None if token is None else self._tokens.get(token)
+        if expiry is None:
+            return {"error_code": "APIGW.0301", "error_msg": bad + "verify token fail"}
+        if self._clock() >= expiry:
+            return {"error_code": "APIGW.0307", "error_msg": "The token must be updated."}
+        return None
+
+    async def _handle_iam(self, request: web.Request) -> web.Response:
+        self._counters.iam_token_requests += 1
+        if self.config.iam_delay:
+            await asyncio.sleep(self.config.iam_delay)
+        if self.config.faults_on_iam:
+            draw = draw_faults(self._rng_faults, self._faults)
+            if (early := await self._transport_faults(request, draw)) is not None:
+                return early
+            if draw.error_500:
+                return self._json(500, {"error": {"code": 500, "title": "Internal Server Error", "message": "Error"}})
+        try:
+            auth = orjson.loads(await request.read())["auth"]
+            methods = auth["identity"]["methods"]
+            user = auth["identity"]["password"]["user"]
+            name, password, domain = user["name"], user["password"], user["domain"]["name"]
+            project = auth["scope"]["project"]
+            scope = (project.get("id", self.config.project_id), project.get("name", self.config.project_name))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            message = "The request body is invalid."
+            return self._json(400, {"error": {"code": 400, "title": "Bad Request", "message": message}})
+        cfg = self.config
+        if (
+            "password" not in methods
+            or name != cfg.iam_user
+            or domain != cfg.iam_domain
+            or not isinstance(password, str)
+            or not hmac.compare_digest(password.encode(), cfg.iam_password.encode())
+        ):
+            message = "The username or password is wrong."
+            return self._json(401, {"error": {"code": 401, "title": "Unauthorized", "message": message}})
+        if scope != (cfg.project_id, cfg.project_name):
+            message = "The project in the scope is not found."
+            return self._json(401, {"error": {"code": 401, "title": "Unauthorized", "message": message}})
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        token = "MII" + "".join(self._rng_tokens.choices(alphabet, k=cfg.token_length - 3))
+        issued = self._clock()
+        self._tokens[token] = issued + self._token_ttl
+        self._counters.tokens_issued += 1
+        now = self.now_ns()
+        iam_format = "%Y-%m-%dT%H:%M:%S.%fZ"
+        domain_ref = {"id": uuid.uuid5(uuid.NAMESPACE_DNS, cfg.iam_domain).hex, "name": cfg.iam_domain}
+        body = {
+            "token": {
+                "expires_at": wall_time(now + round(self._token_ttl * NS)).strftime(iam_format),
+                "issued_at": wall_time(now).strftime(iam_format),
+                "methods": ["password"],
+                "catalog": [],
+                "project": {"id": cfg.project_id, "name": cfg.project_name, "domain": domain_ref},
+                "user": {
+                    "id": cfg.project_id[::-1],
+                    "name": cfg.iam_user,
+                    "domain": domain_ref,
+                    "password_expires_at": "",
+                },
+                "roles": [{"id": "0", "name": "op_fine_grained"}],
+            }
+        }
+        return self._json(201, body, {"X-Subject-Token": token})
+
+    def issued_tokens(self) -> list[str]:
+        """Every token this simulator accepts (the static one and those IAM issued): for leak tests."""
+        return list(self._tokens)
+
+    async def _handle_sim_jobs(self, request: web.Request) -> web.Response:
+        try:
+            spec = orjson.loads(await request.read())
+            count = int(spec.get("count", 1))
+            duration = spec.get("duration")
+            ids = self.start_rollout(
+                count,
+                fail_ratio=float(spec.get("fail_ratio", 0.0)),
+                job_type=str(spec.get("type", "CreateNode")),
+                duration=None if duration is None else float(duration),
+                not_found_for=float(spec.get("not_found_for", 0.0)),
+                start_delay=float(spec.get("start_delay", 0.0)),
+            )
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+            return self._json(400, {"error": str(exc)})
+        return self._json(200, {"job_ids": ids})
+
+    async def _handle_sim_truth(self, request: web.Request) -> web.Response:
+        job_id = request.query.get("job_id", "")
+        if job_id not in self._jobs:
+            return self._json(404, {"error": f"unknown job {job_id!r}"})
+        return self._json(200, {"job_id": job_id, "transitions": self.truth(job_id)})
+
+    async def _handle_sim_stats(self, request: web.Request) -> web.Response:
+        return self._json(200, self.stats.to_dict())
+
+    async def _handle_sim_faults(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            try:
+                changes = orjson.loads(await request.read())
+                if not isinstance(changes, dict):
+                    raise TypeError("expected a JSON object")
+                if changes.pop("expire_tokens", False):
+                    self.expire_tokens()
+                if (ttl := changes.pop("token_ttl", None)) is not None:
+                    self.set_token_ttl(float(ttl))
+                if changes:
+                    self.set_faults(**changes)
+            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                return self._json(400, {"error": str(exc)})
+        return self._json(200, dataclasses.asdict(self._faults))
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: any free port) and return the endpoint, ``http://host:port``."""
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        self._closing.clear()
+        # Request headers up to 64 KiB (aiohttp's default is 8190 bytes): an X-Auth-Token can be 16 KB.
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            max_line_size=_MAX_HEADER,
+            max_field_size=_MAX_HEADER,
+        )
+        await runner.setup()
+        self._runner = runner
+        await web.TCPSite(runner, host, port).start()
+        bound_port = runner.addresses[0][1]
+        endpoint = f"http://{host}:{bound_port}"
+        self.endpoint = endpoint
+        logger.info("simulator: serving CCE jobs API on %s", endpoint)
+        return endpoint
+
+    async def close(self) -> None:
+        """Stop serving; slow answers in flight are released at once. Safe to call twice."""
+        self._closing.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def run_forever(
+    config: SimulatorConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    jobs: int = 100,
+    job_type: str = "CreateNode",
+    fail_ratio: float = 0.1,
+    out: TextIO,
+    duration: float | None = None,
+) -> None:
+    """Serve a simulator with a rollout of ``jobs`` jobs until cancelled.
+
+    The first line written to ``out`` is one JSON object: ``endpoint``, ``project_id``, ``token`` and
+    ``job_ids``, for a benchmark in another process.
+    """
+    simulator = Simulator(config)
+    endpoint = await simulator.start(host, port)
+    try:
+        job_ids = simulator.start_rollout(jobs, fail_ratio=fail_ratio, job_type=job_type, duration=duration)
+        handshake = {"endpoint": endpoint, "project_id": config.project_id, "token": config.token, "job_ids": job_ids}
+        out.write(orjson.dumps(handshake).decode() + "\n")
+        out.flush()
+        await asyncio.Event().wait()
+    finally:
+        await simulator.close()
