@@ -17,6 +17,8 @@ Spec ``webhook:URL`` (http or https). Options (all optional):
     Requests per second to this endpoint, through :class:`monitor.cce.throttle.RateLimiter` (default 5).
 ``headers``
     Extra static headers, e.g. ``Authorization``; their values are treated like the secret.
+``ca_bundle``
+    Extra CA file (PEM) trusted for this endpoint (:mod:`monitor.cce.tls`); verification itself is always on.
 
 Every request carries ``webhook-id`` (the event id, stable across retries and restarts, so receivers can
 dedupe) and ``webhook-timestamp`` (unix seconds of that attempt); with a secret also
@@ -48,7 +50,7 @@ import aiohttp
 from yarl import URL
 
 from monitor.cce.throttle import RateLimiter
-from monitor.cce.tls import ssl_context, warn_plain_http
+from monitor.cce.tls import ca_bundle_option, ssl_context, warn_plain_http
 from monitor.core.errors import ConfigError, SinkError, parse_error_body, parse_retry_after
 from monitor.core.events import Event
 from monitor.core.version import USER_AGENT
@@ -353,10 +355,7 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
     if backoff_max < backoff_initial:
         raise ConfigError("webhook sink: option 'backoff_max' must be at least 'backoff_initial'")
     headers = _headers(options.get("headers", {}))
-    ca_bundle = options.get("ca_bundle")
-    if ca_bundle is not None and not isinstance(ca_bundle, str):
-        raise ConfigError("webhook sink: option 'ca_bundle' must be a path")
-    ssl_context(ca_bundle, what="webhook sink: option 'ca_bundle'")  # fail at start-up, not at first send
+    ca_bundle = ca_bundle_option(options.get("ca_bundle"), "webhook sink: option 'ca_bundle'")  # fail at start-up
     warn_plain_http(url, "webhook sink")
     if url.user is not None and any(name.lower() == "authorization" for name in headers):
         raise ConfigError("webhook sink: credentials in the URL and an Authorization header cannot be combined")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from monitor.cce.tls import warn_plain_http
+from monitor.cce.tls import ca_bundle_option, warn_plain_http
 from monitor.core.errors import ConfigError
 from monitor.core.events import Event, EventType
 from monitor.core.secret import Secret
@@ -92,6 +92,8 @@ class ChatSettings:
     coalesce: float = 5.0
     progress_every: float = 60.0
     final_wait: float = 75.0
+    ca_bundle: str | None = None
+    """Extra CA file (PEM) trusted for the bot's endpoint; verification itself is always on."""
 
     def __repr__(self) -> str:
         return (
@@ -105,6 +107,7 @@ class ChatSettings:
 _COMMON_OPTIONS = (
     "backoff_initial",
     "backoff_max",
+    "ca_bundle",
     "coalesce",
     "events",
     "final_wait",
@@ -233,6 +236,7 @@ def parse_options(platform: Platform, target: str | None, options: Mapping[str, 
     if backoff_max < backoff_initial:
         raise ConfigError(f"{kind} sink: option 'backoff_max' must be at least 'backoff_initial'")
     link = options.get("link")
+    ca_bundle = ca_bundle_option(options.get("ca_bundle"), f"{kind} sink: option 'ca_bundle'")  # fail at start-up
     return ChatSettings(
         url=url,
         shown_url=shown,
@@ -252,4 +256,5 @@ def parse_options(platform: Platform, target: str | None, options: Mapping[str, 
         coalesce=_number(kind, options, "coalesce", 5.0, positive=False),
         progress_every=_number(kind, options, "progress_every", 60.0, positive=False),
         final_wait=_number(kind, options, "final_wait", 75.0, positive=False),
+        ca_bundle=ca_bundle,
     )

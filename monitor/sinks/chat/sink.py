@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from monitor.cce.tls import ssl_context
 from monitor.core.errors import SinkError
 from monitor.core.events import Event
 from monitor.core.version import USER_AGENT
@@ -60,6 +61,7 @@ class ChatSink(abc.ABC):
         "_scrub",
         "_seq",
         "_session",
+        "_ssl",
         "_strikes",
         "_task",
         "_timing",
@@ -74,6 +76,8 @@ class ChatSink(abc.ABC):
     def __init__(self, settings: ChatSettings, *, timing: Timing | None = None) -> None:
         self.settings = settings
         self.name = f"{self.platform.kind}:{settings.shown_url}"
+        # Built now, so that a bad bundle is a ConfigError here and not a dropped message at the first send.
+        self._ssl = ssl_context(settings.ca_bundle, what=f"{self.platform.kind} sink: option 'ca_bundle'")
         self._timing = timing or Timing()
         self._budget = Budget(budget_windows(settings.rate_per_minute, settings.rate_per_second))
         self._pending = Pending(settings.max_pending)
@@ -358,6 +362,7 @@ class ChatSink(abc.ABC):
     def _session_for_send(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
                 headers={"User-Agent": USER_AGENT},
             )
