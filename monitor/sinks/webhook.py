@@ -45,6 +45,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
 
 import aiohttp
 from yarl import URL
@@ -153,6 +154,8 @@ class WebhookSinkSettings:
 
 class WebhookSink:
     """POSTs events to one URL. One aiohttp session, made on first use inside the running loop."""
+
+    durable: ClassVar[bool] = True  # fed from the daemon's outbox; receivers dedupe by webhook-id
 
     __slots__ = ("_closed", "_gone", "_limiter", "_scrub", "_session", "_url_text", "name", "settings")
 
