@@ -54,10 +54,11 @@ from monitor.cce.throttle import RateLimiter
 from monitor.cce.tls import ca_bundle_option, ssl_context, warn_plain_http
 from monitor.core.errors import ConfigError, SinkError, parse_error_body, parse_retry_after
 from monitor.core.events import Event
+from monitor.core.secret import Secret
 from monitor.core.version import USER_AGENT
 from monitor.sinks import register
 
-__all__ = ["Secret", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
+__all__ = ["SigningKey", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +77,15 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-class Secret:
-    """A signing key whose ``repr`` and ``str`` are masked, so it cannot leak through a log or a traceback."""
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A webhook signing key. It is held as a :class:`monitor.core.secret.Secret` of the key's base64, so its
+    repr is masked and it compares in constant time (two spellings of one key are equal) as every secret does."""
 
-    __slots__ = ("_key",)
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    secret: Secret
 
     @classmethod
-    def parse(cls, text: str) -> Secret:
+    def parse(cls, text: str) -> SigningKey:
         """``whsec_<base64>`` → the decoded bytes; anything else → its UTF-8 bytes. Raises ConfigError."""
         if text.startswith(_PREFIX):
             try:
@@ -98,23 +98,12 @@ class Secret:
             key = text.encode()
         if not key:
             raise ConfigError("webhook sink: option 'secret' is empty")
-        return cls(key)
+        return cls(Secret(base64.b64encode(key).decode()))
 
     @property
     def key(self) -> bytes:
-        """The raw HMAC key."""
-        return self._key
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._key, other._key)
-
-    def __hash__(self) -> int:
-        return hash(Secret)
+        """The raw HMAC key; read it only to sign."""
+        return base64.b64decode(self.secret.reveal())
 
 
 def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -133,7 +122,7 @@ class WebhookSinkSettings:
     """Parsed options of the ``webhook`` sink. The repr hides the secret, header values and the query."""
 
     url: URL
-    secret: Secret | None = None
+    secret: SigningKey | None = None
     timeout: float = 10.0
     max_attempts: int = 8
     backoff_initial: float = 1.0
@@ -364,7 +353,7 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
         raise ConfigError("webhook sink: credentials in the URL and an Authorization header cannot be combined")
     return WebhookSinkSettings(
         url=url,
-        secret=Secret.parse(secret_text) if secret_text is not None else None,
+        secret=SigningKey.parse(secret_text) if secret_text is not None else None,
         timeout=_number(options, "timeout", 10.0, minimum=0, strict=True),
         max_attempts=max_attempts,
         backoff_initial=backoff_initial,
