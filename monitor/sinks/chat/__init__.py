@@ -80,7 +80,6 @@ Options (all optional; the webhook URL is the spec's target, e.g. ``dingtalk:htt
 ``secret`` (feishu, dingtalk), ``format`` (feishu, dingtalk, wecom)
     See those modules.
 
-
 Time is injectable (:class:`Timing`: a monotonic clock, a sleep, a wall clock for signatures and the jitter
 source), so tests run a whole rollout on a fake clock.
 
