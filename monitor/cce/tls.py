@@ -1,8 +1,8 @@
 """TLS settings shared by every outgoing connection: verification is always on; a CA bundle may be added.
 
 There is deliberately no switch to turn verification off. A private CA is supported by giving its bundle
-(``http.ca_bundle`` for CCE and IAM, option ``ca_bundle`` for the webhook sink); it is loaded at start-up, so a
-missing or unreadable file is a configuration error, not a failure at the first request.
+(``http.ca_bundle`` for CCE and IAM, option ``ca_bundle`` for the webhook and chat sinks); it is loaded at start-up,
+so a missing or unreadable file is a configuration error, not a failure at the first request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from yarl import URL
 
 from monitor.core.errors import ConfigError
 
-__all__ = ["is_loopback", "ssl_context", "warn_plain_http"]
+__all__ = ["ca_bundle_option", "is_loopback", "ssl_context", "warn_plain_http"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,17 @@ def ssl_context(ca_bundle: str | None, *, what: str = "ca_bundle") -> ssl.SSLCon
         raise ConfigError(f"{what}: {ca_bundle} does not exist") from None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"{what}: {ca_bundle} is not a readable PEM CA bundle ({type(exc).__name__})") from None
+
+
+def ca_bundle_option(value: object, what: str) -> str | None:
+    """A ``ca_bundle`` option as given (None: none), checked now: ``what`` names it in the ConfigError when it is
+    not a path or its bundle does not load."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a path")
+    ssl_context(value, what=what)
+    return value
 
 
 def is_loopback(url: URL) -> bool:

@@ -9,6 +9,17 @@ A sink is any object with::
 The bus gives every sink its own queue and task and calls ``send`` for one event at a time, so a sink needs no
 locking of its own. A sink that retries does so inside ``send``, raising :class:`SinkError` when it gives up.
 
+A sink also says whether it is durable, as a class attribute::
+
+    durable: ClassVar[bool]                     # True: the daemon feeds it from an outbox in the state database
+
+A durable sink gets an outbox and a deliverer: its events survive a crash or a restart and are retried after
+the sink gave up; a sink that is not durable hears the bus live, and what it misses while the process is down
+is gone. Every built-in sink declares it (``log``: False; ``file``, ``webhook`` and the chat sinks: True).
+``durable`` is part of the contract but deliberately not a member of the :class:`Sink` Protocol: a runtime
+``isinstance(obj, Sink)`` would then reject every third-party sink written before it. Read it with
+:func:`is_durable`, which treats a sink without the attribute as not durable.
+
 A sink is built by a factory ``factory(target, options) -> Sink``: ``target`` is the part after ``name:`` in a
 spec such as ``file:/var/log/cce.jsonl`` (``None`` when absent) and ``options`` the sink's settings from the
 config file. Factories validate both at start-up and raise :class:`ConfigError` with one clear line.
@@ -40,6 +51,7 @@ __all__ = [
     "close_sinks",
     "create_sink",
     "drain_sinks",
+    "is_durable",
     "register",
 ]
 
@@ -50,7 +62,16 @@ logger = logging.getLogger(__name__)
 
 @runtime_checkable
 class Sink(Output, Protocol):
-    """What every sink implements (see the module docstring); the engine's :class:`Output`, by that name here."""
+    """What every sink implements (see the module docstring); the engine's :class:`Output`, by that name here.
+
+    Sinks also declare ``durable: ClassVar[bool]``; it is read through :func:`is_durable` rather than being a
+    Protocol member, so that runtime checks keep accepting sinks that predate it.
+    """
+
+
+def is_durable(sink: object) -> bool:
+    """Whether ``sink`` is fed from a durable outbox: its ``durable`` attribute, False when it has none."""
+    return bool(getattr(sink, "durable", False))
 
 
 SinkFactory = Callable[[str | None, Mapping[str, object]], Sink]

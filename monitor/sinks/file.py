@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from monitor.core.errors import ConfigError, SinkError
 from monitor.core.events import Event
@@ -36,6 +37,8 @@ class FileSinkSettings:
 
 class FileSink:
     """Appends one JSON line per event to a file opened at construction; ``aclose`` closes it."""
+
+    durable: ClassVar[bool] = True  # fed from the daemon's outbox
 
     __slots__ = ("_fd", "_pending", "name", "settings")
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Literal, TextIO, cast
+from typing import ClassVar, Literal, TextIO, cast
 
 from monitor.core.errors import ConfigError, SinkError
 from monitor.core.events import Event, EventType
@@ -87,6 +87,8 @@ class LogSinkSettings:
 
 class LogSink:
     """Writes each event as one line to a text stream and flushes it. Never closes the stream."""
+
+    durable: ClassVar[bool] = False  # live from the bus: a terminal does not replay what it missed
 
     __slots__ = ("_closed", "name", "settings")
 

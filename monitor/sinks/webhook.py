@@ -17,6 +17,8 @@ Spec ``webhook:URL`` (http or https). Options (all optional):
     Requests per second to this endpoint, through :class:`monitor.cce.throttle.RateLimiter` (default 5).
 ``headers``
     Extra static headers, e.g. ``Authorization``; their values are treated like the secret.
+``ca_bundle``
+    Extra CA file (PEM) trusted for this endpoint (:mod:`monitor.cce.tls`); verification itself is always on.
 
 Every request carries ``webhook-id`` (the event id, stable across retries and restarts, so receivers can
 dedupe) and ``webhook-timestamp`` (unix seconds of that attempt); with a secret also
@@ -43,18 +45,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
 
 import aiohttp
 from yarl import URL
 
 from monitor.cce.throttle import RateLimiter
-from monitor.cce.tls import ssl_context, warn_plain_http
+from monitor.cce.tls import ca_bundle_option, ssl_context, warn_plain_http
 from monitor.core.errors import ConfigError, SinkError, parse_error_body, parse_retry_after
 from monitor.core.events import Event
+from monitor.core.secret import Secret
 from monitor.core.version import USER_AGENT
 from monitor.sinks import register
 
-__all__ = ["Secret", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
+__all__ = ["SigningKey", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +77,15 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-class Secret:
-    """A signing key whose ``repr`` and ``str`` are masked, so it cannot leak through a log or a traceback."""
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A webhook signing key. It is held as a :class:`monitor.core.secret.Secret` of the key's base64, so its
+    repr is masked and it compares in constant time (two spellings of one key are equal) as every secret does."""
 
-    __slots__ = ("_key",)
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    secret: Secret
 
     @classmethod
-    def parse(cls, text: str) -> Secret:
+    def parse(cls, text: str) -> SigningKey:
         """``whsec_<base64>`` → the decoded bytes; anything else → its UTF-8 bytes. Raises ConfigError."""
         if text.startswith(_PREFIX):
             try:
@@ -95,23 +98,12 @@ class Secret:
             key = text.encode()
         if not key:
             raise ConfigError("webhook sink: option 'secret' is empty")
-        return cls(key)
+        return cls(Secret(base64.b64encode(key).decode()))
 
     @property
     def key(self) -> bytes:
-        """The raw HMAC key."""
-        return self._key
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._key, other._key)
-
-    def __hash__(self) -> int:
-        return hash(Secret)
+        """The raw HMAC key; read it only to sign."""
+        return base64.b64decode(self.secret.reveal())
 
 
 def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -130,7 +122,7 @@ class WebhookSinkSettings:
     """Parsed options of the ``webhook`` sink. The repr hides the secret, header values and the query."""
 
     url: URL
-    secret: Secret | None = None
+    secret: SigningKey | None = None
     timeout: float = 10.0
     max_attempts: int = 8
     backoff_initial: float = 1.0
@@ -151,6 +143,8 @@ class WebhookSinkSettings:
 
 class WebhookSink:
     """POSTs events to one URL. One aiohttp session, made on first use inside the running loop."""
+
+    durable: ClassVar[bool] = True  # fed from the daemon's outbox; receivers dedupe by webhook-id
 
     __slots__ = ("_closed", "_gone", "_limiter", "_scrub", "_session", "_url_text", "name", "settings")
 
@@ -353,16 +347,13 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
     if backoff_max < backoff_initial:
         raise ConfigError("webhook sink: option 'backoff_max' must be at least 'backoff_initial'")
     headers = _headers(options.get("headers", {}))
-    ca_bundle = options.get("ca_bundle")
-    if ca_bundle is not None and not isinstance(ca_bundle, str):
-        raise ConfigError("webhook sink: option 'ca_bundle' must be a path")
-    ssl_context(ca_bundle, what="webhook sink: option 'ca_bundle'")  # fail at start-up, not at first send
+    ca_bundle = ca_bundle_option(options.get("ca_bundle"), "webhook sink: option 'ca_bundle'")  # fail at start-up
     warn_plain_http(url, "webhook sink")
     if url.user is not None and any(name.lower() == "authorization" for name in headers):
         raise ConfigError("webhook sink: credentials in the URL and an Authorization header cannot be combined")
     return WebhookSinkSettings(
         url=url,
-        secret=Secret.parse(secret_text) if secret_text is not None else None,
+        secret=SigningKey.parse(secret_text) if secret_text is not None else None,
         timeout=_number(options, "timeout", 10.0, minimum=0, strict=True),
         max_attempts=max_attempts,
         backoff_initial=backoff_initial,

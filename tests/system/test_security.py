@@ -388,11 +388,11 @@ FAST_CHAT: dict[str, object] = {
 }
 
 
-def chat_sink(platform: str, base: str) -> Any:
+def chat_sink(platform: str, base: str, **options: object) -> Any:
     module = importlib.import_module(f"monitor.sinks.chat.{platform}")
     factory = getattr(module, f"make_{platform}_sink")
     path, extra = CHAT_URLS[platform]
-    return factory(base + path, {**FAST_CHAT, **extra})
+    return factory(base + path, {**FAST_CHAT, **extra, **options})
 
 
 @pytest.mark.usefixtures("quiet_handshakes")
@@ -410,6 +410,23 @@ async def test_chat_sinks_verify_tls_by_default(
         await sink.aclose()
     assert hooks.requests == 0
     assert cert_problem(logs.text)
+    assert_clean(logs.text, also=CHAT_SECRETS)
+
+
+@pytest.mark.usefixtures("quiet_handshakes")
+@pytest.mark.parametrize("platform", list(CHAT_URLS))
+async def test_chat_sinks_accept_a_ca_bundle(
+    certs: Certs, serve_tls: TlsServe, logs: pytest.LogCaptureFixture, platform: str
+) -> None:
+    hooks = Hooks()
+    base = await serve_tls(hooks.app(), certs.server)
+    sink = chat_sink(platform, base, ca_bundle=str(certs.ca))
+    try:
+        await sink.send(failed_event())
+        await until(lambda: hooks.requests >= 1, 10, "a request through TLS")
+    finally:
+        await sink.aclose()
+    assert not cert_problem(logs.text)
     assert_clean(logs.text, also=CHAT_SECRETS)
 
 

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -849,6 +850,56 @@ def test_create_sink_builds_registered_sinks() -> None:
     for made in (sink, feishu_sink, slack_sink):
         assert isinstance(made, ChatSink)
         assert made.budget.windows[:2] in (((18, 60.0), (3, 10.0)), ((1, 1.0), (60, 60.0)), ((5, 1.0), (100, 60.0)))
+
+
+CHAT_TARGETS = {
+    "slack": "https://hooks.slack.com/services/T00/B00/XXXXSECRET",
+    "teams": "https://x/workflows/1",
+    "feishu": "https://open.feishu.cn/open-apis/bot/v2/hook/0f1e2d3c-token",
+    "dingtalk": "https://oapi.dingtalk.com/robot/send?access_token=abcdef123456",
+    "wecom": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abcdef123456",
+}
+# A throw-away self-signed CA (EC P-256, valid for a century): a bundle that loads.
+TEST_CA_PEM = """\
+-----BEGIN CERTIFICATE-----
+MIIBlDCCATmgAwIBAgIUWrYPNqiNU/fjXMp4mu038Y44SY8wCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTY2NlLW1vbml0b3IgdGVzdCBDQTAgFw0yNjEyMDExMDQxNTBa
+GA8yMTI2MTEwNzEwNDE1MFowHjEcMBoGA1UEAwwTY2NlLW1vbml0b3IgdGVzdCBD
+QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABEd/CCQxa1zedqSyIU+Whjafv2ik
+tdSg746dKlZFY1l0zJJor35BK0lJfU/qX7oC4S6DJiD9CGoBU+B/uqS0GnyjUzBR
+MB0GA1UdDgQWBBTpWJi/GlRreoipjAi/LNxujsoRWjAfBgNVHSMEGDAWgBTpWJi/
+GlRreoipjAi/LNxujsoRWjAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kA
+MEYCIQCtdeaYoFvT/6daR9R8B06uOPLcMH8r5j6W5au1bQJfTAIhALXult1Zd08N
+bTdSviCWyG/XVoIkPEUvEe5HY9Nfrw+X
+-----END CERTIFICATE-----
+"""
+
+
+@pytest.mark.parametrize("kind", list(CHAT_TARGETS))
+def test_a_missing_ca_bundle_is_a_config_error(kind: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError) as info:
+        create_sink(f"{kind}:{CHAT_TARGETS[kind]}", {"ca_bundle": str(missing)})
+    assert f"{kind} sink: option 'ca_bundle'" in str(info.value) and "does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "message"), [(123, "must be a path"), ("not a bundle", "not a readable PEM")])
+def test_a_bad_ca_bundle_is_a_config_error(tmp_path: Path, value: object, message: str) -> None:
+    if isinstance(value, str):
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_text(value)
+        value = str(bundle)
+    with pytest.raises(ConfigError) as info:
+        create_sink(f"slack:{CHAT_TARGETS['slack']}", {"ca_bundle": value})
+    assert "slack sink: option 'ca_bundle'" in str(info.value) and message in str(info.value)
+
+
+@pytest.mark.parametrize("kind", list(CHAT_TARGETS))
+def test_a_valid_ca_bundle_is_accepted(kind: str, tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(TEST_CA_PEM)
+    sink = create_sink(f"{kind}:{CHAT_TARGETS[kind]}", {"ca_bundle": str(bundle)})
+    assert isinstance(sink, ChatSink) and sink.settings.ca_bundle == str(bundle)
 
 
 # --------------------------------------------------------------------------------------------------- close

@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 
 from monitor.core.errors import ConfigError, SinkError
 from monitor.core.events import Event, EventType, event_id
-from monitor.sinks import Sink, create_sink
+from monitor.sinks import Sink, create_sink, is_durable
+from monitor.sinks.chat import ChatSink
 from monitor.sinks.file import FileSink, FileSinkSettings, make_file_sink
 from monitor.sinks.log import LogSink, LogSinkSettings, format_text, make_log_sink
+from monitor.sinks.webhook import WebhookSink
 
 JOB_ID = "354331b2c-229a-11e8-9c75-0255ac100ceb"
 PROJECT_ID = "0b0f5d1d9c8a4bfa9d0c6c1b0f3d2e1a"
@@ -233,3 +235,33 @@ async def test_file_send_after_close_fails(tmp_path: Path) -> None:
     with pytest.raises(SinkError) as info:
         await sink.send(make_event())
     assert not info.value.retryable
+
+
+# ------------------------------------------------------------------------------------------------- durable
+
+
+def test_every_built_in_sink_declares_durable() -> None:
+    expected = {LogSink: False, FileSink: True, WebhookSink: True, ChatSink: True}
+    for cls, durable in expected.items():
+        assert "durable" in vars(cls), cls
+        assert cls.durable is durable
+
+
+async def test_is_durable_reads_the_attribute_and_defaults_to_false(tmp_path: Path) -> None:
+    class ThirdParty:  # written before ``durable`` was part of the contract
+        name = "third-party"
+
+        async def send(self, event: Event) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
+    class Durable(ThirdParty):
+        durable = True
+
+    assert isinstance(ThirdParty(), Sink)  # still a sink
+    assert not is_durable(ThirdParty()) and is_durable(Durable())
+    file_sink = create_sink(f"file:{tmp_path / 'e.jsonl'}")
+    assert is_durable(file_sink) and not is_durable(create_sink("log"))
+    await file_sink.aclose()

@@ -20,8 +20,9 @@ from yarl import URL
 
 from monitor.core.errors import ConfigError, SinkError
 from monitor.core.events import Event, EventType, event_id
+from monitor.core.secret import Secret
 from monitor.sinks import Sink, create_sink
-from monitor.sinks.webhook import WebhookSink, make_webhook_sink
+from monitor.sinks.webhook import SigningKey, WebhookSink, make_webhook_sink
 
 KEY = b"0123456789abcdef-the-signing-key!"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -308,3 +309,13 @@ def test_bad_secret_error_does_not_show_it() -> None:
     with pytest.raises(ConfigError) as info:
         make_webhook_sink("https://example.com/h", {"secret": bad})
     assert bad not in str(info.value) and "s3cr3t" not in str(info.value)
+
+
+def test_signing_key_is_a_core_secret() -> None:
+    key = SigningKey.parse(SECRET)
+    assert key.key == KEY
+    assert isinstance(key.secret, Secret)
+    assert KEY.hex() not in repr(key) and SECRET not in repr(key) and "**" in repr(key) and str(key) == repr(key)
+    assert key == SigningKey.parse(KEY.decode())  # one key, two spellings
+    assert key == SigningKey.parse(SECRET) and hash(key) == hash(SigningKey.parse(SECRET))
+    assert key != SigningKey.parse("another secret")
