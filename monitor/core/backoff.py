@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["full_jitter"]
+__all__ = ["backoff_ceiling", "full_jitter"]
 
 _RNG = random.Random()  # jitter, not cryptography
 
@@ -19,5 +19,10 @@ def full_jitter(
 ) -> float:
     """Seconds to wait before retry ``attempt`` (0 = the first retry); ``least``: the fraction of the ceiling
     always waited (0.5 is "equal jitter": never retry much sooner than the schedule)."""
-    ceiling = min(cap, initial * 2 ** min(max(0, attempt), 64))
+    ceiling = backoff_ceiling(attempt, initial, cap)
     return (rng or _RNG).uniform(ceiling * least, ceiling)
+
+
+def backoff_ceiling(attempt: int, initial: float, cap: float) -> float:
+    """The most to wait before retry ``attempt``: ``min(cap, initial * 2**attempt)``."""
+    return min(cap, initial * 2.0 ** min(max(0, attempt), 64))

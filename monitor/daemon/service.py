@@ -1,7 +1,7 @@
 """``cce-monitor run``: the long-lived daemon — scheduler, durable state, sinks, control API and metrics.
 
-Start-up: open the state database, build the sinks (durable ones — ``file``, ``webhook`` and any sink with
-``durable = True`` — get an outbox and a ``Deliverer``; others subscribe to the bus), track
+Start-up: open the state database, build the sinks (durable ones — :func:`~monitor.sinks.is_durable`: ``file``,
+``webhook``, chat — get an outbox and a ``Deliverer``; others subscribe to the bus), track
 every unfinished job from the database again with its last snapshot (a transition that happened while the daemon
 was down is detected on the first poll), then serve the API.
 
@@ -35,13 +35,12 @@ from monitor.engine.bus import Bus, EventFilter
 from monitor.engine.pipeline import Pipeline, SinkBinding
 from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import Scheduler
-from monitor.sinks import create_sink
+from monitor.sinks import create_sink, is_durable
 
 __all__ = ["Daemon"]
 
 logger = logging.getLogger(__name__)
 
-_DURABLE_TYPES = {"file", "webhook"}
 _PRUNE_EVERY = 3600.0
 _REACHABLE_WITHIN = 300.0
 
@@ -135,7 +134,7 @@ class Daemon:
             sink = create_sink(entry.spec, entry.options)
             f = entry.filter
             event_filter = EventFilter.of(f.types, f.phases, f.labels)
-            if entry.type in _DURABLE_TYPES or getattr(sink, "durable", False):
+            if is_durable(sink):
                 seen[sink.name] += 1
                 # Outbox rows are keyed by sink name: two sinks with the same target need distinct keys.
                 name = sink.name if seen[sink.name] == 1 else f"{sink.name}#{seen[sink.name]}"

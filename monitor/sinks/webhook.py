@@ -40,7 +40,6 @@ import hashlib
 import hmac
 import logging
 import math
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from yarl import URL
 
 from monitor.cce.throttle import RateLimiter
 from monitor.cce.tls import ca_bundle_option, ssl_context, warn_plain_http
+from monitor.core.backoff import full_jitter
 from monitor.core.errors import ConfigError, SinkError, parse_error_body, parse_retry_after
 from monitor.core.events import Event
 from monitor.core.secret import Secret
@@ -214,8 +214,7 @@ class WebhookSink:
         return headers
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** min(attempt, 64))
-        return random.uniform(0, cap)
+        return full_jitter(attempt, self.settings.backoff_initial, self.settings.backoff_max)
 
     async def send(self, event: Event) -> None:
         """Deliver ``event``, retrying as the module docstring describes; raise :class:`SinkError` if not."""

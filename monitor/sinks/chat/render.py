@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from monitor.core.text import format_duration
+
 __all__ = [
     "Line",
     "Message",
@@ -186,15 +188,7 @@ def _seconds(value: object) -> float | None:
     return float(value)
 
 
-def duration(seconds: float) -> str:
-    """``45s``, ``7m``, ``2h 5m``: short, rounded down."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m"
-    hours, rest = divmod(whole, 3600)
-    return f"{hours}h {rest // 60}m"
+duration = format_duration  # the one duration format (monitor.core.text)
 
 
 def summary_counts(summary: Mapping[str, Any]) -> dict[str, int]:

@@ -18,6 +18,7 @@ import orjson
 from yarl import URL
 
 from monitor.cce.tls import ssl_context
+from monitor.core.backoff import backoff_ceiling
 from monitor.core.errors import SinkError
 from monitor.core.events import Event
 from monitor.core.version import USER_AGENT
@@ -310,8 +311,9 @@ class ChatSink(abc.ABC):
     # ---- delivery
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** min(attempt, 64))
-        return self._timing.jitter(0.0, cap)
+        return self._timing.jitter(
+            0.0, backoff_ceiling(attempt, self.settings.backoff_initial, self.settings.backoff_max)
+        )
 
     async def _deliver(self, message: Message, *, final: bool = False) -> Verdict:
         """Send ``message`` within the budget, retrying as the package docstring says; the last verdict."""
