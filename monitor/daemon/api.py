@@ -81,7 +81,7 @@ from monitor.core.errors import ConfigError, InvalidIdError
 from monitor.core.events import Event
 from monitor.core.model import job_to_json, validate_id, validate_label
 from monitor.core.secret import Secret
-from monitor.daemon.store import StoredJob
+from monitor.daemon.storage import StoredJob
 
 __all__ = ["AddResult", "Control", "make_app", "serve"]
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from monitor.core.backoff import full_jitter
 from monitor.core.errors import SinkError
 from monitor.core.events import Event
-from monitor.daemon.store import State
+from monitor.daemon.storage import Store
 from monitor.sinks import Sink
 
 __all__ = ["Deliverer"]
@@ -41,7 +41,7 @@ class Deliverer:
     def __init__(
         self,
         sink: Sink,
-        state: State,
+        state: Store,
         *,
         name: str | None = None,
         retry_initial: float = 2.0,

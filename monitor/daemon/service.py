@@ -30,7 +30,8 @@ from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
-from monitor.daemon.store import State, StoredJob
+from monitor.daemon.storage import Store, StoredJob
+from monitor.daemon.store import State
 from monitor.engine.bus import Bus, EventFilter
 from monitor.engine.pipeline import Pipeline, SinkBinding
 from monitor.engine.rollout import RolloutTracker
@@ -57,7 +58,7 @@ class Daemon:
         self.endpoint: str | None = None
         """``http://host:port`` of the control API once it listens."""
         self.started = asyncio.Event()
-        self._state: State | None = None
+        self._state: Store | None = None
         self._scheduler: Scheduler | None = None
         self._bus: Bus | None = None
         self._deliverers: list[Deliverer] = []
@@ -119,14 +120,14 @@ class Daemon:
     def metrics(self) -> tuple[bytes, str]:
         return self._metrics.render()
 
-    def _parts(self) -> tuple[State, Scheduler]:
+    def _parts(self) -> tuple[Store, Scheduler]:
         if self._state is None or self._scheduler is None:
             raise RuntimeError("the daemon is not running")
         return self._state, self._scheduler
 
     # ---------------------------------------------------------------------------------------- run
 
-    def _build_sinks(self, state: State) -> list[SinkBinding]:
+    def _build_sinks(self, state: Store) -> list[SinkBinding]:
         """Durable sinks get an outbox route and a deliverer (``self._deliverers``); the rest go on the bus."""
         plain: list[SinkBinding] = []
         seen: Counter[str] = Counter()
@@ -173,7 +174,7 @@ class Daemon:
                 counts[(sub.name, "failed")] = sub.failed
         return counts
 
-    async def _housekeeping(self, state: State) -> None:
+    async def _housekeeping(self, state: Store) -> None:
         """Prune finished jobs past retention; refresh the outbox depth for metrics."""
         last_prune = -math.inf  # prune once at start-up too
         while True:
@@ -196,7 +197,7 @@ class Daemon:
             await state.close()
             self._state = None
 
-    async def _serve(self, state: State, stop: asyncio.Event, on_ready: Callable[[str], Any] | None) -> None:
+    async def _serve(self, state: Store, stop: asyncio.Event, on_ready: Callable[[str], Any] | None) -> None:
         cfg = self.config
         settings = cfg.scheduler_settings()
         auth = (
@@ -288,7 +289,7 @@ class Daemon:
                         {d.name: d.delivered for d in deliverers},
                     )
 
-    async def _warn_stranded(self, state: State) -> None:
+    async def _warn_stranded(self, state: Store) -> None:
         """Outbox rows of a sink no longer configured (renamed URL or path) would wait forever: say so."""
         configured = {d.name for d in self._deliverers}
         for sink, count in (await state.outbox_depth()).items():
@@ -301,7 +302,7 @@ class Daemon:
                 )
 
     @staticmethod
-    async def _restore_rollouts(state: State, rollouts: RolloutTracker) -> None:
+    async def _restore_rollouts(state: Store, rollouts: RolloutTracker) -> None:
         """Rebuild rollout aggregates from the database (jobs of every rollout still kept)."""
         members: dict[str, list[StoredJob]] = {}
         for job in await state.jobs():

@@ -24,7 +24,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,9 +32,10 @@ import orjson
 from monitor.core.errors import ConfigError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
+from monitor.daemon.storage import OutboxRow, StoredJob
 from monitor.engine.bus import EventFilter
 
-__all__ = ["OutboxRow", "State", "StoredJob"]
+__all__ = ["OutboxRow", "State", "StoredJob"]  # the row types come from monitor.daemon.storage
 
 T = TypeVar("T")
 
@@ -78,31 +78,9 @@ CREATE TABLE IF NOT EXISTS digests (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class StoredJob:
-    """A tracked job as the database has it."""
-
-    job_id: str
-    labels: dict[str, str]
-    rollout: str | None
-    added_at: float
-    """Unix time the job was first added."""
-    phase: str | None
-    snapshot: Job | None
-    outcome: str | None
-    finished_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    seq: int
-    sink: str
-    event: Event
-    attempts: int
-
-
 class State:
-    """The database. Open with ``await State.open(path)``; every method is a coroutine run off the loop."""
+    """The SQLite :class:`~monitor.daemon.storage.Store`. Open with ``await State.open(path)``; every method
+    is a coroutine run off the loop."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
         self.path = path

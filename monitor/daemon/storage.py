@@ -1,0 +1,121 @@
+"""What the daemon keeps across restarts, as one protocol: the :class:`Store` every storage engine implements.
+
+The daemon, the outbox deliverer and the API call only what is here, so that a second engine (PostgreSQL, for
+replicas) can be added beside the embedded SQLite one (:class:`monitor.daemon.store.State`) without touching
+them. The scheduler's :class:`~monitor.engine.scheduler.JobStore` (``record``) is a subset.
+
+Guarantees every engine gives (the tests in ``tests/unit/daemon/test_store.py`` state them):
+
+* :meth:`Store.record` is one transaction: a job's snapshot, its history rows, one outbox row per routed sink
+  whose filter matches each event, and an outcome — all or nothing; an event id seen before is not stored twice;
+* outbox rows are handed out per sink in the order they were recorded (:meth:`Store.pending`) and stay until
+  :meth:`Store.delivered` or :meth:`Store.rejected` says otherwise;
+* a job added once keeps its first labels and ``added_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from monitor.core.events import Event, Outcome
+from monitor.core.model import Job
+from monitor.engine.bus import EventFilter
+
+__all__ = ["OutboxRow", "Store", "StoredJob"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A tracked job as the database has it."""
+
+    job_id: str
+    labels: dict[str, str]
+    rollout: str | None
+    added_at: float
+    """Unix time the job was first added."""
+    phase: str | None
+    snapshot: Job | None
+    outcome: str | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    sink: str
+    event: Event
+    attempts: int
+
+
+class Store(Protocol):
+    """Tracked jobs, their last snapshot and history, a per-sink delivery outbox, and a digest log."""
+
+    path: Path
+    closed: bool
+
+    async def close(self) -> None:
+        """Release the engine's resources; calls after this fail."""
+        ...
+
+    # jobs
+    async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> list[str]:
+        """Remember new jobs; returns those that were not known before, in order."""
+        ...
+
+    async def record(
+        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
+    ) -> None:
+        """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
+        ...
+
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        """Store events that belong to no job (rollout digests) with their outbox rows; returns the new ones."""
+        ...
+
+    async def unfinished(self) -> list[StoredJob]:
+        """Jobs to track again after a restart, oldest first."""
+        ...
+
+    async def get(self, job_id: str) -> StoredJob | None: ...
+
+    async def jobs(
+        self, *, phase: str | None = None, rollout: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[StoredJob]:
+        """Every known job, optionally filtered (``phase`` also matches outcomes like ``timed_out``)."""
+        ...
+
+    async def history(self, job_id: str) -> list[Event]:
+        """A job's events, oldest first."""
+        ...
+
+    async def delete(self, job_id: str) -> bool:
+        """Forget a job and its history; whether it was known."""
+        ...
+
+    async def prune(self, retention: float) -> int:
+        """Forget jobs finished more than ``retention`` seconds ago; how many."""
+        ...
+
+    # the outbox
+    def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
+        """Give durable sink ``sink`` an outbox fed by :meth:`record` with the events it selects."""
+        ...
+
+    async def pending(self, sink: str, *, limit: int = 100, after: int = 0) -> list[OutboxRow]:
+        """Undelivered rows of ``sink`` after sequence ``after``, in order."""
+        ...
+
+    async def delivered(self, *seqs: int) -> None: ...
+
+    async def attempt_failed(self, seq: int, error: str) -> None: ...
+
+    async def rejected(self, seq: int, error: str) -> None:
+        """The receiver refused the row for good: it leaves the outbox, kept with its error."""
+        ...
+
+    async def outbox_depth(self) -> dict[str, int]:
+        """Undelivered rows per sink."""
+        ...
