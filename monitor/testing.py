@@ -15,6 +15,7 @@ tests::
 * :class:`Simulators`: starts :class:`monitor.sim.Simulator` instances on 127.0.0.1 and closes them all.
 * :class:`Receiver`: an HTTP server on 127.0.0.1 that records every request and answers from a script of
   :class:`Reply` objects, a fixed reply or a function; it can check Standard Webhooks signatures.
+* :func:`running_daemon`: a :class:`~monitor.daemon.service.Daemon` run in process until the block ends.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import hmac
 import inspect
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -37,7 +38,9 @@ from typing import Any, Self
 import orjson
 from aiohttp import web
 
+from monitor.config import Config
 from monitor.core.events import Event, EventType, event_id
+from monitor.daemon.service import Daemon
 from monitor.sim import Simulator, SimulatorConfig
 
 __all__ = [
@@ -49,8 +52,10 @@ __all__ = [
     "Receiver",
     "Reply",
     "Responder",
+    "RunningDaemon",
     "Simulators",
     "make_event",
+    "running_daemon",
     "webhook_signature",
 ]
 
@@ -80,9 +85,9 @@ EVENT_TIME = datetime(2026, 11, 28, 6, 41, 0, tzinfo=UTC)
 def make_event(**overrides: Any) -> Event:
     """An event: by default ``CreateNode`` job :data:`JOB_ID` went Running → Failed at :data:`EVENT_TIME`.
 
-    Any field can be overridden. Unless ``id`` is given it is derived from the project, job, sub-job, type,
-    phases and reason, so events that describe different things have different ids and the same overrides
-    always give the same id.
+    Any field can be overridden (``type`` also as its string value). Unless ``id`` is given it is derived from
+    the project, job, sub-job, type, phases and reason, so events that describe different things have different
+    ids and the same overrides always give the same id.
     """
     fields: dict[str, Any] = {
         "type": EventType.JOB_PHASE_CHANGED,
@@ -363,3 +368,48 @@ class Receiver:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+# ----------------------------------------------------------------------------------------------- daemon
+
+
+@dataclass(frozen=True, slots=True)
+class RunningDaemon:
+    """A daemon started by :func:`running_daemon`: set ``stop`` to end it early; ``base`` is its API."""
+
+    daemon: Daemon
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    base: str
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    start_timeout: float = 15.0,
+    stop_timeout: float = 30.0,
+) -> AsyncIterator[RunningDaemon]:
+    """Run a new :class:`Daemon` (``env`` for its ``${VAR}`` references, default none) until the block ends.
+
+    It is ready (its API serving) when the block starts; if it ends or does not start within ``start_timeout``,
+    what made it end is raised, else ``AssertionError``. At the end ``stop`` is set and its exit awaited.
+    """
+    daemon = Daemon(config, env={} if env is None else env)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop), name="daemon")
+    ready = asyncio.create_task(daemon.started.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=start_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if ready not in done:
+        ready.cancel()
+        if task in done:
+            task.result()  # raises what made it end
+        task.cancel()
+        raise AssertionError(f"the daemon did not start within {start_timeout:g} s")
+    assert daemon.endpoint is not None
+    try:
+        yield RunningDaemon(daemon, stop, task, daemon.endpoint)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,15 @@ async def sim_factory() -> AsyncIterator[SimFactory]:
     """Start simulators (real time unless ``clock=``): ``sim, endpoint = await sim_factory(p_500=0.1, ...)``."""
     async with Simulators() as simulators:
         yield simulators
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every logger at DEBUG, named ones too in case an earlier test (the CLI's) gave them a level."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("monitor", "aiohttp", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import os
 import socket
 import sys
@@ -18,8 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from monitor.cce.auth import AKSKAuth, PasswordAuth, TokenAuth, auth_from_env
 from monitor.cce.client import CCEClient, ClientSettings
@@ -43,7 +40,7 @@ from monitor.engine.pipeline import SinkBinding, watch
 from monitor.engine.scheduler import SchedulerSettings
 from monitor.sim import SimulatorConfig
 from monitor.sinks import create_sink
-from monitor.testing import Receiver, Reply
+from monitor.testing import Received, Receiver, Reply
 from tests.conftest import SimFactory
 
 TOKEN = "tok-SECRET-1111"
@@ -57,15 +54,6 @@ SECRETS = (TOKEN, SK, PASSWORD, HOOK_SECRET, HOOK_B64, HOOK_KEY.decode())
 MARKER = "SECRET-"  # in every secret above but the base64 one: catches partial leaks too
 PROJECT = SimulatorConfig().project_id
 BASE_YAML = f"endpoint: http://127.0.0.1:1\nproject_id: {PROJECT}\n"
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Every logger at DEBUG, named ones too in case an earlier test (the CLI's) gave them a level."""
-    caplog.set_level(logging.DEBUG)
-    for name in ("monitor", "aiohttp", "asyncio"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
 
 
 def assert_clean(*texts: str, also: tuple[str, ...] = ()) -> None:
@@ -337,20 +325,14 @@ async def test_parser_errors_quoting_the_token_never_leak(logs: pytest.LogCaptur
 async def test_error_bodies_echoing_the_token_are_masked(logs: pytest.LogCaptureFixture) -> None:
     """A gateway that quotes the start of a refused token in its error body."""
 
-    async def refuse(request: web.Request) -> web.Response:
-        quoted = request.headers["X-Auth-Token"][:60]
-        return web.json_response({"error_code": "APIGW.0301", "error_msg": f"bad token {quoted}..."}, status=401)
+    def refuse(received: Received) -> Reply:
+        quoted = received.headers["X-Auth-Token"][:60]
+        return Reply.json({"error_code": "APIGW.0301", "error_msg": f"bad token {quoted}..."}, status=401)
 
-    app = web.Application()
-    app.router.add_get("/api/v3/projects/{project}/jobs/{job}", refuse)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    settings = ClientSettings(endpoint=str(server.make_url("")), project_id=PROJECT, total_timeout=5)
-    try:
+    async with Receiver(refuse) as gateway:
+        settings = ClientSettings(endpoint=gateway.base, project_id=PROJECT, total_timeout=5)
         async with CCEClient(settings, TokenAuth(Secret(LONG_TOKEN))) as client:
             error = await raised(client.get_job("job-1"), AuthError)
-    finally:
-        await server.close()
     assert "bad token ***..." in str(error)
     assert_error_clean(error, also=(LONG_TOKEN,))
     assert_no_piece(LONG_TOKEN, str(error), repr(error), logs.text, size=12)

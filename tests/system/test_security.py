@@ -60,7 +60,7 @@ from monitor.daemon.service import Daemon
 from monitor.daemon.store import State, StoredJob
 from monitor.sim import Simulator, SimulatorConfig
 from monitor.sinks import create_sink
-from monitor.testing import Received, Receiver, Reply
+from monitor.testing import Received, Receiver, Reply, running_daemon
 from tests.conftest import SimFactory
 
 PROJECT = SimulatorConfig().project_id
@@ -89,15 +89,6 @@ def assert_clean(*texts: str | bytes, also: Sequence[str] = ()) -> None:
         for secret in (*SECRETS, *also, MARKER):
             at = data.find(secret.encode())
             assert at < 0, f"{secret[:8]}... leaked: {data[max(0, at - 150) : at + 150]!r}"
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Every logger at DEBUG, named ones too in case an earlier test gave them a level."""
-    caplog.set_level(logging.DEBUG)
-    for name in ("monitor", "aiohttp", "asyncio"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
 
 
 @contextlib.contextmanager
@@ -824,25 +815,9 @@ class RunningDaemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(config: Config) -> AsyncIterator[RunningDaemon]:
-    daemon = Daemon(config, env={})
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop), name="daemon")
-    ready = asyncio.create_task(daemon.started.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if task in done:
-            task.result()
-        task.cancel()
-        raise AssertionError("the daemon did not start")
-    assert daemon.endpoint is not None
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield RunningDaemon(daemon, daemon.endpoint, session)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+async def running(config: Config) -> AsyncIterator[RunningDaemon]:
+    async with running_daemon(config, stop_timeout=20) as run, aiohttp.ClientSession() as session:
+        yield RunningDaemon(run.daemon, run.base, session)
 
 
 def sqlite_files(path: Path) -> list[Path]:
@@ -863,7 +838,7 @@ async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, log
     texts: list[str | bytes] = [repr(config.auth), repr(config.api), str(config.api)]
     try:
         with umask(0):
-            async with running_daemon(config) as api:
+            async with running(config) as api:
                 short = [sim.add_job(duration=0.4), sim.add_job(duration=0.4, fail=True)]
                 long_job = sim.add_job(duration=60)
                 for token in ("", "nope", API_TOKEN[:-1], API_TOKEN + "x"):
@@ -909,20 +884,17 @@ async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, log
 
 
 async def test_webhook_scrubs_the_credential_part_of_a_header() -> None:
-    async def quote_token(request: web.Request) -> web.Response:
-        token = request.headers["Authorization"].split(" ", 1)[1]
-        return web.json_response({"message": f"token {token} expired"}, status=401)
+    def quote_token(received: Received) -> Reply:
+        token = received.headers["Authorization"].split(" ", 1)[1]
+        return Reply.json({"message": f"token {token} expired"}, status=401)
 
-    app = web.Application()
-    app.router.add_post("/hook", quote_token)
-    runner, base = await serve(app, "127.0.0.1", 0)
-    sink = create_sink(f"webhook:{base}/hook", {"headers": {"Authorization": HOOK_AUTH}, "max_attempts": 1})
-    try:
-        with pytest.raises(SinkError) as info:
-            await sink.send(failed_event())
-    finally:
-        await sink.aclose()
-        await runner.cleanup()
+    async with Receiver(quote_token) as receiver:
+        sink = create_sink(f"webhook:{receiver.url}", {"headers": {"Authorization": HOOK_AUTH}, "max_attempts": 1})
+        try:
+            with pytest.raises(SinkError) as info:
+                await sink.send(failed_event())
+        finally:
+            await sink.aclose()
     assert "expired" in str(info.value)
     assert_clean(str(info.value))
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from monitor.config import parse_config
 from monitor.core.events import Event, EventType
 from monitor.testing import (
     EVENT_TIME,
@@ -20,6 +22,7 @@ from monitor.testing import (
     Reply,
     Simulators,
     make_event,
+    running_daemon,
     webhook_signature,
 )
 
@@ -164,3 +167,18 @@ async def test_simulators_start_and_close_every_one() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             async with session.get(endpoint):
                 pass
+
+
+async def test_running_daemon_serves_until_the_block_ends(tmp_path: Path) -> None:
+    async with Simulators() as simulators:
+        sim, endpoint = await simulators.start()
+        yaml = (
+            f"endpoint: {endpoint}\nproject_id: {sim.config.project_id}\nauth: {{token: '${{TOK}}'}}\n"
+            f"state: {{path: '{tmp_path / 'state.db'}'}}\napi: {{listen: '127.0.0.1:0'}}\n"
+        )
+        config = parse_config(yaml, env={"TOK": sim.config.token})
+        async with running_daemon(config) as run:
+            assert run.base.startswith("http://127.0.0.1:") and not run.task.done()
+            async with aiohttp.ClientSession() as session, session.get(run.base + "/healthz") as resp:
+                assert resp.status == 200
+        assert run.task.done() and run.stop.is_set()

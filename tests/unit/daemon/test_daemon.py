@@ -29,7 +29,7 @@ from monitor.core.reason import readable_reason
 from monitor.daemon.service import Daemon
 from monitor.daemon.store import State
 from monitor.sim import Simulator
-from monitor.testing import Receiver, Reply
+from monitor.testing import Receiver, Reply, running_daemon
 from tests.conftest import BotReceiver, SimFactory
 
 API_TOKEN = "api-token-for-tests"
@@ -126,25 +126,8 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Running]:
     """Run a new Daemon until the block ends; then set ``stop`` and wait for a clean exit."""
-    daemon = Daemon(config, env={})
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop), name="daemon")
-    ready = asyncio.create_task(daemon.started.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if task in done:
-            task.result()  # raises what made it end
-        task.cancel()
-        raise AssertionError("the daemon did not start within 15 s")
-    assert daemon.endpoint is not None
-    session = aiohttp.ClientSession()
-    try:
-        yield Running(daemon, stop, task, session, daemon.endpoint)
-    finally:
-        await session.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with running_daemon(config) as run, aiohttp.ClientSession() as session:
+        yield Running(run.daemon, run.stop, run.task, session, run.base)
 
 
 async def until(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> None:
