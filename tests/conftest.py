@@ -1,8 +1,9 @@
-"""Shared fixtures: a real simulator on 127.0.0.1 and a client pointed at it."""
+"""Shared fixtures: a real simulator on 127.0.0.1, a client pointed at it, a chat bot (built on monitor.testing)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,25 +13,26 @@ from monitor.cce.client import CCEClient, ClientSettings
 from monitor.cce.throttle import RateLimiter
 from monitor.core.events import Event
 from monitor.core.secret import Secret
-from monitor.sim import Simulator, SimulatorConfig
+from monitor.sim import Simulator
+from monitor.testing import Received, Receiver, Reply, Simulators
 
-SimFactory = Callable[..., Awaitable[tuple[Simulator, str]]]
+SimFactory = Simulators
 
 
 @pytest.fixture
 async def sim_factory() -> AsyncIterator[SimFactory]:
-    """Start simulators with real time: ``sim, endpoint = await sim_factory(p_500=0.1, ...)``."""
-    started: list[Simulator] = []
+    """Start simulators (real time unless ``clock=``): ``sim, endpoint = await sim_factory(p_500=0.1, ...)``."""
+    async with Simulators() as simulators:
+        yield simulators
 
-    async def factory(**config: Any) -> tuple[Simulator, str]:
-        sim = Simulator(SimulatorConfig(**config))
-        endpoint = await sim.start()
-        started.append(sim)
-        return sim, endpoint
 
-    yield factory
-    for sim in started:
-        await sim.close()
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every logger at DEBUG, named ones too in case an earlier test (the CLI's) gave them a level."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("monitor", "aiohttp", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
 
 
 @pytest.fixture
@@ -62,34 +64,29 @@ class Recorder:
         return [e for e in self.events if e.type == kind and (job_id is None or e.job_id == job_id)]
 
 
-class BotReceiver:
+class BotReceiver(Receiver):
     """A chat bot endpoint (WeCom / DingTalk style: ``{"errcode": 0}``) on 127.0.0.1 that records every message.
 
     ``per_minute`` enforces the bot's limit: past it the bot answers ``errcode`` 45009 and records a violation.
+    :attr:`bodies` holds the messages it accepted.
     """
 
     def __init__(self, per_minute: int = 20) -> None:
+        super().__init__(self._answer_bot, path="/cgi-bin/webhook/send?key=botKEY123456")
         self.per_minute = per_minute
         self.bodies: list[dict[str, Any]] = []
         self.violations = 0
         self._times: list[float] = []
-        self._server: Any = None
-        self.url = ""
 
-    async def _handle(self, request: Any) -> Any:
-        import time  # noqa: PLC0415
-
-        import orjson  # noqa: PLC0415
-        from aiohttp import web  # noqa: PLC0415
-
-        now = time.monotonic()
+    def _answer_bot(self, received: Received) -> Reply:
+        now = received.at
         self._times = [t for t in self._times if t > now - 60]
         if len(self._times) >= self.per_minute:
             self.violations += 1
-            return web.json_response({"errcode": 45009, "errmsg": "api freq out of limit"})
+            return Reply.json({"errcode": 45009, "errmsg": "api freq out of limit"})
         self._times.append(now)
-        self.bodies.append(orjson.loads(await request.read()))
-        return web.json_response({"errcode": 0, "errmsg": "ok"})
+        self.bodies.append(received.json)
+        return Reply.json({"errcode": 0, "errmsg": "ok"})
 
     def texts(self) -> list[str]:
         """Each message's text (markdown or plain)."""
@@ -99,24 +96,8 @@ class BotReceiver:
             out.append(str(part.get("content") or part.get("text") or ""))
         return out
 
-    async def start(self) -> BotReceiver:
-        from aiohttp import web  # noqa: PLC0415
-        from aiohttp.test_utils import TestServer  # noqa: PLC0415
-
-        app = web.Application()
-        app.router.add_post("/cgi-bin/webhook/send", self._handle)
-        self._server = TestServer(app, host="127.0.0.1", port=0)
-        await self._server.start_server()
-        self.url = str(self._server.make_url("/cgi-bin/webhook/send")) + "?key=botKEY123456"
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            await self._server.close()
-
 
 @pytest.fixture
 async def bot() -> AsyncIterator[BotReceiver]:
-    receiver = await BotReceiver().start()
-    yield receiver
-    await receiver.close()
+    async with BotReceiver() as receiver:
+        yield receiver

@@ -16,7 +16,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from aiohttp import web
 
 from monitor.daemon.store import State
+from monitor.testing import Received, Receiver, Reply
 from tests.conftest import SimFactory
 
 EXE = [sys.executable, "-m", "monitor.cli"]
@@ -38,51 +37,31 @@ DURATION = 6.0
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Request:
-    webhook_id: str
-    body: bytes
-    status: int
-
-
-@dataclass
-class FlakyReceiver:
+class FlakyReceiver(Receiver):
     """Answers 500 to every fifth request (20 %, deterministic by arrival order) and 204 to the rest.
 
     With ``hold`` set, the next request to be accepted is recorded (it counts as received) and then its answer is
     held back and ``holding`` is set: the test kills the daemon while it waits for that answer.
     """
 
-    requests: list[Request] = field(default_factory=list)
-    hold: bool = False
-    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self) -> None:
+        super().__init__(self._flaky)
+        self.hold = False
+        self.holding = asyncio.Event()
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        status = 500 if len(self.requests) % 5 == 4 else 204
-        self.requests.append(Request(request.headers["webhook-id"], body, status))
+    def _flaky(self, received: Received) -> Reply:
+        status = 500 if len(self.requests) % 5 == 0 else 204  # this request is the last recorded
         if self.hold and status == 204:
             self.hold = False
             self.holding.set()
-            await asyncio.sleep(1.0)
-        return web.Response(status=status)
-
-    @property
-    def delivered(self) -> list[Request]:
-        return [r for r in self.requests if r.status < 300]
+            return Reply(status, delay=1.0)
+        return Reply(status)
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[FlakyReceiver, str]]:
-    recv = FlakyReceiver()
-    app = web.Application()
-    app.router.add_post("/hook", recv.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    yield recv, f"http://127.0.0.1:{port}/hook"
-    await runner.cleanup()
+    async with FlakyReceiver() as recv:
+        yield recv, recv.url
 
 
 def child_env(**extra: str) -> dict[str, str]:

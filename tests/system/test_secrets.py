@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import os
 import socket
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from monitor.cce.auth import AKSKAuth, PasswordAuth, TokenAuth, auth_from_env
 from monitor.cce.client import CCEClient, ClientSettings
@@ -41,8 +38,10 @@ from monitor.core.events import Event, EventType
 from monitor.core.secret import Secret
 from monitor.engine.pipeline import SinkBinding, watch
 from monitor.engine.scheduler import SchedulerSettings
-from monitor.sim import Simulator, SimulatorConfig
+from monitor.sim import SimulatorConfig
 from monitor.sinks import create_sink
+from monitor.testing import Received, Receiver, Reply
+from tests.conftest import SimFactory
 
 TOKEN = "tok-SECRET-1111"
 SK = "sk-SECRET-2222"
@@ -55,31 +54,6 @@ SECRETS = (TOKEN, SK, PASSWORD, HOOK_SECRET, HOOK_B64, HOOK_KEY.decode())
 MARKER = "SECRET-"  # in every secret above but the base64 one: catches partial leaks too
 PROJECT = SimulatorConfig().project_id
 BASE_YAML = f"endpoint: http://127.0.0.1:1\nproject_id: {PROJECT}\n"
-
-StartSim = Callable[..., Awaitable[tuple[Simulator, str]]]
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    started: list[Simulator] = []
-
-    async def factory(**config: Any) -> tuple[Simulator, str]:
-        sim = Simulator(SimulatorConfig(**config))
-        started.append(sim)
-        return sim, await sim.start()
-
-    yield factory
-    for sim in started:
-        await sim.close()
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Every logger at DEBUG, named ones too in case an earlier test (the CLI's) gave them a level."""
-    caplog.set_level(logging.DEBUG)
-    for name in ("monitor", "aiohttp", "asyncio"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
 
 
 def assert_clean(*texts: str, also: tuple[str, ...] = ()) -> None:
@@ -167,9 +141,9 @@ TOKEN_CASES: dict[str, tuple[dict[str, Any], type[MonitorError]]] = {
 
 
 @pytest.mark.parametrize("case", list(TOKEN_CASES))
-async def test_token_never_leaks(start_sim: StartSim, logs: pytest.LogCaptureFixture, case: str) -> None:
+async def test_token_never_leaks(sim_factory: SimFactory, logs: pytest.LogCaptureFixture, case: str) -> None:
     config, expected = TOKEN_CASES[case]
-    sim, endpoint = await start_sim(**{"token": TOKEN, **config})
+    sim, endpoint = await sim_factory(**{"token": TOKEN, **config})
     job_id = sim.add_job(duration=100)
     if case == "unreachable":
         endpoint = f"http://127.0.0.1:{closed_port()}"
@@ -210,9 +184,9 @@ IAM_CASES: dict[str, tuple[dict[str, Any], type[MonitorError]]] = {
 
 
 @pytest.mark.parametrize("case", list(IAM_CASES))
-async def test_iam_password_never_leaks(start_sim: StartSim, logs: pytest.LogCaptureFixture, case: str) -> None:
+async def test_iam_password_never_leaks(sim_factory: SimFactory, logs: pytest.LogCaptureFixture, case: str) -> None:
     config, expected = IAM_CASES[case]
-    sim, endpoint = await start_sim(**config)
+    sim, endpoint = await sim_factory(**config)
     job_id = sim.add_job(duration=100)
     iam_endpoint = f"http://127.0.0.1:{closed_port()}" if case == "iam_unreachable" else endpoint
     auth = iam_auth(iam_endpoint, timeout=0.3)
@@ -225,8 +199,8 @@ async def test_iam_password_never_leaks(start_sim: StartSim, logs: pytest.LogCap
     assert_clean(logs.text)
 
 
-async def test_issued_iam_tokens_never_leak(start_sim: StartSim, logs: pytest.LogCaptureFixture) -> None:
-    sim, endpoint = await start_sim(iam_password=PASSWORD)
+async def test_issued_iam_tokens_never_leak(sim_factory: SimFactory, logs: pytest.LogCaptureFixture) -> None:
+    sim, endpoint = await sim_factory(iam_password=PASSWORD)
     job_id = sim.add_job(duration=100)
     subject = SubjectTokens()
     auth = iam_auth(endpoint)
@@ -268,10 +242,10 @@ def assert_no_piece(secret: str, *texts: str, size: int = 20) -> None:
 
 
 async def test_iam_token_beyond_the_header_limit_never_leaks(
-    start_sim: StartSim, logs: pytest.LogCaptureFixture
+    sim_factory: SimFactory, logs: pytest.LogCaptureFixture
 ) -> None:
     # 40,000 characters: beyond our 32 KiB header limit, so aiohttp refuses X-Subject-Token and quotes its start.
-    sim, endpoint = await start_sim(iam_password=PASSWORD, token_length=40_000)
+    sim, endpoint = await sim_factory(iam_password=PASSWORD, token_length=40_000)
     job_id = sim.add_job(duration=100)
     auth = iam_auth(endpoint)
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=5)
@@ -285,8 +259,8 @@ async def test_iam_token_beyond_the_header_limit_never_leaks(
     assert_no_piece(issued, *shown, "".join(traceback.format_exception(error)), logs.text)
 
 
-async def test_cli_reports_an_oversized_iam_token_without_it(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(iam_password=PASSWORD, token_length=40_000)
+async def test_cli_reports_an_oversized_iam_token_without_it(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(iam_password=PASSWORD, token_length=40_000)
     job_id = sim.add_job(duration=100)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CCE_", "HUAWEICLOUD_"))}
     env |= {
@@ -351,20 +325,14 @@ async def test_parser_errors_quoting_the_token_never_leak(logs: pytest.LogCaptur
 async def test_error_bodies_echoing_the_token_are_masked(logs: pytest.LogCaptureFixture) -> None:
     """A gateway that quotes the start of a refused token in its error body."""
 
-    async def refuse(request: web.Request) -> web.Response:
-        quoted = request.headers["X-Auth-Token"][:60]
-        return web.json_response({"error_code": "APIGW.0301", "error_msg": f"bad token {quoted}..."}, status=401)
+    def refuse(received: Received) -> Reply:
+        quoted = received.headers["X-Auth-Token"][:60]
+        return Reply.json({"error_code": "APIGW.0301", "error_msg": f"bad token {quoted}..."}, status=401)
 
-    app = web.Application()
-    app.router.add_get("/api/v3/projects/{project}/jobs/{job}", refuse)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    settings = ClientSettings(endpoint=str(server.make_url("")), project_id=PROJECT, total_timeout=5)
-    try:
+    async with Receiver(refuse) as gateway:
+        settings = ClientSettings(endpoint=gateway.base, project_id=PROJECT, total_timeout=5)
         async with CCEClient(settings, TokenAuth(Secret(LONG_TOKEN))) as client:
             error = await raised(client.get_job("job-1"), AuthError)
-    finally:
-        await server.close()
     assert "bad token ***..." in str(error)
     assert_error_clean(error, also=(LONG_TOKEN,))
     assert_no_piece(LONG_TOKEN, str(error), repr(error), logs.text, size=12)
@@ -383,13 +351,13 @@ async def test_error_bodies_echoing_the_token_are_masked(logs: pytest.LogCapture
     ],
 )
 async def test_secret_key_never_leaks(
-    start_sim: StartSim,
+    sim_factory: SimFactory,
     logs: pytest.LogCaptureFixture,
     sim_sk: str,
     fault: dict[str, float],
     expected: type[MonitorError],
 ) -> None:
-    sim, endpoint = await start_sim(ak=AK, sk=sim_sk, **fault)
+    sim, endpoint = await sim_factory(ak=AK, sk=sim_sk, **fault)
     job_id = sim.add_job(duration=100)
     auth = AKSKAuth(AK, Secret(SK), PROJECT)
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT)
@@ -511,29 +479,11 @@ WATCH_SETTINGS = SchedulerSettings(
 )
 
 
-class Receiver:
-    """A webhook receiver that answers 500 to everything and counts requests."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.requests += 1
-        return web.json_response({"message": "receiver exploded"}, status=500)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    rec.url = str(server.make_url("/hook"))
-    yield rec
-    await server.close()
+    """A webhook receiver that answers 500 to everything."""
+    async with Receiver(Reply.json({"message": "receiver exploded"}, status=500)) as rec:
+        yield rec
 
 
 def webhook_options() -> dict[str, object]:
@@ -541,9 +491,9 @@ def webhook_options() -> dict[str, object]:
 
 
 async def test_watch_events_carry_no_secret(
-    start_sim: StartSim, logs: pytest.LogCaptureFixture, receiver: Receiver
+    sim_factory: SimFactory, logs: pytest.LogCaptureFixture, receiver: Receiver
 ) -> None:
-    sim, endpoint = await start_sim(token=TOKEN)
+    sim, endpoint = await sim_factory(token=TOKEN)
     job_ids = [sim.add_job(duration=0.5), sim.add_job(duration=0.5, fail=True)]
     events: list[Event] = []
     auth = TokenAuth(Secret(TOKEN))
@@ -563,16 +513,16 @@ async def test_watch_events_carry_no_secret(
         )
         assert_clean(repr(client), repr(sink), sink.name)
     assert [result.outcomes[j] for j in job_ids] == ["Success", "Failed"]
-    assert receiver.requests >= 2
+    assert len(receiver.requests) >= 2
     assert {e.type for e in events} >= {EventType.JOB_PHASE_CHANGED, EventType.SUBJOB_PHASE_CHANGED}
     assert_clean(*(e.to_json().decode() for e in events), *(repr(e) for e in events), logs.text)
 
 
 @pytest.mark.parametrize("trouble", ["server_error", "expired"])
 async def test_watch_error_events_carry_no_secret(
-    start_sim: StartSim, logs: pytest.LogCaptureFixture, trouble: str
+    sim_factory: SimFactory, logs: pytest.LogCaptureFixture, trouble: str
 ) -> None:
-    sim, endpoint = await start_sim(token=TOKEN)
+    sim, endpoint = await sim_factory(token=TOKEN)
     job_id = sim.add_job(duration=30)
     if trouble == "server_error":
         sim.set_faults(p_500=1.0)
@@ -610,7 +560,7 @@ async def test_webhook_secret_never_leaks(receiver: Receiver, logs: pytest.LogCa
         error = await raised(sink.send(event), SinkError)
     finally:
         await sink.aclose()
-    assert receiver.requests == 2
+    assert len(receiver.requests) == 2
     assert error.retryable
     assert "HTTP 500" in error.message
     assert_error_clean(error)

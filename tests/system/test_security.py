@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from monitor.daemon.service import Daemon
 from monitor.daemon.store import State, StoredJob
 from monitor.sim import Simulator, SimulatorConfig
 from monitor.sinks import create_sink
+from monitor.testing import Received, Receiver, Reply, running_daemon
 from tests.conftest import SimFactory
 
 PROJECT = SimulatorConfig().project_id
@@ -88,15 +89,6 @@ def assert_clean(*texts: str | bytes, also: Sequence[str] = ()) -> None:
         for secret in (*SECRETS, *also, MARKER):
             at = data.find(secret.encode())
             assert at < 0, f"{secret[:8]}... leaked: {data[max(0, at - 150) : at + 150]!r}"
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Every logger at DEBUG, named ones too in case an earlier test gave them a level."""
-    caplog.set_level(logging.DEBUG)
-    for name in ("monitor", "aiohttp", "asyncio"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
 
 
 @contextlib.contextmanager
@@ -316,36 +308,29 @@ async def test_iam_password_is_never_sent_to_an_unverified_server(
     assert_clean(logs.text)
 
 
-@dataclass
-class Hooks:
-    """A receiver that counts requests and answers ``status``, echoing what it got when asked to."""
+def hooks_receiver(status: int = 204, *, echo: bool = False) -> Receiver:
+    """A receiver that answers ``status``; with ``echo``, it quotes the request (URL with its query, headers,
+    body) back in a JSON ``message``, as some receivers do when they refuse a request."""
 
-    status: int = 204
-    echo: bool = False
-    requests: int = 0
-    bodies: list[bytes] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)  # request line target and headers, to show what was echoed
+    def quote(received: Received) -> Reply:
+        quoted = {
+            "path": received.path_qs,
+            "headers": received.headers,
+            "body": received.body.decode("utf-8", "replace"),
+        }
+        return Reply.json({"message": f"refused {orjson.dumps(quoted).decode()}"}, status=status)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    return Receiver(quote if echo else Reply(status))
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests += 1
-        self.bodies.append(body)
-        self.seen.append(request.path_qs + repr(dict(request.headers)))
-        if not self.echo:
-            return web.Response(status=self.status)
-        # A receiver that quotes the request back: URL with its query, headers, body.
-        quoted = {"path": request.path_qs, "headers": dict(request.headers), "body": body.decode("utf-8", "replace")}
-        return web.json_response({"message": f"refused {orjson.dumps(quoted).decode()}"}, status=self.status)
+
+def seen(received: Received) -> str:
+    """The request target and headers, to show what was echoed."""
+    return received.path_qs + repr(received.headers)
 
 
 @pytest.mark.usefixtures("quiet_handshakes")
 async def test_webhook_sink_verifies_tls_by_default(certs: Certs, serve_tls: TlsServe) -> None:
-    hooks = Hooks()
+    hooks = hooks_receiver()
     base = await serve_tls(hooks.app(), certs.server)
     sink = create_sink(f"webhook:{base}/hook", {"secret": HOOK_SECRET, "max_attempts": 1})
     try:
@@ -354,18 +339,18 @@ async def test_webhook_sink_verifies_tls_by_default(certs: Certs, serve_tls: Tls
     finally:
         await sink.aclose()
     assert cert_problem(str(info.value)), str(info.value)
-    assert hooks.requests == 0
+    assert len(hooks.requests) == 0
 
 
 async def test_webhook_sink_accepts_a_ca_bundle(certs: Certs, serve_tls: TlsServe) -> None:
-    hooks = Hooks()
+    hooks = hooks_receiver()
     base = await serve_tls(hooks.app(), certs.server)
     sink = create_sink(f"webhook:{base}/hook", {"ca_bundle": str(certs.ca), "max_attempts": 1})
     try:
         await sink.send(failed_event())
     finally:
         await sink.aclose()
-    assert hooks.requests == 1
+    assert len(hooks.requests) == 1
 
 
 CHAT_URLS: dict[str, tuple[str, dict[str, object]]] = {
@@ -400,7 +385,7 @@ def chat_sink(platform: str, base: str, **options: object) -> Any:
 async def test_chat_sinks_verify_tls_by_default(
     certs: Certs, serve_tls: TlsServe, logs: pytest.LogCaptureFixture, platform: str
 ) -> None:
-    hooks = Hooks()
+    hooks = hooks_receiver()
     base = await serve_tls(hooks.app(), certs.server)
     sink = chat_sink(platform, base)
     try:
@@ -408,7 +393,7 @@ async def test_chat_sinks_verify_tls_by_default(
         await until(lambda: sink.failed_messages >= 1, 10, "a failed message")
     finally:
         await sink.aclose()
-    assert hooks.requests == 0
+    assert len(hooks.requests) == 0
     assert cert_problem(logs.text)
     assert_clean(logs.text, also=CHAT_SECRETS)
 
@@ -418,7 +403,7 @@ async def test_chat_sinks_verify_tls_by_default(
 async def test_chat_sinks_accept_a_ca_bundle(
     certs: Certs, serve_tls: TlsServe, logs: pytest.LogCaptureFixture, platform: str
 ) -> None:
-    hooks = Hooks()
+    hooks = hooks_receiver()
     base = await serve_tls(hooks.app(), certs.server)
     sink = chat_sink(platform, base, ca_bundle=str(certs.ca))
     try:
@@ -765,11 +750,8 @@ def daemon_env(hook_url: str) -> dict[str, str]:
 @pytest.mark.slow
 async def test_run_serves_with_secrets_only_in_the_environment(sim_factory: SimFactory, tmp_path: Path) -> None:
     sim, endpoint = await sim_factory(token=CCE_TOKEN)
-    hooks = Hooks(status=500, echo=True)
-    runner = web.AppRunner(hooks.app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    hooks = hooks_receiver(500, echo=True)
+    hook_url = await hooks.start()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(daemon_config(endpoint, tmp_path)))
     proc = await asyncio.create_subprocess_exec(
@@ -805,7 +787,7 @@ async def test_run_serves_with_secrets_only_in_the_environment(sim_factory: SimF
             async def finished() -> bool:
                 async with session.get(f"{base}/v1/jobs/{job_id}", headers=auth) as resp:
                     body = await resp.read()
-                    return bool(orjson.loads(body)["job"]["outcome"]) and hooks.requests >= 1
+                    return bool(orjson.loads(body)["job"]["outcome"]) and len(hooks.requests) >= 1
 
             await until(finished, 20, "the job to finish and the webhook to be tried")
             texts += cmdlines(proc.pid)
@@ -821,7 +803,7 @@ async def test_run_serves_with_secrets_only_in_the_environment(sim_factory: SimF
             proc.kill()
             await proc.wait()
         reader.cancel()
-        await runner.cleanup()
+        await hooks.close()
     err = b"".join(err_lines)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"webhook" in err and b"HTTP 500" in err  # the failing receiver was reported ...
@@ -850,25 +832,9 @@ class RunningDaemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(config: Config) -> AsyncIterator[RunningDaemon]:
-    daemon = Daemon(config, env={})
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop), name="daemon")
-    ready = asyncio.create_task(daemon.started.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if task in done:
-            task.result()
-        task.cancel()
-        raise AssertionError("the daemon did not start")
-    assert daemon.endpoint is not None
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield RunningDaemon(daemon, daemon.endpoint, session)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+async def running(config: Config) -> AsyncIterator[RunningDaemon]:
+    async with running_daemon(config, stop_timeout=20) as run, aiohttp.ClientSession() as session:
+        yield RunningDaemon(run.daemon, run.base, session)
 
 
 def sqlite_files(path: Path) -> list[Path]:
@@ -879,11 +845,8 @@ def sqlite_files(path: Path) -> list[Path]:
 async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, logs: pytest.LogCaptureFixture) -> None:
     """The daemon end to end with every secret as ``${ENV}``: nothing it shows, stores or logs holds one."""
     sim, endpoint = await sim_factory(token=CCE_TOKEN)
-    hooks = Hooks(status=500, echo=True)
-    hook_runner = web.AppRunner(hooks.app(), access_log=None)
-    await hook_runner.setup()
-    await web.TCPSite(hook_runner, "127.0.0.1", 0).start()
-    hook_url = f"http://127.0.0.1:{hook_runner.addresses[0][1]}/hook"
+    hooks = hooks_receiver(500, echo=True)
+    hook_url = await hooks.start()
     config = parse_config(
         yaml.safe_dump(daemon_config(endpoint, tmp_path)), env=daemon_env(hook_url), source="daemon.yaml"
     )
@@ -892,7 +855,7 @@ async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, log
     texts: list[str | bytes] = [repr(config.auth), repr(config.api), str(config.api)]
     try:
         with umask(0):
-            async with running_daemon(config) as api:
+            async with running(config) as api:
                 short = [sim.add_job(duration=0.4), sim.add_job(duration=0.4, fail=True)]
                 long_job = sim.add_job(duration=60)
                 for token in ("", "nope", API_TOKEN[:-1], API_TOKEN + "x"):
@@ -907,7 +870,7 @@ async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, log
                 async def outcomes() -> bool:
                     _, raw = await api.call("GET", "/v1/jobs")
                     jobs = {j["job_id"]: j for j in orjson.loads(raw)["jobs"]}
-                    return all(jobs[j]["outcome"] for j in short) and hooks.requests >= 2
+                    return all(jobs[j]["outcome"] for j in short) and len(hooks.requests) >= 2
 
                 await until(outcomes, 20, "the short jobs to finish and the webhook to fail twice")
                 sim.expire_tokens()  # CCE now answers 401: monitor.auth_failed
@@ -924,11 +887,12 @@ async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, log
                     texts.append(path.read_bytes())
                 texts += [repr(api.daemon), str(api.daemon.readiness()), api.daemon.metrics()[0]]
     finally:
-        await hook_runner.cleanup()
+        await hooks.close()
     texts += [p.read_bytes() for p in sqlite_files(db)]
     texts.append(jsonl.read_bytes())
-    assert hooks.requests >= 2 and all(b'"schema":"cce-monitor/v1"' in body for body in hooks.bodies)
-    assert HOOK_QUERY_TOKEN in hooks.seen[0] and HOOK_AUTH in hooks.seen[0]  # so the echoes held secrets
+    assert len(hooks.requests) >= 2 and all(b'"schema":"cce-monitor/v1"' in r.body for r in hooks.requests)
+    first = seen(hooks.requests[0])
+    assert HOOK_QUERY_TOKEN in first and HOOK_AUTH in first  # so the echoes held secrets
     assert "HTTP 500" in logs.text  # the receiver's refusal was logged ...
     assert_clean(*texts, logs.text, also=(HOOK_AUTH,))  # ... without what it echoed
     for record in logs.records:
@@ -937,20 +901,17 @@ async def test_daemon_secrets_sweep(sim_factory: SimFactory, tmp_path: Path, log
 
 
 async def test_webhook_scrubs_the_credential_part_of_a_header() -> None:
-    async def quote_token(request: web.Request) -> web.Response:
-        token = request.headers["Authorization"].split(" ", 1)[1]
-        return web.json_response({"message": f"token {token} expired"}, status=401)
+    def quote_token(received: Received) -> Reply:
+        token = received.headers["Authorization"].split(" ", 1)[1]
+        return Reply.json({"message": f"token {token} expired"}, status=401)
 
-    app = web.Application()
-    app.router.add_post("/hook", quote_token)
-    runner, base = await serve(app, "127.0.0.1", 0)
-    sink = create_sink(f"webhook:{base}/hook", {"headers": {"Authorization": HOOK_AUTH}, "max_attempts": 1})
-    try:
-        with pytest.raises(SinkError) as info:
-            await sink.send(failed_event())
-    finally:
-        await sink.aclose()
-        await runner.cleanup()
+    async with Receiver(quote_token) as receiver:
+        sink = create_sink(f"webhook:{receiver.url}", {"headers": {"Authorization": HOOK_AUTH}, "max_attempts": 1})
+        try:
+            with pytest.raises(SinkError) as info:
+                await sink.send(failed_event())
+        finally:
+            await sink.aclose()
     assert "expired" in str(info.value)
     assert_clean(str(info.value))
 
@@ -958,7 +919,7 @@ async def test_webhook_scrubs_the_credential_part_of_a_header() -> None:
 @pytest.mark.parametrize("platform", list(CHAT_URLS))
 async def test_chat_sinks_never_show_their_url_tokens(logs: pytest.LogCaptureFixture, platform: str) -> None:
     """A bot that fails and quotes the request (URL with its token, headers, body) back; then one that is gone."""
-    hooks = Hooks(status=500, echo=True)
+    hooks = hooks_receiver(500, echo=True)
     runner, base = await serve(hooks.app(), "127.0.0.1", 0)
     try:
         sink = chat_sink(platform, base)
@@ -970,8 +931,8 @@ async def test_chat_sinks_never_show_their_url_tokens(logs: pytest.LogCaptureFix
             await sink.aclose()
     finally:
         await runner.cleanup()
-    assert hooks.requests >= 2
-    assert any(secret in hooks.seen[0] for secret in CHAT_SECRETS)  # the echoes held the URL token
+    assert len(hooks.requests) >= 2
+    assert any(secret in seen(hooks.requests[0]) for secret in CHAT_SECRETS)  # the echoes held the URL token
     gone = chat_sink(platform, base)  # nothing listens there any more: connection refused
     try:
         await gone.send(failed_event())

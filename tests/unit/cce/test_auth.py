@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,35 +14,13 @@ from monitor.cce.auth import AKSKAuth, PasswordAuth, TokenAuth, auth_from_env
 from monitor.cce.client import CCEClient, ClientSettings
 from monitor.core.errors import AuthError, ConfigError, ConnectError, MonitorError, ServerError
 from monitor.core.secret import Secret
-from monitor.sim import Simulator, SimulatorConfig
+from monitor.sim import SimulatorConfig
+from monitor.testing import FakeClock
+from tests.conftest import SimFactory
 
 PROJECT = SimulatorConfig().project_id
 AK, SK = "SIMAKEXAMPLE0000", "sim-secret-key-0123456789"
 IAM_PASSWORD = "sim-password"  # the simulator's default
-
-StartSim = Callable[..., Awaitable[tuple[Simulator, str]]]
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    started: list[Simulator] = []
-
-    async def factory(**config: Any) -> tuple[Simulator, str]:
-        sim = Simulator(SimulatorConfig(**config))
-        started.append(sim)
-        return sim, await sim.start()
-
-    yield factory
-    for sim in started:
-        await sim.close()
 
 
 def client(endpoint: str, auth: Any, **kwargs: Any) -> CCEClient:
@@ -71,8 +49,8 @@ async def fails(awaitable: Awaitable[object], cls: type[MonitorError]) -> Any:
 # --- token ----------------------------------------------------------------------------------------------
 
 
-async def test_token_auth_sends_x_auth_token(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(token="the-static-token")
+async def test_token_auth_sends_x_auth_token(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(token="the-static-token")
     job_id = sim.add_job(duration=100)
     sent: list[dict[str, str]] = []
 
@@ -99,8 +77,8 @@ def test_token_auth_refuses_an_empty_token() -> None:
 # --- IAM password --------------------------------------------------------------------------------------
 
 
-async def test_password_token_is_fetched_once_and_cached(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim()
+async def test_password_token_is_fetched_once_and_cached(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
@@ -112,9 +90,9 @@ async def test_password_token_is_fetched_once_and_cached(start_sim: StartSim) ->
     assert sim.stats.by_status == {201: 1, 200: 15}
 
 
-async def test_a_16kb_token_works_end_to_end(start_sim: StartSim) -> None:
+async def test_a_16kb_token_works_end_to_end(sim_factory: SimFactory) -> None:
     """IAM's documented maximum: in as X-Subject-Token, out as X-Auth-Token (aiohttp's default limit is 8190)."""
-    sim, endpoint = await start_sim(token_length=16_000)
+    sim, endpoint = await sim_factory(token_length=16_000)
     job_id = sim.add_job(duration=100)
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
@@ -127,9 +105,9 @@ async def test_a_16kb_token_works_end_to_end(start_sim: StartSim) -> None:
     assert sim.stats.by_status == {201: 2, 200: 2, 401: 1}
 
 
-async def test_a_16kb_static_token_is_accepted(start_sim: StartSim) -> None:
+async def test_a_16kb_static_token_is_accepted(sim_factory: SimFactory) -> None:
     token = "MII" + "x" * 15_997
-    sim, endpoint = await start_sim(token=token)
+    sim, endpoint = await sim_factory(token=token)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, TokenAuth(Secret(token))) as c:
         assert (await c.get_job(job_id)).id == job_id
@@ -140,8 +118,8 @@ def test_simulator_token_length_is_validated() -> None:
         SimulatorConfig(token_length=3)
 
 
-async def test_password_scope_by_project_name(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim()
+async def test_password_scope_by_project_name(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     async with client(endpoint, password_auth(endpoint, project_id=None, project_name="eu-de")) as c:
         assert (await c.get_job(job_id)).id == job_id
@@ -150,8 +128,8 @@ async def test_password_scope_by_project_name(start_sim: StartSim) -> None:
     assert (error.status, error.message) == (401, "The project in the scope is not found.")
 
 
-async def test_concurrent_calls_share_one_iam_request(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(iam_delay=0.3)
+async def test_concurrent_calls_share_one_iam_request(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(iam_delay=0.3)
     job_ids = [sim.add_job(duration=100) for _ in range(20)]
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
@@ -162,8 +140,8 @@ async def test_concurrent_calls_share_one_iam_request(start_sim: StartSim) -> No
     assert sim.stats.by_status == {201: 1, 200: 20}
 
 
-async def test_refused_token_is_replaced_once(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(iam_delay=0.1)
+async def test_refused_token_is_replaced_once(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(iam_delay=0.1)
     job_ids = [sim.add_job(duration=100) for _ in range(10)]
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
@@ -182,8 +160,8 @@ async def test_refused_token_is_replaced_once(start_sim: StartSim) -> None:
     assert sim.stats.by_status == {201: 3, 200: 12, 401: 11}
 
 
-async def test_wrong_password_is_an_auth_error_without_the_password(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim()
+async def test_wrong_password_is_an_auth_error_without_the_password(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     wrong = "wrong-Pa55word-7777"
     auth = password_auth(endpoint, password=Secret(wrong))
@@ -197,8 +175,8 @@ async def test_wrong_password_is_an_auth_error_without_the_password(start_sim: S
         assert wrong not in text
 
 
-async def test_iam_server_error_propagates(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(faults_on_iam=True, p_500=1.0)
+async def test_iam_server_error_propagates(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(faults_on_iam=True, p_500=1.0)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, password_auth(endpoint)) as c:
         error = await fails(c.get_job(job_id), ServerError)
@@ -206,8 +184,8 @@ async def test_iam_server_error_propagates(start_sim: StartSim) -> None:
     assert sim.stats.job_requests == 0
 
 
-async def test_iam_dropped_connection_is_a_connect_error(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(faults_on_iam=True, p_drop=1.0)
+async def test_iam_dropped_connection_is_a_connect_error(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(faults_on_iam=True, p_drop=1.0)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, password_auth(endpoint)) as c:
         error = await fails(c.get_job(job_id), ConnectError)
@@ -215,10 +193,10 @@ async def test_iam_dropped_connection_is_a_connect_error(start_sim: StartSim) ->
     assert sim.stats.job_requests == 0
 
 
-async def test_token_is_refreshed_before_it_expires(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(token_ttl=400)
+async def test_token_is_refreshed_before_it_expires(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(token_ttl=400)
     job_id = sim.add_job(duration=100)
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     auth = password_auth(endpoint, margin=300, clock=clock)
     async with client(endpoint, auth) as c:
         await c.get_job(job_id)
@@ -239,8 +217,8 @@ async def test_token_is_refreshed_before_it_expires(start_sim: StartSim) -> None
     assert sim.stats.by_status == {201: 3, 200: 7}
 
 
-async def test_short_lived_tokens_still_collapse_concurrent_fetches(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(token_ttl=200, iam_delay=0.05)
+async def test_short_lived_tokens_still_collapse_concurrent_fetches(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(token_ttl=200, iam_delay=0.05)
     job_ids = [sim.add_job(duration=100) for _ in range(10)]
     async with client(endpoint, password_auth(endpoint, margin=300)) as c:
         await asyncio.gather(*(c.get_job(job_id) for job_id in job_ids))
@@ -266,8 +244,8 @@ def test_password_auth_settings(kwargs: dict[str, Any]) -> None:
 # --- AK/SK ----------------------------------------------------------------------------------------------
 
 
-async def test_aksk_signed_requests_are_accepted(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(ak=AK, sk=SK)
+async def test_aksk_signed_requests_are_accepted(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(ak=AK, sk=SK)
     job_id = sim.add_job(duration=100)
     auth = AKSKAuth(AK, Secret(SK), PROJECT)
     async with client(endpoint, auth) as c:
@@ -284,8 +262,8 @@ async def test_aksk_signed_requests_are_accepted(start_sim: StartSim) -> None:
         ("OTHERAK0000", SK, "ak is not exist"),
     ],
 )
-async def test_aksk_wrong_key_is_an_auth_error(start_sim: StartSim, ak: str, sk: str, message: str) -> None:
-    sim, endpoint = await start_sim(ak=AK, sk=SK)
+async def test_aksk_wrong_key_is_an_auth_error(sim_factory: SimFactory, ak: str, sk: str, message: str) -> None:
+    sim, endpoint = await sim_factory(ak=AK, sk=SK)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, AKSKAuth(ak, Secret(sk), PROJECT)) as c:
         error = await fails(c.get_job(job_id), AuthError)

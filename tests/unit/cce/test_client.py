@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,40 +34,12 @@ from monitor.core.errors import (
 from monitor.core.model import Job, Phase
 from monitor.core.secret import Secret
 from monitor.sim import Simulator, SimulatorConfig, Transition, format_go_timestamp
+from monitor.testing import FakeClock
+from tests.conftest import SimFactory
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 PROJECT = SimulatorConfig().project_id
 MAX_BODY = 8 * 1024 * 1024  # monitor.cce.client._MAX_BODY, the documented limit
-
-StartSim = Callable[..., Awaitable[tuple[Simulator, str]]]
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-async def start_sim() -> AsyncIterator[StartSim]:
-    """``sim, endpoint = await start_sim(clock=None, **config)``; every simulator is closed at the end."""
-    started: list[Simulator] = []
-
-    async def factory(*, clock: Callable[[], float] | None = None, **config: Any) -> tuple[Simulator, str]:
-        sim = Simulator(SimulatorConfig(**config), clock=clock)
-        started.append(sim)
-        return sim, await sim.start()
-
-    yield factory
-    for sim in started:
-        await sim.close()
 
 
 class Trace:
@@ -167,9 +139,9 @@ def check_against_truth(job: Job, sim: Simulator, job_id: str) -> None:
 
 
 @pytest.mark.parametrize("fail", [False, True])
-async def test_get_job_follows_the_simulated_timeline(start_sim: StartSim, fail: bool) -> None:
+async def test_get_job_follows_the_simulated_timeline(sim_factory: SimFactory, fail: bool) -> None:
     clock = FakeClock()
-    sim, endpoint = await start_sim(clock=clock, seed=3)
+    sim, endpoint = await sim_factory(clock=clock, seed=3)
     job_id = sim.add_job("CreateNode", duration=100, fail=fail)
     seen: list[str] = []
     async with token_client(sim, endpoint) as client:
@@ -191,10 +163,10 @@ async def test_get_job_follows_the_simulated_timeline(start_sim: StartSim, fail:
 
 
 async def test_not_found_carries_code_and_request_id(
-    start_sim: StartSim, traced: tuple[aiohttp.ClientSession, Trace]
+    sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]
 ) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim()
+    sim, endpoint = await sim_factory()
     client = token_client(sim, endpoint, session=session)
     error = await fails(client.get_job("no-such-job"), NotFoundError)
     assert (error.status, error.code, error.retryable) == (404, "CCE.01404001", False)
@@ -213,10 +185,10 @@ async def test_not_found_carries_code_and_request_id(
 
 
 async def test_bad_token_is_a_final_auth_error(
-    start_sim: StartSim, traced: tuple[aiohttp.ClientSession, Trace]
+    sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]
 ) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim()
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     client = token_client(sim, endpoint, token="not-the-token", session=session)
     error = await fails(client.get_job(job_id), AuthError)
@@ -226,8 +198,8 @@ async def test_bad_token_is_a_final_auth_error(
     assert sim.stats.job_requests == 1  # a fixed token cannot be refreshed: no second attempt
 
 
-async def test_expired_token_is_an_auth_error(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim()
+async def test_expired_token_is_an_auth_error(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     async with token_client(sim, endpoint) as client:
         await client.get_job(job_id)
@@ -247,7 +219,7 @@ async def test_expired_token_is_an_auth_error(start_sim: StartSim) -> None:
     ],
 )
 async def test_throttled_slows_the_limiter(
-    start_sim: StartSim,
+    sim_factory: SimFactory,
     traced: tuple[aiohttp.ClientSession, Trace],
     style: str,
     retry_after: bool,
@@ -255,7 +227,7 @@ async def test_throttled_slows_the_limiter(
     expected_retry_after: float | None,
 ) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim(rate_limit=0.01, throttle_style=style, retry_after=retry_after)
+    sim, endpoint = await sim_factory(rate_limit=0.01, throttle_style=style, retry_after=retry_after)
     job_id = sim.add_job(duration=100)
     limiter = RateLimiter(10)
     client = token_client(sim, endpoint, session=session, limiter=limiter)
@@ -270,9 +242,9 @@ async def test_throttled_slows_the_limiter(
     assert sim.stats.throttled == 1
 
 
-async def test_server_error_is_retryable(start_sim: StartSim, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
+async def test_server_error_is_retryable(sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim(p_500=1.0)
+    sim, endpoint = await sim_factory(p_500=1.0)
     job_id = sim.add_job(duration=100)
     error = await fails(token_client(sim, endpoint, session=session).get_job(job_id), ServerError)
     assert (error.status, error.code, error.message, error.retryable) == (
@@ -284,9 +256,11 @@ async def test_server_error_is_retryable(start_sim: StartSim, traced: tuple[aioh
     assert error.request_id == trace.request_ids[-1] is not None
 
 
-async def test_html_503_uses_the_page_title(start_sim: StartSim, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
+async def test_html_503_uses_the_page_title(
+    sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]
+) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim(p_503_html=1.0)
+    sim, endpoint = await sim_factory(p_503_html=1.0)
     job_id = sim.add_job(duration=100)
     error = await fails(token_client(sim, endpoint, session=session).get_job(job_id), ServerError)
     assert (error.status, error.code, error.retryable) == (503, None, True)
@@ -294,9 +268,9 @@ async def test_html_503_uses_the_page_title(start_sim: StartSim, traced: tuple[a
     assert error.request_id == trace.request_ids[-1] is not None
 
 
-async def test_malformed_body(start_sim: StartSim, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
+async def test_malformed_body(sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim(p_malformed=1.0)
+    sim, endpoint = await sim_factory(p_malformed=1.0)
     job_id = sim.add_job(duration=100)
     error = await fails(token_client(sim, endpoint, session=session).get_job(job_id), MalformedResponseError)
     assert error.retryable
@@ -307,8 +281,8 @@ async def test_malformed_body(start_sim: StartSim, traced: tuple[aiohttp.ClientS
     assert str(error).endswith(f"(request id {sent_id})")
 
 
-async def test_dropped_connection_is_a_connect_error(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(p_drop=1.0)
+async def test_dropped_connection_is_a_connect_error(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(p_drop=1.0)
     job_id = sim.add_job(duration=100)
     async with token_client(sim, endpoint) as client:
         error = await fails(client.get_job(job_id), ConnectError)
@@ -318,10 +292,10 @@ async def test_dropped_connection_is_a_connect_error(start_sim: StartSim) -> Non
     assert sim.stats.dropped >= 1
 
 
-async def test_dropped_connection_costs_one_request(start_sim: StartSim) -> None:
+async def test_dropped_connection_costs_one_request(sim_factory: SimFactory) -> None:
     # aiohttp re-sends an idempotent GET once after ServerDisconnectedError unless its (private) switch is
     # off: one rate-limit slot would then cost two requests to CCE.
-    sim, endpoint = await start_sim(p_drop=1.0)
+    sim, endpoint = await sim_factory(p_drop=1.0)
     job_id = sim.add_job(duration=100)
     limiter = RateLimiter(100)
     async with token_client(sim, endpoint, limiter=limiter) as client:
@@ -329,8 +303,8 @@ async def test_dropped_connection_costs_one_request(start_sim: StartSim) -> None
     assert sim.stats.job_requests == 1
 
 
-async def test_slow_answer_times_out(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(p_slow=1.0, slow_seconds=5.0)
+async def test_slow_answer_times_out(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(p_slow=1.0, slow_seconds=5.0)
     job_id = sim.add_job(duration=100)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -341,8 +315,8 @@ async def test_slow_answer_times_out(start_sim: StartSim) -> None:
     assert error.message == f"job {job_id}: request timed out"
 
 
-async def test_settings_timeout_applies_to_a_supplied_session(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(p_slow=1.0, slow_seconds=0.6)
+async def test_settings_timeout_applies_to_a_supplied_session(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(p_slow=1.0, slow_seconds=0.6)
     job_id = sim.add_job(duration=100)
     async with aiohttp.ClientSession() as session:
         client = token_client(sim, endpoint, total_timeout=0.2, session=session)
@@ -379,8 +353,8 @@ class CountingLimiter(RateLimiter):
     "job_id",
     ["../x", "a/b", "a?b", "%2e%2e", "a b", "", "jöb", "джоб", "a#b", "-abc", "_abc", "a\nb", "abc\n", "a" * 129],
 )
-async def test_invalid_job_ids_never_reach_the_network(start_sim: StartSim, job_id: str) -> None:
-    sim, endpoint = await start_sim()
+async def test_invalid_job_ids_never_reach_the_network(sim_factory: SimFactory, job_id: str) -> None:
+    sim, endpoint = await sim_factory()
     limiter = CountingLimiter(100)
     async with token_client(sim, endpoint, limiter=limiter) as client:
         with pytest.raises(InvalidIdError) as info:
@@ -444,9 +418,9 @@ def test_non_finite_timeouts_are_config_errors(field: str, value: float) -> None
 # --- connection pool, session ownership -----------------------------------------------------------------
 
 
-async def test_one_connection_is_reused(start_sim: StartSim, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
+async def test_one_connection_is_reused(sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
     session, trace = traced
-    sim, endpoint = await start_sim()
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     async with token_client(sim, endpoint, session=session) as client:
         for n in range(30):
@@ -460,8 +434,8 @@ async def test_one_connection_is_reused(start_sim: StartSim, traced: tuple[aioht
     assert not session.closed  # the client does not close a session it was given
 
 
-async def test_client_closes_its_own_session(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim()
+async def test_client_closes_its_own_session(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     client = token_client(sim, endpoint)
     assert "token" in repr(client) and endpoint in repr(client)
@@ -530,8 +504,8 @@ async def test_compressed_body_over_the_limit_is_refused(big_server: str) -> Non
 # --- rate limiter slots ---------------------------------------------------------------------------------
 
 
-async def test_slot_acquired_skips_only_the_first_acquisition(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim(iam_delay=0.0)
+async def test_slot_acquired_skips_only_the_first_acquisition(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory(iam_delay=0.0)
     job_id = sim.add_job(duration=100)
     limiter = CountingLimiter(1000)
     async with token_client(sim, endpoint, limiter=limiter) as client:
@@ -557,8 +531,8 @@ async def test_slot_acquired_skips_only_the_first_acquisition(start_sim: StartSi
     assert sim.stats.by_status == {200: 5, 404: 1, 401: 2, 201: 3}
 
 
-async def test_slot_acquired_does_not_wait_for_the_limiter(start_sim: StartSim) -> None:
-    sim, endpoint = await start_sim()
+async def test_slot_acquired_does_not_wait_for_the_limiter(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     limiter = RateLimiter(1)  # one slot per second
     loop = asyncio.get_running_loop()

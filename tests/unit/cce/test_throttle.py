@@ -8,19 +8,7 @@ import time
 import pytest
 
 from monitor.cce.throttle import RateLimiter
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from monitor.testing import FakeClock
 
 
 def max_in_window(stamps: list[float], window: float = 1.0) -> int:

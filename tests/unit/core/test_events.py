@@ -11,10 +11,9 @@ import orjson
 import pytest
 
 from monitor.core.events import SCHEMA, Event, EventType, event_id
+from monitor.testing import EVENT_TIME as WHEN
+from monitor.testing import JOB_ID, PROJECT_ID, make_event
 
-PROJECT_ID = "0b0f5d1d9c8a4bfa9d0c6c1b0f3d2e1a"
-JOB_ID = "354331b2c-229a-11e8-9c75-0255ac100ceb"
-WHEN = datetime(2026, 11, 28, 6, 41, 0, tzinfo=UTC)
 CONTRACT_FIELDS = [
     "schema",
     "id",
@@ -36,22 +35,6 @@ CONTRACT_FIELDS = [
     "summary",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-
-
-def make_event(**changes: object) -> Event:
-    fields: dict[str, object] = {
-        "id": event_id(PROJECT_ID, JOB_ID, None, "job.phase_changed", "Running", "Failed", "timeout"),
-        "type": EventType.JOB_PHASE_CHANGED,
-        "time": WHEN,
-        "project_id": PROJECT_ID,
-        "job_id": JOB_ID,
-        "job_type": "CreateNode",
-        "phase": "Failed",
-        "previous_phase": "Running",
-        "reason": "Install node failed: timeout",
-    }
-    fields.update(changes)
-    return Event(**fields)  # type: ignore[arg-type]
 
 
 def test_to_json_full_event() -> None:

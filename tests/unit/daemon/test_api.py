@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from monitor.core.errors import ConfigError
-from monitor.core.events import Event, EventType, event_id
+from monitor.core.events import Event
 from monitor.core.model import Job, Phase, Timestamp, job_to_json
 from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, Control, make_app, serve
 from monitor.daemon.store import State, StoredJob
+from monitor.testing import make_event
 
 TOKEN = "tok-3f9a1c5e-very-secret-bearer"
 METRICS = (b"# HELP cce_jobs Jobs.\n# TYPE cce_jobs gauge\ncce_jobs 3\n", "text/plain; version=0.0.4; charset=utf-8")
@@ -170,16 +171,15 @@ def make_job(job_id: str, phase: str = "Running") -> Job:
     )
 
 
-def make_event(job_id: str, phase: str = "Running") -> Event:
-    return Event(
-        id=event_id("proj", job_id, phase),
-        type=EventType.JOB_PHASE_CHANGED,
-        project_id="proj",
-        job_id=job_id,
-        job_type="CreateCluster",
-        phase=phase,
-        labels={"team": "a"},
-    )
+# What the API tests' events share (``make_event(**API_EVENT, job_id=..., phase=...)``).
+API_EVENT: dict[str, Any] = {
+    "project_id": "proj",
+    "job_type": "CreateCluster",
+    "phase": "Running",
+    "previous_phase": None,
+    "reason": None,
+    "labels": {"team": "a"},
+}
 
 
 # --------------------------------------------------------------------------------------- POST /v1/jobs
@@ -368,8 +368,13 @@ async def seed(api: Api, state: State) -> None:
     await api.call("POST", "/v1/jobs", body={"job_ids": ["a1", "a2"], "labels": {"team": "a", "env": "prod"}})
     await api.call("POST", "/v1/jobs", body={"job_ids": ["b1"], "labels": {"team": "b"}, "rollout": "r1"})
     await api.call("POST", "/v1/jobs", body={"job_ids": ["c1"], "rollout": "r2"})
-    await state.record("a2", make_job("a2", "Running"), [make_event("a2")])
-    await state.record("b1", make_job("b1", "Success"), [make_event("b1", "Success")], outcome="Success")
+    await state.record("a2", make_job("a2", "Running"), [make_event(**API_EVENT, job_id="a2")])
+    await state.record(
+        "b1",
+        make_job("b1", "Success"),
+        [make_event(**{**API_EVENT, "phase": "Success"}, job_id="b1")],
+        outcome="Success",
+    )
 
 
 async def test_list_jobs_shape(api: Api, state: State) -> None:
@@ -445,7 +450,7 @@ async def test_list_jobs_rejects_bad_filters(api: Api, query: str, text: str) ->
 async def test_get_job_with_snapshot_and_history(api: Api, state: State) -> None:
     await api.call("POST", "/v1/jobs", body={"job_ids": ["job-1"], "labels": {"team": "a"}, "rollout": "r1"})
     job = make_job("job-1")
-    events = [make_event("job-1", "Initializing"), make_event("job-1", "Running")]
+    events = [make_event(**{**API_EVENT, "phase": phase}, job_id="job-1") for phase in ("Initializing", "Running")]
     await state.record("job-1", job, events)
 
     status, body, _ = await api.call("GET", "/v1/jobs/job-1")
@@ -524,7 +529,7 @@ async def test_wrong_method_is_405_json(api: Api, method: str, path: str, allow:
 
 async def test_delete_job(api: Api, state: State) -> None:
     await api.call("POST", "/v1/jobs", body={"job_ids": ["job-1", "job-2"]})
-    await state.record("job-1", make_job("job-1"), [make_event("job-1")])
+    await state.record("job-1", make_job("job-1"), [make_event(**API_EVENT, job_id="job-1")])
     status, body, _ = await api.call("DELETE", "/v1/jobs/job-1")
     assert (status, body) == (200, {"removed": True})
     assert [j.job_id for j in await state.jobs()] == ["job-2"]

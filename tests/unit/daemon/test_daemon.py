@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import os
 import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,82 +23,29 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from aiohttp import web
 
 from monitor.config import Config, SinkConfig, parse_config
 from monitor.core.reason import readable_reason
 from monitor.daemon.service import Daemon
 from monitor.daemon.store import State
 from monitor.sim import Simulator
+from monitor.testing import Receiver, Reply, running_daemon
 from tests.conftest import BotReceiver, SimFactory
 
 API_TOKEN = "api-token-for-tests"
 HOOK_KEY = b"daemon-webhook-key"
 HOOK_SECRET = "whsec_" + base64.b64encode(HOOK_KEY).decode()
+UP = Reply(204)
 
 
 # ------------------------------------------------------------------------------------------ receiver
 
 
-@dataclass
-class Hit:
-    webhook_id: str
-    body: dict[str, Any]
-    status: int
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on 127.0.0.1: checks signatures; ``mode`` "up", "503" or "down" (not listening)."""
-
-    mode: str = "up"
-    delay: float = 0.0
-    hits: list[Hit] = field(default_factory=list)
-    bad_signatures: int = 0
-    port: int = 0
-    _runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        msg_id = request.headers["webhook-id"]
-        stamp = request.headers["webhook-timestamp"]
-        digest = hmac.new(HOOK_KEY, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
-        if request.headers.get("webhook-signature") != "v1," + base64.b64encode(digest).decode():
-            self.bad_signatures += 1
-            return web.Response(status=400)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        status = 503 if self.mode == "503" else 204
-        self.hits.append(Hit(msg_id, orjson.loads(body), status))
-        return web.Response(status=status)
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    @property
-    def delivered(self) -> list[Hit]:
-        """Requests answered 2xx, in arrival order."""
-        return [h for h in self.hits if h.status < 300]
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    recv = Receiver()
-    url = await recv.start()
-    yield recv, url
-    await recv.stop()
+    """A webhook receiver that checks signatures and answers 204; a test sets ``reply`` (503, slow) or stops it."""
+    async with Receiver(UP, secret=HOOK_SECRET) as recv:
+        yield recv, recv.url
 
 
 # ---------------------------------------------------------------------------------------- the daemon
@@ -181,25 +126,8 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Running]:
     """Run a new Daemon until the block ends; then set ``stop`` and wait for a clean exit."""
-    daemon = Daemon(config, env={})
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop), name="daemon")
-    ready = asyncio.create_task(daemon.started.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if task in done:
-            task.result()  # raises what made it end
-        task.cancel()
-        raise AssertionError("the daemon did not start within 15 s")
-    assert daemon.endpoint is not None
-    session = aiohttp.ClientSession()
-    try:
-        yield Running(daemon, stop, task, session, daemon.endpoint)
-    finally:
-        await session.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with running_daemon(config) as run, aiohttp.ClientSession() as session:
+        yield Running(run.daemon, run.stop, run.task, session, run.base)
 
 
 async def until(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> None:
@@ -315,21 +243,21 @@ async def test_jobs_added_over_the_api_reach_file_and_webhook(
     digests = [e for e in file_events(tmp_path) if e["job_id"] is None]
     assert digests and all(e["type"].startswith("rollout.") and e["rollout"] == "r1" for e in digests)
     file = [e for e in file_events(tmp_path) if e["job_id"] is not None]
-    hits = [h for h in recv.hits if h.body["job_id"] is not None]
+    hits = [h for h in recv.requests if h.json["job_id"] is not None]
     file_ids = [e["id"] for e in file]
     assert len(file_ids) == len(set(file_ids)), "each event once in the file"
     assert not [e for e in file if e["job_id"] == doomed and e["phase"] != "Initializing"]
     assert set(file_ids) - {e["id"] for e in file if e["job_id"] in (doomed, "new-one")} == all_ids
     hook_ids = [h.webhook_id for h in hits]
     assert len(hook_ids) == len(set(hook_ids)), "each event once on the webhook (the receiver never failed)"
-    assert all(h.webhook_id == h.body["id"] for h in hits)
+    assert all(h.webhook_id == h.json["id"] for h in hits)
     assert recv.bad_signatures == 0
     # Same bodies in both sinks; per job in the order of the history.
     by_id = {e["id"]: e for e in file}
-    assert all(h.body == by_id[h.webhook_id] for h in hits)
+    assert all(h.json == by_id[h.webhook_id] for h in hits)
     for job in jobs:
         assert by_job(file)[job] == [e["id"] for e in histories[job]]
-        assert by_job([h.body for h in hits])[job] == [e["id"] for e in histories[job]]
+        assert by_job([h.json for h in hits])[job] == [e["id"] for e in histories[job]]
 
 
 async def test_probes_and_metrics(sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
@@ -423,16 +351,16 @@ async def test_restart_resumes_unfinished_jobs_and_reports_what_changed_meanwhil
 
 async def test_stop_drains_the_outbox(sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
     recv, url = receiver
-    recv.delay = 0.1  # a slow receiver: events queue up in the outbox
+    recv.reply = Reply(204, delay=0.1)  # a slow receiver: events queue up in the outbox
     jobs = [sim.add_job("CreateNode", duration=3.0) for _ in range(4)]
     async with running(make_config(sim, tmp_path, url)) as api:
         assert (await api.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
 
         async def backlog() -> bool:
-            return len(recv.hits) >= 2 and len(file_events(tmp_path)) >= len(recv.hits) + 10
+            return len(recv.delivered) >= 2 and len(file_events(tmp_path)) >= len(recv.delivered) + 10
 
         await until(backlog, 10, "a backlog for the webhook")
-        behind = len(file_events(tmp_path)) - len(recv.hits)
+        behind = len(file_events(tmp_path)) - len(recv.delivered)
         stop_requested = time.monotonic()
     took = time.monotonic() - stop_requested
     print(f"stop with {behind} events behind on the webhook; drained in {took:.1f}s")
@@ -440,7 +368,7 @@ async def test_stop_drains_the_outbox(sim: Simulator, receiver: tuple[Receiver, 
     histories = await stored_history(tmp_path)
     all_ids = {e["id"] for h in histories.values() for e in h}
     assert {h.webhook_id for h in recv.delivered} == all_ids
-    hook_ids = [h.webhook_id for h in recv.hits]
+    hook_ids = [h.webhook_id for h in recv.delivered]
     assert len(hook_ids) == len(set(hook_ids))
     assert {e["id"] for e in file_events(tmp_path)} == all_ids
     assert took < 10, f"the drain took {took:.1f}s"
@@ -453,7 +381,7 @@ async def test_undelivered_events_wait_in_the_outbox_for_the_next_start(
     recv, url = receiver
     jobs = [sim.add_job("Custom", duration=0.5), sim.add_job("Custom", duration=0.6, fail=True)]
     config = make_config(sim, tmp_path, url, shutdown_deadline=1.0)
-    recv.mode = "503"
+    recv.reply = Reply(503)
     async with running(config) as api:
         assert (await api.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
         await until(lambda: all_finished(api, jobs), 10, "every job to finish")
@@ -466,7 +394,7 @@ async def test_undelivered_events_wait_in_the_outbox_for_the_next_start(
     depth = await outbox_depth(tmp_path)
     assert depth == {f"webhook:{url}": len(all_ids)}, "the file got everything, the webhook nothing"
 
-    recv.mode = "up"
+    recv.reply = UP
     async with running(config) as api:
 
         async def caught_up() -> bool:
@@ -477,7 +405,7 @@ async def test_undelivered_events_wait_in_the_outbox_for_the_next_start(
     delivered = [h.webhook_id for h in recv.delivered]
     assert sorted(delivered) == sorted(all_ids), "each once"
     for job in jobs:
-        assert by_job([h.body for h in recv.delivered])[job] == [e["id"] for e in histories[job]]
+        assert by_job([h.json for h in recv.delivered])[job] == [e["id"] for e in histories[job]]
     ids = [e["id"] for e in file_events(tmp_path)]
     assert sorted(ids) == sorted(all_ids), "the file sink is not written again"
 
@@ -494,7 +422,7 @@ async def test_webhook_outage_loses_nothing_and_keeps_order(
     ]
     async with running(make_config(sim, tmp_path, url)) as api:
         if outage == "503":
-            recv.mode = "503"
+            recv.reply = Reply(503)
         else:
             await recv.stop()  # not listening: connection refused
         assert (await api.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
@@ -503,8 +431,8 @@ async def test_webhook_outage_loses_nothing_and_keeps_order(
         # The file sink is not held up by the webhook.
         assert len(file_events(tmp_path)) >= 6
         if outage == "503":
-            assert recv.hits, "the daemon tried during the outage"
-            recv.mode = "up"
+            assert recv.requests, "the daemon tried during the outage"
+            recv.reply = UP
         else:
             await recv.start()  # the same port
         recovered = time.monotonic()
@@ -523,7 +451,7 @@ async def test_webhook_outage_loses_nothing_and_keeps_order(
     assert set(delivered) == all_ids
     assert len(delivered) == len(set(delivered)), "nothing delivered twice"
     for job in jobs:
-        assert by_job([h.body for h in recv.delivered])[job] == [e["id"] for e in histories[job]], "order per job"
+        assert by_job([h.json for h in recv.delivered])[job] == [e["id"] for e in histories[job]], "order per job"
     assert by_job(file_events(tmp_path)) == {j: [e["id"] for e in histories[j]] for j in jobs}
     assert await outbox_depth(tmp_path) == {}
 
@@ -563,7 +491,7 @@ async def test_delete_during_a_poll_in_flight_emits_and_stores_nothing_more(
         assert await api.call("DELETE", f"/v1/jobs/{job}") == (200, {"removed": True})
         await asyncio.sleep(1.5)  # the poll in flight answers (and anything it emitted is delivered)
         emitted = [e for e in file_events(tmp_path) if e["job_id"] == job]
-        posted = [h.body for h in recv.hits if h.body["job_id"] == job]
+        posted = [h.json for h in recv.requests if h.json["job_id"] == job]
         # Added again, the job starts afresh (its next answer is a second away): no history from before the DELETE.
         assert (await api.call("POST", "/v1/jobs", {"job_ids": [job]}))[0] == 202
         _, body = await api.call("GET", f"/v1/jobs/{job}")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from monitor.core.events import EventType
 from monitor.engine.bus import EventFilter
@@ -21,48 +17,19 @@ from monitor.engine.pipeline import Outcome, SinkBinding, watch
 from monitor.engine.scheduler import SchedulerSettings
 from monitor.sim import Simulator
 from monitor.sinks import create_sink
+from monitor.testing import Receiver, Reply
 from tests.conftest import BotReceiver, Recorder, SimFactory, client_for
 
 SECRET_KEY = b"e2e-webhook-key"
 SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
 
 
-class Receiver:
-    """A webhook receiver that fails a fraction of requests and verifies Standard Webhooks signatures."""
-
-    def __init__(self, fail_ratio: float, seed: int = 1) -> None:
-        self.fail_ratio = fail_ratio
-        self.rng = random.Random(seed)
-        self.by_id: dict[str, dict[str, object]] = {}
-        self.attempts = 0
-        self.bad_signatures = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.attempts += 1
-        body = await request.read()
-        msg_id = request.headers["webhook-id"]
-        stamp = request.headers["webhook-timestamp"]
-        expected = base64.b64encode(
-            hmac.new(SECRET_KEY, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
-        ).decode()
-        if request.headers.get("webhook-signature") != f"v1,{expected}":
-            self.bad_signatures += 1
-            return web.Response(status=400)
-        if self.rng.random() < self.fail_ratio:
-            return web.Response(status=503)
-        self.by_id[msg_id] = orjson.loads(body)
-        return web.Response(status=204)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    recv = Receiver(fail_ratio=0.2)
-    app = web.Application()
-    app.router.add_post("/hook", recv.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield recv, str(server.make_url("/hook"))
-    await server.close()
+    """A webhook receiver that verifies Standard Webhooks signatures and fails 20 % of requests (seeded) with 503."""
+    rng = random.Random(1)
+    async with Receiver(lambda _: Reply(503) if rng.random() < 0.2 else Reply(204), secret=SECRET) as recv:
+        yield recv, recv.url
 
 
 SETTINGS = SchedulerSettings(
@@ -115,9 +82,9 @@ async def test_everything_reaches_file_and_flaky_webhook(
     file_events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [e["id"] for e in file_events] == [e.id for e in observer.events]
     phase_ids = {e.id for e in observer.events if e.type in ("job.phase_changed", "subjob.phase_changed")}
-    assert set(recv.by_id) == phase_ids
+    assert {r.webhook_id for r in recv.delivered} == phase_ids
     assert recv.bad_signatures == 0
-    assert recv.attempts > len(phase_ids), "the receiver failed some requests, so there were retries"
+    assert len(recv.requests) > len(phase_ids), "the receiver failed some requests, so there were retries"
     assert all(e["labels"] == {"rollout": "e2e"} for e in file_events)
     # Faults happened and were absorbed.
     assert sim.stats.by_status.get(500, 0) > 0

@@ -28,6 +28,7 @@ from monitor.sim import (
     format_go_timestamp,
     run_forever,
 )
+from monitor.testing import FakeClock, Simulators
 
 GO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.(\d{0,8}[1-9]))? \+0000 UTC$")
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -50,19 +51,6 @@ IAM_BODY = {
 }
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 Factory = Callable[..., Awaitable[tuple[Simulator, str]]]
 
 
@@ -74,18 +62,14 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def make_sim(clock: FakeClock) -> AsyncIterator[Factory]:
     """Start simulators (fake clock unless ``real_clock=True``) and close them all at the end."""
-    started: list[Simulator] = []
+    async with Simulators(clock=clock) as simulators:
 
-    async def factory(
-        config: SimulatorConfig | None = None, *, real_clock: bool = False, **kwargs: Any
-    ) -> tuple[Simulator, str]:
-        sim = Simulator(config, clock=None if real_clock else clock, **kwargs)
-        started.append(sim)
-        return sim, await sim.start()
+        async def factory(
+            config: SimulatorConfig | None = None, *, real_clock: bool = False, **kwargs: Any
+        ) -> tuple[Simulator, str]:
+            return await simulators.start(config, clock=time.monotonic if real_clock else None, **kwargs)
 
-    yield factory
-    for sim in started:
-        await sim.close()
+        yield factory
 
 
 @pytest.fixture

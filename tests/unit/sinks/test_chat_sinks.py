@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +47,7 @@ from monitor.sinks.chat import (  # importing registers them
     teams,
     wecom,
 )
+from monitor.testing import Received, Receiver, Reply
 
 WALL = 1764312060.25  # 2025-11-28T06:41:00.25Z: the wall clock signatures see
 SIGNING_SECRET = "SECb7e0c2f94a1d4e6b8c3f5a7d9e1b2c4d6f8a0b1c3e5d7f9a2b4c6d8e0f1a3b5c7"
@@ -111,52 +110,6 @@ class FakeTime:
 # ------------------------------------------------------------------------------------------- receivers
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Seen:
-    at: float
-    path: str
-    raw_query: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-class Receiver:
-    """A bot endpoint: answers from a script of replies (then its usual success) and records every request."""
-
-    def __init__(self, clock: FakeTime, ok: Reply) -> None:
-        self.clock = clock
-        self.ok = ok
-        self.script: list[Reply] = []
-        self.seen: list[Seen] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.seen.append(
-            Seen(
-                self.clock.now,
-                request.path,
-                request.rel_url.raw_query_string,
-                dict(request.query),
-                dict(request.headers),
-                body,
-            )
-        )
-        reply = self.script.pop(0) if self.script else self.ok
-        return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
-
-
 @dataclass(frozen=True)
 class Bot:
     kind: str
@@ -167,7 +120,7 @@ class Bot:
 
 
 def _ok_json(**fields: object) -> Reply:
-    return Reply(200, orjson.dumps(fields).decode(), {"Content-Type": "application/json"})
+    return Reply.json(fields)
 
 
 BOTS = {
@@ -215,17 +168,15 @@ LIMITS = {"slack": (60, 1), "teams": (30, 1), "feishu": (100, 5), "dingtalk": (1
 class Harness:
     clock: FakeTime
     sinks: list[ChatSink] = field(default_factory=list)
-    servers: list[TestServer] = field(default_factory=list)
+    receivers: list[Receiver] = field(default_factory=list)
 
     async def start(self, kind: str, *, defaults: bool = False, **options: object) -> tuple[ChatSink, Receiver]:
+        """A bot endpoint (answers from its script, then the bot's usual success; stamped with the fake clock)."""
         bot = BOTS[kind]
-        receiver = Receiver(self.clock, bot.ok)
-        app = web.Application()
-        app.router.add_route("POST", "/{tail:.*}", receiver.handle)
-        server = TestServer(app, host="127.0.0.1", port=0)
-        await server.start_server()
-        self.servers.append(server)
-        url = str(server.make_url("/")).rstrip("/") + bot.path
+        receiver = Receiver(bot.ok, clock=self.clock.clock)
+        await receiver.start()
+        self.receivers.append(receiver)
+        url = receiver.base + bot.path
         options = options if defaults else {**FAST, **options}
         sink = bot.cls(parse_options(bot.cls.platform, url, options), timing=self.clock.timing())
         self.sinks.append(sink)
@@ -239,8 +190,8 @@ async def harness() -> AsyncIterator[Harness]:
     yield h
     for sink in h.sinks:
         await sink.aclose()
-    for server in h.servers:
-        await server.close()
+    for receiver in h.receivers:
+        await receiver.close()
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -327,7 +278,7 @@ def texts(value: Any, key: str = "") -> Iterator[str]:
             yield from texts(v, key)
 
 
-def text_of(seen: Seen) -> str:
+def text_of(seen: Received) -> str:
     return "\n".join(texts(seen.json))
 
 
@@ -359,7 +310,7 @@ async def test_dingtalk_signs_in_the_query(harness: Harness) -> None:
     sink, receiver = await harness.start("dingtalk", secret=SIGNING_SECRET)
     await sink.send(job_event(7))
     await harness.clock.advance(2)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     timestamp = int(WALL * 1000)
     digest = hmac.new(SIGNING_SECRET.encode(), f"{timestamp}\n{SIGNING_SECRET}".encode(), hashlib.sha256).digest()
     sign = quote_plus(base64.b64encode(digest).decode())
@@ -373,7 +324,7 @@ async def test_feishu_signs_in_the_body(harness: Harness) -> None:
     sink, receiver = await harness.start("feishu", secret=SIGNING_SECRET)
     await sink.send(job_event(7))
     await harness.clock.advance(2)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     body = seen.json
     timestamp = int(WALL)
     key = f"{timestamp}\n{SIGNING_SECRET}".encode()
@@ -386,7 +337,7 @@ async def test_unsigned_bodies_carry_no_signature(harness: Harness) -> None:
     sink, receiver = await harness.start("feishu")
     await sink.send(job_event(7))
     await harness.clock.advance(2)
-    assert set(receiver.seen[0].json) == {"msg_type", "content"}
+    assert set(receiver.requests[0].json) == {"msg_type", "content"}
 
 
 # -------------------------------------------------------------------------------------------- payloads
@@ -394,12 +345,12 @@ async def test_unsigned_bodies_carry_no_signature(harness: Harness) -> None:
 LINK = "https://console.example.com/cce/{rollout}/jobs/{job_id}"
 
 
-async def _one_digest(harness: Harness, kind: str, **options: object) -> Seen:
+async def _one_digest(harness: Harness, kind: str, **options: object) -> Received:
     sink, receiver = await harness.start(kind, link=LINK, **options)
     await sink.send(rollout_event(Counter(Success=250, Failed=3), 255))
     await sink.send(job_event(7, reason="Install node failed: disk full"))
     await harness.clock.advance(2)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     assert seen.headers["Content-Type"].startswith("application/json")
     return seen
 
@@ -507,9 +458,9 @@ async def test_rate_limit_answer_is_retried_after_a_pause(
     receiver.script = [reply]
     await sink.send(job_event(7))
     await harness.clock.advance(pause + 5)
-    assert len(receiver.seen) == 2
-    assert receiver.seen[1].at - receiver.seen[0].at >= pause
-    assert receiver.seen[1].body == receiver.seen[0].body
+    assert len(receiver.requests) == 2
+    assert receiver.requests[1].at - receiver.requests[0].at >= pause
+    assert receiver.requests[1].body == receiver.requests[0].body
     assert sink.sent_messages == 1 and sink.backlog == 0
 
 
@@ -533,13 +484,13 @@ async def test_final_answer_is_not_retried_and_events_are_kept(
     with caplog.at_level(logging.WARNING, logger="monitor.sinks.chat"):
         await sink.send(job_event(7))
         await harness.clock.advance(1.5)
-        assert len(receiver.seen) == 1
+        assert len(receiver.requests) == 1
         assert sink.backlog == 1  # kept for the next digest
         assert any(detail in r.getMessage() and "carrying 1 event " in r.getMessage() for r in caplog.records)
         await sink.send(job_event(8))
         await harness.clock.advance(FAST["backoff_max"] + 1)
-    assert len(receiver.seen) == 2
-    text = text_of(receiver.seen[1])
+    assert len(receiver.requests) == 2
+    text = text_of(receiver.requests[1])
     assert "node-007" in text and "node-008" in text and "Failed jobs (2)" in text
     assert sink.backlog == 0
 
@@ -549,7 +500,7 @@ async def test_server_errors_are_retried_with_backoff(harness: Harness) -> None:
     receiver.script = [Reply(502, "bad gateway"), _ok_json(errcode=-1, errmsg="system busy")]
     await sink.send(job_event(7))
     await harness.clock.advance(10)
-    assert [s.at - receiver.seen[0].at for s in receiver.seen] == [0.0, 0.5, 1.5]  # backoff 0.5, then 1.0
+    assert [s.at - receiver.requests[0].at for s in receiver.requests] == [0.0, 0.5, 1.5]  # backoff 0.5, then 1.0
     assert sink.sent_messages == 1
 
 
@@ -562,13 +513,13 @@ async def test_given_up_message_goes_back_into_the_next_digest(
         for n in range(3):
             await sink.send(job_event(n))
         await harness.clock.advance(1.8)
-    assert len(receiver.seen) == 2
+    assert len(receiver.requests) == 2
     assert "carrying 3 events was not delivered after 2 attempts: HTTP 503" in caplog.text
     assert sink.failed_messages == 1 and sink.backlog == 3
     await sink.send(job_event(3))
     await harness.clock.advance(5)
-    assert len(receiver.seen) == 3
-    text = text_of(receiver.seen[2])
+    assert len(receiver.requests) == 3
+    text = text_of(receiver.requests[2])
     assert "Failed jobs (4)" in text and all(f"node-00{n}" in text for n in range(4))
 
 
@@ -578,8 +529,8 @@ async def test_repeatedly_refused_jobs_become_counts(harness: Harness) -> None:
     await sink.send(job_event(7))
     for _ in range(3):
         await harness.clock.advance(FAST["backoff_max"] + 1)
-    assert len(receiver.seen) == 4
-    last = text_of(receiver.seen[3])
+    assert len(receiver.requests) == 4
+    last = text_of(receiver.requests[3])
     assert "Failed jobs (1)" in last and "… and 1 more" in last and "node-007" not in last
 
 
@@ -596,7 +547,7 @@ async def test_default_filter_drops_successes(harness: Harness) -> None:
     await sink.send(job_event(5, EventType.JOB_NOT_FOUND, phase=None, reason=None))
     await sink.send(job_event(6, EventType.MONITOR_AUTH_FAILED, phase=None, reason="token expired"))
     await harness.clock.advance(2)
-    text = text_of(receiver.seen[0])
+    text = text_of(receiver.requests[0])
     assert "Stalled (1)" in text and "node-004 (job job-004): no progress for 30m" in text
     assert "Not found (1)" in text and "Authentication failures (1)" in text
     assert "node-001" not in text and "node-002" not in text and "node-003" not in text
@@ -607,7 +558,7 @@ async def test_events_option_overrides_the_filter(harness: Harness) -> None:
     await sink.send(job_event(1, phase="Success", reason=None))
     await sink.send(job_event(2, EventType.JOB_TIMED_OUT, phase=None))
     await harness.clock.advance(2)
-    text = text_of(receiver.seen[0])
+    text = text_of(receiver.requests[0])
     assert "Other updates (1)" in text and "node-001 (job job-001) job.phase_changed Running → Success" in text
     assert "node-002" not in text
 
@@ -617,7 +568,7 @@ async def test_a_burst_becomes_a_handful_of_messages(harness: Harness) -> None:
     for n in range(300):
         await sink.send(job_event(n))
     await harness.clock.advance(2)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     text = text_of(seen)
     assert seen.json["markdown"]["title"] == "cce-monitor: 300 jobs failed"
     assert "Failed jobs (300)" in text and "… and 295 more" in text
@@ -630,19 +581,19 @@ async def test_latest_progress_supersedes_and_finished_gets_its_own_message(harn
         await sink.send(rollout_event(Counter(Success=done), done))
     await sink.send(rollout_event(Counter(Success=20), 20, name="pool-b", total=40))
     await harness.clock.advance(2)
-    [first] = receiver.seen
+    [first] = receiver.requests
     text = text_of(first)
     assert "pool-a: 150/300 finished" in text and " 50/300" not in text and "100/300" not in text
     assert "pool-b: 20/40 finished" in text and "Rollouts (2)" in text
     # More progress waits for progress_every (60 s); a finished rollout does not wait for anything.
     await sink.send(rollout_event(Counter(Success=200), 200))
     await harness.clock.advance(5)
-    assert len(receiver.seen) == 1
+    assert len(receiver.requests) == 1
     failed = [{"job_id": "job-007", "resource_name": "node-7", "reason": "Install failed", "outcome": "Failed"}]
     await sink.send(rollout_event(Counter(Success=299, Failed=1), 300, finished=True, failed=failed))
     await harness.clock.advance(5)
-    assert len(receiver.seen) == 2
-    finished = text_of(receiver.seen[1])
+    assert len(receiver.requests) == 2
+    finished = text_of(receiver.requests[1])
     assert finished.startswith("**cce-monitor: Rollout pool-a finished: 299/300 succeeded, 1 did not**")
     assert "pool-a: 300/300 finished in 25m, 299 Success, 1 Failed" in finished
     assert "Not successful (1)" in finished and "node-7 (job job-007): Install failed" in finished
@@ -656,7 +607,7 @@ async def test_pending_events_are_bounded_and_counted(harness: Harness) -> None:
     await sink.send(job_event(12, EventType.JOB_TIMED_OUT, phase=None))
     assert sink.dropped_events == 8
     await harness.clock.advance(2)
-    text = text_of(receiver.seen[0])
+    text = text_of(receiver.requests[0])
     assert "Failed jobs (12)" in text and "… and 9 more" in text and "Timed out (1)" in text
     assert "cce-monitor: 12 jobs failed, 1 timed out" in text
 
@@ -669,7 +620,7 @@ async def test_digest_failure_lines_show_embedded_errors_readably(harness: Harne
     sink, receiver = await harness.start("teams")
     await sink.send(job_event(4, reason=ECS_REASON))
     await harness.clock.advance(2)
-    text = text_of(receiver.seen[0])
+    text = text_of(receiver.requests[0])
     assert f"node-004 (job job-004): {ECS_READABLE}" in text, text
     assert '"error"' not in text
 
@@ -725,7 +676,7 @@ def test_rollout_state_is_exact_and_tolerant() -> None:
 CJK_REASON = "节点安装失败 磁盘空间不足 请检查数据盘 ⚠️ 🚧 "  # 3- and 4-byte UTF-8, 4-byte ones are 2 UTF-16 units
 
 
-def _bytes_within(kind: str, seen: Seen) -> bool:
+def _bytes_within(kind: str, seen: Received) -> bool:
     body = seen.json
     if kind == "wecom":
         key = body["msgtype"]
@@ -754,7 +705,7 @@ async def test_long_lists_are_cut_to_the_size_limit(harness: Harness, kind: str,
     for n in range(1500):
         await sink.send(job_event(n, reason=CJK_REASON * 8))
     await harness.clock.advance(2)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     assert _bytes_within(kind, seen)
     text = text_of(seen)
     assert "Failed jobs (1500)" in text
@@ -777,7 +728,7 @@ async def test_secrets_never_show(harness: Harness, caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.DEBUG):
         await sink.send(job_event(7))
         await harness.clock.advance(3)
-        assert len(receiver.seen) == 2
+        assert len(receiver.requests) == 2
         await sink.aclose()
         with pytest.raises(SinkError) as info:
             await sink.send(job_event(8))
@@ -910,10 +861,10 @@ async def test_aclose_sends_a_final_digest_and_stops_the_flusher(harness: Harnes
     await sink.send(job_event(7))
     await harness.clock.settle()
     task = next(t for t in asyncio.all_tasks() if t.get_name() == f"chat flusher {sink.name}")
-    assert receiver.seen == []  # still gathering (coalesce)
+    assert receiver.requests == []  # still gathering (coalesce)
     await sink.aclose()
     assert task.done()
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     assert "node-007" in text_of(seen) and sink.backlog == 0
     with pytest.raises(SinkError) as info:
         await sink.send(job_event(8))
@@ -928,7 +879,7 @@ async def test_aclose_logs_what_the_budget_does_not_allow(harness: Harness, capl
     await sink.send(job_event(9))
     with caplog.at_level(logging.WARNING, logger="monitor.sinks.chat"):
         await sink.aclose()
-    assert len(receiver.seen) == 1
+    assert len(receiver.requests) == 1
     assert "closing with 2 events not sent: the rate budget is spent" in caplog.text
 
 
@@ -1030,14 +981,14 @@ async def test_burst_of_300_transitions(harness: Harness, kind: str, tight: bool
     assert sink.backlog == 0 and sink.failed_messages == 0
 
     per_minute, per_second = LIMITS[kind]
-    times = sorted(seen.at for seen in receiver.seen)
+    times = sorted(seen.at for seen in receiver.requests)
     assert _max_in_window(times, 60.0) <= per_minute
     if per_second is not None:
         assert _max_in_window(times, 1.0) <= per_second
     if not tight:
         assert len(times) <= 20  # a digest every few seconds, not one message per event
 
-    bodies = [text_of(seen) for seen in receiver.seen]
+    bodies = [text_of(seen) for seen in receiver.requests]
     union = "\n".join(bodies)
     digests = [b for b in bodies if "Rollout pool-a finished" not in b]
     # Failures still pending when the summary goes out are listed by the summary alone ("Not successful (20)").
@@ -1134,7 +1085,7 @@ async def test_final_summary_arrives_after_a_burst_within_every_bots_limit(
     assert drain.result() == {}
     await sink.aclose()
     assert refused == [] and sink.failed_messages == 0 and sink.backlog == 0
-    bodies = [text_of(seen) for seen in receiver.seen]
+    bodies = [text_of(seen) for seen in receiver.requests]
     final = bodies[-1]
     assert "Rollout pool-a finished: 275/300 succeeded, 25 did not" in final
     assert "300/300 finished in 25m, 275 Success, 25 Failed" in final
@@ -1154,7 +1105,7 @@ async def test_drain_gives_up_at_its_deadline_and_says_what_was_not_sent(harness
     await sink.send(rollout_event(Counter(Success=300), 300, finished=True))
     drain = asyncio.ensure_future(sink.drain(10.0))
     await _drive(harness, drain)
-    assert len(receiver.seen) == 1
+    assert len(receiver.requests) == 1
     assert drain.result() == {"rollout.finished": 1, "rollout.progress": 2}
     # Asked again with a longer bound (no signal came): the budget frees within a minute and it is sent.
     again = asyncio.ensure_future(sink.drain(120.0))
@@ -1172,7 +1123,7 @@ async def test_final_message_merges_pending_digest_and_summary(harness: Harness)
     drain = asyncio.ensure_future(sink.drain(5.0))
     await _drive(harness, drain, step=0.1)
     assert drain.result() == {}
-    [seen] = receiver.seen  # one message: nothing was sent before (coalesce), everything in the last
+    [seen] = receiver.requests  # one message: nothing was sent before (coalesce), everything in the last
     body = text_of(seen)
     assert "Rollout pool-a finished" in body and "Not successful (5)" in body
     assert "Stalled (1)" in body and "node-001" in body
@@ -1197,5 +1148,5 @@ async def test_acknowledges_events_once_their_message_is_delivered(harness: Harn
     await harness.clock.advance(0.5)
     assert acked == [success.id]  # the first attempt failed; nothing delivered yet
     await harness.clock.advance(5)
-    assert acked == [success.id, failed.id] and len(receiver.seen) == 2
+    assert acked == [success.id, failed.id] and len(receiver.requests) == 2
     await sink.aclose()

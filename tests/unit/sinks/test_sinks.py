@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -20,27 +19,7 @@ from monitor.sinks.chat import ChatSink
 from monitor.sinks.file import FileSink, FileSinkSettings, make_file_sink
 from monitor.sinks.log import LogSink, LogSinkSettings, format_text, make_log_sink
 from monitor.sinks.webhook import WebhookSink
-
-JOB_ID = "354331b2c-229a-11e8-9c75-0255ac100ceb"
-PROJECT_ID = "0b0f5d1d9c8a4bfa9d0c6c1b0f3d2e1a"
-WHEN = datetime(2026, 11, 28, 6, 41, 0, tzinfo=UTC)
-
-
-def make_event(**changes: object) -> Event:
-    fields: dict[str, object] = {
-        "id": event_id(PROJECT_ID, JOB_ID, "Running", "Failed"),
-        "type": EventType.JOB_PHASE_CHANGED,
-        "time": WHEN,
-        "project_id": PROJECT_ID,
-        "job_id": JOB_ID,
-        "job_type": "CreateNode",
-        "phase": "Failed",
-        "previous_phase": "Running",
-        "reason": "Install node failed: timeout",
-    }
-    fields.update(changes)
-    return Event(**fields)  # type: ignore[arg-type]
-
+from monitor.testing import JOB_ID, make_event
 
 # --- log -------------------------------------------------------------------------------------------------
 

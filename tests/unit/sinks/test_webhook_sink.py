@@ -4,88 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from monitor.core.errors import ConfigError, SinkError
-from monitor.core.events import Event, EventType, event_id
 from monitor.core.secret import Secret
 from monitor.sinks import Sink, create_sink
 from monitor.sinks.webhook import SigningKey, WebhookSink, make_webhook_sink
+from monitor.testing import Receiver, Reply, make_event, webhook_signature
 
 KEY = b"0123456789abcdef-the-signing-key!"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
 FAST = {"backoff_initial": 0.001, "backoff_max": 0.01, "rate": 1000}
 
 
-def make_event(n: int = 0) -> Event:
-    return Event(
-        id=event_id("proj", f"job-{n}", "Running"),
-        type=EventType.JOB_PHASE_CHANGED,
-        project_id="proj",
-        job_id=f"job-{n}",
-        job_type="CreateCluster",
-        phase="Running",
-        previous_phase=None,
-    )
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    body: str = ""
-
-
-@dataclass
-class Seen:
-    at: float
-    headers: dict[str, str]
-    body: bytes
-
-
-class Receiver:
-    """A webhook receiver that answers from a script of replies (then 200) and records every request."""
-
-    def __init__(self) -> None:
-        self.script: list[Reply] = []
-        self.seen: list[Seen] = []
-        self.url = ""
-        self.release = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.seen.append(Seen(time.monotonic(), dict(request.headers), body))
-        reply = self.script.pop(0) if self.script else Reply()
-        if reply.delay:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.release.wait(), reply.delay)
-        return web.Response(status=reply.status, headers=reply.headers, text=reply.body)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    rec.url = str(server.make_url("/hook"))
-    yield rec
-    rec.release.set()
-    await server.close()
+    """Answers from ``receiver.script`` (then 200) and records every request."""
+    async with Receiver() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -95,13 +39,6 @@ async def sinks() -> AsyncIterator[list[WebhookSink]]:
     yield made
     for sink in made:
         await sink.aclose()
-
-
-def expected_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
-    """Standard Webhooks, written from the spec: key = base64 of the part after whsec_."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = msg_id.encode() + b"." + timestamp.encode() + b"." + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 def build(sinks: list[WebhookSink], url: str, **options: object) -> WebhookSink:
@@ -114,7 +51,7 @@ async def test_posts_the_event_json_signed(receiver: Receiver, sinks: list[Webho
     sink = build(sinks, receiver.url, secret=SECRET, headers={"X-Team": "infra"})
     event = make_event()
     await sink.send(event)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     assert seen.body == event.to_json()
     assert seen.headers["Content-Type"] == "application/json"
     assert seen.headers["User-Agent"].startswith("cce-monitor/")
@@ -122,14 +59,14 @@ async def test_posts_the_event_json_signed(receiver: Receiver, sinks: list[Webho
     assert seen.headers["webhook-id"] == event.id
     timestamp = seen.headers["webhook-timestamp"]
     assert abs(int(timestamp) - time.time()) < 60
-    assert seen.headers["webhook-signature"] == expected_signature(SECRET, event.id, timestamp, seen.body)
+    assert seen.headers["webhook-signature"] == webhook_signature(SECRET, event.id, timestamp, seen.body)
 
 
 async def test_plain_secret_uses_its_utf8_bytes(receiver: Receiver, sinks: list[WebhookSink]) -> None:
     sink = build(sinks, receiver.url, secret="plain-shared-secret")
     event = make_event()
     await sink.send(event)
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     digest = hmac.new(
         b"plain-shared-secret",
         f"{event.id}.{seen.headers['webhook-timestamp']}.".encode() + seen.body,
@@ -143,7 +80,7 @@ async def test_without_secret_sends_id_and_timestamp(receiver: Receiver, sinks: 
     assert isinstance(sink, WebhookSink) and isinstance(sink, Sink)
     sinks.append(sink)
     await sink.send(make_event())
-    [seen] = receiver.seen
+    [seen] = receiver.requests
     assert seen.headers["webhook-id"] == make_event().id
     assert seen.headers["webhook-timestamp"].isdigit()
     assert "webhook-signature" not in seen.headers
@@ -153,10 +90,10 @@ async def test_retries_on_500_then_succeeds(receiver: Receiver, sinks: list[Webh
     receiver.script = [Reply(500), Reply(503)]
     sink = build(sinks, receiver.url, secret=SECRET)
     await sink.send(make_event())
-    assert len(receiver.seen) == 3
-    assert {s.headers["webhook-id"] for s in receiver.seen} == {make_event().id}
-    for seen in receiver.seen:  # each attempt is signed with its own timestamp
-        assert seen.headers["webhook-signature"] == expected_signature(
+    assert len(receiver.requests) == 3
+    assert {s.headers["webhook-id"] for s in receiver.requests} == {make_event().id}
+    for seen in receiver.requests:  # each attempt is signed with its own timestamp
+        assert seen.headers["webhook-signature"] == webhook_signature(
             SECRET, seen.headers["webhook-id"], seen.headers["webhook-timestamp"], seen.body
         )
 
@@ -165,8 +102,8 @@ async def test_429_retry_after_is_honoured(receiver: Receiver, sinks: list[Webho
     receiver.script = [Reply(429, headers={"Retry-After": "0.2"})]
     sink = build(sinks, receiver.url)
     await sink.send(make_event())
-    assert len(receiver.seen) == 2
-    assert receiver.seen[1].at - receiver.seen[0].at >= 0.2
+    assert len(receiver.requests) == 2
+    assert receiver.requests[1].at - receiver.requests[0].at >= 0.2
     assert sink.limiter.throttled_count == 1
 
 
@@ -177,7 +114,7 @@ async def test_400_is_not_retried(receiver: Receiver, sinks: list[WebhookSink]) 
         await sink.send(make_event())
     assert not info.value.retryable
     assert "HTTP 400" in str(info.value) and "bad payload" in str(info.value)
-    assert len(receiver.seen) == 1
+    assert len(receiver.requests) == 1
 
 
 async def test_redirect_is_not_followed(receiver: Receiver, sinks: list[WebhookSink]) -> None:
@@ -186,7 +123,7 @@ async def test_redirect_is_not_followed(receiver: Receiver, sinks: list[WebhookS
     with pytest.raises(SinkError) as info:
         await sink.send(make_event())
     assert not info.value.retryable
-    assert len(receiver.seen) == 1
+    assert len(receiver.requests) == 1
 
 
 async def test_410_disables_the_endpoint(
@@ -199,7 +136,7 @@ async def test_410_disables_the_endpoint(
             with pytest.raises(SinkError) as info:
                 await sink.send(make_event())
             assert not info.value.retryable
-    assert len(receiver.seen) == 1
+    assert len(receiver.requests) == 1
     assert sink.disabled
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "410" in warnings[0].getMessage()
@@ -209,7 +146,7 @@ async def test_timeout_is_retried(receiver: Receiver, sinks: list[WebhookSink]) 
     receiver.script = [Reply(delay=5.0)]
     sink = build(sinks, receiver.url, timeout=0.1)
     await sink.send(make_event())
-    assert len(receiver.seen) == 2
+    assert len(receiver.requests) == 2
 
 
 async def test_gives_up_after_max_attempts(receiver: Receiver, sinks: list[WebhookSink]) -> None:
@@ -219,7 +156,7 @@ async def test_gives_up_after_max_attempts(receiver: Receiver, sinks: list[Webho
         await sink.send(make_event())
     assert info.value.retryable
     assert "3 attempts" in str(info.value) and "HTTP 502" in str(info.value)
-    assert len(receiver.seen) == 3
+    assert len(receiver.requests) == 3
 
 
 async def test_connection_refused_is_retried_then_gives_up(sinks: list[WebhookSink]) -> None:
@@ -254,7 +191,7 @@ async def test_secrets_never_leak(
         with pytest.raises(SinkError) as info:
             await sink.send(make_event())
         errors.append(info.value)
-    assert len(receiver.seen) == 5
+    assert len(receiver.requests) == 5
 
     refused = build(sinks, f"http://{credentials}127.0.0.1:1/hook?token={token}", secret=SECRET, max_attempts=2)
     with pytest.raises(SinkError) as info:
