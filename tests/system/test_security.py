@@ -408,7 +408,7 @@ async def test_chat_sinks_accept_a_ca_bundle(
     sink = chat_sink(platform, base, ca_bundle=str(certs.ca))
     try:
         await sink.send(failed_event())
-        await until(lambda: hooks.requests >= 1, 10, "a request through TLS")
+        await until(lambda: len(hooks.requests) >= 1, 10, "a request through TLS")
     finally:
         await sink.aclose()
     assert not cert_problem(logs.text)
