@@ -27,7 +27,6 @@ import orjson
 
 from monitor.cce.auth import TokenAuth
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.cce.throttle import RateLimiter
 from monitor.core.secret import Secret
 
 HOST = "127.0.0.1"
@@ -173,18 +172,10 @@ async def sim_job_body(session: aiohttp.ClientSession, sim: Sim, job_id: str) ->
         return await resp.read()
 
 
-def make_client(
-    sim: Sim,
-    rate: float,
-    *,
-    burst: int | None = None,
-    session: aiohttp.ClientSession | None = None,
-    total_timeout: float = 10.0,
-) -> CCEClient:
-    """The real client as the CLI builds it: token auth and one shared :class:`RateLimiter`."""
+def make_client(sim: Sim, *, session: aiohttp.ClientSession | None = None, total_timeout: float = 10.0) -> CCEClient:
+    """The real client as the CLI builds it: token auth (the rate limit is the scheduler's, from its settings)."""
     settings = ClientSettings(endpoint=sim.endpoint, project_id=sim.project_id, total_timeout=total_timeout)
-    limiter = RateLimiter(rate, burst=burst)
-    return CCEClient(settings, TokenAuth(Secret(sim.token)), limiter=limiter, session=session)
+    return CCEClient(settings, TokenAuth(Secret(sim.token)), session=session)
 
 
 # --- figures -------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ async def monitor(sim: Sim, ids: list[str], polls: int, warmup: int, concurrency
     async def publish(event: Event) -> None:
         pass
 
-    async with make_client(sim, NO_LIMIT) as client:
+    async with make_client(sim) as client:
         scheduler = Scheduler(client, publish, settings)
         scheduler.add_many(ids)
         stats = scheduler.stats

@@ -31,7 +31,7 @@ async def main(args: argparse.Namespace) -> None:
         async def publish(event: Event) -> None:
             pass
 
-        async with make_client(sim, settings.rate) as client:
+        async with make_client(sim) as client:
             scheduler = Scheduler(client, publish, settings, rng=random.Random(1))
             started = time.perf_counter()
             rng = random.Random(2)

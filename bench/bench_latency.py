@@ -70,7 +70,7 @@ async def main(args: argparse.Namespace) -> None:
             ids: list[str] = []
             for count, duration in durations(args.jobs, args.min_duration, args.max_duration, args.batches):
                 ids += await sim_add_jobs(control, sim, count, duration=duration, fail_ratio=args.fail_ratio)
-            async with make_client(sim, args.rate) as client:
+            async with make_client(sim) as client:
                 scheduler = Scheduler(client, publish, settings)
                 scheduler.add_many(ids)
                 runner = asyncio.create_task(scheduler.run(), name="scheduler")

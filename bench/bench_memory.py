@@ -86,7 +86,7 @@ async def main(args: argparse.Namespace) -> None:
 
     settings = SchedulerSettings(rate=10.0)
     stages: list[dict[str, Any]] = []
-    client = make_client(sim, 10.0)  # never opens a session: the schedulers are not run
+    client = make_client(sim)  # never opens a session: the schedulers are not run
     keep: list[Scheduler] = []
     template = template_id.encode()
     base = rss_bytes()

@@ -105,7 +105,7 @@ async def measure(sim: Sim, args: argparse.Namespace, trace: aiohttp.TraceConfig
     )
     if hasattr(session, "_retry_connection"):  # as the client does: no silent re-send outside the limiter
         session._retry_connection = False
-    async with session, make_client(sim, args.rate, session=session) as client:
+    async with session, make_client(sim, session=session) as client:
         scheduler = Scheduler(client, publish, settings)
         scheduler.add_many(sim.job_ids)
         runner = asyncio.create_task(scheduler.run(), name="scheduler")

@@ -10,7 +10,6 @@ import pytest
 
 from monitor.cce.auth import TokenAuth
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.cce.throttle import RateLimiter
 from monitor.core.events import Event
 from monitor.core.secret import Secret
 from monitor.sim import Simulator
@@ -41,14 +40,12 @@ async def sim(sim_factory: SimFactory) -> Simulator:
     return simulator
 
 
-def client_for(
-    sim: Simulator, *, rate: float = 200.0, total_timeout: float = 5.0, token: str | None = None
-) -> CCEClient:
-    """A client for ``sim`` (started) with a token and a limiter that does not bind by default."""
+def client_for(sim: Simulator, *, total_timeout: float = 5.0, token: str | None = None) -> CCEClient:
+    """A client for ``sim`` (started) with a token (the rate limit is the scheduler's)."""
     assert sim.endpoint is not None, "start the simulator first"
     endpoint = sim.endpoint
     settings = ClientSettings(endpoint=endpoint, project_id=sim.config.project_id, total_timeout=total_timeout)
-    return CCEClient(settings, TokenAuth(Secret(token or sim.config.token)), limiter=RateLimiter(rate))
+    return CCEClient(settings, TokenAuth(Secret(token or sim.config.token)))
 
 
 class Recorder:

@@ -1,7 +1,9 @@
 """The CCE job API client: one pooled aiohttp session, authentication, and the error tree.
 
-``await client.get_job(job_id)`` returns a :class:`~monitor.core.model.Job` or raises a
-:class:`~monitor.core.errors.MonitorError` subclass that says whether retrying helps (see :mod:`monitor.core.errors`).
+A one-method job source: ``await client.fetch(job_id)`` returns a :class:`~monitor.core.model.Job` or raises
+a :class:`~monitor.core.errors.MonitorError` subclass that says whether retrying helps (see
+:mod:`monitor.core.errors`). It holds no rate limit: the scheduler owns it, acquires before each request and
+reacts to ``ThrottledError`` itself.
 
 What the client does with each outcome:
 
@@ -9,24 +11,24 @@ What the client does with each outcome:
 * 401 → asks the auth provider; a provider that can fetch a new token (IAM password) drops the refused one and
   the request is sent once more; otherwise, or if that fails too, ``AuthError``. 403 → ``AuthError``.
 * 404 → ``NotFoundError`` (the scheduler decides whether it is final: new jobs may 404 briefly).
-* 429 → ``ThrottledError`` with ``retry_after`` when sent; the shared :class:`RateLimiter` is told to slow down.
+* 429 → ``ThrottledError`` with ``retry_after`` when sent.
 * 5xx → ``ServerError``; connection failures → ``ConnectError``; timeouts → ``RequestTimeoutError``.
 
-Every HTTP request, the 401 retry included, passes the rate limiter when one is given. The scheduler acquires
-the first slot itself (its dispatcher is the limiter's only waiter) and says so with ``slot_acquired=True``.
+The caller takes the rate-limit slot for a request; the retry after a 401 awaits ``permit`` first, so that it
+passes the limit too.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
 from monitor.cce.auth import Auth
-from monitor.cce.throttle import RateLimiter
 from monitor.cce.tls import ssl_context, warn_plain_http
 from monitor.core.errors import (
     AuthError,
@@ -34,11 +36,10 @@ from monitor.core.errors import (
     ConnectError,
     MalformedResponseError,
     RequestTimeoutError,
-    ThrottledError,
     api_error,
     transport_detail,
 )
-from monitor.core.model import Digests, Job, parse_job_reusing, validate_id
+from monitor.core.model import Job, ParseMemo, parse_job, validate_id
 from monitor.core.version import USER_AGENT
 
 __all__ = ["CCEClient", "ClientSettings"]
@@ -84,19 +85,17 @@ class ClientSettings:
 class CCEClient:
     """Reads CCE job progress. Use as ``async with CCEClient(settings, auth) as client: ...``."""
 
-    __slots__ = ("_auth", "_base", "_limiter", "_owns_session", "_session", "_timeout", "_urls", "settings")
+    __slots__ = ("_auth", "_base", "_owns_session", "_session", "_timeout", "_urls", "settings")
 
     def __init__(
         self,
         settings: ClientSettings,
         auth: Auth,
         *,
-        limiter: RateLimiter | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.settings = settings
         self._auth = auth
-        self._limiter = limiter
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.total_timeout, sock_connect=settings.connect_timeout)
@@ -105,10 +104,6 @@ class CCEClient:
 
     def __repr__(self) -> str:
         return f"CCEClient(endpoint={self.settings.endpoint!r}, auth={self._auth.kind})"
-
-    @property
-    def limiter(self) -> RateLimiter | None:
-        return self._limiter
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -143,26 +138,19 @@ class CCEClient:
             await self._session.close()
         self._session = None
 
-    async def get_job(self, job_id: str, *, slot_acquired: bool = False) -> Job:
-        """Fetch one job's progress. ``slot_acquired``: the caller already took a rate-limit slot."""
-        body, request_id = await self.fetch_job(job_id, slot_acquired=slot_acquired)
-        return self.parse(job_id, body, request_id)[0]
+    async def fetch(
+        self,
+        job_id: str,
+        memo: ParseMemo | None = None,
+        *,
+        permit: Callable[[], Awaitable[None]] | None = None,
+    ) -> Job:
+        """One job's progress as a snapshot, or an error from the tree (see the module docstring).
 
-    @staticmethod
-    def parse(
-        job_id: str, body: bytes, request_id: str | None, previous: Job | None = None, digests: Digests = ()
-    ) -> tuple[Job, Digests]:
-        """Parse a body from :meth:`fetch_job`, reusing ``previous``'s unchanged sub-jobs (see
-        :func:`~monitor.core.model.parse_job_reusing`); a bad one raises ``MalformedResponseError`` naming the job."""
-        try:
-            return parse_job_reusing(body, previous, digests)
-        except MalformedResponseError as exc:
-            raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
-
-    async def fetch_job(self, job_id: str, *, slot_acquired: bool = False) -> tuple[bytes, str | None]:
-        """The raw 2xx body of a job and its request id, with every error mapped like :meth:`get_job`.
-
-        The scheduler uses this to skip parsing when a body is byte-identical to the previous one.
+        ``memo`` (one per job, kept by the caller) makes repeated polls cheap: a byte-identical answer is the
+        previous snapshot and unchanged parts are reused (:class:`~monitor.core.model.ParseMemo`). The caller
+        takes the rate-limit slot for this request; a second request — the retry after a refused token — first
+        awaits ``permit`` (the scheduler passes its limiter's ``acquire``).
         """
         url = self._urls.get(job_id)
         if url is None:
@@ -173,17 +161,21 @@ class CCEClient:
         session = self._ensure_session()
         refreshed = False
         while True:
-            if self._limiter is not None and not slot_acquired:
-                await self._limiter.acquire()
-            slot_acquired = False
             headers: dict[str, str] = {"Content-Type": "application/json"}
             await self._auth.apply(session, "GET", url, headers, b"")
             try:
-                return await self._request(session, url, headers, job_id)
+                body, request_id = await self._request(session, url, headers, job_id)
             except AuthError as exc:
                 if exc.status != 401 or refreshed or not await self._auth.unauthorized(headers):
                     raise
                 refreshed = True
+                if permit is not None:
+                    await permit()
+                continue
+            try:
+                return memo.parse(body) if memo is not None else parse_job(body)
+            except MalformedResponseError as exc:
+                raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
 
     async def _request(
         self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str
@@ -208,8 +200,6 @@ class CCEClient:
                         retry_after=resp.headers.get("Retry-After"),
                         secrets=_secrets(headers),
                     )
-                    if isinstance(error, ThrottledError) and self._limiter is not None:
-                        self._limiter.throttled(error.retry_after)
                     raise error
         except TimeoutError:
             raise RequestTimeoutError(f"job {job_id}: request timed out") from None
@@ -218,8 +208,6 @@ class CCEClient:
             raise ConnectError(f"job {job_id}: response body broken off: {detail}") from None
         except aiohttp.ClientError as exc:
             raise ConnectError(f"job {job_id}: {transport_detail(exc, _secrets(headers))}") from None
-        if self._limiter is not None:
-            self._limiter.succeeded()
         return body, request_id
 
 

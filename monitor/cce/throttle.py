@@ -17,10 +17,11 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from asyncio_throttle.throttler import Throttler
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limiter", "RateLimiter"]
 
 _MIN_FRACTION = 0.05
 _RECOVER_STEP = 0.1
@@ -51,6 +52,28 @@ def _window(rate: float, burst: int | None) -> tuple[int, float]:
     return 1, _SLACK / rate
 
 
+class Limiter(Protocol):
+    """What the scheduler, the limiter's one owner, needs of a rate limit over all requests to CCE: a local
+    :class:`RateLimiter` today, one shared by replicas later. Metrics read the four figures."""
+
+    configured_rate: float
+    effective_rate: float
+    throttled_count: int
+    waited_seconds: float
+
+    async def acquire(self) -> None:
+        """Wait for a slot; call from a fixed, small number of tasks."""
+        ...
+
+    def throttled(self, retry_after: float | None = None) -> None:
+        """The server answered 429: slow down (and hold everything for ``retry_after`` seconds)."""
+        ...
+
+    def succeeded(self) -> None:
+        """A request went through."""
+        ...
+
+
 class RateLimiter:
     """An adaptive rate limit over one resource (all requests to CCE, or one webhook endpoint)."""
 
@@ -73,16 +96,19 @@ class RateLimiter:
         burst: int | None = None,
         retry_interval: float = 0.01,
         hold: float = 0.0,
+        hold_first_window: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``hold``: admit nothing for this many seconds at first (a restarted process cannot know what its
-        predecessor sent in its last second)."""
+        """``hold``: admit nothing for this many seconds at first; ``hold_first_window``: for one window of the
+        rate (a restarted process cannot know what its predecessor sent in its last second)."""
         if not rate > 0 or math.isinf(rate):
             raise ValueError(f"rate must be a positive number, got {rate!r}")
         self.configured_rate = float(rate)
         self.effective_rate = float(rate)
         self._burst = burst
         count, period = _window(rate, burst)
+        if hold_first_window:
+            hold = max(hold, period)
         self._throttler = Throttler(rate_limit=count, period=period, retry_interval=retry_interval)
         self._clock = clock
         self._hold_until = clock() + hold if hold > 0 else 0.0

@@ -19,7 +19,6 @@ import click
 
 from monitor.cce.auth import ENV_IAM_ENDPOINT, Auth, TokenAuth, auth_from_env
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.cce.throttle import RateLimiter
 from monitor.cli.options import log_option, parse_labels, read_ids
 from monitor.cli.runtime import EXIT_INTERRUPTED, fail, run_with_signals, setup_logging
 from monitor.config import Config, Flag, complete_config, config_from
@@ -101,7 +100,7 @@ def get(
 
     async def main(stop: asyncio.Event) -> bytes:
         async with CCEClient(settings, auth) as client:
-            job = await client.get_job(job_id)
+            job = await client.fetch(job_id)
         return job_to_json(job, indent=True)
 
     try:
@@ -193,12 +192,11 @@ async def _watch(
     rollout: str,
     rollout_interval: float = 30.0,
 ) -> WatchResult:
-    limiter = RateLimiter(sched.rate, burst=sched.burst)
     common: dict[str, Any] = {
         "client": None, "settings": sched, "sinks": sinks, "labels": labels, "stop": stop, "rollout": rollout,
         "rollout_interval": rollout_interval,
     }  # fmt: skip
-    async with CCEClient(settings, auth, limiter=limiter) as client:
+    async with CCEClient(settings, auth) as client:
         common["client"] = client
         if not live:
             return await watch(

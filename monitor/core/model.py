@@ -27,6 +27,7 @@ from monitor.core.text import has_control
 
 __all__ = [
     "Job",
+    "ParseMemo",
     "Phase",
     "Timestamp",
     "job_from_json",
@@ -390,6 +391,27 @@ def parse_job_reusing(body: bytes | str, previous: Job | None, digests: Digests)
     known = dict(zip(digests[1:], previous.sub_jobs, strict=False)) if previous is not None else {}
     keys = [hash(orjson.dumps(raw)) for raw in raw_subs]
     return parse_job_object(job, _reuse=[known.get(key) for key in keys]), (body_key, *keys)
+
+
+class ParseMemo:
+    """What parsing one job's answers keeps from poll to poll: the last snapshot, the hash of the body it came
+    from (a byte-identical answer is that snapshot, not even decoded) and its digests (see above)."""
+
+    __slots__ = ("body", "digests", "job")
+
+    def __init__(self, job: Job | None = None) -> None:
+        self.job = job
+        self.body = 0
+        self.digests: Digests = ()
+
+    def parse(self, body: bytes | str) -> Job:
+        """The snapshot ``body`` gives, reusing what is unchanged; raises :class:`MalformedResponseError`."""
+        digest = hash(body)
+        if self.job is not None and digest == self.body:
+            return self.job
+        self.job, self.digests = parse_job_reusing(body, self.job, self.digests)
+        self.body = digest
+        return self.job
 
 
 def _restamped(job: Job, updated: str) -> Job:

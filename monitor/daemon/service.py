@@ -207,10 +207,9 @@ class Daemon:
         )
         # Held for one window at start: a daemon restarted right after a crash must not add a full window of
         # requests to what the previous process sent in its last second.
-        window = (settings.burst / settings.rate if settings.burst else 1.0) * 1.01
-        limiter = RateLimiter(settings.rate, burst=settings.burst, hold=window)
+        limiter = RateLimiter(settings.rate, burst=settings.burst, hold_first_window=True)
         probe = LoopLagProbe()
-        async with CCEClient(cfg.client_settings(), auth, limiter=limiter) as client:
+        async with CCEClient(cfg.client_settings(), auth) as client:
             plain = self._build_sinks(state)
             deliverers = self._deliverers
 
@@ -234,6 +233,7 @@ class Daemon:
                 sinks=plain,
                 feeds=deliverers,
                 observers=[on_event],
+                limiter=limiter,
                 store=state,
                 on_poll=self._metrics.observe_poll,
                 rollout_interval=cfg.rollouts.interval,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.cce.client import CCEClient
+from monitor.cce.throttle import Limiter
 from monitor.core.events import Event, EventType, Outcome
 from monitor.engine.bus import Bus, Callback, EventFilter
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
@@ -113,6 +114,7 @@ class Pipeline:
         sinks: Sequence[SinkBinding] = (),
         feeds: Sequence[Feed] = (),
         observers: Sequence[Callback] = (),
+        limiter: Limiter | None = None,
         store: JobStore | None = None,
         on_poll: Callable[[str, float], None] | None = None,
         rollout_interval: float = 30.0,
@@ -130,7 +132,7 @@ class Pipeline:
         self.rollouts = RolloutTracker(publish, project_id=client.settings.project_id, interval=rollout_interval)
         if track_rollouts:
             self.bus.subscribe(self.rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
-        self.scheduler = Scheduler(client, self.bus.publish, settings, store=store, on_poll=on_poll)
+        self.scheduler = Scheduler(client, self.bus.publish, settings, limiter=limiter, store=store, on_poll=on_poll)
 
     @property
     def outputs(self) -> list[Output]:

@@ -21,7 +21,8 @@ Per poll outcome:
 * past ``job_timeout`` since the job was added → ``job.timed_out``, polling stops.
 * 404 → retried; only ``not_found_count`` consecutive 404s spread over at least ``not_found_grace`` seconds give
   ``job.not_found`` (CCE can 404 for a moment after creating a job).
-* 429 → the shared limiter halves the rate and honours ``Retry-After`` (see :mod:`monitor.cce.throttle`); the job
+* 429 → the scheduler's limiter (it owns the one rate limit; the client only raises ``ThrottledError``) halves
+  the rate and honours ``Retry-After`` (see :mod:`monitor.cce.throttle`); the job
   is tried again after at least ``min_interval``. 429s never count as the job's failures.
 * 5xx, timeouts, connection errors, malformed bodies → the job backs off exponentially with full jitter; after
   ``failure_threshold`` consecutive failures one ``job.poll_failed``, and ``job.recovered`` when it works again.
@@ -38,7 +39,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -47,12 +47,21 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from monitor.cce.client import CCEClient
-from monitor.cce.throttle import RateLimiter
+from monitor.cce.throttle import Limiter, RateLimiter
 from monitor.core.backoff import full_jitter
-from monitor.core.errors import AuthError, ConfigError, MonitorError, NotFoundError, ThrottledError, TransportError
+from monitor.core.errors import (
+    AuthError,
+    MalformedResponseError,
+    MonitorError,
+    NotFoundError,
+    ThrottledError,
+    TransportError,
+)
 from monitor.core.events import Event, EventType, Outcome, event_id
-from monitor.core.model import Digests, Job, validate_id
-from monitor.engine.diff import JobContext, detect, progressed
+from monitor.core.model import Job, ParseMemo, validate_id
+from monitor.engine.diff import detect, progressed
+from monitor.engine.settings import SchedulerSettings
+from monitor.engine.tracked import Tracked
 
 __all__ = ["Scheduler", "SchedulerSettings", "SchedulerStats"]
 
@@ -71,63 +80,6 @@ class JobStore(Protocol):
 
 _LAG_WARN_EVERY = 60.0
 _EMPTY_LABELS: Mapping[str, str] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerSettings:
-    """Polling policy. Times are seconds. Defaults suit CCE's default API quotas."""
-
-    rate: float = 10.0
-    """Requests per second to CCE, over all jobs, retries included."""
-    burst: int | None = None
-    """Requests allowed back to back; ``None`` means at most ``rate`` in any one second."""
-    max_in_flight: int = 16
-    interval: float = 10.0
-    """Delay between polls of a job, after its first poll and after every change."""
-    min_interval: float = 1.0
-    """Floor of every delay, including error backoff: never a tight loop."""
-    max_interval: float = 30.0
-    """Ceiling of the delay while a job is unchanged."""
-    backoff: float = 1.5
-    """Factor by which the delay grows after each unchanged poll (1 = never grows)."""
-    jitter: float = 0.1
-    """Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]."""
-    initial_delay: float = 0.0
-    """Delay before a newly added job's first poll (spread over [0, initial_delay])."""
-    job_timeout: float = 3600.0
-    stall_after: float = 1800.0
-    not_found_grace: float = 60.0
-    not_found_count: int = 3
-    failure_threshold: int = 3
-    error_backoff: float = 2.0
-    error_backoff_max: float = 300.0
-    auth_backoff: float = 30.0
-    auth_backoff_max: float = 600.0
-    drain: float = 10.0
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("rate", 0 < self.rate < math.inf, "must be a finite number > 0"),
-            ("max_in_flight", self.max_in_flight >= 1, "must be >= 1"),
-            ("interval", self.interval > 0, "must be > 0"),
-            ("min_interval", 0 < self.min_interval <= self.interval, f"must be > 0 and <= interval ({self.interval})"),
-            ("max_interval", self.max_interval >= self.interval, f"must be >= interval ({self.interval})"),
-            ("backoff", self.backoff >= 1, "must be >= 1"),
-            ("jitter", 0 <= self.jitter < 1, "must be in [0, 1)"),
-            ("initial_delay", self.initial_delay >= 0, "must be >= 0"),
-            ("job_timeout", self.job_timeout > 0, "must be > 0"),
-            ("stall_after", self.stall_after > 0, "must be > 0"),
-            ("not_found_grace", self.not_found_grace >= 0, "must be >= 0"),
-            ("not_found_count", self.not_found_count >= 1, "must be >= 1"),
-            ("failure_threshold", self.failure_threshold >= 1, "must be >= 1"),
-            ("error_backoff", self.error_backoff > 0, "must be > 0"),
-            ("error_backoff_max", self.error_backoff_max >= self.error_backoff, "must be >= error_backoff"),
-            ("auth_backoff", self.auth_backoff > 0, "must be > 0"),
-            ("auth_backoff_max", self.auth_backoff_max >= self.auth_backoff, "must be >= auth_backoff"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"polling.{name} = {getattr(self, name)!r} {rule}")
 
 
 @dataclass(slots=True)
@@ -154,51 +106,6 @@ def _outcome_of(exc: MonitorError) -> str:
     return "error"
 
 
-class _Tracked:
-    """One tracked job. Slotted and small: a daemon may track 100,000 of these."""
-
-    __slots__ = (
-        "_context",
-        "deadline",
-        "delay",
-        "digest",
-        "dropped",
-        "failures",
-        "first_not_found",
-        "job_id",
-        "labels",
-        "last",
-        "last_progress",
-        "not_found",
-        "removed",
-        "stalled",
-        "sub_digests",
-    )
-
-    def __init__(self, job_id: str, labels: Mapping[str, str], now: float, timeout: float, delay: float):
-        self.job_id = job_id
-        self.labels = labels
-        self.deadline = now + timeout
-        self.delay = delay
-        self.last: Job | None = None
-        self.digest = 0
-        self.sub_digests: Digests = ()  # of last's sub-jobs, to reuse the unchanged ones (model.parse_job_reusing)
-        self.last_progress = now
-        self.failures = 0
-        self.not_found = 0
-        self.first_not_found = 0.0
-        self.stalled = False
-        self.removed = False
-        self.dropped = False  # removed by the user: nothing more about it is stored or published
-        self._context: JobContext | None = None
-
-    def context(self, project_id: str) -> JobContext:
-        """What every event about this job carries (built once: labels do not change)."""
-        if self._context is None:
-            self._context = JobContext(project_id, self.job_id, self.labels)
-        return self._context
-
-
 class Scheduler:
     """Polls tracked jobs through ``client`` and calls ``publish`` with every event, in order per job."""
 
@@ -208,24 +115,23 @@ class Scheduler:
         publish: Publish,
         settings: SchedulerSettings | None = None,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         store: JobStore | None = None,
         on_poll: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
     ) -> None:
-        """``clock`` (monotonic seconds) drives every schedule; ``now`` stamps events; ``rng`` draws jitter."""
+        """The scheduler owns the rate limit over every request to CCE: ``limiter`` (default: a
+        :class:`RateLimiter` of ``settings.rate`` and ``settings.burst``). ``clock`` (monotonic seconds) drives
+        every schedule; ``now`` stamps events; ``rng`` draws jitter."""
         self.settings = settings or SchedulerSettings()
         self._client = client
         self._publish = publish
         self._store = store
         self._on_poll = on_poll
         self.project_id = client.settings.project_id
-        limiter = limiter or client.limiter
-        if limiter is None:
-            raise ConfigError("the scheduler needs the client to have a RateLimiter")
-        self.limiter = limiter
+        self.limiter: Limiter = limiter or RateLimiter(self.settings.rate, burst=self.settings.burst)
         self._clock = clock
         self._now = now
         self._rng = rng or random.Random()  # jitter, not cryptography
@@ -233,8 +139,8 @@ class Scheduler:
         # key and a counter make each episode's id unique, across restarts too, without the wall clock.
         self._run_key = f"{self._rng.getrandbits(48):012x}"
         self._episodes = itertools.count(1)
-        self._jobs: dict[str, _Tracked] = {}
-        self._heap: list[tuple[float, int, _Tracked]] = []
+        self._jobs: dict[str, Tracked] = {}
+        self._heap: list[tuple[float, int, Tracked]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -242,7 +148,7 @@ class Scheduler:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._dispatching = asyncio.Lock()  # its holder is the dispatcher (see _poller)
-        self._busy: dict[str, _Tracked] = {}  # jobs being polled
+        self._busy: dict[str, Tracked] = {}  # jobs being polled
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
@@ -279,7 +185,7 @@ class Scheduler:
             return False
         now = self._clock()
         s = self.settings
-        tracked = _Tracked(job_id, labels, now, s.job_timeout - max(0.0, age), s.interval)
+        tracked = Tracked(job_id, labels, now, s.job_timeout - max(0.0, age), s.interval)
         tracked.last = previous
         self._jobs[job_id] = tracked
         first = now + (self._rng.uniform(0, s.initial_delay) if s.initial_delay else 0.0)
@@ -327,7 +233,7 @@ class Scheduler:
 
     # -------------------------------------------------------------------------------------- internals
 
-    def _push(self, tracked: _Tracked, due: float) -> None:
+    def _push(self, tracked: Tracked, due: float) -> None:
         heapq.heappush(self._heap, (due, next(self._seq), tracked))
         if self._heap[0][2] is tracked:
             self._wake.set()  # earlier than what the dispatcher sleeps for
@@ -342,13 +248,13 @@ class Scheduler:
             delay *= self._rng.uniform(1 - j, 1 + j)
         return max(self.settings.min_interval, delay)
 
-    def _reschedule(self, tracked: _Tracked, delay: float) -> None:
+    def _reschedule(self, tracked: Tracked, delay: float) -> None:
         if tracked.removed:
             return
         due = min(self._clock() + delay, tracked.deadline)
         self._push(tracked, due)
 
-    def _finish(self, tracked: _Tracked) -> None:
+    def _finish(self, tracked: Tracked) -> None:
         if self._jobs.get(tracked.job_id) is tracked:
             del self._jobs[tracked.job_id]
         tracked.removed = True
@@ -384,7 +290,7 @@ class Scheduler:
             finally:
                 self._busy.pop(tracked.job_id, None)
 
-    async def _next_due(self) -> _Tracked | None:
+    async def _next_due(self) -> Tracked | None:
         """The next job to poll, once it is due and a rate-limit slot is taken; ``None`` when stopping."""
         heap = self._heap
         while not self._stopping:
@@ -412,7 +318,7 @@ class Scheduler:
                 pass
         return None
 
-    async def _take_slot(self, tracked: _Tracked, due: float) -> bool:
+    async def _take_slot(self, tracked: Tracked, due: float) -> bool:
         """Wait for a rate-limit slot to poll ``tracked``; ``False`` if it was removed or we stopped meanwhile."""
         await self.limiter.acquire()
         if tracked.removed or self._stopping:
@@ -452,7 +358,7 @@ class Scheduler:
 
     async def _commit(
         self,
-        tracked: _Tracked,
+        tracked: Tracked,
         events: list[Event],
         *,
         snapshot: Job | None = None,
@@ -471,7 +377,7 @@ class Scheduler:
             self.stats.events += 1
             await self._publish(event)
 
-    def _event(self, tracked: _Tracked, kind: EventType, *, detail: str | None, key: str | None = None) -> Event:
+    def _event(self, tracked: Tracked, kind: EventType, *, detail: str | None, key: str | None = None) -> Event:
         last = tracked.last
         return Event(
             id=event_id(self.project_id, tracked.job_id, None, kind.value, key),
@@ -489,21 +395,21 @@ class Scheduler:
             rollout=tracked.labels.get("rollout"),
         )
 
-    async def _poll(self, tracked: _Tracked) -> None:
+    async def _poll(self, tracked: Tracked) -> None:
         self.stats.polls += 1
         started = self._clock()
         outcome = "ok"
         try:
-            body, request_id = await self._client.fetch_job(tracked.job_id, slot_acquired=True)
-            digest = hash(body)
-            if tracked.last is not None and digest == tracked.digest:
-                job = tracked.last  # byte-identical answer: nothing can have changed, skip parsing
-            else:
-                job, tracked.sub_digests = self._client.parse(
-                    tracked.job_id, body, request_id, tracked.last, tracked.sub_digests
-                )
-                tracked.digest = digest
+            memo = tracked.memo
+            if memo is None or memo.job is not tracked.last:
+                memo = tracked.memo = ParseMemo(tracked.last)
+            job = await self._client.fetch(tracked.job_id, memo, permit=self.limiter.acquire)
+            self.limiter.succeeded()
         except MonitorError as exc:
+            if isinstance(exc, ThrottledError):
+                self.limiter.throttled(exc.retry_after)
+            elif isinstance(exc, MalformedResponseError):
+                self.limiter.succeeded()  # the request itself went through
             outcome = _outcome_of(exc)
             await self._on_poll_error(tracked, exc)
         except Exception as exc:  # a bug below us; keep polling the job, loudly
@@ -521,7 +427,7 @@ class Scheduler:
             event = self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())
             await self._commit(tracked, [event], outcome=Outcome.TIMED_OUT)
 
-    async def _on_poll_error(self, tracked: _Tracked, exc: MonitorError) -> None:
+    async def _on_poll_error(self, tracked: Tracked, exc: MonitorError) -> None:
         if not isinstance(exc, TransportError):
             self.stats.last_contact = self._clock()  # CCE (or its gateway) answered
         if isinstance(exc, NotFoundError):
@@ -537,7 +443,7 @@ class Scheduler:
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"
 
-    async def _on_snapshot(self, tracked: _Tracked, job: Job) -> None:
+    async def _on_snapshot(self, tracked: Tracked, job: Job) -> None:
         now = self._clock()
         s = self.settings
         self._auth_ok()
@@ -592,7 +498,7 @@ class Scheduler:
                 outcome=Outcome.of(job.phase.value) if terminal else None,
             )
 
-    async def _on_not_found(self, tracked: _Tracked, exc: NotFoundError) -> None:
+    async def _on_not_found(self, tracked: Tracked, exc: NotFoundError) -> None:
         now = self._clock()
         s = self.settings
         if tracked.not_found == 0:
@@ -610,7 +516,7 @@ class Scheduler:
         delay = max(s.not_found_grace / s.not_found_count, s.min_interval)
         self._reschedule(tracked, self._jittered(min(delay, s.interval)))
 
-    async def _on_error(self, tracked: _Tracked, exc: BaseException) -> None:
+    async def _on_error(self, tracked: Tracked, exc: BaseException) -> None:
         s = self.settings
         tracked.failures += 1
         delay = max(s.min_interval, full_jitter(tracked.failures - 1, s.error_backoff, s.error_backoff_max, self._rng))
@@ -640,7 +546,7 @@ class Scheduler:
         self._auth_episode = False
         self._auth_delay = self.settings.auth_backoff
 
-    async def _on_auth_failed(self, tracked: _Tracked, exc: AuthError) -> None:
+    async def _on_auth_failed(self, tracked: Tracked, exc: AuthError) -> None:
         now = self._clock()
         s = self.settings
         first = not self._auth_episode

@@ -9,7 +9,7 @@ Properties (hypothesis, modest example counts, no deadline) and targeted adversa
 * ``parse_config``: YAML features — aliases (billion laughs), recursive anchors, ``!!python/*`` tags, deep
   nesting, huge documents, non-string and duplicate keys — give a ``Config`` or one ``ConfigError`` line, quickly.
 * Ids everywhere: path traversal, ``?``, ``#``, ``%2F``, confusables, RTL overrides, NUL and other control
-  characters are refused with one line by ``validate_id``, ``CCEClient.get_job``, ``Scheduler.add``, the API's
+  characters are refused with one line by ``validate_id``, ``CCEClient.fetch``, ``Scheduler.add``, the API's
   routes and bodies and the CLI, before anything is sent (requests are counted on local servers).
 
 Defects this review found are fixed; their tests stay as regression tests.
@@ -41,7 +41,6 @@ from hypothesis import strategies as st
 
 from monitor.cce.auth import TokenAuth
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.cce.throttle import RateLimiter
 from monitor.cli import cli
 from monitor.config import Config, parse_config
 from monitor.core.errors import (
@@ -521,9 +520,9 @@ def counting_sim(loop_thread: LoopThread) -> Iterator[Simulator]:
 async def _client_refuses(endpoint: str, value: str) -> None:
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=2)
     auth = TokenAuth(Secret(SimulatorConfig().token))
-    async with CCEClient(settings, auth, limiter=RateLimiter(100)) as client:
+    async with CCEClient(settings, auth) as client:
         with pytest.raises(InvalidIdError) as info:
-            await client.get_job(value)
+            await client.fetch(value)
         one_line(info.value.message, 200)
         scheduler = Scheduler(client, _ignore, SchedulerSettings())
         with pytest.raises(InvalidIdError):

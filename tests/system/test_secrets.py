@@ -20,7 +20,6 @@ import pytest
 
 from monitor.cce.auth import AKSKAuth, PasswordAuth, TokenAuth, auth_from_env
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.cce.throttle import RateLimiter
 from monitor.config import parse_config
 from monitor.core.errors import (
     AuthError,
@@ -149,12 +148,12 @@ async def test_token_never_leaks(sim_factory: SimFactory, logs: pytest.LogCaptur
         endpoint = f"http://127.0.0.1:{closed_port()}"
     auth = TokenAuth(Secret(TOKEN))
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=0.3)
-    async with CCEClient(settings, auth, limiter=RateLimiter(100)) as client:
+    async with CCEClient(settings, auth) as client:
         if case in ("expired", "throttled"):
-            await client.get_job(job_id)
+            await client.fetch(job_id)
         if case == "expired":
             sim.expire_tokens()
-        error = await raised(client.get_job("no-such-job" if case == "not_found" else job_id), expected)
+        error = await raised(client.fetch("no-such-job" if case == "not_found" else job_id), expected)
         assert_error_clean(error)
         assert_clean(repr(client), repr(auth), str(auth), repr(settings), repr(sim.config), str(sim.config))
     assert_clean(logs.text)
@@ -192,7 +191,7 @@ async def test_iam_password_never_leaks(sim_factory: SimFactory, logs: pytest.Lo
     auth = iam_auth(iam_endpoint, timeout=0.3)
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=0.3)
     async with CCEClient(settings, auth) as client:
-        error = await raised(client.get_job(job_id), expected)
+        error = await raised(client.fetch(job_id), expected)
         assert_error_clean(error)
         assert_clean(repr(client), repr(auth), str(auth), repr(settings), repr(sim.config), str(sim.config))
     assert sim.stats.tokens_issued == 0
@@ -209,18 +208,18 @@ async def test_issued_iam_tokens_never_leak(sim_factory: SimFactory, logs: pytes
         client = CCEClient(
             ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=0.3), auth, session=session
         )
-        await client.get_job(job_id)
+        await client.fetch(job_id)
         sim.expire_tokens()  # 401, a new token, success
-        await client.get_job(job_id)
-        errors.append(await raised(client.get_job("no-such-job"), NotFoundError))
+        await client.fetch(job_id)
+        errors.append(await raised(client.fetch("no-such-job"), NotFoundError))
         sim.set_faults(p_500=1.0)
-        errors.append(await raised(client.get_job(job_id), ServerError))
+        errors.append(await raised(client.fetch(job_id), ServerError))
         sim.set_faults(p_500=0.0, p_malformed=1.0)
-        errors.append(await raised(client.get_job(job_id), MalformedResponseError))
+        errors.append(await raised(client.fetch(job_id), MalformedResponseError))
         sim.set_faults(p_malformed=0.0)
         sim.expire_tokens()
         sim.set_token_ttl(1e-6)  # the next token is stale on arrival: the 401 retry fails too
-        errors.append(await raised(client.get_job(job_id), AuthError))
+        errors.append(await raised(client.fetch(job_id), AuthError))
         assert_clean(repr(client), repr(auth))
     assert len(subject.tokens) == 3
     issued = tuple(subject.tokens)
@@ -250,7 +249,7 @@ async def test_iam_token_beyond_the_header_limit_never_leaks(
     auth = iam_auth(endpoint)
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=5)
     async with CCEClient(settings, auth) as client:
-        error = await raised(client.get_job(job_id), ConnectError)
+        error = await raised(client.fetch(job_id), ConnectError)
     assert "bytes when reading" in str(error)  # the cause is still told
     [issued] = [t for t in sim.issued_tokens() if t != sim.config.token]
     assert len(issued) == 40_000
@@ -313,7 +312,7 @@ async def test_parser_errors_quoting_the_token_never_leak(logs: pytest.LogCaptur
     settings = ClientSettings(endpoint=f"http://127.0.0.1:{port}", project_id=PROJECT, total_timeout=5)
     try:
         async with CCEClient(settings, TokenAuth(Secret(LONG_TOKEN))) as client:
-            error = await raised(client.get_job("job-1"), ConnectError)
+            error = await raised(client.fetch("job-1"), ConnectError)
     finally:
         server.close()
         await server.wait_closed()
@@ -332,7 +331,7 @@ async def test_error_bodies_echoing_the_token_are_masked(logs: pytest.LogCapture
     async with Receiver(refuse) as gateway:
         settings = ClientSettings(endpoint=gateway.base, project_id=PROJECT, total_timeout=5)
         async with CCEClient(settings, TokenAuth(Secret(LONG_TOKEN))) as client:
-            error = await raised(client.get_job("job-1"), AuthError)
+            error = await raised(client.fetch("job-1"), AuthError)
     assert "bad token ***..." in str(error)
     assert_error_clean(error, also=(LONG_TOKEN,))
     assert_no_piece(LONG_TOKEN, str(error), repr(error), logs.text, size=12)
@@ -363,7 +362,7 @@ async def test_secret_key_never_leaks(
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT)
     async with CCEClient(settings, auth) as client:
         target = "no-such-job" if expected is NotFoundError else job_id
-        error = await raised(client.get_job(target), expected)
+        error = await raised(client.fetch(target), expected)
     assert_error_clean(error, also=(sim_sk,))
     assert_clean(repr(client), repr(auth), str(auth), repr(sim.config), logs.text, also=(sim_sk,))
 
@@ -499,7 +498,7 @@ async def test_watch_events_carry_no_secret(
     auth = TokenAuth(Secret(TOKEN))
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT)
     sink = create_sink(f"webhook:{receiver.url}", {**webhook_options(), "rate": 1000})
-    async with CCEClient(settings, auth, limiter=RateLimiter(50)) as client:
+    async with CCEClient(settings, auth) as client:
         result = await asyncio.wait_for(
             watch(
                 job_ids,
@@ -539,7 +538,7 @@ async def test_watch_error_events_carry_no_secret(
             stop.set()
 
     settings = ClientSettings(endpoint=endpoint, project_id=PROJECT)
-    async with CCEClient(settings, TokenAuth(Secret(TOKEN)), limiter=RateLimiter(50)) as client:
+    async with CCEClient(settings, TokenAuth(Secret(TOKEN))) as client:
         result = await asyncio.wait_for(
             watch([job_id], client=client, settings=WATCH_SETTINGS, observers=[observe], stop=stop), 15
         )

@@ -249,7 +249,7 @@ async def test_client_refuses_an_unknown_ca_by_default(certs: Certs, serve_tls: 
     settings = ClientSettings(endpoint=base, project_id=PROJECT, total_timeout=5)
     async with CCEClient(settings, TokenAuth(Secret(CCE_TOKEN))) as client:
         with pytest.raises(ConnectError) as info:
-            await client.get_job(job_id)
+            await client.fetch(job_id)
     assert cert_problem(str(info.value)), str(info.value)
     assert "\n" not in str(info.value)
     assert sim.stats.requests == 0  # the token never left: the handshake failed first
@@ -261,7 +261,7 @@ async def test_client_trusts_its_ca_bundle(certs: Certs, serve_tls: TlsServe) ->
     job_id = sim.add_job(duration=30)
     settings = ClientSettings(endpoint=base, project_id=PROJECT, ca_bundle=str(certs.ca))
     async with CCEClient(settings, TokenAuth(Secret(CCE_TOKEN))) as client:
-        job = await client.get_job(job_id)
+        job = await client.fetch(job_id)
     assert job.id == job_id
     assert sim.stats.job_requests == 1
 
@@ -275,7 +275,7 @@ async def test_ca_bundle_does_not_relax_other_checks(certs: Certs, serve_tls: Tl
     settings = ClientSettings(endpoint=base, project_id=PROJECT, ca_bundle=str(certs.ca), total_timeout=5)
     async with CCEClient(settings, TokenAuth(Secret(CCE_TOKEN))) as client:
         with pytest.raises(ConnectError) as info:
-            await client.get_job(job_id)
+            await client.fetch(job_id)
     assert cert_problem(str(info.value)), str(info.value)
     assert sim.stats.requests == 0
 
@@ -296,14 +296,14 @@ async def test_iam_password_is_never_sent_to_an_unverified_server(
     refused = auth()
     async with CCEClient(ClientSettings(endpoint=base, project_id=PROJECT, total_timeout=5), refused) as client:
         with pytest.raises(ConnectError) as info:
-            await client.get_job(job_id)
+            await client.fetch(job_id)
     assert cert_problem(str(info.value)) and "IAM" in str(info.value), str(info.value)
     assert sim.stats.iam_token_requests == 0 and sim.stats.requests == 0
     assert_clean(str(info.value), repr(info.value), repr(refused))
 
     trusted = ClientSettings(endpoint=base, project_id=PROJECT, ca_bundle=str(certs.ca))
     async with CCEClient(trusted, auth()) as client:
-        assert (await client.get_job(job_id)).id == job_id
+        assert (await client.fetch(job_id)).id == job_id
     assert sim.stats.tokens_issued == 1
     assert_clean(logs.text)
 
@@ -452,7 +452,7 @@ async def test_ca_bundle_adds_to_the_system_trust_store(
     await writer.wait_closed()
     settings = ClientSettings(endpoint=base, project_id=PROJECT, ca_bundle=str(certs.ca), total_timeout=5)
     async with CCEClient(settings, TokenAuth(Secret(CCE_TOKEN))) as client:
-        assert (await client.get_job(job_id)).id == job_id
+        assert (await client.fetch(job_id)).id == job_id
 
 
 @pytest.mark.parametrize("content", [None, "not a certificate\n", "-----BEGIN CERTIFICATE-----\nAAAA\n"])

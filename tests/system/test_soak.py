@@ -203,7 +203,7 @@ async def test_rollout_finished_is_sent_after_a_crash_just_before_it_was_recorde
     [job] = sim.start_rollout(1, fail_ratio=0.0, duration=0.05)
     await asyncio.sleep(0.2)
     async with client_for(sim) as client:
-        snapshot = await client.get_job(job)
+        snapshot = await client.fetch(job)
     assert snapshot.is_terminal
     # The state file as a SIGKILL leaves it in that window: the job's final poll committed, no digest yet.
     state = await State.open(tmp_path / "state.db")

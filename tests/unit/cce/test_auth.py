@@ -60,7 +60,7 @@ async def test_token_auth_sends_x_auth_token(sim_factory: SimFactory) -> None:
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_start)
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        job = await client(endpoint, TokenAuth(Secret("the-static-token")), session=session).get_job(job_id)
+        job = await client(endpoint, TokenAuth(Secret("the-static-token")), session=session).fetch(job_id)
     assert job.id == job_id
     [headers] = sent
     assert headers["X-Auth-Token"] == "the-static-token"
@@ -83,7 +83,7 @@ async def test_password_token_is_fetched_once_and_cached(sim_factory: SimFactory
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
         for _ in range(15):
-            assert (await c.get_job(job_id)).id == job_id
+            assert (await c.fetch(job_id)).id == job_id
     assert sim.stats.iam_token_requests == 1
     assert sim.stats.tokens_issued == 1
     assert auth.fetches == 1
@@ -96,9 +96,9 @@ async def test_a_16kb_token_works_end_to_end(sim_factory: SimFactory) -> None:
     job_id = sim.add_job(duration=100)
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
-        assert (await c.get_job(job_id)).id == job_id
+        assert (await c.fetch(job_id)).id == job_id
         sim.expire_tokens()  # a 401 for the big token, a second big token, and the retry with it
-        assert (await c.get_job(job_id)).id == job_id
+        assert (await c.fetch(job_id)).id == job_id
     issued = [t for t in sim.issued_tokens() if t != sim.config.token]
     assert [len(t) for t in issued] == [16_000, 16_000]
     assert sim.stats.tokens_issued == 2 and auth.fetches == 2
@@ -110,7 +110,7 @@ async def test_a_16kb_static_token_is_accepted(sim_factory: SimFactory) -> None:
     sim, endpoint = await sim_factory(token=token)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, TokenAuth(Secret(token))) as c:
-        assert (await c.get_job(job_id)).id == job_id
+        assert (await c.fetch(job_id)).id == job_id
 
 
 def test_simulator_token_length_is_validated() -> None:
@@ -122,9 +122,9 @@ async def test_password_scope_by_project_name(sim_factory: SimFactory) -> None:
     sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     async with client(endpoint, password_auth(endpoint, project_id=None, project_name="eu-de")) as c:
-        assert (await c.get_job(job_id)).id == job_id
+        assert (await c.fetch(job_id)).id == job_id
     async with client(endpoint, password_auth(endpoint, project_id=None, project_name="elsewhere")) as c:
-        error = await fails(c.get_job(job_id), AuthError)
+        error = await fails(c.fetch(job_id), AuthError)
     assert (error.status, error.message) == (401, "The project in the scope is not found.")
 
 
@@ -133,7 +133,7 @@ async def test_concurrent_calls_share_one_iam_request(sim_factory: SimFactory) -
     job_ids = [sim.add_job(duration=100) for _ in range(20)]
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
-        jobs = await asyncio.gather(*(c.get_job(job_id) for job_id in job_ids))
+        jobs = await asyncio.gather(*(c.fetch(job_id) for job_id in job_ids))
     assert [job.id for job in jobs] == job_ids
     assert sim.stats.iam_token_requests == 1
     assert auth.fetches == 1
@@ -145,16 +145,16 @@ async def test_refused_token_is_replaced_once(sim_factory: SimFactory) -> None:
     job_ids = [sim.add_job(duration=100) for _ in range(10)]
     auth = password_auth(endpoint)
     async with client(endpoint, auth) as c:
-        await c.get_job(job_ids[0])
+        await c.fetch(job_ids[0])
         assert sim.stats.iam_token_requests == 1
         sim.expire_tokens()
-        jobs = await asyncio.gather(*(c.get_job(job_id) for job_id in job_ids))
+        jobs = await asyncio.gather(*(c.fetch(job_id) for job_id in job_ids))
         assert [job.id for job in jobs] == job_ids
         assert sim.stats.iam_token_requests == 2
         assert sim.stats.by_status == {201: 2, 200: 11, 401: 10}
         # one call alone: 401, one new token, the retry succeeds
         sim.expire_tokens()
-        await c.get_job(job_ids[0])
+        await c.fetch(job_ids[0])
     assert sim.stats.iam_token_requests == 3
     assert auth.fetches == 3
     assert sim.stats.by_status == {201: 3, 200: 12, 401: 11}
@@ -166,7 +166,7 @@ async def test_wrong_password_is_an_auth_error_without_the_password(sim_factory:
     wrong = "wrong-Pa55word-7777"
     auth = password_auth(endpoint, password=Secret(wrong))
     async with client(endpoint, auth) as c:
-        error = await fails(c.get_job(job_id), AuthError)
+        error = await fails(c.fetch(job_id), AuthError)
     assert (error.status, error.retryable) == (401, False)
     assert error.message == "The username or password is wrong."
     assert sim.stats.job_requests == 0
@@ -179,7 +179,7 @@ async def test_iam_server_error_propagates(sim_factory: SimFactory) -> None:
     sim, endpoint = await sim_factory(faults_on_iam=True, p_500=1.0)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, password_auth(endpoint)) as c:
-        error = await fails(c.get_job(job_id), ServerError)
+        error = await fails(c.fetch(job_id), ServerError)
     assert (error.status, error.retryable) == (500, True)
     assert sim.stats.job_requests == 0
 
@@ -188,7 +188,7 @@ async def test_iam_dropped_connection_is_a_connect_error(sim_factory: SimFactory
     sim, endpoint = await sim_factory(faults_on_iam=True, p_drop=1.0)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, password_auth(endpoint)) as c:
-        error = await fails(c.get_job(job_id), ConnectError)
+        error = await fails(c.fetch(job_id), ConnectError)
     assert error.message.startswith(f"IAM token request to {endpoint} failed")
     assert sim.stats.job_requests == 0
 
@@ -199,20 +199,20 @@ async def test_token_is_refreshed_before_it_expires(sim_factory: SimFactory) -> 
     clock = FakeClock(0.0)
     auth = password_auth(endpoint, margin=300, clock=clock)
     async with client(endpoint, auth) as c:
-        await c.get_job(job_id)
+        await c.fetch(job_id)
         assert sim.stats.iam_token_requests == 1
         for now in (1, 50, 98):  # valid until about ttl - margin = 100
             clock.now = now
-            await c.get_job(job_id)
+            await c.fetch(job_id)
         assert sim.stats.iam_token_requests == 1
         clock.now = 101
-        await c.get_job(job_id)
+        await c.fetch(job_id)
         assert sim.stats.iam_token_requests == 2
         clock.now = 199
-        await c.get_job(job_id)
+        await c.fetch(job_id)
         assert sim.stats.iam_token_requests == 2
         clock.now = 202
-        await c.get_job(job_id)
+        await c.fetch(job_id)
         assert sim.stats.iam_token_requests == 3
     assert sim.stats.by_status == {201: 3, 200: 7}
 
@@ -221,7 +221,7 @@ async def test_short_lived_tokens_still_collapse_concurrent_fetches(sim_factory:
     sim, endpoint = await sim_factory(token_ttl=200, iam_delay=0.05)
     job_ids = [sim.add_job(duration=100) for _ in range(10)]
     async with client(endpoint, password_auth(endpoint, margin=300)) as c:
-        await asyncio.gather(*(c.get_job(job_id) for job_id in job_ids))
+        await asyncio.gather(*(c.fetch(job_id) for job_id in job_ids))
     assert sim.stats.iam_token_requests == 1
 
 
@@ -250,7 +250,7 @@ async def test_aksk_signed_requests_are_accepted(sim_factory: SimFactory) -> Non
     auth = AKSKAuth(AK, Secret(SK), PROJECT)
     async with client(endpoint, auth) as c:
         for _ in range(3):
-            assert (await c.get_job(job_id)).id == job_id
+            assert (await c.fetch(job_id)).id == job_id
     assert sim.stats.by_status == {200: 3}
     assert repr(auth) == f"AKSKAuth(ak={AK!r}, sk=Secret('**********'))"
 
@@ -266,7 +266,7 @@ async def test_aksk_wrong_key_is_an_auth_error(sim_factory: SimFactory, ak: str,
     sim, endpoint = await sim_factory(ak=AK, sk=SK)
     job_id = sim.add_job(duration=100)
     async with client(endpoint, AKSKAuth(ak, Secret(sk), PROJECT)) as c:
-        error = await fails(c.get_job(job_id), AuthError)
+        error = await fails(c.fetch(job_id), AuthError)
     assert (error.status, error.code, error.retryable) == (401, "APIGW.0301", False)
     assert error.message == f"Incorrect IAM authentication information: {message}"
     assert error.request_id is not None

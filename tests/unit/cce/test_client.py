@@ -79,13 +79,7 @@ def settings_for(endpoint: str, **kwargs: Any) -> ClientSettings:
 
 def token_client(sim: Simulator, endpoint: str, *, token: str | None = None, **kwargs: Any) -> CCEClient:
     session = kwargs.pop("session", None)
-    limiter = kwargs.pop("limiter", None)
-    return CCEClient(
-        settings_for(endpoint, **kwargs),
-        TokenAuth(Secret(token or sim.config.token)),
-        limiter=limiter,
-        session=session,
-    )
+    return CCEClient(settings_for(endpoint, **kwargs), TokenAuth(Secret(token or sim.config.token)), session=session)
 
 
 def closed_port() -> int:
@@ -146,7 +140,7 @@ async def test_get_job_follows_the_simulated_timeline(sim_factory: SimFactory, f
     seen: list[str] = []
     async with token_client(sim, endpoint) as client:
         for _ in range(30):
-            job = await client.get_job(job_id)
+            job = await client.fetch(job_id)
             check_against_truth(job, sim, job_id)
             assert [s.type for s in job.sub_jobs] == ["CreateNodeVM", "InstallNode"]
             seen.append(job.phase)
@@ -168,7 +162,7 @@ async def test_not_found_carries_code_and_request_id(
     session, trace = traced
     sim, endpoint = await sim_factory()
     client = token_client(sim, endpoint, session=session)
-    error = await fails(client.get_job("no-such-job"), NotFoundError)
+    error = await fails(client.fetch("no-such-job"), NotFoundError)
     assert (error.status, error.code, error.retryable) == (404, "CCE.01404001", False)
     assert error.message == "The resource is not found"
     [sent_id] = trace.request_ids
@@ -180,7 +174,7 @@ async def test_not_found_carries_code_and_request_id(
     other = CCEClient(
         settings_for(endpoint, project_id="another-project"), TokenAuth(Secret(sim.config.token)), session=session
     )
-    error = await fails(other.get_job(job_id), NotFoundError)
+    error = await fails(other.fetch(job_id), NotFoundError)
     assert error.request_id == trace.request_ids[-1]
 
 
@@ -191,7 +185,7 @@ async def test_bad_token_is_a_final_auth_error(
     sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     client = token_client(sim, endpoint, token="not-the-token", session=session)
-    error = await fails(client.get_job(job_id), AuthError)
+    error = await fails(client.fetch(job_id), AuthError)
     assert (error.status, error.code, error.retryable) == (401, "APIGW.0301", False)
     assert error.message == "Incorrect IAM authentication information: verify token fail"
     assert error.request_id == trace.request_ids[-1] is not None
@@ -202,9 +196,9 @@ async def test_expired_token_is_an_auth_error(sim_factory: SimFactory) -> None:
     sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     async with token_client(sim, endpoint) as client:
-        await client.get_job(job_id)
+        await client.fetch(job_id)
         sim.expire_tokens()
-        error = await fails(client.get_job(job_id), AuthError)
+        error = await fails(client.fetch(job_id), AuthError)
     assert (error.status, error.code, error.message) == (401, "APIGW.0307", "The token must be updated.")
     assert sim.stats.job_requests == 2
 
@@ -229,24 +223,20 @@ async def test_throttled_slows_the_limiter(
     session, trace = traced
     sim, endpoint = await sim_factory(rate_limit=0.01, throttle_style=style, retry_after=retry_after)
     job_id = sim.add_job(duration=100)
-    limiter = RateLimiter(10)
-    client = token_client(sim, endpoint, session=session, limiter=limiter)
-    await client.get_job(job_id)  # takes the one token of the simulator's bucket
-    assert (limiter.throttled_count, limiter.effective_rate) == (0, 10.0)
-    error = await fails(client.get_job(job_id), ThrottledError)
+    client = token_client(sim, endpoint, session=session)
+    await client.fetch(job_id)  # takes the one token of the simulator's bucket
+    error = await fails(client.fetch(job_id), ThrottledError)
     assert (error.status, error.code, error.retryable, error.retry_after) == (429, code, True, expected_retry_after)
     assert error.request_id == trace.request_ids[-1] is not None
-    assert limiter.throttled_count == 1
-    assert limiter.effective_rate == 5.0
-    assert limiter.degraded
     assert sim.stats.throttled == 1
+    # What the limiter makes of it is the scheduler's business: tests/unit/engine/test_scheduler.py.
 
 
 async def test_server_error_is_retryable(sim_factory: SimFactory, traced: tuple[aiohttp.ClientSession, Trace]) -> None:
     session, trace = traced
     sim, endpoint = await sim_factory(p_500=1.0)
     job_id = sim.add_job(duration=100)
-    error = await fails(token_client(sim, endpoint, session=session).get_job(job_id), ServerError)
+    error = await fails(token_client(sim, endpoint, session=session).fetch(job_id), ServerError)
     assert (error.status, error.code, error.message, error.retryable) == (
         500,
         "CCE.01500001",
@@ -262,7 +252,7 @@ async def test_html_503_uses_the_page_title(
     session, trace = traced
     sim, endpoint = await sim_factory(p_503_html=1.0)
     job_id = sim.add_job(duration=100)
-    error = await fails(token_client(sim, endpoint, session=session).get_job(job_id), ServerError)
+    error = await fails(token_client(sim, endpoint, session=session).fetch(job_id), ServerError)
     assert (error.status, error.code, error.retryable) == (503, None, True)
     assert error.message == "503 Service Temporarily Unavailable"
     assert error.request_id == trace.request_ids[-1] is not None
@@ -272,7 +262,7 @@ async def test_malformed_body(sim_factory: SimFactory, traced: tuple[aiohttp.Cli
     session, trace = traced
     sim, endpoint = await sim_factory(p_malformed=1.0)
     job_id = sim.add_job(duration=100)
-    error = await fails(token_client(sim, endpoint, session=session).get_job(job_id), MalformedResponseError)
+    error = await fails(token_client(sim, endpoint, session=session).fetch(job_id), MalformedResponseError)
     assert error.retryable
     assert error.message.startswith(f"job {job_id}: body is not valid JSON")
     [sent_id] = trace.request_ids
@@ -285,7 +275,7 @@ async def test_dropped_connection_is_a_connect_error(sim_factory: SimFactory) ->
     sim, endpoint = await sim_factory(p_drop=1.0)
     job_id = sim.add_job(duration=100)
     async with token_client(sim, endpoint) as client:
-        error = await fails(client.get_job(job_id), ConnectError)
+        error = await fails(client.fetch(job_id), ConnectError)
     assert isinstance(error, TransportError) and error.retryable
     assert error.message.startswith(f"job {job_id}: ")
     assert "Server disconnected" in error.message
@@ -297,9 +287,8 @@ async def test_dropped_connection_costs_one_request(sim_factory: SimFactory) -> 
     # off: one rate-limit slot would then cost two requests to CCE.
     sim, endpoint = await sim_factory(p_drop=1.0)
     job_id = sim.add_job(duration=100)
-    limiter = RateLimiter(100)
-    async with token_client(sim, endpoint, limiter=limiter) as client:
-        await fails(client.get_job(job_id), ConnectError)
+    async with token_client(sim, endpoint) as client:
+        await fails(client.fetch(job_id), ConnectError)
     assert sim.stats.job_requests == 1
 
 
@@ -309,7 +298,7 @@ async def test_slow_answer_times_out(sim_factory: SimFactory) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with token_client(sim, endpoint, total_timeout=0.2) as client:
-        error = await fails(client.get_job(job_id), RequestTimeoutError)
+        error = await fails(client.fetch(job_id), RequestTimeoutError)
     assert loop.time() - started < 2.0
     assert isinstance(error, TransportError) and error.retryable
     assert error.message == f"job {job_id}: request timed out"
@@ -320,14 +309,14 @@ async def test_settings_timeout_applies_to_a_supplied_session(sim_factory: SimFa
     job_id = sim.add_job(duration=100)
     async with aiohttp.ClientSession() as session:
         client = token_client(sim, endpoint, total_timeout=0.2, session=session)
-        await fails(client.get_job(job_id), RequestTimeoutError)
+        await fails(client.fetch(job_id), RequestTimeoutError)
 
 
 async def test_unreachable_endpoint_is_a_one_line_connect_error() -> None:
     port = closed_port()
     settings = settings_for(f"http://127.0.0.1:{port}", total_timeout=5)
     async with CCEClient(settings, TokenAuth(Secret("some-token"))) as client:
-        error = await fails(client.get_job("job-1"), ConnectError)
+        error = await fails(client.fetch("job-1"), ConnectError)
     assert error.retryable
     assert "\n" not in str(error)
     assert str(error).startswith("job job-1: ClientConnectorError: ")
@@ -337,16 +326,14 @@ async def test_unreachable_endpoint_is_a_one_line_connect_error() -> None:
 # --- input validation ----------------------------------------------------------------------------------
 
 
-class CountingLimiter(RateLimiter):
-    """A RateLimiter that counts acquisitions."""
+class Permits:
+    """A ``permit`` callable for :meth:`CCEClient.fetch` that counts how often the client asked for a slot."""
 
-    def __init__(self, rate: float) -> None:
-        super().__init__(rate)
+    def __init__(self) -> None:
         self.acquired = 0
 
-    async def acquire(self) -> None:
+    async def __call__(self) -> None:
         self.acquired += 1
-        await super().acquire()
 
 
 @pytest.mark.parametrize(
@@ -355,10 +342,10 @@ class CountingLimiter(RateLimiter):
 )
 async def test_invalid_job_ids_never_reach_the_network(sim_factory: SimFactory, job_id: str) -> None:
     sim, endpoint = await sim_factory()
-    limiter = CountingLimiter(100)
-    async with token_client(sim, endpoint, limiter=limiter) as client:
+    limiter = Permits()
+    async with token_client(sim, endpoint) as client:
         with pytest.raises(InvalidIdError) as info:
-            await client.get_job(job_id)
+            await client.fetch(job_id, permit=limiter)
     assert type(info.value) is InvalidIdError
     assert isinstance(info.value, ValueError)
     assert "job id" in info.value.message
@@ -425,9 +412,9 @@ async def test_one_connection_is_reused(sim_factory: SimFactory, traced: tuple[a
     async with token_client(sim, endpoint, session=session) as client:
         for n in range(30):
             if n % 10 == 9:
-                await fails(client.get_job("missing"), NotFoundError)  # error answers keep the connection
+                await fails(client.fetch("missing"), NotFoundError)  # error answers keep the connection
             else:
-                await client.get_job(job_id)
+                await client.fetch(job_id)
     assert trace.created == 1
     assert trace.reused == 29
     assert sim.stats.job_requests == 30
@@ -440,12 +427,12 @@ async def test_client_closes_its_own_session(sim_factory: SimFactory) -> None:
     client = token_client(sim, endpoint)
     assert "token" in repr(client) and endpoint in repr(client)
     async with client:
-        await client.get_job(job_id)
+        await client.fetch(job_id)
         session = client._session
         assert session is not None
     assert session.closed
     # usable again: a new session is made on demand
-    await client.get_job(job_id)
+    await client.fetch(job_id)
     await client.aclose()
 
 
@@ -488,7 +475,7 @@ async def big_server() -> AsyncIterator[str]:
 @pytest.mark.parametrize("mode", ["sized", "chunked"])
 async def test_body_over_the_limit_is_refused(big_server: str, mode: str) -> None:
     async with CCEClient(settings_for(big_server), TokenAuth(Secret("t"))) as client:
-        error = await fails(client.get_job(mode), MalformedResponseError)
+        error = await fails(client.fetch(mode), MalformedResponseError)
     assert error.message == f"body larger than {MAX_BODY} bytes"
     assert error.request_id == BIG_ID
 
@@ -496,7 +483,7 @@ async def test_body_over_the_limit_is_refused(big_server: str, mode: str) -> Non
 async def test_compressed_body_over_the_limit_is_refused(big_server: str) -> None:
     # A few KB of gzip with a small Content-Length that inflate past the limit.
     async with CCEClient(settings_for(big_server), TokenAuth(Secret("t"))) as client:
-        error = await fails(client.get_job("gzip"), MalformedResponseError)
+        error = await fails(client.fetch("gzip"), MalformedResponseError)
     assert error.message == f"body larger than {MAX_BODY} bytes"
     assert error.request_id == BIG_ID
 
@@ -504,42 +491,44 @@ async def test_compressed_body_over_the_limit_is_refused(big_server: str) -> Non
 # --- rate limiter slots ---------------------------------------------------------------------------------
 
 
-async def test_slot_acquired_skips_only_the_first_acquisition(sim_factory: SimFactory) -> None:
+async def test_fetch_takes_no_slot_and_only_the_401_retry_asks_for_one(sim_factory: SimFactory) -> None:
+    """The scheduler takes the slot for each request; the client asks (``permit``) only before a second one."""
     sim, endpoint = await sim_factory(iam_delay=0.0)
     job_id = sim.add_job(duration=100)
-    limiter = CountingLimiter(1000)
-    async with token_client(sim, endpoint, limiter=limiter) as client:
-        await client.get_job(job_id, slot_acquired=True)
+    limiter = Permits()
+    async with token_client(sim, endpoint) as client:
+        await client.fetch(job_id, permit=limiter)
         assert limiter.acquired == 0
-        await client.get_job(job_id)
-        assert limiter.acquired == 1
-        await fails(client.get_job("missing", slot_acquired=True), NotFoundError)
-        assert limiter.acquired == 1
+        await client.fetch(job_id, permit=limiter)
+        assert limiter.acquired == 0
+        await fails(client.fetch("missing", permit=limiter), NotFoundError)
+        assert limiter.acquired == 0
     # The 401 retry of a refreshable provider takes a slot of its own.
     auth = PasswordAuth(iam_endpoint=endpoint, username="monitor", password=Secret("sim-password"),
                         domain="sim-domain", project_id=PROJECT)  # fmt: skip
-    limiter = CountingLimiter(1000)
-    async with CCEClient(settings_for(endpoint), auth, limiter=limiter) as client:
-        await client.get_job(job_id, slot_acquired=True)
+    limiter = Permits()
+    async with CCEClient(settings_for(endpoint), auth) as client:
+        await client.fetch(job_id, permit=limiter)
         assert limiter.acquired == 0
         sim.expire_tokens()
-        await client.get_job(job_id, slot_acquired=True)
+        await client.fetch(job_id, permit=limiter)
         assert limiter.acquired == 1
         sim.expire_tokens()
-        await client.get_job(job_id)
-        assert limiter.acquired == 3
+        await client.fetch(job_id, permit=limiter)
+        assert limiter.acquired == 2
     assert sim.stats.by_status == {200: 5, 404: 1, 401: 2, 201: 3}
 
 
-async def test_slot_acquired_does_not_wait_for_the_limiter(sim_factory: SimFactory) -> None:
+async def test_fetch_does_not_wait_for_a_limiter(sim_factory: SimFactory) -> None:
     sim, endpoint = await sim_factory()
     job_id = sim.add_job(duration=100)
     limiter = RateLimiter(1)  # one slot per second
     loop = asyncio.get_running_loop()
-    async with token_client(sim, endpoint, limiter=limiter) as client:
+    async with token_client(sim, endpoint) as client:
         await limiter.acquire()  # the caller (the scheduler's dispatcher) takes the slot itself
         started = loop.time()
-        await client.get_job(job_id, slot_acquired=True)
+        await client.fetch(job_id)
+        await client.fetch(job_id)  # the client holds no limit of its own
         assert loop.time() - started < 0.5
-        await client.get_job(job_id)  # this one must wait for the next second
+        await limiter.acquire()  # the next slot is the caller's to wait for
         assert loop.time() - started >= 0.8

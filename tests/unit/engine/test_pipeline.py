@@ -55,7 +55,7 @@ async def test_everything_reaches_file_and_flaky_webhook(
     file_sink = create_sink(f"file:{out}")
     hook = create_sink(f"webhook:{url}", {"secret": SECRET, "backoff_initial": 0.01, "backoff_max": 0.05, "rate": 200})
     observer = Recorder()
-    async with client_for(sim, rate=100.0) as client:
+    async with client_for(sim) as client:
         result = await asyncio.wait_for(
             watch(
                 jobs,

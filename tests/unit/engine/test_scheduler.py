@@ -17,6 +17,7 @@ from monitor.cce.client import CCEClient, ClientSettings
 from monitor.cce.throttle import RateLimiter
 from monitor.core.errors import ConfigError, InvalidIdError
 from monitor.core.events import EventType
+from monitor.core.model import Job, ParseMemo
 from monitor.core.secret import Secret
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
 from monitor.sim import Simulator
@@ -47,8 +48,8 @@ async def running(
     sim: Simulator, settings: SchedulerSettings, *, token: str | None = None, rate: float | None = None
 ) -> AsyncIterator[tuple[Scheduler, Recorder]]:
     recorder = Recorder()
-    async with client_for(sim, rate=rate or settings.rate, token=token) as client:
-        scheduler = Scheduler(client, recorder, settings)
+    async with client_for(sim, token=token) as client:
+        scheduler = Scheduler(client, recorder, settings, limiter=RateLimiter(rate) if rate else None)
         task = asyncio.create_task(scheduler.run())
         try:
             yield scheduler, recorder
@@ -208,9 +209,9 @@ class CountingClient(CCEClient):
         super().__init__(*args, **kwargs)
         self.seen: Counter[str] = Counter()
 
-    async def fetch_job(self, job_id: str, *, slot_acquired: bool = False) -> tuple[bytes, str | None]:
+    async def fetch(self, job_id: str, memo: ParseMemo | None = None, **kwargs: Any) -> Job:
         self.seen[job_id] += 1
-        return await super().fetch_job(job_id, slot_acquired=slot_acquired)
+        return await super().fetch(job_id, memo, **kwargs)
 
 
 async def test_fair_share_under_backlog(sim: Simulator) -> None:
@@ -218,10 +219,8 @@ async def test_fair_share_under_backlog(sim: Simulator) -> None:
     settings = fast(rate=40.0, interval=0.05, min_interval=0.05, max_interval=0.05)
     assert sim.endpoint is not None
     client_settings = ClientSettings(endpoint=sim.endpoint, project_id=sim.config.project_id)
-    async with CountingClient(
-        client_settings, TokenAuth(Secret(sim.config.token)), limiter=RateLimiter(40.0)
-    ) as client:
-        scheduler = Scheduler(client, Recorder(), settings)
+    async with CountingClient(client_settings, TokenAuth(Secret(sim.config.token))) as client:
+        scheduler = Scheduler(client, Recorder(), settings, limiter=RateLimiter(40.0))
         task = asyncio.create_task(scheduler.run())
         scheduler.add_many(jobs)
         await asyncio.sleep(2.5)
@@ -292,3 +291,25 @@ async def test_add_validates_ids(sim: Simulator) -> None:
             with pytest.raises(InvalidIdError):
                 scheduler.add(bad)
         assert len(scheduler) == 0
+
+
+@pytest.mark.parametrize("retry_after", [False, True])
+async def test_a_429_tells_the_schedulers_limiter(sim_factory: SimFactory, retry_after: bool) -> None:
+    """The scheduler owns the rate limit: the client only raises ThrottledError, the scheduler slows its
+    limiter (halving the rate, at most once a second) and honours Retry-After for every job."""
+    sim, _ = await sim_factory(rate_limit=0.01, retry_after=retry_after)  # one request, then 429s
+    job_id = sim.add_job(duration=100)
+    async with running(sim, fast(rate=10.0)) as (scheduler, _rec):
+        limiter = scheduler.limiter
+        assert isinstance(limiter, RateLimiter)
+        assert (limiter.throttled_count, limiter.effective_rate) == (0, 10.0)
+        scheduler.add(job_id)
+        for _ in range(200):
+            if limiter.throttled_count:
+                break
+            await asyncio.sleep(0.01)
+        assert limiter.throttled_count >= 1
+        assert limiter.effective_rate == 5.0
+        assert limiter.degraded
+    assert sim.stats.throttled >= 1
+    assert scheduler.stats.outcomes.get("throttled", 0) >= 1
