@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 from _common import Sim, make_client, report, run, sim_stats, simulator
 
-from monitor.cce.client import _user_agent
 from monitor.core.events import Event
+from monitor.core.version import USER_AGENT
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 TARGET_USED = 0.97
@@ -100,7 +100,7 @@ async def measure(sim: Sim, args: argparse.Namespace, trace: aiohttp.TraceConfig
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=64),
         timeout=aiohttp.ClientTimeout(total=10.0, sock_connect=10.0),
-        headers={"User-Agent": _user_agent()},
+        headers={"User-Agent": USER_AGENT},
         trace_configs=[trace],
     )
     if hasattr(session, "_retry_connection"):  # as the client does: no silent re-send outside the limiter
