@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter
-from monitor.core.events import Event, EventType, Outcome
+from monitor.core.events import Event, Outcome
 from monitor.engine.bus import Bus, Callback, EventFilter
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
-from monitor.engine.rollout import JOB_EVENT_TYPES, RolloutTracker
+from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import JobStore, Scheduler, SchedulerSettings
 
 __all__ = ["Deadline", "Feed", "Outcome", "Pipeline", "SinkBinding", "WatchResult", "watch"]
@@ -51,25 +51,6 @@ class WatchResult:
         if self.interrupted:
             return 130
         return 0 if all(o is Outcome.SUCCESS for o in self.outcomes.values()) else 1
-
-
-class _Outcomes:
-    """A bus subscriber that records each job's final outcome."""
-
-    __slots__ = ("outcomes",)
-
-    def __init__(self, job_ids: Sequence[str]) -> None:
-        self.outcomes: dict[str, Outcome] = dict.fromkeys(job_ids, Outcome.UNFINISHED)
-
-    def __call__(self, event: Event) -> None:
-        if event.job_id is None:
-            return
-        if event.type is EventType.JOB_PHASE_CHANGED and event.phase in ("Success", "Failed"):
-            self.outcomes[event.job_id] = Outcome(event.phase)
-        elif event.type is EventType.JOB_TIMED_OUT:
-            self.outcomes[event.job_id] = Outcome.TIMED_OUT
-        elif event.type is EventType.JOB_NOT_FOUND:
-            self.outcomes[event.job_id] = Outcome.NOT_FOUND
 
 
 class Feed(Protocol):
@@ -101,7 +82,7 @@ class Pipeline:
 
     ``async with Pipeline(...) as p:`` opens the bus and subscribes the sinks; :meth:`run` polls until ``end``
     completes and then shuts down in order within ``deadline`` seconds: stop polling and let polls in flight
-    finish; let the rollout tracker see the last job events and publish its final digests; close the bus
+    finish; let the rollout tracker publish its final digests; close the bus
     (every sink's queue drained); let feeds go idle and drainable sinks send what they hold back; cancel the
     chores. Leaving the ``async with`` closes every sink, whatever happened.
     """
@@ -117,6 +98,7 @@ class Pipeline:
         limiter: Limiter | None = None,
         store: JobStore | None = None,
         on_poll: Callable[[str, float], None] | None = None,
+        on_outcome: Callable[[str, Outcome], None] | None = None,
         rollout_interval: float = 30.0,
         track_rollouts: bool = True,
         publish_digest: Callable[[Bus], Callable[[Event], Awaitable[None]]] | None = None,
@@ -130,9 +112,17 @@ class Pipeline:
             self.bus.subscribe(observer)
         publish = publish_digest(self.bus) if publish_digest is not None else self.bus.publish
         self.rollouts = RolloutTracker(publish, project_id=client.settings.project_id, interval=rollout_interval)
-        if track_rollouts:
-            self.bus.subscribe(self.rollouts.on_event, EventFilter.of(types=JOB_EVENT_TYPES), name="rollouts")
-        self.scheduler = Scheduler(client, self.bus.publish, settings, limiter=limiter, store=store, on_poll=on_poll)
+        self._track_rollouts = track_rollouts
+        self.scheduler = Scheduler(
+            client, self._publish, settings, limiter=limiter, store=store, on_poll=on_poll, on_outcome=on_outcome
+        )
+
+    async def _publish(self, event: Event) -> None:
+        """What the scheduler found: the rollout tracker sees it first (its digests then go to the bus, never
+        back to where they came from), then the bus fans it out."""
+        if self._track_rollouts:
+            self.rollouts.on_event(event)
+        await self.bus.publish(event)
 
     @property
     def outputs(self) -> list[Output]:
@@ -182,8 +172,7 @@ class Pipeline:
                 await on_stopping()
             self.scheduler.stop()
             await poller
-            await self.bus.drain(left.left())
-            await self.rollouts.flush()
+            await self.rollouts.flush()  # it saw every job event as the scheduler published it
             await self.bus.aclose(left.left())
             own_bound = wait_for_budget and not (stop is not None and stop.is_set())
             unsent = await self._drain_outputs(left, None if own_bound else left.left(), stop, deadline, notify)
@@ -239,12 +228,13 @@ async def watch(
     stop = stop or asyncio.Event()
     if rollout is not None:
         labels = {**(labels or {}), "rollout": rollout}
-    tracker = _Outcomes(job_ids)
+    outcomes: dict[str, Outcome] = dict.fromkeys(job_ids, Outcome.UNFINISHED)
     pipeline = Pipeline(
         client,
         settings,
         sinks=sinks,
-        observers=[*observers, tracker],
+        observers=observers,
+        on_outcome=outcomes.__setitem__,
         rollout_interval=rollout_interval,
         track_rollouts=rollout is not None,
     )
@@ -272,4 +262,4 @@ async def watch(
             stop=stop,
             notify=notify,
         )
-    return WatchResult(tracker.outcomes, stop.is_set(), unsent)
+    return WatchResult(outcomes, stop.is_set(), unsent)

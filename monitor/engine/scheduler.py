@@ -118,6 +118,7 @@ class Scheduler:
         limiter: Limiter | None = None,
         store: JobStore | None = None,
         on_poll: Callable[[str, float], None] | None = None,
+        on_outcome: Callable[[str, Outcome], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
@@ -130,6 +131,7 @@ class Scheduler:
         self._publish = publish
         self._store = store
         self._on_poll = on_poll
+        self._on_outcome = on_outcome  # hears how each job ended, once
         self.project_id = client.settings.project_id
         self.limiter: Limiter = limiter or RateLimiter(self.settings.rate, burst=self.settings.burst)
         self._clock = clock
@@ -373,6 +375,8 @@ class Scheduler:
             except Exception:
                 # Keep monitoring: the non-durable sinks still get the events; durable ones will miss them.
                 logger.exception("job %s: could not persist %d events", tracked.job_id, len(events))
+        if outcome is not None and self._on_outcome is not None:
+            self._on_outcome(tracked.job_id, outcome)
         for event in events:
             self.stats.events += 1
             await self._publish(event)
