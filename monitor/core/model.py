@@ -374,16 +374,25 @@ def parse_job_reusing(body: bytes | str, previous: Job | None, digests: Digests)
     """
     data = _decode(body)
     job = _obj(data, "job")
+    try:
+        return _parse_reusing(job, previous, digests)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (255) though it reads (1024): no reuse
+        return parse_job_object(job), ()
+
+
+def _parse_reusing(job: dict[str, Any], previous: Job | None, digests: Digests) -> tuple[Job, Digests]:
     metadata = job.get("metadata")
     stamp = metadata.pop("updateTimestamp", _NO_STAMP) if isinstance(metadata, dict) else _NO_STAMP
-    body_key = hash(orjson.dumps(job)) if stamp is not _NO_STAMP else 0
-    if stamp is not _NO_STAMP:
-        metadata["updateTimestamp"] = stamp  # type: ignore[index]
-        if previous is not None and digests and body_key == digests[0]:
-            updated = _str(stamp)
-            if updated == previous.updated.raw:
-                return previous, digests
-            return _restamped(previous, updated), digests
+    try:
+        body_key = hash(orjson.dumps(job)) if stamp is not _NO_STAMP else 0
+    finally:
+        if stamp is not _NO_STAMP:
+            metadata["updateTimestamp"] = stamp  # type: ignore[index]
+    if stamp is not _NO_STAMP and previous is not None and digests and body_key == digests[0]:
+        updated = _str(stamp)
+        if updated == previous.updated.raw:
+            return previous, digests
+        return _restamped(previous, updated), digests
     spec = job.get("spec")
     raw_subs = spec.get("subJobs") if isinstance(spec, dict) else None
     if not isinstance(raw_subs, list) or not raw_subs:

@@ -12,6 +12,7 @@ then returns — so the exit code is decided after the sinks are flushed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -161,23 +162,31 @@ class Pipeline:
             poller = tg.create_task(self.scheduler.run(), name="scheduler")
             helpers = [tg.create_task(self.rollouts.run(), name="rollout-digests")]
             helpers += [tg.create_task(f.run(), name=f"deliver:{f.sink.name}") for f in self._feeds]
-            helpers += [tg.create_task(c) for c in chores]
+            helpers += [tg.create_task(c, name=getattr(c, "__qualname__", "chore")) for c in chores]
             ending = asyncio.ensure_future(end)
             try:
                 await asyncio.wait({ending, poller}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 ending.cancel()
-            left = Deadline(deadline)
+            # A failing ``end`` (the daemon's start-up callback) still gets the orderly shutdown, then is raised.
+            failed = ending.exception() if ending.done() and not ending.cancelled() else None
+            left = Deadline(deadline, floor=0.5)
             if on_stopping is not None:
                 await on_stopping()
             self.scheduler.stop()
-            await poller
+            await poller  # within the scheduler's own drain bound, at most half of the deadline
+            digests = helpers[0]
+            digests.cancel()  # its periodic flush must not hold the final digest while the bus closes
+            with contextlib.suppress(asyncio.CancelledError):
+                await digests
             await self.rollouts.flush()  # it saw every job event as the scheduler published it
             await self.bus.aclose(left.left())
             own_bound = wait_for_budget and not (stop is not None and stop.is_set())
             unsent = await self._drain_outputs(left, None if own_bound else left.left(), stop, deadline, notify)
             for task in helpers:
                 task.cancel()
+        if failed is not None:
+            raise failed
         return unsent
 
     async def _drain_outputs(
@@ -257,7 +266,7 @@ async def watch(
 
         unsent = await pipeline.run(
             end(),
-            deadline=settings.drain,
+            deadline=2 * settings.drain,  # polls in flight get settings.drain, the sinks' queues the rest
             wait_for_budget=True,
             stop=stop,
             notify=notify,

@@ -12,6 +12,8 @@ Design (why it is cheap with 100,000 jobs):
   stretches evenly and none starves; the dispatcher logs a warning (rate-limited to once a minute) and
   ``stats.lag`` says by how much.
 * Removal is lazy: a removed job's heap entry is skipped when it surfaces.
+* The one request a poll may add — the retry after a refused token — waits for its own slot in the poller
+  (the client's ``permit``). Only a token expiry makes several of them wait at once, briefly.
 
 Per poll outcome:
 
@@ -151,6 +153,7 @@ class Scheduler:
         self._stop_requested = asyncio.Event()
         self._dispatching = asyncio.Lock()  # its holder is the dispatcher (see _poller)
         self._busy: dict[str, Tracked] = {}  # jobs being polled
+        self._polling: set[asyncio.Task[None] | None] = set()  # the pollers among them
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
@@ -285,12 +288,15 @@ class Scheduler:
             if tracked is None:
                 return
             self._busy[tracked.job_id] = tracked
+            task = asyncio.current_task()
+            self._polling.add(task)
             try:
                 await self._poll(tracked)
             except Exception:  # _poll catches everything it expects: this is a bug, but it must not stop polling
                 logger.exception("poll of job %s crashed", tracked.job_id)
             finally:
                 self._busy.pop(tracked.job_id, None)
+                self._polling.discard(task)
 
     async def _next_due(self) -> Tracked | None:
         """The next job to poll, once it is due and a rate-limit slot is taken; ``None`` when stopping."""
@@ -347,6 +353,11 @@ class Scheduler:
 
     async def _drain(self, pollers: list[asyncio.Task[None]]) -> None:
         self.stop()
+        # Pollers not in a poll hold nothing in flight (one may wait for a rate-limit slot, a Retry-After hold
+        # perhaps): they end now; polls in flight get up to ``drain``.
+        for task in pollers:
+            if task not in self._polling:
+                task.cancel()
         _done, pending = await asyncio.wait(pollers, timeout=self.settings.drain)
         if pending:
             for job_id in sorted(self._busy):

@@ -72,11 +72,11 @@ class FileSink:
 
     async def send(self, event: Event) -> None:
         """Append one line (and fsync it if configured)."""
-        fd = self._fd
-        if fd is None:
-            raise SinkError(f"{self.name}: sink is closed", retryable=False)
         data = event.to_json() + b"\n"
         await self._settle()
+        fd = self._fd  # read after settling: an aclose meanwhile must not leave us a closed descriptor
+        if fd is None:
+            raise SinkError(f"{self.name}: sink is closed", retryable=False)
         if not self.settings.fsync:
             # A write to the page cache takes microseconds: done in the loop, like the log sink's. A thread hop
             # per event cost more than the write (9,000 first-sight events took seconds to land while the loop

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from monitor.core.errors import InvalidIdError, MalformedResponseError
 from monitor.core.model import (
     Job,
+    ParseMemo,
     Phase,
     Timestamp,
     parse_go_time,
@@ -796,3 +797,19 @@ def test_parse_reusing_parses_a_changed_sub_job_and_keeps_the_others() -> None:
     # Digests that belong to another snapshot are harmless: nothing matches, everything is parsed.
     third, _ = parse_job_reusing(body("Failed", "t3"), None, digests)
     assert third == parse_job(body("Failed", "t3"))
+
+
+def test_parse_memo_takes_a_body_nested_deeper_than_orjson_writes() -> None:
+    """orjson reads 1,024 levels but writes only 255: such a body is parsed without reuse, never an error."""
+    node = orjson.loads(SEED_STRICT)
+    node["spec"]["extendParam"]["deep"] = "PLACEHOLDER"
+    deep = b'{"x":' * 300 + b'"leaf"' + b"}" * 300
+    body = orjson.dumps(node).replace(b'"PLACEHOLDER"', deep)
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(orjson.loads(body))
+    memo = ParseMemo()
+    assert memo.parse(body) == parse_job(body)
+    assert memo.parse(body) is memo.job  # the same bytes again: the same snapshot
+    later = body.replace(b"08:21:50.478108569", b"08:22:00.000000001")  # another body, still too deep
+    assert later != body
+    assert memo.parse(later) == parse_job(later)
