@@ -50,11 +50,6 @@ class Outcome(StrEnum):
     NOT_FOUND = "not_found"
     UNFINISHED = "unfinished"
 
-    @classmethod
-    def of(cls, phase: str) -> Outcome:
-        """The outcome a final phase gives (``Success`` or ``Failed``)."""
-        return cls(phase)
-
 
 def event_id(*parts: str | None) -> str:
     """A stable 32-hex-digit id from the parts that identify an occurrence."""

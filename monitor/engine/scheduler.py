@@ -46,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter, RateLimiter
@@ -152,8 +152,7 @@ class Scheduler:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._dispatching = asyncio.Lock()  # its holder is the dispatcher (see _poller)
-        self._busy: dict[str, Tracked] = {}  # jobs being polled
-        self._polling: set[asyncio.Task[None] | None] = set()  # the pollers among them
+        self._polling: dict[asyncio.Task[Any] | None, Tracked] = {}  # pollers in a poll, and their job
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
@@ -287,16 +286,14 @@ class Scheduler:
                 tracked = await self._next_due()
             if tracked is None:
                 return
-            self._busy[tracked.job_id] = tracked
             task = asyncio.current_task()
-            self._polling.add(task)
+            self._polling[task] = tracked
             try:
                 await self._poll(tracked)
             except Exception:  # _poll catches everything it expects: this is a bug, but it must not stop polling
                 logger.exception("poll of job %s crashed", tracked.job_id)
             finally:
-                self._busy.pop(tracked.job_id, None)
-                self._polling.discard(task)
+                del self._polling[task]
 
     async def _next_due(self) -> Tracked | None:
         """The next job to poll, once it is due and a rate-limit slot is taken; ``None`` when stopping."""
@@ -360,7 +357,7 @@ class Scheduler:
                 task.cancel()
         _done, pending = await asyncio.wait(pollers, timeout=self.settings.drain)
         if pending:
-            for job_id in sorted(self._busy):
+            for job_id in sorted(t.job_id for t in self._polling.values()):
                 logger.warning("cancelling poll of job %s still running after %.1fs", job_id, self.settings.drain)
             for task in pending:
                 task.cancel()
@@ -415,10 +412,9 @@ class Scheduler:
         started = self._clock()
         outcome = "ok"
         try:
-            memo = tracked.memo
-            if memo is None or memo.job is not tracked.last:
-                memo = tracked.memo = ParseMemo(tracked.last)
-            job = await self._client.fetch(tracked.job_id, memo, permit=self.limiter.acquire)
+            if tracked.memo is None:  # first poll: start from the snapshot restored from the store, if any
+                tracked.memo = ParseMemo(tracked.last)
+            job = await self._client.fetch(tracked.job_id, tracked.memo, permit=self.limiter.acquire)
             self.limiter.succeeded()
         except MonitorError as exc:
             if isinstance(exc, ThrottledError):
@@ -510,7 +506,7 @@ class Scheduler:
                 tracked,
                 events,
                 snapshot=job if moved or changes else None,
-                outcome=Outcome.of(job.phase.value) if terminal else None,
+                outcome=Outcome(job.phase.value) if terminal else None,
             )
 
     async def _on_not_found(self, tracked: Tracked, exc: NotFoundError) -> None:
