@@ -1,7 +1,10 @@
 """The YAML configuration file, validated once at the edge into typed settings.
 
 Everything inside cce-monitor takes the typed objects built here (:class:`ClientSettings`,
-:class:`SchedulerSettings`, sink specs), never raw dicts. ``config.example.yaml`` documents every key.
+:class:`SchedulerSettings`, sink specs), never raw dicts. The ``http:`` and ``polling:`` sections *are* the
+settings dataclasses of the layers that use them (:class:`HttpSettings`, :class:`SchedulerSettings`): pydantic
+validates the file against their fields and bounds, and their own cross-field checks run as they are built.
+``config.example.yaml`` documents every key.
 
 Secrets (token, SK, password, webhook secrets) may only be given as ``${ENV_VAR}`` references, which are
 expanded at load time; a literal secret in the file is refused, so config files can be committed and shared.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,12 +39,12 @@ from pydantic import (
 )
 
 from monitor.cce.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth
-from monitor.cce.client import ClientSettings
+from monitor.cce.client import ClientSettings, HttpSettings
 from monitor.core.errors import ConfigError, InvalidIdError
 from monitor.core.events import EventType
 from monitor.core.model import validate_id, validate_label
 from monitor.core.secret import Secret
-from monitor.engine.scheduler import SchedulerSettings
+from monitor.engine.settings import SchedulerSettings
 
 __all__ = ["ENV_VARS", "Config", "Flag", "SinkConfig", "complete_config", "config_from", "load_config", "parse_config"]
 
@@ -77,34 +80,6 @@ class AuthConfig(_Model):
         if (self.ak is None) != (self.sk is None):
             raise ValueError("ak and sk go together")
         return self
-
-
-class HttpConfig(_Model):
-    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
-    total_timeout: Annotated[float, Field(gt=0)] = 30.0
-    max_connections: Annotated[int, Field(ge=1)] = 64
-    ca_bundle: str | None = None
-
-
-class PollingConfig(_Model):
-    rate: Annotated[float, Field(gt=0)] = 10.0
-    burst: Annotated[int, Field(ge=1)] | None = None
-    max_in_flight: Annotated[int, Field(ge=1)] = 16
-    interval: Annotated[float, Field(gt=0)] = 10.0
-    min_interval: Annotated[float, Field(gt=0)] = 1.0
-    max_interval: Annotated[float, Field(gt=0)] = 30.0
-    backoff: Annotated[float, Field(ge=1)] = 1.5
-    jitter: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    initial_delay: Annotated[float, Field(ge=0)] = 0.0
-    job_timeout: Annotated[float, Field(gt=0)] = 3600.0
-    stall_after: Annotated[float, Field(gt=0)] = 1800.0
-    not_found_grace: Annotated[float, Field(ge=0)] = 60.0
-    not_found_count: Annotated[int, Field(ge=1)] = 3
-    failure_threshold: Annotated[int, Field(ge=1)] = 3
-    error_backoff: Annotated[float, Field(gt=0)] = 2.0
-    error_backoff_max: Annotated[float, Field(gt=0)] = 300.0
-    auth_backoff: Annotated[float, Field(gt=0)] = 30.0
-    auth_backoff_max: Annotated[float, Field(gt=0)] = 600.0
 
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -215,8 +190,8 @@ class Config(_Model):
     project_id: str
     iam_endpoint: str | None = None
     auth: AuthConfig | None = None
-    http: HttpConfig = HttpConfig()
-    polling: PollingConfig = PollingConfig()
+    http: HttpSettings = HttpSettings()
+    polling: SchedulerSettings = SchedulerSettings()
     sinks: list[SinkConfig] = []
     labels: Labels = {}
     shutdown_deadline: Annotated[float, Field(gt=0)] = 10.0
@@ -235,22 +210,8 @@ class Config(_Model):
             raise ValueError(exc.message) from None
 
     def client_settings(self) -> ClientSettings:
-        h = self.http
-        return ClientSettings(
-            endpoint=self.endpoint,
-            project_id=self.project_id,
-            connect_timeout=h.connect_timeout,
-            total_timeout=h.total_timeout,
-            max_connections=h.max_connections,
-            ca_bundle=h.ca_bundle,
-        )
-
-    def scheduler_settings(self, **overrides: Any) -> SchedulerSettings:
-        values = self.polling.model_dump()
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        # Half the shutdown deadline for polls in flight; the rest for draining sinks and outboxes.
-        values["drain"] = self.shutdown_deadline / 2
-        return SchedulerSettings(**values)
+        """Where CCE is and how to talk to it; checks the endpoint (raises :class:`ConfigError`)."""
+        return ClientSettings(endpoint=self.endpoint, project_id=self.project_id, **asdict(self.http))
 
     def make_auth(self) -> Auth | None:
         """The provider the file configures, or ``None`` to take credentials from the environment."""
@@ -334,6 +295,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
 
 # Keys whose values may be URLs, which may carry user:password@: messages name the flag, never show the value.
 _URL_KEYS = frozenset({"endpoint", "iam_endpoint"})
+_DEFAULT_POLLING = SchedulerSettings()
 _KEY_AT_START = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
@@ -360,6 +322,10 @@ def _show(value: object) -> str:
         return str(int(value))
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _set(raw: dict[object, object], key: str, value: object) -> None:
@@ -395,7 +361,7 @@ def _describe(
     origin = next((label for key, label in (given or {}).items() if loc[: len(key)] == key), None)
     if origin is not None:
         return f"{origin}: {message.removeprefix('Value error, ')}{suffix}"
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         message = "unknown key"
     elif first["type"] == "missing":
         message = "required key is missing"
@@ -444,7 +410,17 @@ def _validate(
         return Config.model_validate(raw)
     except ValidationError as exc:
         problem = _describe(exc, source, given, ways)
+    except ConfigError as exc:  # a section's own cross-field check: "polling.max_interval = 3 must be >= interval"
+        problem = _against_origin(exc.message, source, given)
     raise ConfigError(problem)
+
+
+def _against_origin(problem: str, source: str, given: Mapping[tuple[str, ...], str] | None) -> str:
+    """A settings class's message, which starts with its key ("polling.rate = ...", "endpoint 'x' must be
+    ..."), against where that value came from: the flag or variable that gave it, else the file."""
+    match = _KEY_AT_START.match(problem)
+    origin = (given or {}).get(tuple(match.group().split("."))) if match else None
+    return f"{origin or source}: {problem}"
 
 
 def _read(path: Path) -> str:
@@ -463,7 +439,7 @@ def config_from(values: Mapping[object, object], *, source: str = "config") -> C
     """Validate values already in the file's shape (no YAML, no ``${VAR}``) into a :class:`Config`.
 
     For settings a command fixes itself (``demo``): they go through the same checks and the same builders
-    (:meth:`Config.client_settings`, :meth:`Config.scheduler_settings`) as a file's.
+    (:meth:`Config.client_settings`) as a file's.
     """
     return _validate(values, source)
 
@@ -482,8 +458,8 @@ def complete_config(
     Precedence: flags, then :data:`ENV_VARS`, then the file, then the defaults; ``env`` (default
     ``os.environ``) also serves the file's ``${VAR}`` references. A ``polling.interval`` flag outside the default
     ``min_interval``/``max_interval`` widens them, unless the file sets them: that is a contradiction, named with
-    both origins. The cross-field checks of :meth:`Config.scheduler_settings` and :meth:`Config.client_settings`
-    run here too. Problems raise one :class:`ConfigError` naming the flag, the variable, or the file and key.
+    both origins. The endpoint checks of :meth:`Config.client_settings` run here too. Problems raise one
+    :class:`ConfigError` naming the flag, the variable, or the file and key.
     """
     env = os.environ if env is None else env
     source = str(Path(path)) if path is not None else "config"
@@ -505,28 +481,20 @@ def complete_config(
     for key, names in ENV_VARS.items():
         ways.setdefault(key, []).extend(names)
     interval = next((f for f in reversed(flags) if f.key == "polling.interval" and f.value is not None), None)
-    if interval is not None and isinstance(interval.value, int | float):
-        # Today's convenience: --interval 0.5 lowers the default floor, --interval 60 raises the default ceiling.
-        for name, pick in (("min_interval", min), ("max_interval", max)):
+    section = raw.get("polling")
+    if interval is not None and _is_number(interval.value) and isinstance(section, dict):
+        # Today's convenience: --interval 0.5 lowers the default floor, --interval 60 raises the default ceiling;
+        # a bound the file sets is a contradiction, named with both origins (before the cross-field check would
+        # name only one).
+        for name, pick, side in (("min_interval", min, "below"), ("max_interval", max, "above")):
             if name not in in_file:
-                default = PollingConfig.model_fields[name].default
-                _set(raw, f"polling.{name}", pick(default, interval.value))
+                _set(raw, f"polling.{name}", pick(getattr(_DEFAULT_POLLING, name), interval.value))
                 given["polling", name] = interval.label
+            elif _is_number(bound := section[name]) and pick(bound, interval.value) != bound:
+                raise ConfigError(f"{interval.label} is {side} polling.{name} {_show(bound)} (from {source})")
     cfg = _validate(raw, source, given, ways)
-    p = cfg.polling
-    if interval is not None:
-        if "min_interval" in in_file and p.interval < p.min_interval:
-            raise ConfigError(f"{interval.label} is below polling.min_interval {_show(p.min_interval)} (from {source})")
-        if "max_interval" in in_file and p.interval > p.max_interval:
-            raise ConfigError(f"{interval.label} is above polling.max_interval {_show(p.max_interval)} (from {source})")
     try:
-        cfg.scheduler_settings()
         cfg.client_settings()
     except (ConfigError, InvalidIdError) as exc:
-        problem = exc.message
-    else:
-        return cfg
-    # These messages start with the key they are about ("polling.rate = ...", "endpoint 'x' must be ...").
-    match = _KEY_AT_START.match(problem)
-    origin = given.get(tuple(match.group().split("."))) if match else None
-    raise ConfigError(f"{origin or source}: {problem}")
+        raise ConfigError(_against_origin(exc.message, source, given)) from None
+    return cfg

@@ -21,15 +21,18 @@ passes the limit too.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import aiohttp
+from annotated_types import Ge, Gt
+from pydantic import ConfigDict, with_config
 from yarl import URL
 
 from monitor.cce.auth import Auth
 from monitor.cce.tls import ssl_context, warn_plain_http
+from monitor.core.bounds import check_bounds
 from monitor.core.errors import (
     AuthError,
     ConfigError,
@@ -42,7 +45,7 @@ from monitor.core.errors import (
 from monitor.core.model import Job, ParseMemo, parse_job, validate_id
 from monitor.core.version import USER_AGENT
 
-__all__ = ["CCEClient", "ClientSettings"]
+__all__ = ["CCEClient", "ClientSettings", "HttpSettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +56,28 @@ _SECRET_HEADERS = ("X-Auth-Token", "Authorization")
 _URL_CACHE = 65_536
 
 
+# The config file's ``http:`` section is this class (pydantic reads its fields and bounds): no other copy.
+@with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 @dataclass(frozen=True, slots=True)
-class ClientSettings:
-    """How to reach CCE. Timeouts are seconds; ``ca_bundle`` adds a CA file; TLS is always verified."""
+class HttpSettings:
+    """How to talk to CCE and IAM. Timeouts are seconds; ``ca_bundle`` adds a CA file; TLS is always verified."""
+
+    connect_timeout: Annotated[float, Gt(0)] = 10.0
+    total_timeout: Annotated[float, Gt(0)] = 30.0
+    max_connections: Annotated[int, Ge(1)] = 64
+    ca_bundle: str | None = None
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "http")
+        ssl_context(self.ca_bundle, what="http.ca_bundle")  # a bad bundle fails here, at start-up
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSettings(HttpSettings):
+    """Where CCE is (``endpoint``, ``project_id``) and how to talk to it (:class:`HttpSettings`)."""
 
     endpoint: str
     project_id: str
-    connect_timeout: float = 10.0
-    total_timeout: float = 30.0
-    max_connections: int = 64
-    ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
         url = URL(self.endpoint)
@@ -73,13 +88,7 @@ class ClientSettings:
         if url.query_string or url.fragment:
             raise ConfigError("endpoint must not carry a query or fragment")
         validate_id(self.project_id, "project id")
-        for name in ("connect_timeout", "total_timeout"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.max_connections < 1:
-            raise ConfigError("max_connections must be at least 1")
-        ssl_context(self.ca_bundle, what="http.ca_bundle")  # a bad bundle fails here, at start-up
+        HttpSettings.__post_init__(self)
 
 
 class CCEClient:

@@ -42,7 +42,6 @@ def run(config_path: str, log_level: str | None) -> None:
         from monitor.daemon.service import Daemon  # noqa: PLC0415 - the daemon's imports only for this command
 
         daemon = Daemon(cfg)
-        cfg.scheduler_settings()  # cross-field checks now, not after start-up
     except MonitorError as exc:
         fail(str(exc))
 
@@ -63,7 +62,6 @@ def check_config(config_path: str) -> None:
     """Validate a config file (keys, types, ${ENV} references, sinks); exit 0 if it is usable, else 2."""
     try:
         cfg = load_config(config_path)
-        cfg.scheduler_settings()
         cfg.client_settings()
         if cfg.auth is None:
             auth_from_env(os.environ, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from monitor.cce.auth import ENV_IAM_ENDPOINT, Auth, TokenAuth, auth_from_env
-from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.client import CCEClient
 from monitor.cli.options import log_option, parse_labels, read_ids
 from monitor.cli.runtime import EXIT_INTERRUPTED, fail, run_with_signals, setup_logging
 from monitor.config import Config, Flag, complete_config, config_from
@@ -28,7 +28,6 @@ from monitor.core.secret import Secret
 from monitor.core.text import printable
 from monitor.engine.bus import EventFilter
 from monitor.engine.pipeline import SinkBinding, WatchResult, watch
-from monitor.engine.scheduler import SchedulerSettings
 from monitor.sim import Simulator, SimulatorConfig
 from monitor.sinks import Sink, create_sink
 
@@ -156,17 +155,13 @@ def watch_cmd(
         # Without a file, the CLI's own default level (warning), not the file's (info).
         setup_logging(log_level or (cfg.logging.level if config_path else "warning"), cfg.logging.format)
         ids = read_ids(job_ids)
-        settings = cfg.client_settings()
-        sched = cfg.scheduler_settings()
         auth = _auth(cfg)
         labels = {**cfg.labels, **parse_labels(label_pairs)}
         validate_id(rollout, "rollout name")
         sinks = _sinks(cfg, sink_specs, plain_log=not live)
     except MonitorError as exc:
         fail(str(exc))
-    result, _ = run_with_signals(
-        lambda stop: _watch(ids, settings, auth, sched, sinks, labels, live, stop, rollout=rollout)
-    )
+    result, _ = run_with_signals(lambda stop: _watch(ids, cfg, auth, sinks, labels, live, stop, rollout=rollout))
     _report_unsent(result)
     sys.exit(result.exit_code)
 
@@ -180,9 +175,8 @@ def _report_unsent(result: WatchResult) -> None:
 
 async def _watch(
     ids: list[str],
-    settings: ClientSettings,
+    cfg: Config,
     auth: Auth,
-    sched: SchedulerSettings,
     sinks: list[SinkBinding],
     labels: dict[str, str],
     live: bool,
@@ -193,10 +187,10 @@ async def _watch(
     rollout_interval: float = 30.0,
 ) -> WatchResult:
     common: dict[str, Any] = {
-        "client": None, "settings": sched, "sinks": sinks, "labels": labels, "stop": stop, "rollout": rollout,
-        "rollout_interval": rollout_interval,
+        "client": None, "settings": cfg.polling, "sinks": sinks, "labels": labels, "stop": stop,
+        "rollout": rollout, "rollout_interval": rollout_interval, "deadline": cfg.shutdown_deadline,
     }  # fmt: skip
-    async with CCEClient(settings, auth) as client:
+    async with CCEClient(cfg.client_settings(), auth) as client:
         common["client"] = client
         if not live:
             return await watch(
@@ -264,13 +258,9 @@ def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str 
                 },
                 source="demo",
             )
-            settings = cfg.client_settings()
-            sched = cfg.scheduler_settings()
             auth = TokenAuth(Secret(sim.config.token))
             title = "cce-monitor demo"
-            return await _watch(
-                ids, settings, auth, sched, sinks, {}, live, stop, title, rollout="demo", rollout_interval=3.0
-            )
+            return await _watch(ids, cfg, auth, sinks, {}, live, stop, title, rollout="demo", rollout_interval=3.0)
         finally:
             await sim.close()
 

@@ -199,7 +199,7 @@ class Daemon:
 
     async def _serve(self, state: Store, stop: asyncio.Event, on_ready: Callable[[str], Any] | None) -> None:
         cfg = self.config
-        settings = cfg.scheduler_settings()
+        settings = cfg.polling
         auth = (
             self._auth
             or cfg.make_auth()

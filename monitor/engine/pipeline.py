@@ -159,7 +159,8 @@ class Pipeline:
         drainable sinks could not send, per sink.
         """
         async with asyncio.TaskGroup() as tg:
-            poller = tg.create_task(self.scheduler.run(), name="scheduler")
+            # Polls in flight get half the deadline; the sinks' queues and outboxes the rest.
+            poller = tg.create_task(self.scheduler.run(drain=deadline / 2), name="scheduler")
             helpers = [tg.create_task(self.rollouts.run(), name="rollout-digests")]
             helpers += [tg.create_task(f.run(), name=f"deliver:{f.sink.name}") for f in self._feeds]
             helpers += [tg.create_task(c, name=getattr(c, "__qualname__", "chore")) for c in chores]
@@ -174,7 +175,7 @@ class Pipeline:
             if on_stopping is not None:
                 await on_stopping()
             self.scheduler.stop()
-            await poller  # within the scheduler's own drain bound, at most half of the deadline
+            await poller  # within half of the deadline
             digests = helpers[0]
             digests.cancel()  # its periodic flush must not hold the final digest while the bus closes
             with contextlib.suppress(asyncio.CancelledError):
@@ -223,6 +224,7 @@ async def watch(
     rollout: str | None = None,
     rollout_interval: float = 30.0,
     notify: Callable[[str], None] | None = None,
+    deadline: float = 20.0,
 ) -> WatchResult:
     """Poll ``job_ids`` until each is final or ``stop`` is set; deliver events to sinks and observers.
 
@@ -231,7 +233,8 @@ async def watch(
 
     Sinks that hold events back (chat digests within a rate budget) get to send them before they close: after
     a normal end each waits up to its own bound (a chat sink's ``final_wait``) so the final summary arrives;
-    after ``stop`` (or if it is set meanwhile) they wait ``settings.drain`` at most. What could not be sent is
+    after ``stop`` (or if it is set meanwhile) they share what is left of ``deadline`` (half of it is for polls
+    in flight). What could not be sent is
     in :attr:`WatchResult.unsent`; ``notify`` hears what they are waiting for.
     """
     stop = stop or asyncio.Event()
@@ -266,7 +269,7 @@ async def watch(
 
         unsent = await pipeline.run(
             end(),
-            deadline=2 * settings.drain,  # polls in flight get settings.drain, the sinks' queues the rest
+            deadline=deadline,
             wait_for_budget=True,
             stop=stop,
             notify=notify,

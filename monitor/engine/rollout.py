@@ -240,9 +240,14 @@ class RolloutTracker:
     def _event(self, rollout: Rollout, kind: EventType, key: str | None) -> Event:
         summary = rollout.summary(self._clock())
         if key is None:
-            # A progress digest is a report at a moment (its duration and ETA change even when the counts do
-            # not), so its id is unique per emission; redeliveries from the outbox repeat the stored body and id.
-            key = f"{summary['finished']}/{summary['total']}@{round(self._clock() * 1000)}"
+            # A progress digest is keyed by the state it reports (the rollout's start, each member's phase
+            # and sub-job phases), not by when it was sent: the same state reported twice (a daemon restarted,
+            # a replica taking over) is the same event to a receiver that deduplicates, and a new state is a
+            # new id. Its duration and ETA are of the moment; redeliveries repeat the stored body and id.
+            key = f"progress@{summary['started']}:" + ";".join(
+                f"{job_id}={m.phase}:" + ",".join(sorted(m.subjobs.values()))
+                for job_id, m in sorted(rollout.members.items())
+            )
         return Event(
             id=event_id(self.project_id, None, None, kind.value, rollout.name, key),
             type=kind,

@@ -264,8 +264,8 @@ class Scheduler:
         tracked.removed = True
         self._check_idle()
 
-    async def run(self) -> None:
-        """Poll until :meth:`stop`; then drain polls in flight for up to ``settings.drain`` seconds."""
+    async def run(self, *, drain: float = 10.0) -> None:
+        """Poll until :meth:`stop`; then give polls in flight up to ``drain`` seconds to finish."""
         pollers = [asyncio.create_task(self._poller(), name=f"poller-{i}") for i in range(self.settings.max_in_flight)]
         stop = asyncio.create_task(self._stop_requested.wait(), name="scheduler-stop")
         try:
@@ -273,7 +273,7 @@ class Scheduler:
             await asyncio.wait([*pollers, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-            await self._drain(pollers)
+            await self._drain(pollers, drain)
         for task in pollers:
             if not task.cancelled() and (crash := task.exception()) is not None:
                 raise crash
@@ -348,17 +348,17 @@ class Scheduler:
                 self.limiter.effective_rate,
             )
 
-    async def _drain(self, pollers: list[asyncio.Task[None]]) -> None:
+    async def _drain(self, pollers: list[asyncio.Task[None]], drain: float) -> None:
         self.stop()
         # Pollers not in a poll hold nothing in flight (one may wait for a rate-limit slot, a Retry-After hold
         # perhaps): they end now; polls in flight get up to ``drain``.
         for task in pollers:
             if task not in self._polling:
                 task.cancel()
-        _done, pending = await asyncio.wait(pollers, timeout=self.settings.drain)
+        _done, pending = await asyncio.wait(pollers, timeout=drain)
         if pending:
             for job_id in sorted(t.job_id for t in self._polling.values()):
-                logger.warning("cancelling poll of job %s still running after %.1fs", job_id, self.settings.drain)
+                logger.warning("cancelling poll of job %s still running after %.1fs", job_id, drain)
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending)

@@ -2,64 +2,61 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Annotated
 
+from annotated_types import Ge, Gt, Lt
+from pydantic import ConfigDict, with_config
+
+from monitor.core.bounds import check_bounds
 from monitor.core.errors import ConfigError
 
 __all__ = ["SchedulerSettings"]
 
+_Positive = Annotated[float, Gt(0)]
+_NonNegative = Annotated[float, Ge(0)]
+_Count = Annotated[int, Ge(1)]
 
+
+# The config file's ``polling:`` section is this class (pydantic reads its fields and bounds): no other copy.
+@with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 @dataclass(frozen=True, slots=True)
 class SchedulerSettings:
     """Polling policy. Times are seconds. Defaults suit CCE's default API quotas."""
 
-    rate: float = 10.0
+    rate: _Positive = 10.0
     """Requests per second to CCE, over all jobs, retries included."""
-    burst: int | None = None
+    burst: _Count | None = None
     """Requests allowed back to back; ``None`` means at most ``rate`` in any one second."""
-    max_in_flight: int = 16
-    interval: float = 10.0
+    max_in_flight: _Count = 16
+    interval: _Positive = 10.0
     """Delay between polls of a job, after its first poll and after every change."""
-    min_interval: float = 1.0
+    min_interval: _Positive = 1.0
     """Floor of every delay, including error backoff: never a tight loop."""
-    max_interval: float = 30.0
+    max_interval: _Positive = 30.0
     """Ceiling of the delay while a job is unchanged."""
-    backoff: float = 1.5
+    backoff: Annotated[float, Ge(1)] = 1.5
     """Factor by which the delay grows after each unchanged poll (1 = never grows)."""
-    jitter: float = 0.1
+    jitter: Annotated[float, Ge(0), Lt(1)] = 0.1
     """Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]."""
-    initial_delay: float = 0.0
+    initial_delay: _NonNegative = 0.0
     """Delay before a newly added job's first poll (spread over [0, initial_delay])."""
-    job_timeout: float = 3600.0
-    stall_after: float = 1800.0
-    not_found_grace: float = 60.0
-    not_found_count: int = 3
-    failure_threshold: int = 3
-    error_backoff: float = 2.0
-    error_backoff_max: float = 300.0
-    auth_backoff: float = 30.0
-    auth_backoff_max: float = 600.0
-    drain: float = 10.0
+    job_timeout: _Positive = 3600.0
+    stall_after: _Positive = 1800.0
+    not_found_grace: _NonNegative = 60.0
+    not_found_count: _Count = 3
+    failure_threshold: _Count = 3
+    error_backoff: _Positive = 2.0
+    error_backoff_max: _Positive = 300.0
+    auth_backoff: _Positive = 30.0
+    auth_backoff_max: _Positive = 600.0
 
     def __post_init__(self) -> None:
+        check_bounds(self, "polling")
         checks = [
-            ("rate", 0 < self.rate < math.inf, "must be a finite number > 0"),
-            ("max_in_flight", self.max_in_flight >= 1, "must be >= 1"),
-            ("interval", self.interval > 0, "must be > 0"),
-            ("min_interval", 0 < self.min_interval <= self.interval, f"must be > 0 and <= interval ({self.interval})"),
+            ("min_interval", self.min_interval <= self.interval, f"must be <= interval ({self.interval})"),
             ("max_interval", self.max_interval >= self.interval, f"must be >= interval ({self.interval})"),
-            ("backoff", self.backoff >= 1, "must be >= 1"),
-            ("jitter", 0 <= self.jitter < 1, "must be in [0, 1)"),
-            ("initial_delay", self.initial_delay >= 0, "must be >= 0"),
-            ("job_timeout", self.job_timeout > 0, "must be > 0"),
-            ("stall_after", self.stall_after > 0, "must be > 0"),
-            ("not_found_grace", self.not_found_grace >= 0, "must be >= 0"),
-            ("not_found_count", self.not_found_count >= 1, "must be >= 1"),
-            ("failure_threshold", self.failure_threshold >= 1, "must be >= 1"),
-            ("error_backoff", self.error_backoff > 0, "must be > 0"),
             ("error_backoff_max", self.error_backoff_max >= self.error_backoff, "must be >= error_backoff"),
-            ("auth_backoff", self.auth_backoff > 0, "must be > 0"),
             ("auth_backoff_max", self.auth_backoff_max >= self.auth_backoff, "must be >= auth_backoff"),
         ]
         for name, ok, rule in checks:

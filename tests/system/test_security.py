@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import io
@@ -49,7 +50,7 @@ from click.testing import CliRunner
 import monitor
 import monitor.daemon.api
 from monitor.cce.auth import PasswordAuth, TokenAuth
-from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.client import CCEClient, ClientSettings, HttpSettings
 from monitor.cli import cli
 from monitor.config import Config, parse_config
 from monitor.core.errors import ConfigError, ConnectError, SinkError
@@ -432,7 +433,8 @@ def test_nothing_turns_tls_verification_off() -> None:
     ]
     assert found == []
     # No config key or sink option that could be one either.
-    http_keys = set(Config.model_fields["http"].annotation.model_fields)  # type: ignore[union-attr]
+    http_keys = {f.name for f in dataclasses.fields(HttpSettings)}
+    assert Config.model_fields["http"].annotation is HttpSettings
     assert http_keys == {"connect_timeout", "total_timeout", "max_connections", "ca_bundle"}
     with pytest.raises(ConfigError, match="unknown option"):
         create_sink("webhook:https://127.0.0.1:1/hook", {"verify_ssl": False})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from hypothesis import strategies as st
 
 from monitor import config as c
 from monitor.cce.auth import AKSKAuth, PasswordAuth, TokenAuth
+from monitor.cce.client import HttpSettings
 from monitor.config import Config, load_config, parse_config
 from monitor.core.errors import ConfigError
 from monitor.core.events import EventType
+from monitor.engine.settings import SchedulerSettings
 from monitor.sinks import create_sink
 
 EXAMPLE = Path(__file__).parents[2] / "config.example.yaml"
@@ -39,7 +42,7 @@ def test_example_is_valid_and_builds_everything(tmp_path: Path) -> None:
     assert cfg.polling.rate == 10 and cfg.polling.interval == 10
     assert isinstance(cfg.make_auth(), TokenAuth)
     assert cfg.client_settings().endpoint == "https://cce.example.com".replace("example", "eu-de.otc.t-systems")
-    assert cfg.scheduler_settings().drain == cfg.shutdown_deadline / 2
+    assert cfg.polling == SchedulerSettings(rate=10, interval=10)  # the file's section is the engine's settings
     specs = [s.spec for s in cfg.sinks]
     assert specs[:3] == ["log", f"file:{tmp_path}/events.jsonl", "webhook:https://hooks.example.com/cce"]
     assert [s.type for s in cfg.sinks[3:]] == ["slack", "teams", "feishu", "dingtalk", "wecom"]
@@ -53,10 +56,12 @@ def test_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
 
     def keys(model: type) -> set[str]:
+        if dataclasses.is_dataclass(model):
+            return {f.name for f in dataclasses.fields(model)}
         return set(model.model_fields)  # type: ignore[attr-defined]
 
     models = (
-        c.Config, c.HttpConfig, c.PollingConfig, c.AuthConfig, c.PasswordConfig, c.LoggingConfig, c.StateConfig,
+        c.Config, HttpSettings, SchedulerSettings, c.AuthConfig, c.PasswordConfig, c.LoggingConfig, c.StateConfig,
         c.ApiConfig, c.FilterConfig, c.RolloutsConfig, c.DeliveryConfig,
     )  # fmt: skip
     for model in models:
@@ -117,9 +122,50 @@ def test_auth_kinds() -> None:
 
 
 def test_cross_field_polling_error_is_named() -> None:
-    cfg = parse_config(MINIMAL + "polling: {interval: 0.5}\n", env={})
-    with pytest.raises(ConfigError, match=r"polling\.min_interval"):
-        cfg.scheduler_settings()
+    with pytest.raises(ConfigError, match=r"^config: polling\.min_interval = 1\.0 must be <= interval \(0\.5\)$"):
+        parse_config(MINIMAL + "polling: {interval: 0.5}\n", env={})
+
+
+_SECTIONS = {"polling": SchedulerSettings, "http": HttpSettings}
+_NUMERIC = [
+    (section, f.name) for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "ca_bundle"
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(_NUMERIC),
+    st.integers(-5, 5000) | st.floats(-5, 5000) | st.sampled_from([float("inf"), float("-inf"), float("nan")]),
+)
+def test_a_bound_means_the_same_in_the_file_and_in_code(key: tuple[str, str], value: float) -> None:
+    """Each settings field has one declaration of its bounds; the config file (pydantic) and direct construction
+    (``check_bounds``) must accept and refuse the same values, naming the same key."""
+    section, name = key
+    cls = _SECTIONS[section]
+    try:
+        built = cls(**{name: value})
+    except ConfigError as exc:
+        in_code: str | None = exc.message
+    else:
+        in_code = None
+    try:
+        cfg = parse_config(
+            MINIMAL + f"{section}: {{{name}: {value!r}}}\n".replace("nan", ".nan").replace("inf", ".inf")
+        )
+    except ConfigError as exc:
+        assert in_code is not None, f"the file refuses {section}.{name} = {value!r}, code accepts it: {exc}"
+        named = in_code.split(" = ")[0]  # the field itself, or the other end of a cross-field check
+        assert named.startswith(f"{section}.") and f"{named}" in exc.message
+        assert exc.message.startswith("config: ") and "\n" not in exc.message
+    else:
+        assert in_code is None, f"code refuses {section}.{name} = {value!r}, the file accepts it: {in_code}"
+        assert getattr(cfg, section) == built
+
+
+def test_drain_is_not_a_polling_key() -> None:
+    # The time polls in flight get at shutdown is half of shutdown_deadline, not a setting of its own.
+    with pytest.raises(ConfigError, match=r"^config: polling\.drain: unknown key$"):
+        parse_config(MINIMAL + "polling: {drain: 3}\n", env={})
 
 
 def test_load_config_missing_file(tmp_path: Path) -> None:
@@ -178,7 +224,7 @@ def test_a_file_with_only_sinks_is_completed(tmp_path: Path) -> None:
     cfg = c.complete_config(path, where_flags("https://cce.example.com", PID, rate=5, job_timeout=60), env={})
     assert cfg.client_settings().project_id == PID
     assert [s.spec for s in cfg.sinks] == ["log"]
-    sched = cfg.scheduler_settings()
+    sched = cfg.polling
     assert (sched.rate, sched.job_timeout, sched.interval) == (5, 60, 10)
 
 
@@ -197,7 +243,7 @@ def test_interval_flag_widens_only_the_defaults(
     path = tmp_path / "c.yaml"
     path.write_text(f"polling: {polling}\n")
     cfg = c.complete_config(path, where_flags("https://cce.example.com", PID, interval=interval), env={})
-    sched = cfg.scheduler_settings()
+    sched = cfg.polling
     assert (sched.interval, sched.min_interval, sched.max_interval) == expected
 
 

@@ -41,7 +41,6 @@ SETTINGS = SchedulerSettings(
     error_backoff_max=0.3,
     failure_threshold=3,
     job_timeout=30.0,
-    drain=5.0,
 )
 
 

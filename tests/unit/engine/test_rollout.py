@@ -158,3 +158,34 @@ def test_live_view_draws_each_rollout_line_and_bar_on_its_own_line() -> None:
     assert any(line.startswith("job ") for line in lines), lines
     bars = [line for line in lines if "━" in line and "╇" not in line]  # ╇: the table's header rule
     assert len(bars) == 1 and "demo" not in bars[0] and "job" not in bars[0], lines  # the rollout's, alone
+
+
+async def test_progress_ids_follow_the_state_not_the_clock() -> None:
+    """A digest's id names the state it reports: a tracker rebuilt later (a restarted daemon, another replica)
+    reporting the same state gives the same id, and every change of a member or sub-job gives a new one."""
+
+    async def digest_ids(steps: list[list[Event]], clock: Clock) -> list[str]:
+        published = Recorder()
+        tracker = RolloutTracker(published, project_id="p", interval=30.0, clock=clock)
+        tracker.add("pool-a", ["j1", "j2"], started=1_700_000_000.0)
+        for events in steps:
+            for event in events:
+                tracker.on_event(event)
+            clock.now += 1
+            await tracker.flush(force=True)
+        return [e.id for e in published.of("rollout.progress")]
+
+    steps = [
+        [job_event("j1", "Running")],
+        [job_event("j1", "Running", kind=EventType.SUBJOB_PHASE_CHANGED, subjob_id="s1")],
+        [job_event("j1", "Success", kind=EventType.SUBJOB_PHASE_CHANGED, subjob_id="s1")],
+        [job_event("j2", "Running")],
+    ]
+    first = await digest_ids(steps, Clock())
+    later = Clock()
+    later.now += 86_400.123
+    again = await digest_ids(steps, later)
+    assert len(first) == 4 and len(set(first)) == 4, "each new state is a new event"
+    assert again == first, "the same states reported at other times are the same events"
+    swapped = [[job_event("j2", "Running")], *steps[1:3], [job_event("j1", "Running")]]
+    assert (await digest_ids(swapped, Clock()))[0] != first[0], "which member moved matters, not only the counts"

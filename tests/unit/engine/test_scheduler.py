@@ -35,7 +35,6 @@ FAST: dict[str, Any] = {
     "job_timeout": 15.0,
     "auth_backoff": 0.5,
     "auth_backoff_max": 1.0,
-    "drain": 2.0,
 }
 
 
@@ -50,7 +49,7 @@ async def running(
     recorder = Recorder()
     async with client_for(sim, token=token) as client:
         scheduler = Scheduler(client, recorder, settings, limiter=RateLimiter(rate) if rate else None)
-        task = asyncio.create_task(scheduler.run())
+        task = asyncio.create_task(scheduler.run(drain=2.0))
         try:
             yield scheduler, recorder
         finally:
@@ -221,7 +220,7 @@ async def test_fair_share_under_backlog(sim: Simulator) -> None:
     client_settings = ClientSettings(endpoint=sim.endpoint, project_id=sim.config.project_id)
     async with CountingClient(client_settings, TokenAuth(Secret(sim.config.token))) as client:
         scheduler = Scheduler(client, Recorder(), settings, limiter=RateLimiter(40.0))
-        task = asyncio.create_task(scheduler.run())
+        task = asyncio.create_task(scheduler.run(drain=2.0))
         scheduler.add_many(jobs)
         await asyncio.sleep(2.5)
         scheduler.stop()
@@ -267,8 +266,8 @@ async def test_stop_drains_in_flight_polls(sim_factory: SimFactory) -> None:
     jobs = [sim.add_job(duration=60) for _ in range(3)]
     rec = Recorder()
     async with client_for(sim) as client:
-        scheduler = Scheduler(client, rec, fast(drain=2.0))
-        task = asyncio.create_task(scheduler.run())
+        scheduler = Scheduler(client, rec, fast())
+        task = asyncio.create_task(scheduler.run(drain=2.0))
         scheduler.add_many(jobs)
         await asyncio.sleep(0.1)
         scheduler.stop()
