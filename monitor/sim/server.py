@@ -27,6 +27,8 @@ from aiohttp import web
 from monitor.cce.signing import DATE_FORMAT, parse_authorization, signature
 from monitor.sim.config import FaultSettings, SimulatorConfig
 from monitor.sim.faults import Draw, TokenBucket, bucket_for, draw_faults
+from monitor.sim.node_api import add_node_routes
+from monitor.sim.nodes import Fleet, NodeTransition
 from monitor.sim.shapes import job_context, new_uid, template
 from monitor.sim.stats import Counters, SimulatorStats
 from monitor.sim.timeline import NS, Job, Transition, plan_job, render, wall_time
@@ -46,6 +48,10 @@ _HTML_503 = (
 
 Clock = Callable[[], float]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a route's resolver gives the shared path: an early answer (404, 400), or the action that makes the answer
+# (status, payload), run only once the CCE 500 fault has been drawn and has not struck.
+Resolved = web.Response | Callable[[], tuple[int, Any]]
+Resolver = Callable[[web.Request, int], Awaitable[Resolved]]
 
 
 class _Dropped(web.Response):
@@ -75,6 +81,12 @@ class Simulator:
         self._rng_ids = random.Random(f"{seed}:request-ids")
         self._jobs: dict[str, Job] = {}
         self._cluster_names: dict[str, str] = {}
+        self._fleet = Fleet(
+            self._rng_jobs,
+            self._cluster_names,
+            job_duration=self.config.job_duration,
+            time_scale=self.config.time_scale,
+        )
         self._token_ttl = self.config.token_ttl
         self._tokens: dict[str, float] = {self.config.token: self._epoch_clock + self._token_ttl}
         self._faults = self.config.faults()
@@ -165,8 +177,81 @@ class Simulator:
         ]
 
     def truth(self, job_id: str) -> list[Transition]:
-        """Every phase change of the job and its sub-jobs, in time order; ``KeyError`` for an unknown job."""
-        return list(self._jobs[job_id].truth)
+        """Every phase change of the job and its sub-jobs, in time order; ``KeyError`` for an unknown job.
+
+        For a ScaleupCluster of :meth:`create_nodes`, its CreateNode jobs' transitions are included."""
+        if job_id in self._jobs:
+            return list(self._jobs[job_id].truth)
+        if (truth := self._fleet.job_truth(job_id)) is None:
+            raise KeyError(job_id)
+        return truth
+
+    # --- nodes and node pools (planned by monitor.sim.nodes) ----------------------------------------------
+
+    def add_cluster(self, cluster_id: str | None = None) -> str:
+        """Register a cluster (a new id by default) for the node API; the Python API also does it implicitly."""
+        return self._fleet.add_cluster(cluster_id)
+
+    def create_nodes(
+        self,
+        cluster_id: str,
+        count: int,
+        *,
+        fail: float = 0,
+        duration: float | None = None,
+        nodepool_id: str | None = None,
+        omit_nested: bool = False,
+        abnormal: int = 0,
+    ) -> str:
+        """Create ``count`` nodes as ``POST .../nodes`` does and return the ScaleupCluster job id.
+
+        ``fail``: how many nodes fail (an ``int``), or the ratio of them (a ``float`` below 1, rounded);
+        ``abnormal``: how many others go ``Abnormal`` after their job's Success. ``duration`` is each CreateNode
+        job's (default: the config's jittered job duration). With ``omit_nested`` the ScaleupCluster lists its
+        CreateNode sub-jobs without their own sub-jobs.
+        """
+        return self._fleet.create_nodes(
+            cluster_id,
+            count,
+            self.now_ns(),
+            fail=fail,
+            duration=duration,
+            nodepool_id=nodepool_id,
+            omit_nested=omit_nested,
+            abnormal=abnormal,
+        )
+
+    def add_nodepool(
+        self,
+        cluster_id: str,
+        *,
+        name: str | None = None,
+        nodes: int = 0,
+        capacity: int | None = None,
+        fail: int = 0,
+        abnormal: int = 0,
+        node_duration: float | None = None,
+    ) -> str:
+        """Add a node pool scaled to ``nodes`` and return its id. ``capacity``: how many more nodes the AZ can
+        give (``None``: no limit); ``fail``/``abnormal``: how many of the nodes it creates fail / go Abnormal."""
+        return self._fleet.add_nodepool(
+            cluster_id,
+            self.now_ns(),
+            name=name,
+            nodes=nodes,
+            capacity=capacity,
+            fail=fail,
+            abnormal=abnormal,
+            node_duration=node_duration,
+        )
+
+    def scale_nodepool(self, cluster_id: str, pool_id: str, target: int) -> None:
+        """Scale a pool as ``PUT .../nodepools/{id}`` with ``spec.initialNodeCount = target`` does."""
+        self._fleet.scale_nodepool(cluster_id, pool_id, target, self.now_ns())
+
+    def node_truth(self, cluster_id: str) -> list[NodeTransition]:
+        """Every node phase change in the cluster with its exact instant; ``KeyError`` for an unknown cluster."""
+        return self._fleet.node_truth(cluster_id)
 
     @property
     def job_ids(self) -> list[str]:
@@ -231,6 +316,7 @@ class Simulator:
 
         app = web.Application(middlewares=[request_ids])
         app.router.add_get("/api/v3/projects/{project_id}/jobs/{job_id}", self._handle_job)
+        add_node_routes(app, self)
         app.router.add_post("/v3/auth/tokens", self._handle_iam)
         app.router.add_post("/_sim/jobs", self._handle_sim_jobs)
         app.router.add_get("/_sim/truth", self._handle_sim_truth)
@@ -261,9 +347,13 @@ class Simulator:
             return web.Response(status=503, text=_HTML_503, content_type="text/html")
         return None
 
-    async def _handle_job(self, request: web.Request) -> web.Response:
+    async def _serve(self, request: web.Request, route: str, resolve: Resolver) -> web.Response:
+        """The one path of every CCE API route, in the documented order of checks; ``route`` names it in the
+        statistics. Every request draws the same number of fault numbers."""
         counters = self._counters
-        counters.job_requests += 1
+        counters.by_route[route] = counters.by_route.get(route, 0) + 1
+        if route == "job":
+            counters.job_requests += 1
         window = int(self._clock() - self._epoch_clock)
         counters.per_second[window] = counters.per_second.get(window, 0) + 1
         draw = draw_faults(self._rng_faults, self._faults)
@@ -274,16 +364,31 @@ class Simulator:
             return self._throttled(request)
         if (denied := await self._authenticate(request)) is not None:
             return self._error(request, 401, denied)
-        job = self._jobs.get(request.match_info["job_id"])
-        now = self.now_ns()
-        if request.match_info["project_id"] != self.config.project_id or job is None or now < job.visible_ns:
-            return self._not_found(request.match_info["job_id"])
-        if draw.error_500:
+        resolved = await resolve(request, self.now_ns())
+        if isinstance(resolved, web.Response):
+            return resolved
+        if draw.error_500:  # CCE failed: nothing was done
             return self._json(500, {"errorCode": "CCE.01500001", "errorMessage": "Internal server error"})
-        body = orjson.dumps(render(job, now, live_timestamps=self.config.live_timestamps))
+        status, payload = resolved()
+        body = orjson.dumps(payload)
         if draw.malformed:
             body = body[: max(1, int(len(body) * draw.cut))]
-        return web.Response(status=200, body=body, content_type="application/json")
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def _handle_job(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "job", self._resolve_job)
+
+    async def _resolve_job(self, request: web.Request, now: int) -> Resolved:
+        job_id = request.match_info["job_id"]
+        live = self.config.live_timestamps
+        if request.match_info["project_id"] == self.config.project_id:
+            job = self._jobs.get(job_id)
+            if job is not None and now >= job.visible_ns:
+                document = render(job, now, live_timestamps=live)
+                return lambda: (200, document)
+            if job is None and (planned := self._fleet.render_job(job_id, now, live_timestamps=live)) is not None:
+                return lambda: (200, planned)
+        return self._not_found(f"job {job_id} not found")
 
     def _throttled(self, request: web.Request) -> web.Response:
         f = self._faults
@@ -296,8 +401,8 @@ class Simulator:
         return self._error(request, 429, {"error_code": "APIGW.0308", "error_msg": message}, **headers)
 
     @staticmethod
-    def _not_found(job_id: str) -> web.Response:
-        message = f"job {job_id} not found"
+    def _not_found(message: str) -> web.Response:
+        """CCE's 404 (the Kubernetes-style Status with CCE's error code), for jobs, clusters, nodes and pools."""
         body = {
             "kind": "Status",
             "apiVersion": "v1",

@@ -18,6 +18,9 @@ from typing import Any
 __all__ = [
     "GENERIC_FAILURE",
     "JOB_TYPES",
+    "NODE_CREATE",
+    "NODE_DELETE",
+    "NODE_SCALEUP",
     "Shape",
     "Template",
     "job_context",
@@ -43,6 +46,37 @@ class Shape:
 Template = tuple[float, Shape, tuple[Shape, ...], bool]
 _SERVER = (("serverID", "server"),)
 _MASTER = (("serverID", "master"),)
+# The sub-jobs of creating and deleting one node, shared by the CreateNode template and by the node module.
+_CREATE_NODE_VM = Shape(
+    "CreateNodeVM",
+    0.45,
+    "node",
+    "node_name",
+    _SERVER,
+    (
+        'Create node vm failed: {"error":{"code":"Ecs.0000","message":"Insufficient resources '
+        'for the flavor c7.large.2 in availability zone eu-de-01."}}',
+        'Create node vm failed: {"error":{"code":"Ecs.0319","message":"The ECS quota is insufficient."}}',
+    ),
+)
+_INSTALL_NODE = Shape(
+    "InstallNode",
+    0.55,
+    "node",
+    extend=_SERVER,
+    failures=(
+        "Install node failed: wait for node to be ready timeout, node status: NotReady",
+        "Install node failed: install kubelet failed: exit status 1",
+    ),
+)
+_DELETE_NODE_VM = Shape(
+    "DeleteNodeVM",
+    1.0,
+    "node",
+    "node_name",
+    _SERVER,
+    ("Delete node vm failed: the ECS server is locked by another operation, retry later",),
+)
 _TEMPLATES: dict[str, Template] = {
     "CreateCluster": (
         3.0,
@@ -72,44 +106,15 @@ _TEMPLATES: dict[str, Template] = {
         1.0,
         Shape("CreateNode", resource_id="node", resource_name="node_name", extend=_SERVER),
         (
-            Shape(
-                "CreateNodeVM",
-                0.45,
-                "node",
-                "node_name",
-                _SERVER,
-                (
-                    'Create node vm failed: {"error":{"code":"Ecs.0000","message":"Insufficient resources '
-                    'for the flavor c7.large.2 in availability zone eu-de-01."}}',
-                    'Create node vm failed: {"error":{"code":"Ecs.0319","message":"The ECS quota is insufficient."}}',
-                ),
-            ),
-            Shape(
-                "InstallNode",
-                0.55,
-                "node",
-                extend=_SERVER,
-                failures=(
-                    "Install node failed: wait for node to be ready timeout, node status: NotReady",
-                    "Install node failed: install kubelet failed: exit status 1",
-                ),
-            ),
+            _CREATE_NODE_VM,
+            _INSTALL_NODE,
         ),
         False,
     ),
     "DeleteNode": (
         0.5,
         Shape("DeleteNode", resource_id="node", resource_name="node_name", extend=_SERVER),
-        (
-            Shape(
-                "DeleteNodeVM",
-                1.0,
-                "node",
-                "node_name",
-                _SERVER,
-                ("Delete node vm failed: the ECS server is locked by another operation, retry later",),
-            ),
-        ),
+        (_DELETE_NODE_VM,),
         False,
     ),
     "ScaleupCluster": (
@@ -134,6 +139,23 @@ _TEMPLATES: dict[str, Template] = {
 }
 JOB_TYPES: tuple[str, ...] = tuple(_TEMPLATES)
 GENERIC_FAILURE = "job failed: internal error, please contact technical support"
+
+# The jobs of the node module (monitor.sim.nodes), root first. A node's creation as CCE reports it: the
+# golangsdk fixture (huaweicloud/golangsdk openstack/cce/v3/nodes/testing/fixtures.go, JobOutput) shows a
+# ScaleupCluster whose CreateNode sub-jobs have their own GetPSMCert and InstallNode sub-jobs; the Terraform
+# provider (terraform-provider-huaweicloud resource_huaweicloud_cce_node_v3.go, getResourceIDFromJob) reads
+# the node id from the CreateNodeVM sub-job of the CreateNode sub-job, so all three are there.
+NODE_SCALEUP = Shape("ScaleupCluster", resource_id="cluster", resource_name="cluster_name")
+NODE_CREATE: tuple[Shape, ...] = (
+    Shape("CreateNode", resource_id="node", resource_name="node_name"),
+    Shape("GetPSMCert", 0.05, failures=("get psm cert failed: certificate service unavailable, retry later",)),
+    _CREATE_NODE_VM,
+    _INSTALL_NODE,
+)
+NODE_DELETE: tuple[Shape, ...] = (
+    Shape("DeleteNode", resource_id="node", resource_name="node_name", extend=_SERVER),
+    _DELETE_NODE_VM,
+)
 
 
 def template(job_type: str) -> Template:

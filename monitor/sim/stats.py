@@ -12,8 +12,10 @@ __all__ = ["Counters", "SimulatorStats"]
 class SimulatorStats:
     """What the server saw, excluding ``/_sim/`` control requests.
 
-    ``per_second`` counts job API requests (throttled ones too) per whole second of the simulator clock
-    since construction, so a benchmark can check a client's rate from the server side.
+    ``per_second`` counts CCE API requests (job, node and node pool routes; throttled ones too) per whole
+    second of the simulator clock since construction, so a benchmark can check a client's rate from the
+    server side. ``by_route`` counts them per route kind (``job``, ``node_list``, ``node``, ``nodepool``,
+    ``create_nodes``, ``update_nodepool``), so a benchmark can report what following a pool costs.
     """
 
     requests: int
@@ -24,6 +26,7 @@ class SimulatorStats:
     dropped: int
     by_status: dict[int, int]
     per_second: dict[int, int]
+    by_route: dict[str, int] = field(default_factory=dict)
 
     @property
     def max_per_second(self) -> int:
@@ -42,6 +45,7 @@ class SimulatorStats:
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
             "max_per_second": self.max_per_second,
+            "by_route": dict(sorted(self.by_route.items())),
         }
 
 
@@ -57,6 +61,7 @@ class Counters:
     dropped: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     per_second: dict[int, int] = field(default_factory=dict)
+    by_route: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> SimulatorStats:
         """The counters now, as an immutable :class:`SimulatorStats`."""
@@ -69,4 +74,5 @@ class Counters:
             self.dropped,
             dict(self.by_status),
             dict(self.per_second),
+            dict(self.by_route),
         )

@@ -31,6 +31,7 @@ __all__ = [
     "format_go_timestamp",
     "plan_job",
     "render",
+    "snap_up",
     "wall_time",
 ]
 
@@ -74,6 +75,13 @@ def format_go_timestamp(ns: int) -> str:
 def wall_time(ns: int) -> datetime:
     """Nanoseconds since the epoch as an aware UTC datetime, to the microsecond (truncated)."""
     return datetime.fromtimestamp(ns // NS, UTC) + timedelta(microseconds=ns % NS // 1000)
+
+
+def snap_up(rng: random.Random, ns: int) -> int:
+    """``ns`` rounded *up* to a randomly drawn precision (0-9 fraction digits), as every planned transition is."""
+    digits: int = rng.choices(range(10), weights=_DIGIT_WEIGHTS)[0]
+    unit = 10 ** (9 - digits)
+    return -(-ns // unit) * unit
 
 
 @dataclass(frozen=True, slots=True)
