@@ -1,4 +1,4 @@
-"""A local stand-in for the CCE "Reading Job Progress" API, faithful enough to test the monitor against.
+"""A local stand-in for the CCE "Reading Job Progress" API, its nodes and node pools, faithful enough to test against.
 
 ``GET /api/v3/projects/{project_id}/jobs/{job_id}`` answers with the documented ``Job`` object, sub-jobs and
 all, while each job walks a pre-planned timeline (Initializing → Running → Success | Failed). Around it sit
@@ -27,6 +27,11 @@ Design:
   slow (sleep) → drop (load balancer) → HTML 503 (load balancer) → 429 (API gateway throttle) →
   401 (API gateway auth) → 404 (CCE: project, unknown or not-yet-visible job) → 500 (CCE) →
   truncated 200 (malformed) → 200.
+* **Nodes and node pools.** ``create_nodes`` plans one ScaleupCluster job whose CreateNode sub-jobs each
+  create a node; ``add_nodepool``/``scale_nodepool`` (or ``PUT .../nodepools/{id}``) scale a pool node by
+  node, each with its own CreateNode or DeleteNode job, to ``SoldOut`` past the pool's capacity. Node phases
+  are planned with the jobs (:meth:`Simulator.node_truth`); the node routes take the job API's path and
+  order of checks, and the statistics count requests per route kind.
 * **Control endpoints** under ``/_sim/`` (no auth, not counted in statistics) let a benchmark in another
   process add jobs, read truth and statistics, and change faults at run time.
 
@@ -41,12 +46,21 @@ Modules, one concept each (this package only re-exports the public names):
   from them at a given instant, and :func:`format_go_timestamp`.
 * :mod:`~monitor.sim.faults`: the per-request fault draw and the throttle's token bucket.
 * :mod:`~monitor.sim.stats`: request counters and :class:`SimulatorStats`.
-* :mod:`~monitor.sim.server`: :class:`Simulator`, the aiohttp application (job API, IAM tokens, AK/SK
-  verification, faults, ``/_sim/`` control endpoints, statistics), and :func:`run_forever`.
+* :mod:`~monitor.sim.nodes`: :class:`~monitor.sim.nodes.Fleet`, nodes and node pools planned up front
+  (bulk creation as one ScaleupCluster job of CreateNode sub-jobs, node phases, pool scaling to SoldOut and
+  back down with DeleteNode jobs) and :class:`NodeTransition`, the node truth; its module docstring lists
+  the decisions taken where the public record is silent.
+* :mod:`~monitor.sim.node_api`: the node and node pool routes (``.../clusters/{id}/nodes``,
+  ``.../nodepools/{id}``) and their ``/_sim/`` control endpoints.
+* :mod:`~monitor.sim.server`: :class:`Simulator`, the aiohttp application (job API, the one path every CCE
+  route takes, IAM tokens, AK/SK verification, faults, ``/_sim/`` control endpoints, statistics).
+* :mod:`~monitor.sim.run`: :func:`run_forever`, a simulator served for a benchmark in another process.
 """
 
 from monitor.sim.config import FaultSettings, SimulatorConfig
-from monitor.sim.server import Simulator, run_forever
+from monitor.sim.nodes import NodeTransition
+from monitor.sim.run import run_forever
+from monitor.sim.server import Simulator
 from monitor.sim.shapes import JOB_TYPES
 from monitor.sim.stats import SimulatorStats
 from monitor.sim.timeline import Transition, format_go_timestamp
@@ -54,6 +68,7 @@ from monitor.sim.timeline import Transition, format_go_timestamp
 __all__ = [
     "JOB_TYPES",
     "FaultSettings",
+    "NodeTransition",
     "Simulator",
     "SimulatorConfig",
     "SimulatorStats",

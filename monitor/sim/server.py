@@ -1,6 +1,7 @@
-"""The simulated region behind one aiohttp application: :class:`Simulator` and :func:`run_forever`.
+"""The simulated region behind one aiohttp application: :class:`Simulator`.
 
-Routes: the job API (``GET /api/v3/projects/{project_id}/jobs/{job_id}``), IAM tokens
+Routes: the job API (``GET /api/v3/projects/{project_id}/jobs/{job_id}``), the node and node pool API
+(:mod:`~monitor.sim.node_api`), IAM tokens
 (``POST /v3/auth/tokens``), and the ``/_sim/`` control endpoints (add jobs, truth, statistics, faults).
 Requests to the job API are authenticated by token or AK/SK signature, throttled, and put through the
 fault draw; every answer carries an ``X-Request-Id`` and, outside ``/_sim/``, is counted in the statistics.
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -33,7 +34,7 @@ from monitor.sim.shapes import job_context, new_uid, template
 from monitor.sim.stats import Counters, SimulatorStats
 from monitor.sim.timeline import NS, Job, Transition, plan_job, render, wall_time
 
-__all__ = ["Simulator", "run_forever"]
+__all__ = ["Simulator"]
 
 # The package's logger, as before the split into modules: log lines keep the name ``monitor.sim``.
 logger = logging.getLogger("monitor.sim")
@@ -592,31 +593,3 @@ class Simulator:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-
-async def run_forever(
-    config: SimulatorConfig,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    jobs: int = 100,
-    job_type: str = "CreateNode",
-    fail_ratio: float = 0.1,
-    out: TextIO,
-    duration: float | None = None,
-) -> None:
-    """Serve a simulator with a rollout of ``jobs`` jobs until cancelled.
-
-    The first line written to ``out`` is one JSON object: ``endpoint``, ``project_id``, ``token`` and
-    ``job_ids``, for a benchmark in another process.
-    """
-    simulator = Simulator(config)
-    endpoint = await simulator.start(host, port)
-    try:
-        job_ids = simulator.start_rollout(jobs, fail_ratio=fail_ratio, job_type=job_type, duration=duration)
-        handshake = {"endpoint": endpoint, "project_id": config.project_id, "token": config.token, "job_ids": job_ids}
-        out.write(orjson.dumps(handshake).decode() + "\n")
-        out.flush()
-        await asyncio.Event().wait()
-    finally:
-        await simulator.close()

@@ -79,8 +79,7 @@ def wall_time(ns: int) -> datetime:
 
 def snap_up(rng: random.Random, ns: int) -> int:
     """``ns`` rounded *up* to a randomly drawn precision (0-9 fraction digits), as every planned transition is."""
-    digits: int = rng.choices(range(10), weights=_DIGIT_WEIGHTS)[0]
-    unit = 10 ** (9 - digits)
+    unit = int(10 ** (9 - rng.choices(range(10), weights=_DIGIT_WEIGHTS)[0]))
     return -(-ns // unit) * unit
 
 
