@@ -272,3 +272,18 @@ async def test_vendor_sdk_reads_nodes_and_pools(clock: FakeClock) -> None:
             assert sdk_to_wire(shown) == served_pool
             clock.advance(100)
         assert shown.status.phase == "SoldOut" and nodes.items[0].status.phase in {"Active", "Error"}
+
+
+async def test_node_plans_are_deterministic_under_the_seed() -> None:
+    runs = []
+    for seed in (3, 3, 4):
+        clock = FakeClock()
+        async with Simulators(clock=clock) as simulators, aiohttp.ClientSession() as session:
+            sim, endpoint = await simulators.start(SimulatorConfig(seed=seed), epoch_ns=1_700_000_000_000_000_000)
+            cluster = sim.add_cluster()
+            job_id = sim.create_nodes(cluster, 3, fail=1)
+            pool = sim.add_nodepool(cluster, nodes=2, capacity=1)
+            clock.advance(15)
+            bodies = [await job((sim, endpoint, session), job_id), await phases((sim, endpoint, session), cluster)]
+            runs.append((cluster, pool, sim.node_truth(cluster), bodies))
+    assert runs[0] == runs[1] and runs[0][2] != runs[2][2]
