@@ -1,8 +1,11 @@
 """The CCE job API client: one pooled aiohttp session, authentication, and the error tree.
 
-A one-method job source: ``await client.fetch(job_id)`` returns a :class:`~monitor.core.model.Job` or raises
-a :class:`~monitor.core.errors.MonitorError` subclass that says whether retrying helps (see
-:mod:`monitor.core.errors`). It holds no rate limit: the scheduler owns it, acquires before each request and
+A source of snapshots: ``await client.fetch(job_id)`` returns a :class:`~monitor.core.model.Job`, and for node
+rollouts ``nodes(cluster_id)`` and ``nodepool(cluster_id, nodepool_id)`` return
+:mod:`~monitor.core.nodes` snapshots; each raises a :class:`~monitor.core.errors.MonitorError` subclass that
+says whether retrying helps (see :mod:`monitor.core.errors`). All share one request path.
+
+It holds no rate limit: the scheduler owns it, acquires before each request and
 reacts to ``ThrottledError`` itself.
 
 What the client does with each outcome:
@@ -43,6 +46,7 @@ from monitor.core.errors import (
     transport_detail,
 )
 from monitor.core.model import Job, ParseMemo, parse_job, validate_id
+from monitor.core.nodes import Node, NodePool, parse_node_list, parse_nodepool
 from monitor.core.version import USER_AGENT
 
 __all__ = ["CCEClient", "ClientSettings", "HttpSettings"]
@@ -167,27 +171,57 @@ class CCEClient:
             if len(self._urls) >= _URL_CACHE:
                 self._urls.clear()
             url = self._urls[job_id] = URL(self._base + job_id, encoded=True)
+        body, request_id = await self._get(url, f"job {job_id}", permit)
+        try:
+            return memo.parse(body) if memo is not None else parse_job(body)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
+
+    async def nodes(self, cluster_id: str, *, permit: Callable[[], Awaitable[None]] | None = None) -> tuple[Node, ...]:
+        """Every node of a cluster (``GET .../clusters/{cluster_id}/nodes``): one request for all of them."""
+        what = f"nodes of cluster {cluster_id}"
+        url = self._cluster_url(cluster_id, "nodes")
+        body, request_id = await self._get(url, what, permit)
+        try:
+            return parse_node_list(body)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"{what}: {exc.message}", request_id=request_id) from None
+
+    async def nodepool(
+        self, cluster_id: str, nodepool_id: str, *, permit: Callable[[], Awaitable[None]] | None = None
+    ) -> NodePool:
+        """One node pool's state (``GET .../clusters/{cluster_id}/nodepools/{nodepool_id}``)."""
+        what = f"node pool {nodepool_id}"
+        url = self._cluster_url(cluster_id, "nodepools", validate_id(nodepool_id, "node pool id"))
+        body, request_id = await self._get(url, what, permit)
+        try:
+            return parse_nodepool(body)
+        except MalformedResponseError as exc:
+            raise MalformedResponseError(f"{what}: {exc.message}", request_id=request_id) from None
+
+    def _cluster_url(self, cluster_id: str, *path: str) -> URL:
+        base = f"{self.settings.endpoint.rstrip('/')}/api/v3/projects/{self.settings.project_id}/clusters/"
+        return URL("/".join([base + validate_id(cluster_id, "cluster id"), *path]), encoded=True)
+
+    async def _get(self, url: URL, what: str, permit: Callable[[], Awaitable[None]] | None) -> tuple[bytes, str | None]:
+        """One authenticated GET: the body of a 2xx answer, or an error from the tree. A refused token is
+        renewed once (if the provider can) and the request sent again, after ``permit``."""
         session = self._ensure_session()
         refreshed = False
         while True:
             headers: dict[str, str] = {"Content-Type": "application/json"}
             await self._auth.apply(session, "GET", url, headers, b"")
             try:
-                body, request_id = await self._request(session, url, headers, job_id)
+                return await self._request(session, url, headers, what)
             except AuthError as exc:
                 if exc.status != 401 or refreshed or not await self._auth.unauthorized(headers):
                     raise
                 refreshed = True
                 if permit is not None:
                     await permit()
-                continue
-            try:
-                return memo.parse(body) if memo is not None else parse_job(body)
-            except MalformedResponseError as exc:
-                raise MalformedResponseError(f"job {job_id}: {exc.message}", request_id=request_id) from None
 
     async def _request(
-        self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], job_id: str
+        self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], what: str
     ) -> tuple[bytes, str | None]:
         try:
             # The timeout is given per request so that it also holds on a session the caller passed in.
@@ -211,12 +245,12 @@ class CCEClient:
                     )
                     raise error
         except TimeoutError:
-            raise RequestTimeoutError(f"job {job_id}: request timed out") from None
+            raise RequestTimeoutError(f"{what}: request timed out") from None
         except aiohttp.ClientPayloadError as exc:
             detail = transport_detail(exc, _secrets(headers))
-            raise ConnectError(f"job {job_id}: response body broken off: {detail}") from None
+            raise ConnectError(f"{what}: response body broken off: {detail}") from None
         except aiohttp.ClientError as exc:
-            raise ConnectError(f"job {job_id}: {transport_detail(exc, _secrets(headers))}") from None
+            raise ConnectError(f"{what}: {transport_detail(exc, _secrets(headers))}") from None
         return body, request_id
 
 

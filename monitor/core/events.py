@@ -32,6 +32,10 @@ class EventType(StrEnum):
     JOB_POLL_FAILED = "job.poll_failed"
     JOB_RECOVERED = "job.recovered"
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+    NODE_ACTIVE = "node.active"
+    NODE_FAILED = "node.failed"
+    NODEPOOL_PHASE_CHANGED = "nodepool.phase_changed"
+    NODEPOOL_SETTLED = "nodepool.settled"
     ROLLOUT_PROGRESS = "rollout.progress"
     ROLLOUT_FINISHED = "rollout.finished"
 
@@ -89,6 +93,9 @@ class Event:
     detail: str | None = None
     rollout: str | None = None
     summary: Mapping[str, Any] | None = None
+    # Added within v1 (node rollouts): at the end, so that the order of the fields above never changes.
+    node_id: str | None = None
+    nodepool_id: str | None = None
 
     def __post_init__(self) -> None:
         # Always UTC, so that ``to_json`` writes RFC 3339 with "Z" whatever clock made the time; a naive

@@ -30,8 +30,11 @@ __all__ = [
     "ParseMemo",
     "Phase",
     "Timestamp",
+    "decode_body",
     "job_from_json",
     "job_to_json",
+    "json_object",
+    "json_text",
     "parse_go_time",
     "parse_job",
     "parse_job_object",
@@ -214,7 +217,8 @@ def _job_from_dict(d: dict[str, Any]) -> Job:
     )
 
 
-def _obj(value: object, where: str) -> dict[str, Any]:
+def json_object(value: object, where: str) -> dict[str, Any]:
+    """A JSON object field (``None`` when absent is an empty one); anything else is a malformed body."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -222,7 +226,8 @@ def _obj(value: object, where: str) -> dict[str, Any]:
     return value
 
 
-def _str(value: object) -> str:
+def json_text(value: object) -> str:
+    """A JSON string field as text: absent is ``""``, a number its digits, anything else ``""``."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -245,12 +250,12 @@ def parse_job_object(
     """
     if _depth > _MAX_DEPTH:
         raise MalformedResponseError(f"sub-jobs nested deeper than {_MAX_DEPTH} levels")
-    job = _obj(data, "job" if _depth == 0 else "sub-job")
+    job = json_object(data, "job" if _depth == 0 else "sub-job")
     if not job:
         raise MalformedResponseError("job body is empty")
-    metadata = _obj(job.get("metadata"), "metadata")
-    spec = _obj(job.get("spec"), "spec")
-    status = _obj(job.get("status"), "status")
+    metadata = json_object(job.get("metadata"), "metadata")
+    spec = json_object(job.get("spec"), "spec")
+    status = json_object(job.get("status"), "status")
     if not metadata and not spec and not status:
         raise MalformedResponseError("body has none of metadata, spec, status: not a job")
     raw_phase = status.get("phase")
@@ -267,7 +272,7 @@ def parse_job_object(
     memo = {} if _memo is None else _memo
 
     def text(value: object) -> str:
-        s = value if value.__class__ is str else _str(value)
+        s = value if value.__class__ is str else json_text(value)
         return memo.setdefault(s, s)
 
     subs: list[Job] = []
@@ -351,7 +356,7 @@ def _strip_trailing_commas(text: str) -> str:
 
 def parse_job(body: bytes | str) -> Job:
     """Parse a job response body; raises :class:`MalformedResponseError` with a one-line reason."""
-    return parse_job_object(_decode(body))
+    return parse_job_object(decode_body(body))
 
 
 # Most polls of a running job change only its ``updateTimestamp``, and its sub-jobs change one at a time (a
@@ -372,8 +377,8 @@ def parse_job_reusing(body: bytes | str, previous: Job | None, digests: Digests)
     ``digests`` are the ones returned with ``previous`` (``()`` at first); returns the snapshot and its digests:
     ``(the body without the job's updateTimestamp, each top-level sub-job)``.
     """
-    data = _decode(body)
-    job = _obj(data, "job")
+    data = decode_body(body)
+    job = json_object(data, "job")
     try:
         return _parse_reusing(job, previous, digests)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (255) though it reads (1024): no reuse
@@ -389,7 +394,7 @@ def _parse_reusing(job: dict[str, Any], previous: Job | None, digests: Digests) 
         if stamp is not _NO_STAMP:
             metadata["updateTimestamp"] = stamp  # type: ignore[index]
     if stamp is not _NO_STAMP and previous is not None and digests and body_key == digests[0]:
-        updated = _str(stamp)
+        updated = json_text(stamp)
         if updated == previous.updated.raw:
             return previous, digests
         return _restamped(previous, updated), digests
@@ -440,7 +445,8 @@ def _restamped(job: Job, updated: str) -> Job:
     )
 
 
-def _decode(body: bytes | str) -> object:
+def decode_body(body: bytes | str) -> object:
+    """JSON from a CCE body, trailing commas repaired; raises :class:`MalformedResponseError`."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -6,6 +6,9 @@ What counts as a change:
 * a new reason while the job stays ``Failed`` (the reason is what people read);
 * a sub-job appearing, or changing phase — at any depth (sub-jobs may have sub-jobs).
 
+A sub-job's event carries its own resource name (else its nearest ancestor's, else the job's) and, below a
+node's job (``CreateNode`` ...), that node's id as soon as CCE fills it in (:func:`monitor.core.nodes.node_id_of`).
+
 Sub-jobs are matched by id; a sub-job without an id is matched by its type and position. Sub-job events come
 before the job's own event, so a receiver sees the last sub-job finish before the job does.
 
@@ -21,6 +24,7 @@ from datetime import datetime
 
 from monitor.core.events import Event, EventType, event_id
 from monitor.core.model import Job, Phase
+from monitor.core.nodes import NODE_JOB_TYPES, node_id_of
 
 __all__ = ["JobContext", "detect", "progressed"]
 
@@ -60,18 +64,42 @@ def _reason(job: Job) -> str | None:
     return job.reason or None
 
 
+def _node_context(job: Job, inherited: tuple[str, str]) -> tuple[str, str]:
+    """(resource name, node id) that events about ``job`` carry: its own, else its nearest ancestor's."""
+    name, node = inherited
+    if job.type in NODE_JOB_TYPES:
+        node = node_id_of(job) or node
+    elif job.resource_id and job.type.endswith(("NodeVM", "InstallNode")):
+        node = job.resource_id
+    return job.resource_name or name, node
+
+
+def _walk(top: Job, top_key: str, inherited: tuple[str, str]) -> list[tuple[str, Job, tuple[str, str]]]:
+    """``top`` and every sub-job below it, each with its matching key and its (resource name, node id)."""
+    out: list[tuple[str, Job, tuple[str, str]]] = []
+    stack = [(top_key, top, _node_context(top, inherited))]
+    while stack:
+        key, node, context = stack.pop()
+        out.append((key, node, context))
+        for i, sub in enumerate(reversed(node.sub_jobs)):
+            index = len(node.sub_jobs) - 1 - i
+            sub_key = _sub_key(sub, key, index)
+            stack.append((sub_key, sub, _node_context(sub, context)))
+    return out
+
+
 def detect(previous: Job | None, current: Job, ctx: JobContext, now: datetime) -> list[Event]:
     """The events that turn ``previous`` into ``current`` (empty when nothing that matters changed)."""
     events: list[Event] = []
     old_subs: dict[str, Job] | None = None  # built on first need
     old_tops = previous.sub_jobs if previous is not None else ()
+    root = _node_context(current, ("", ""))
     for i, top in enumerate(current.sub_jobs if old_tops is not current.sub_jobs else ()):
         if i < len(old_tops) and old_tops[i] is top:
             continue  # the same snapshot (model.parse_job_reusing): nothing in this subtree changed
         if old_subs is None:
             old_subs = _index(previous) if previous is not None else {}
-        top_key = _sub_key(top, "", i)
-        for key, sub in [(top_key, top), *_index(top, top_key).items()]:
+        for key, sub, (name, node) in _walk(top, _sub_key(top, "", i), ("", root[1])):
             before = old_subs.get(key)
             if before is not None and before.phase == sub.phase:
                 continue
@@ -87,6 +115,8 @@ def detect(previous: Job | None, current: Job, ctx: JobContext, now: datetime) -
                     reason=_reason(sub),
                     subjob=sub,
                     subjob_key=key,
+                    resource_name=name or current.resource_name,
+                    node_id=node,
                 )
             )
     job_changed = previous is None or previous.phase != current.phase
@@ -101,6 +131,8 @@ def detect(previous: Job | None, current: Job, ctx: JobContext, now: datetime) -
                 phase=current.phase.value,
                 previous_phase=previous.phase.value if previous is not None else None,
                 reason=_reason(current),
+                resource_name=current.resource_name,
+                node_id=root[1],
             )
         )
     return events
@@ -117,6 +149,8 @@ def _event(
     reason: str | None,
     subjob: Job | None = None,
     subjob_key: str | None = None,
+    resource_name: str,
+    node_id: str,
 ) -> Event:
     # The reason is part of the id only for Failed: a changed failure reason is a new thing to report.
     id_reason = reason if phase == Phase.FAILED.value else None
@@ -132,8 +166,9 @@ def _event(
         reason=reason,
         subjob_id=(subjob.id or subjob_key) if subjob is not None else None,
         subjob_type=(subjob.type or None) if subjob is not None else None,
-        resource_name=job.resource_name or None,
+        resource_name=resource_name or None,
         cluster_id=job.cluster_id or None,
+        node_id=node_id or None,
         labels=ctx.labels,
         rollout=ctx.labels.get("rollout"),
     )

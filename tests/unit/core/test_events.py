@@ -33,6 +33,8 @@ CONTRACT_FIELDS = [
     "detail",
     "rollout",
     "summary",
+    "node_id",  # added within v1, at the end
+    "nodepool_id",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 
@@ -72,6 +74,8 @@ def test_to_json_full_event() -> None:
         "detail": "one line",
         "rollout": None,
         "summary": None,
+        "node_id": None,
+        "nodepool_id": None,
     }
     assert event.to_dict() == data
 
@@ -97,6 +101,8 @@ def test_to_json_minimal_event_has_every_field() -> None:
         "detail": None,
         "rollout": None,
         "summary": None,
+        "node_id": None,
+        "nodepool_id": None,
     }
     assert SCHEMA == "cce-monitor/v1"
 
@@ -192,6 +198,10 @@ def test_event_type_values() -> None:
         "job.poll_failed",
         "job.recovered",
         "monitor.auth_failed",
+        "node.active",
+        "node.failed",
+        "nodepool.phase_changed",
+        "nodepool.settled",
         "rollout.progress",
         "rollout.finished",
     }
