@@ -57,7 +57,7 @@ NODEPOOL_FAILED = frozenset({"SoldOut", "Error"})
 # A job of one of these types is about one node; a job whose sub-jobs are of these types (``ScaleupCluster``
 # with a ``CreateNode`` per node: the golangsdk fixture ``openstack/cce/v3/nodes/testing/fixtures.go``) is a
 # rollout of those nodes.
-NODE_JOB_TYPES = frozenset({"CreateNode", "DeleteNode", "InstallNode", "UpgradeNode", "ResetNode", "RemoveNode"})
+NODE_JOB_TYPES = frozenset({"CreateNode", "DeleteNode", "UpgradeNode", "ResetNode", "RemoveNode"})
 # The sub-jobs of a node's job whose ``resourceID`` is the node's id once they run: the OTC provider reads
 # ``CreateNodeVM``'s, the Huawei provider ``InstallNode``'s (``getResourceIDFromJob``, since PR #4323).
 _NODE_ID_STEPS = ("CreateNodeVM", "InstallNode", "DeleteNodeVM")

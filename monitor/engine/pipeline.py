@@ -22,12 +22,13 @@ from typing import Any, Protocol
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter
 from monitor.core.events import Event, Outcome
+from monitor.core.nodes import Node
 from monitor.engine.bus import Bus, Callback, EventFilter
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
 from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import JobStore, Scheduler, SchedulerSettings
 
-__all__ = ["Deadline", "Feed", "Outcome", "Pipeline", "SinkBinding", "WatchResult", "watch"]
+__all__ = ["Deadline", "Feed", "NodePoolTarget", "Outcome", "Pipeline", "SinkBinding", "WatchResult", "watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,15 @@ class SinkBinding:
 
     sink: Output
     filter: EventFilter = field(default_factory=EventFilter)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePoolTarget:
+    """A node pool to follow until it settles (at ``target`` nodes, else its ``initialNodeCount``)."""
+
+    cluster_id: str
+    nodepool_id: str
+    target: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,7 @@ class Pipeline:
         on_outcome: Callable[[str, Outcome], None] | None = None,
         rollout_interval: float = 30.0,
         track_rollouts: bool = True,
+        on_node_job: Callable[[str, str, Node, Mapping[str, str]], None] | None = None,
         publish_digest: Callable[[Bus], Callable[[Event], Awaitable[None]]] | None = None,
     ) -> None:
         self._sinks = list(sinks)
@@ -112,11 +123,35 @@ class Pipeline:
         for observer in observers:
             self.bus.subscribe(observer)
         publish = publish_digest(self.bus) if publish_digest is not None else self.bus.publish
-        self.rollouts = RolloutTracker(publish, project_id=client.settings.project_id, interval=rollout_interval)
-        self._track_rollouts = track_rollouts
-        self.scheduler = Scheduler(
-            client, self._publish, settings, limiter=limiter, store=store, on_poll=on_poll, on_outcome=on_outcome
+        self.rollouts = RolloutTracker(
+            publish,
+            project_id=client.settings.project_id,
+            interval=rollout_interval,
+            node_check=(settings or SchedulerSettings()).node_check,
         )
+        self._track_rollouts = track_rollouts
+        self._on_node_job = on_node_job
+        self.scheduler = Scheduler(
+            client,
+            self._publish,
+            settings,
+            limiter=limiter,
+            store=store,
+            on_poll=on_poll,
+            on_outcome=on_outcome,
+            on_change=self.rollouts.on_snapshot if track_rollouts else None,
+            on_node_job=self._node_job,
+        )
+
+    def _node_job(self, rollout: str, job_id: str, node: Node, labels: Mapping[str, str]) -> None:
+        """A followed pool's node is being created or deleted, by job ``job_id`` (now tracked)."""
+        if self._track_rollouts and rollout:
+            self.rollouts.add(rollout, [job_id])
+            self.rollouts.add_node(
+                rollout, job_id, node_id=node.id, node_name=node.name, deleting=node.phase == "Deleting"
+            )
+        if self._on_node_job is not None:
+            self._on_node_job(rollout, job_id, node, labels)
 
     async def _publish(self, event: Event) -> None:
         """What the scheduler found: the rollout tracker sees it first (its digests then go to the bus, never
@@ -225,8 +260,11 @@ async def watch(
     rollout_interval: float = 30.0,
     notify: Callable[[str], None] | None = None,
     deadline: float = 20.0,
+    nodepools: Sequence[NodePoolTarget] = (),
 ) -> WatchResult:
-    """Poll ``job_ids`` until each is final or ``stop`` is set; deliver events to sinks and observers.
+    """Poll ``job_ids`` (and follow ``nodepools``) until each is final or ``stop`` is set; deliver events to
+    sinks and observers. A pool's nodes' jobs join the rollout as they are found; its outcome is keyed
+    ``nodepool/<cluster>/<pool>``, an awaited node's ``node/<id>``.
 
     With ``rollout``, the jobs form one rollout: its ``rollout.progress`` digests (every ``rollout_interval``)
     and ``rollout.finished`` summary go to the sinks too.
@@ -241,6 +279,10 @@ async def watch(
     if rollout is not None:
         labels = {**(labels or {}), "rollout": rollout}
     outcomes: dict[str, Outcome] = dict.fromkeys(job_ids, Outcome.UNFINISHED)
+
+    def found(_rollout: str, job_id: str, _node: Node, _labels: Mapping[str, str]) -> None:
+        outcomes.setdefault(job_id, Outcome.UNFINISHED)
+
     pipeline = Pipeline(
         client,
         settings,
@@ -249,12 +291,16 @@ async def watch(
         on_outcome=outcomes.__setitem__,
         rollout_interval=rollout_interval,
         track_rollouts=rollout is not None,
+        on_node_job=found,
     )
     async with pipeline:
         if rollout is not None:
             pipeline.rollouts.add(rollout, job_ids)
         scheduler = pipeline.scheduler
         scheduler.add_many(job_ids, labels)
+        for pool in nodepools:
+            if scheduler.follow_nodepool(pool.cluster_id, pool.nodepool_id, target=pool.target, labels=labels):
+                outcomes[f"nodepool/{pool.cluster_id}/{pool.nodepool_id}"] = Outcome.UNFINISHED
 
         async def end() -> None:
             idle = asyncio.ensure_future(scheduler.wait_idle())
@@ -274,4 +320,6 @@ async def watch(
             stop=stop,
             notify=notify,
         )
+        for key in scheduler.pending():  # still followed when the watch ended: not a success
+            outcomes[key] = Outcome.UNFINISHED
     return WatchResult(outcomes, stop.is_set(), unsent)

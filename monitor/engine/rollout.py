@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.core.events import Event, EventType, event_id
+from monitor.core.model import Job, Phase
+from monitor.core.nodes import deepest_failure, node_id_of, node_jobs
 from monitor.core.text import format_duration
 
 __all__ = ["FINAL_STATES", "JOB_EVENT_TYPES", "Rollout", "RolloutTracker", "describe"]
@@ -30,9 +32,35 @@ __all__ = ["FINAL_STATES", "JOB_EVENT_TYPES", "Rollout", "RolloutTracker", "desc
 logger = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"Success", "Failed", "timed_out", "not_found"})
+WAITING_ACTIVE = "waiting_active"
+# What a job or a node can end as: its job's final phase, or (nodes) its readiness.
+_FAILED_STATES = frozenset({"Failed", "timed_out", "not_found", "Abnormal", "Error", "not_active"})
+_DONE_STATES = _FAILED_STATES | {"Success", "Active"}
 _MAX_FAILED_LISTED = 50
 
 Publish = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _NodeEntry:
+    """One node of a rollout: its job's phase (a sub-job's, in a ``ScaleupCluster``), then its readiness."""
+
+    name: str | None = None
+    node_id: str | None = None
+    phase: str = "waiting"
+    reason: str | None = None
+    ready: str | None = None  # "Active", or the phase it failed in ("Abnormal", "Error", "timed_out")
+    ended: float | None = None
+    confirm: bool = True  # False for a node being deleted: its job's Success is the end
+
+    def state(self, node_check: bool) -> str:
+        """What the node counts as: its readiness once known, ``waiting_active`` while its job succeeded and
+        the node is not yet confirmed ``Active`` (with ``node_check``), else its job's phase."""
+        if self.ready is not None:
+            return self.ready
+        if self.phase == "Success" and node_check and self.confirm:
+            return WAITING_ACTIVE
+        return self.phase
 
 
 @dataclass(slots=True)
@@ -42,11 +70,23 @@ class _Member:
     resource_name: str | None = None
     subjobs: dict[str, str] = field(default_factory=dict)
     ended: float | None = None
+    # A node pool's node job (``CreateNode``) is that node; a job of per-node sub-jobs (``ScaleupCluster``)
+    # has one entry per node job, by sub-job id. A rollout of other jobs counts jobs, as it always did.
+    node: _NodeEntry | None = None
+    nodes: dict[str, _NodeEntry] | None = None
+
+    def entries(self) -> list[tuple[str | None, _NodeEntry]]:
+        if self.nodes is not None:
+            return list(self.nodes.items())
+        return [(None, self.node)] if self.node is not None else []
 
 
 @dataclass(slots=True)
 class Rollout:
-    """One rollout's live aggregate. Times are Unix seconds."""
+    """One rollout's live aggregate. Times are Unix seconds.
+
+    A rollout counts jobs, or — once one of its jobs is a job of per-node sub-jobs — nodes (``unit``).
+    """
 
     name: str
     started: float
@@ -55,37 +95,43 @@ class Rollout:
     dirty: bool = False
     last_progress: float = 0.0
     progress_seq: int = 0
+    node_check: bool = False
+
+    @property
+    def unit(self) -> str:
+        nodes = any(m.nodes is not None or m.node is not None for m in self.members.values())
+        return "nodes" if nodes else "jobs"
 
     @property
     def finished(self) -> bool:
-        return bool(self.members) and all(m.phase in FINAL_STATES for m in self.members.values())
+        if not self.members or not all(m.phase in FINAL_STATES for m in self.members.values()):
+            return False
+        # With the node check, a node whose job succeeded is not done until it is seen Active (or failing).
+        return not self.node_check or all(
+            e.state(True) != WAITING_ACTIVE for m in self.members.values() for _, e in m.entries()
+        )
 
     def summary(self, now: float | None = None) -> dict[str, Any]:
         """The aggregate as plain JSON types (the ``summary`` of rollout events and of the API)."""
         now = time.time() if now is None else now
-        counts: dict[str, int] = {}
+        if self.unit == "nodes":
+            counts, failed, durations = self._count_nodes()
+        else:
+            counts, failed, durations = self._count_jobs()
         sub_done = sub_total = 0
-        failed: list[dict[str, Any]] = []
-        durations: list[float] = []
-        for job_id, m in self.members.items():
-            counts[m.phase] = counts.get(m.phase, 0) + 1
+        for m in self.members.values():
             sub_total += len(m.subjobs)
             sub_done += sum(1 for p in m.subjobs.values() if p == "Success")
-            if m.phase in FINAL_STATES - {"Success"}:
-                failed.append(
-                    {"job_id": job_id, "resource_name": m.resource_name, "reason": m.reason, "outcome": m.phase}
-                )
-            if m.ended is not None and m.phase == "Success":  # failures end early and would skew the ETA
-                durations.append(m.ended - self.started)
-        finished = sum(counts.get(p, 0) for p in FINAL_STATES)
+        finished = sum(n for state, n in counts.items() if state in _DONE_STATES)
+        total = sum(counts.values())
         eta: float | None = None
-        if durations and finished < len(self.members):
+        if durations and finished < total:
             mean = sum(durations) / len(durations)
             eta = max(0.0, mean - (now - self.started))
         end = self.ended
         return {
             "rollout": self.name,
-            "total": len(self.members),
+            "total": total,
             "counts": counts,
             "finished": finished,
             "subjobs_done": sub_done,
@@ -96,22 +142,81 @@ class Rollout:
             "ended": _rfc3339(end) if end is not None else None,
             "duration_s": round((end if end is not None else now) - self.started, 3),
             "eta_s": round(eta, 1) if eta is not None else None,
+            "unit": self.unit,
+            "node_check": self.node_check,
         }
+
+    def _count_jobs(self) -> tuple[dict[str, int], list[dict[str, Any]], list[float]]:
+        counts: dict[str, int] = {}
+        failed: list[dict[str, Any]] = []
+        durations: list[float] = []
+        for job_id, m in self.members.items():
+            counts[m.phase] = counts.get(m.phase, 0) + 1
+            if m.phase in _FAILED_STATES:
+                failed.append(
+                    {"job_id": job_id, "resource_name": m.resource_name, "reason": m.reason, "outcome": m.phase}
+                )
+            if m.ended is not None and m.phase == "Success":  # failures end early and would skew the ETA
+                durations.append(m.ended - self.started)
+        return counts, failed, durations
+
+    def _count_nodes(self) -> tuple[dict[str, int], list[dict[str, Any]], list[float]]:
+        counts: dict[str, int] = {}
+        failed: list[dict[str, Any]] = []
+        durations: list[float] = []
+        for job_id, m in self.members.items():
+            entries = m.entries()
+            if not entries and m.phase in FINAL_STATES - {"Success"}:
+                # A job that ended before it named its nodes (not found, timed out, failed early).
+                entries = [(None, _NodeEntry(m.resource_name, None, m.phase, m.reason))]
+            for key, e in entries:
+                state = e.state(self.node_check)
+                if m.phase in FINAL_STATES and e.phase not in FINAL_STATES and e.ready is None:
+                    state, e.reason = m.phase, e.reason or m.reason  # its job ended without finishing it
+                counts[state] = counts.get(state, 0) + 1
+                if state in _FAILED_STATES:
+                    failed.append(
+                        {
+                            "job_id": job_id,
+                            "subjob_id": key,
+                            "node_id": e.node_id,
+                            "resource_name": e.name or e.node_id or key or m.resource_name,
+                            "reason": e.reason,
+                            "outcome": state,
+                        }
+                    )
+                if e.ended is not None and state in ("Success", "Active"):
+                    durations.append(e.ended - self.started)
+        return counts, failed, durations
 
 
 def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_JOB_ORDER = ["Success", "Failed", "timed_out", "not_found", "Running", "Initializing", "waiting"]
+_NODE_ORDER = ["Failed", "Abnormal", "Error", "not_active", "timed_out", "not_found", "waiting_active", "Success"]
+_NODE_ORDER += ["Running", "Initializing", "waiting"]
+
+
 def describe(summary: Mapping[str, Any]) -> str:
-    """One readable line: ``pool-a: 255/300 finished (250 Success, 3 Failed, …), sub-jobs 500/600, ETA 7m``."""
+    """One readable line: ``pool-a: 255/300 finished (250 Success, 3 Failed, …), sub-jobs 500/600, ETA 7m``;
+    for a rollout of nodes ``pool-a: 37/100 nodes Active, 2 Failed, 61 Running, ETA 7m``."""
     counts = summary.get("counts") or {}
-    order = ["Success", "Failed", "timed_out", "not_found", "Running", "Initializing", "waiting"]
+    nodes = summary.get("unit") == "nodes"
+    order = _NODE_ORDER if nodes else _JOB_ORDER
     parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
-    parts += [f"{n} {k}" for k, n in sorted(counts.items()) if k not in order and n]
-    text = f"{summary.get('rollout')}: {summary.get('finished', 0)}/{summary.get('total', 0)} finished"
-    if parts:
-        text += " (" + ", ".join(parts) + ")"
+    parts += [f"{n} {k}" for k, n in sorted(counts.items()) if k not in order and k != "Active" and n]
+    if nodes:
+        # Without the node check a node is done when its job succeeded: nobody confirmed it Active.
+        head, word = ("Active", "Active") if summary.get("node_check") else ("Success", "created")
+        parts = [p for p in parts if not p.endswith(f" {head}")]
+        text = f"{summary.get('rollout')}: {counts.get(head, 0)}/{summary.get('total', 0)} nodes {word}"
+        text += "".join(f", {part}" for part in parts)
+    else:
+        text = f"{summary.get('rollout')}: {summary.get('finished', 0)}/{summary.get('total', 0)} finished"
+        if parts:
+            text += " (" + ", ".join(parts) + ")"
     if summary.get("subjobs_total"):
         text += f", sub-jobs {summary.get('subjobs_done', 0)}/{summary['subjobs_total']}"
     eta = summary.get("eta_s")
@@ -128,6 +233,8 @@ JOB_EVENT_TYPES = frozenset(
         EventType.SUBJOB_PHASE_CHANGED,
         EventType.JOB_TIMED_OUT,
         EventType.JOB_NOT_FOUND,
+        EventType.NODE_ACTIVE,
+        EventType.NODE_FAILED,
     }
 )
 """The events a rollout aggregate is built from (subscribe the tracker with this filter)."""
@@ -143,7 +250,9 @@ class RolloutTracker:
         project_id: str,
         interval: float = 30.0,
         clock: Callable[[], float] = time.time,
+        node_check: bool = False,
     ) -> None:
+        """``node_check``: a node whose job succeeded counts as done only once ``node.active`` says so."""
         self._publish = publish
         self.project_id = project_id
         self.interval = interval
@@ -152,12 +261,14 @@ class RolloutTracker:
         self._job_rollout: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._finished_pending: list[str] = []
+        self.node_check = node_check
 
     def add(self, name: str, job_ids: Iterable[str], *, started: float | None = None) -> None:
         """Put jobs in rollout ``name`` (created on first use); ``started`` restores a start time."""
         rollout = self._rollouts.get(name)
         if rollout is None:
             rollout = self._rollouts[name] = Rollout(name, started if started is not None else self._clock())
+            rollout.node_check = self.node_check
         for job_id in job_ids:
             if job_id not in rollout.members:
                 rollout.members[job_id] = _Member()
@@ -210,7 +321,7 @@ class RolloutTracker:
             self._rollouts[name].dirty = True
 
     def on_event(self, event: Event) -> None:
-        """Bus callback (subscribe it for job events)."""
+        """Bus callback (subscribe it for job and node events)."""
         if event.type not in JOB_EVENT_TYPES or event.job_id is None:
             return
         name = self._job_rollout.get(event.job_id)
@@ -218,19 +329,86 @@ class RolloutTracker:
             return
         rollout = self._rollouts[name]
         member = rollout.members[event.job_id]
-        if event.resource_name:
-            member.resource_name = event.resource_name
-        if event.type is EventType.SUBJOB_PHASE_CHANGED:
+        if event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):
+            entry = self._entry(member, event)
+            if entry is None:
+                return
+            entry.node_id = event.node_id or entry.node_id
+            entry.ready = "Active" if event.type is EventType.NODE_ACTIVE else (event.phase or "not_active")
+            entry.reason = event.reason or event.detail if entry.ready != "Active" else entry.reason
+            entry.ended = self._clock()
+        elif event.type is EventType.SUBJOB_PHASE_CHANGED:
             if event.subjob_id and event.phase:
                 member.subjobs[event.subjob_id] = event.phase
-        elif event.type is EventType.JOB_PHASE_CHANGED:
-            member.phase = event.phase or member.phase
-            member.reason = event.reason
-        else:
-            member.phase = event.type.value.removeprefix("job.")
-            member.reason = event.detail
+        else:  # the job's own events: a sub-job's carry its own resource name, not the job's
+            if event.resource_name:
+                member.resource_name = event.resource_name
+            if event.type is EventType.JOB_PHASE_CHANGED:
+                member.phase = event.phase or member.phase
+                member.reason = event.reason
+            else:
+                member.phase = event.type.value.removeprefix("job.")
+                member.reason = event.detail
         if member.phase in FINAL_STATES and member.ended is None:
             member.ended = self._clock()
+        if member.node is not None and member.nodes is None and event.type is EventType.JOB_PHASE_CHANGED:
+            self._follow(member.node, member.phase, member.reason, member.resource_name)
+        self._changed(name, rollout)
+
+    @staticmethod
+    def _entry(member: _Member, event: Event) -> _NodeEntry | None:
+        if member.nodes is not None:
+            found = member.nodes.get(event.subjob_id or "")
+            if found is None and event.node_id:
+                found = next((e for e in member.nodes.values() if e.node_id == event.node_id), None)
+            return found
+        return member.node
+
+    def _follow(self, entry: _NodeEntry, phase: str, reason: str | None, name: str | None) -> None:
+        entry.phase = phase
+        entry.name = name or entry.name
+        if phase == "Failed":
+            entry.reason = reason
+        if phase in FINAL_STATES and entry.ended is None:
+            entry.ended = self._clock()
+
+    def on_snapshot(self, job_id: str, job: Job) -> None:
+        """A tracked job changed (called before its events): a job of per-node sub-jobs (``ScaleupCluster``)
+        makes its rollout count those nodes, each with its name, node id and deepest failure reason."""
+        name = self._job_rollout.get(job_id)
+        per_node = node_jobs(job)
+        if name is None or not per_node:
+            return
+        member = self._rollouts[name].members[job_id]
+        if member.nodes is None:
+            member.nodes = {}
+        for index, sub in enumerate(per_node):
+            key = sub.id or f"{sub.type}#{index}"
+            entry = member.nodes.get(key)
+            if entry is None:
+                entry = member.nodes[key] = _NodeEntry()
+            entry.node_id = node_id_of(sub) or entry.node_id
+            reason = deepest_failure(sub) if sub.phase is Phase.FAILED else None
+            self._follow(entry, sub.phase.value, reason, sub.resource_name)
+        self._changed(name, self._rollouts[name])
+
+    def add_node(
+        self, name: str, job_id: str, *, node_id: str, node_name: str | None = None, deleting: bool = False
+    ) -> None:
+        """A node pool's node, followed through its own job ``job_id`` (already in rollout ``name``); a node
+        being deleted is done when its job is."""
+        rollout = self._rollouts.get(name)
+        member = rollout.members.get(job_id) if rollout is not None else None
+        if rollout is None or member is None:
+            return
+        rollout.node_check = rollout.node_check or self.node_check
+        if member.node is None:
+            member.node = _NodeEntry(node_name, node_id, confirm=not deleting)
+        member.node.node_id = member.node.node_id or node_id
+        member.node.name = member.node.name or node_name
+        self._changed(name, rollout)
+
+    def _changed(self, name: str, rollout: Rollout) -> None:
         rollout.dirty = True
         if rollout.finished and rollout.ended is None:
             rollout.ended = self._clock()

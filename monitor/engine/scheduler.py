@@ -41,6 +41,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -61,7 +62,9 @@ from monitor.core.errors import (
 )
 from monitor.core.events import Event, EventType, Outcome, event_id
 from monitor.core.model import Job, ParseMemo, validate_id
+from monitor.core.nodes import Node
 from monitor.engine.diff import detect, progressed
+from monitor.engine.fleet import ClusterNodes, Fleet, PoolProbe, Probe
 from monitor.engine.settings import SchedulerSettings
 from monitor.engine.tracked import Tracked
 
@@ -78,6 +81,10 @@ class JobStore(Protocol):
     async def record(
         self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
     ) -> None: ...
+
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        """Record events of no one job (node and node pool events); returns those not recorded before."""
+        ...
 
 
 _LAG_WARN_EVERY = 60.0
@@ -121,6 +128,8 @@ class Scheduler:
         store: JobStore | None = None,
         on_poll: Callable[[str, float], None] | None = None,
         on_outcome: Callable[[str, Outcome], None] | None = None,
+        on_change: Callable[[str, Job], None] | None = None,
+        on_node_job: Callable[[str, str, Node, Mapping[str, str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
@@ -133,7 +142,8 @@ class Scheduler:
         self._publish = publish
         self._store = store
         self._on_poll = on_poll
-        self._on_outcome = on_outcome  # hears how each job ended, once
+        self._on_outcome = on_outcome  # hears how each job ended, once (and each followed pool and node)
+        self._on_change = on_change  # sees a job's new snapshot before its events
         self.project_id = client.settings.project_id
         self.limiter: Limiter = limiter or RateLimiter(self.settings.rate, burst=self.settings.burst)
         self._clock = clock
@@ -158,6 +168,15 @@ class Scheduler:
         self._auth_episode = False
         self._last_lag_warning = -_LAG_WARN_EVERY
         self.stats = SchedulerStats()
+        self.fleet = Fleet(
+            project_id=self.project_id,
+            settings=self.settings,
+            start=self._start_probe,
+            track_job=self.add,
+            now=now,
+            clock=clock,
+            on_node_job=on_node_job,
+        )
 
     # ----------------------------------------------------------------------------------------- intake
 
@@ -201,6 +220,34 @@ class Scheduler:
         """Track several jobs (sharing one copy of ``labels``); returns how many were new."""
         shared = dict(labels) if labels else _EMPTY_LABELS
         return sum(self._add(job_id, shared, None) for job_id in job_ids)
+
+    def follow_nodepool(
+        self, cluster_id: str, nodepool_id: str, *, target: int | None = None, labels: Mapping[str, str] | None = None
+    ) -> bool:
+        """Follow a node pool until it settles (``target``: the node count to reach, else the pool's
+        ``initialNodeCount``), and the jobs and nodes of the nodes it creates or deletes. ``False`` if stopping
+        or already followed."""
+        validate_id(cluster_id, "cluster id")
+        validate_id(nodepool_id, "node pool id")
+        if self._stopping or f"nodepool/{cluster_id}/{nodepool_id}" in self._jobs:
+            return False
+        self.fleet.follow_pool(cluster_id, nodepool_id, target=target, labels=dict(labels) if labels else {})
+        return True
+
+    def pending(self) -> list[str]:
+        """What is still followed: job ids, ``nodepool/...`` and ``node/<id>`` keys (awaited nodes)."""
+        keys = [key for key, tracked in self._jobs.items() if not isinstance(tracked.probe, ClusterNodes)]
+        return keys + self.fleet.awaited_keys()
+
+    def _start_probe(self, probe: Probe) -> None:
+        now = self._clock()
+        pool = isinstance(probe, PoolProbe)  # a pool has a deadline; a node list ends when nothing needs it
+        tracked = Tracked(probe.key, _EMPTY_LABELS, now, self.settings.job_timeout if pool else math.inf, 0.0)
+        tracked.delay = self.settings.interval
+        tracked.probe = probe
+        self._jobs[probe.key] = tracked
+        self._push(tracked, now)
+        self._idle.clear()
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -408,6 +455,9 @@ class Scheduler:
         )
 
     async def _poll(self, tracked: Tracked) -> None:
+        if tracked.probe is not None:
+            await self._poll_probe(tracked, tracked.probe)
+            return
         self.stats.polls += 1
         started = self._clock()
         outcome = "ok"
@@ -451,6 +501,55 @@ class Scheduler:
         else:
             await self._on_error(tracked, exc)
 
+    async def _poll_probe(self, tracked: Tracked, probe: Probe) -> None:
+        """A node list or a node pool: one request, the same limiter, error tree and backoff as a job's."""
+        self.stats.polls += 1
+        s = self.settings
+        try:
+            result = await probe.poll(self._client, self.limiter.acquire)
+            self.limiter.succeeded()
+        except MonitorError as exc:
+            self._count(_outcome_of(exc))
+            if isinstance(exc, ThrottledError):
+                self.limiter.throttled(exc.retry_after)
+            elif isinstance(exc, MalformedResponseError):
+                self.limiter.succeeded()
+            if not isinstance(exc, NotFoundError):
+                await self._on_poll_error(tracked, exc)  # backoff, one poll_failed after K, the auth pause
+                return
+            tracked.not_found += 1
+            if tracked.not_found < s.not_found_count:
+                self._reschedule(tracked, self._jittered(s.interval))
+                return
+            result = probe.gone(f"{tracked.not_found} consecutive 404s: {exc}")
+        else:
+            self._count("ok")
+            self._auth_ok()
+            tracked.failures = tracked.not_found = 0
+            if not result.done and self._clock() >= tracked.deadline:
+                result = probe.gone(self._timeout_detail())
+                result.outcomes = [(k, Outcome.TIMED_OUT) for k, _ in result.outcomes]
+        if result.done:
+            self._finish(tracked)
+        else:
+            tracked.delay = s.interval if result.changed else min(s.max_interval, tracked.delay * s.backoff)
+            self._reschedule(tracked, self._jittered(tracked.delay))
+        for key, outcome in result.outcomes:
+            if self._on_outcome is not None:
+                self._on_outcome(key, outcome)
+        await self._commit_probe(result.events)
+
+    async def _commit_probe(self, events: list[Event]) -> None:
+        """Node events are stored with their job; pool events belong to no job (as rollout digests)."""
+        if self._store is not None and events:
+            try:
+                events = await self._store.record_events(events)  # those not recorded before
+            except Exception:
+                logger.exception("could not persist %d node or node pool events", len(events))
+        for event in events:
+            self.stats.events += 1
+            await self._publish(event)
+
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"
 
@@ -483,6 +582,9 @@ class Scheduler:
         tracked.last = job
         events.extend(changes)
         if changes:
+            if self._on_change is not None:
+                self._on_change(tracked.job_id, job)
+            events.extend(self.fleet.on_job(tracked.job_id, tracked.labels, job))
             tracked.delay = s.interval
         else:
             tracked.delay = min(s.max_interval, tracked.delay * s.backoff)

@@ -50,6 +50,10 @@ class SchedulerSettings:
     error_backoff_max: _Positive = 300.0
     auth_backoff: _Positive = 30.0
     auth_backoff_max: _Positive = 600.0
+    node_check: bool = True
+    """After a node's job succeeds, follow the node until it is ``Active`` (``node.active``/``node.failed``)."""
+    node_timeout: _Positive = 900.0
+    """How long a node may take to become ``Active`` after its job succeeded."""
 
     def __post_init__(self) -> None:
         check_bounds(self, "polling")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from monitor.core.model import Job, ParseMemo
 from monitor.engine.diff import JobContext
+
+if TYPE_CHECKING:
+    from monitor.engine.fleet import Probe
 
 __all__ = ["Tracked"]
 
 
 class Tracked:
-    """One tracked job. Slotted and small: a daemon may track 100,000 of these."""
+    """One tracked job (or node list or node pool: ``probe``). Slotted and small: a daemon may track 100,000."""
 
     __slots__ = (
         "_context",
@@ -26,6 +30,7 @@ class Tracked:
         "last_progress",
         "memo",
         "not_found",
+        "probe",
         "removed",
         "stalled",
     )
@@ -45,6 +50,7 @@ class Tracked:
         self.removed = False
         self.dropped = False  # removed by the user: nothing more about it is stored or published
         self._context: JobContext | None = None
+        self.probe: Probe | None = None  # a node list or a node pool (engine.fleet) instead of a job
 
     def context(self, project_id: str) -> JobContext:
         """What every event about this job carries (built once: labels do not change)."""

@@ -1,0 +1,365 @@
+"""Following nodes and node pools: readiness of new nodes, and node pools that scale without a job id.
+
+What the real API and its users do (sources in :mod:`monitor.core.nodes`):
+
+* A node job's ``Success`` does not mean the node is usable: both Terraform providers then wait for the node's
+  ``status.phase`` to become ``Active`` (OTC ``waitForCceNodeActive``: pending ``Build``, ``Installing``;
+  ``Abnormal`` or ``Error`` fail). So once a ``CreateNode`` job (or a ``ScaleupCluster``'s ``CreateNode``
+  sub-job) succeeds, its node is **awaited**: ``node.active`` when it is seen ``Active``, ``node.failed`` when
+  it is seen ``Abnormal`` or ``Error`` or is not ``Active`` within ``node_timeout``.
+* Scaling a node pool (``PUT .../nodepools/{id}``) returns no job id. Terraform follows the pool until its
+  phase is empty again; the node list, filtered by the ``kubernetes.io/node-pool.id`` annotation, shows each
+  node with ``status.jobID``, the job that creates (or deletes) it. A :class:`PoolProbe` reads the pool and
+  reports ``nodepool.phase_changed`` and, once it stops changing, one ``nodepool.settled``: phase empty, no
+  node being created or deleted and ``currentNode`` at the target (given, else the pool's
+  ``initialNodeCount``) — or ``SoldOut``/``Error``, a failure whose reason is the pool's conditions.
+* One node-list read (``GET .../clusters/{id}/nodes``) serves every awaited node and every followed pool of a
+  cluster: a :class:`ClusterNodes` probe per cluster reads it while anything there needs it. The pool's nodes
+  found there are handed to the scheduler as jobs to follow (``discovered``), like any other job.
+
+Probes are polled by the scheduler like jobs — same heap, same rate limit, same error handling and backoff —
+one request per poll. They never sleep or loop on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from monitor.cce.client import CCEClient
+from monitor.core.events import Event, EventType, Outcome, event_id
+from monitor.core.model import Job, Phase
+from monitor.core.nodes import (
+    NODE_FAILED,
+    NODE_READY,
+    NODEPOOL_FAILED,
+    Node,
+    NodePool,
+    node_id_of,
+    node_jobs,
+)
+
+__all__ = ["ClusterNodes", "Fleet", "PoolProbe", "Probe", "ProbeResult"]
+
+logger = logging.getLogger(__name__)
+
+Permit = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ProbeResult:
+    """What one poll of a probe found: events to publish, whether anything moved, whether it is done, and how
+    the things it followed ended (``(key, outcome)``: ``nodepool/<id>``, ``node/<id>``)."""
+
+    events: list[Event] = field(default_factory=list)
+    changed: bool = False
+    done: bool = False
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+
+
+class Probe(Protocol):
+    """Something the scheduler polls besides jobs: one request per :meth:`poll`."""
+
+    @property
+    def key(self) -> str: ...
+
+    async def poll(self, client: CCEClient, permit: Permit) -> ProbeResult: ...
+
+    def gone(self, detail: str) -> ProbeResult:
+        """What to report when the thing probed answers 404 for good."""
+        ...
+
+
+@dataclass(slots=True)
+class _Awaited:
+    """A node whose job succeeded, awaited until it is ``Active``."""
+
+    job_id: str
+    subjob_id: str | None
+    labels: Mapping[str, str]
+    name: str | None
+    nodepool_id: str | None
+    since: float
+    last_phase: str = ""
+
+
+class ClusterNodes:
+    """The node list of one cluster, read for the nodes awaited there and for the pools followed there."""
+
+    def __init__(self, fleet: Fleet, cluster_id: str) -> None:
+        self._fleet = fleet
+        self.cluster_id = cluster_id
+        self.key = f"nodes/{cluster_id}"
+        self.awaiting: dict[str, _Awaited] = {}
+        self.pools: list[PoolProbe] = []
+        self._last: tuple[tuple[str, str], ...] = ()
+
+    async def poll(self, client: CCEClient, permit: Permit) -> ProbeResult:
+        nodes = await client.nodes(self.cluster_id, permit=permit)
+        fleet = self._fleet
+        result = ProbeResult()
+        by_id = {n.id: n for n in nodes}
+        now = fleet.clock()
+        for node_id, waited in list(self.awaiting.items()):
+            node = by_id.get(node_id)
+            if node is not None:
+                waited.last_phase = node.phase
+            if node is not None and node.phase == NODE_READY:
+                outcome, kind, phase, reason = Outcome.SUCCESS, EventType.NODE_ACTIVE, node.phase, None
+            elif node is not None and node.phase in NODE_FAILED:
+                outcome, kind, phase = Outcome.FAILED, EventType.NODE_FAILED, node.phase
+                reason = f"node is {node.phase} after its job succeeded"
+            elif now - waited.since >= fleet.settings.node_timeout:
+                seen = f"last seen {waited.last_phase}" if waited.last_phase else "not in the node list"
+                outcome, kind, phase = Outcome.TIMED_OUT, EventType.NODE_FAILED, "not_active"
+                reason = f"not Active {fleet.settings.node_timeout:g}s after its job succeeded ({seen})"
+            else:
+                continue
+            del self.awaiting[node_id]
+            result.events.append(fleet.node_event(kind, node_id, waited, phase, reason, node))
+            result.outcomes.append((f"node/{node_id}", outcome))
+        for pool in self.pools:
+            pool.discover(nodes)
+        seen_now = tuple(sorted((n.id, n.phase) for n in nodes))
+        result.changed, self._last = seen_now != self._last, seen_now
+        self.pools = [p for p in self.pools if not p.settled or p.final_reads > 0]
+        for pool in self.pools:
+            if pool.settled:
+                pool.final_reads -= 1
+        result.done = not self.awaiting and not self.pools
+        if result.done:
+            fleet.forget(self)
+        return result
+
+    def gone(self, detail: str) -> ProbeResult:
+        """The cluster answers 404: every node awaited there fails."""
+        result = ProbeResult(done=True)
+        for node_id, waited in self.awaiting.items():
+            event = self._fleet.node_event(EventType.NODE_FAILED, node_id, waited, "not_found", detail, None)
+            result.events.append(event)
+            result.outcomes.append((f"node/{node_id}", Outcome.NOT_FOUND))
+        self.awaiting.clear()
+        self._fleet.forget(self)
+        return result
+
+
+class PoolProbe:
+    """One node pool followed until it settles; its new nodes' jobs are found in the cluster's node list."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        cluster_id: str,
+        nodepool_id: str,
+        *,
+        target: int | None,
+        labels: Mapping[str, str],
+    ) -> None:
+        self._fleet = fleet
+        self.cluster_id = cluster_id
+        self.nodepool_id = nodepool_id
+        self.key = f"nodepool/{cluster_id}/{nodepool_id}"
+        self.target = target
+        self.labels = labels
+        self.last: NodePool | None = None
+        self.settled = False
+        self.final_reads = 1  # one more node-list read after settling: nodes created just before it
+        # (node id, job id) pairs already handed over or there before: None until the first node list
+        self._seen: set[tuple[str, str]] | None = None
+
+    async def poll(self, client: CCEClient, permit: Permit) -> ProbeResult:
+        pool = await client.nodepool(self.cluster_id, self.nodepool_id, permit=permit)
+        previous, self.last = self.last, pool
+        result = ProbeResult(changed=previous != pool)
+        if previous is None or previous.phase != pool.phase:
+            result.events.append(self._event(EventType.NODEPOOL_PHASE_CHANGED, pool, previous))
+        target = self.target if self.target is not None else pool.target
+        at_target = target is None or pool.current == target
+        ok = pool.phase == "" and pool.creating == 0 and pool.deleting == 0 and at_target
+        if ok or pool.phase in NODEPOOL_FAILED:
+            self.settled = result.done = True
+            result.events.append(self._event(EventType.NODEPOOL_SETTLED, pool, previous))
+            result.outcomes.append((self.key, Outcome.SUCCESS if ok else Outcome.FAILED))
+        return result
+
+    def gone(self, detail: str) -> ProbeResult:
+        self.settled = True
+        previous = self.last.phase if self.last is not None else None
+        event = self._fleet.pool_event(self, EventType.NODEPOOL_SETTLED, "not_found", previous, detail, None, self.last)
+        return ProbeResult([event], done=True, outcomes=[(self.key, Outcome.NOT_FOUND)])
+
+    def _event(self, kind: EventType, pool: NodePool, previous: NodePool | None) -> Event:
+        target = self.target if self.target is not None else pool.target
+        counts = f"{pool.current}/{target if target is not None else '?'} nodes"
+        counts += f", {pool.creating} creating, {pool.deleting} deleting"
+        if kind is EventType.NODEPOOL_SETTLED:
+            detail = f"settled at {counts}" if pool.phase == "" else f"ended {pool.phase} at {counts}"
+        else:
+            detail = counts
+        previous_phase = previous.phase if previous is not None else None
+        return self._fleet.pool_event(self, kind, pool.phase, previous_phase, pool.problems or None, detail, pool)
+
+    def discover(self, nodes: Sequence[Node]) -> None:
+        """Hand each job that creates or deletes a node of the pool to the scheduler, once. The jobs of nodes
+        already ``Active`` at the first read created them before the scale: only a later job (a deletion)
+        of such a node is followed."""
+        first = self._seen is None
+        seen = self._seen if self._seen is not None else set()
+        for node in nodes:
+            if node.nodepool_id != self.nodepool_id or (node.id, node.job_id) in seen:
+                continue
+            seen.add((node.id, node.job_id))
+            if first and node.phase == NODE_READY:
+                continue
+            if not node.job_id:
+                logger.warning("node pool %s: node %s has no job id; not followed", self.nodepool_id, node.id)
+                continue
+            self._fleet.discovered(self, node)
+        self._seen = seen
+
+
+class Fleet:
+    """The scheduler's node and node-pool probes (one :class:`ClusterNodes` per cluster in use)."""
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        settings: FleetSettings,
+        start: Callable[[Probe], None],
+        track_job: Callable[[str, Mapping[str, str]], bool],
+        now: Callable[[], datetime],
+        clock: Callable[[], float],
+        on_node_job: Callable[[str, str, Node, Mapping[str, str]], None] | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.settings = settings
+        self._start = start
+        self._track_job = track_job
+        self.now = now
+        self.clock = clock
+        self._on_node_job = on_node_job
+        self._clusters: dict[str, ClusterNodes] = {}
+        self._pool_nodes: dict[str, tuple[str, str, str, str]] = {}  # job id -> cluster, node id, pool, name
+        self._awaited: set[tuple[str, str]] = set()  # (job id, sub-job key): never awaited twice
+
+    def _cluster(self, cluster_id: str) -> ClusterNodes:
+        probe = self._clusters.get(cluster_id)
+        if probe is None:
+            probe = self._clusters[cluster_id] = ClusterNodes(self, cluster_id)
+            self._start(probe)
+        return probe
+
+    def awaited_keys(self) -> list[str]:
+        return [f"node/{node_id}" for probe in self._clusters.values() for node_id in probe.awaiting]
+
+    def forget(self, probe: ClusterNodes) -> None:
+        if self._clusters.get(probe.cluster_id) is probe:
+            del self._clusters[probe.cluster_id]
+
+    def follow_pool(
+        self, cluster_id: str, nodepool_id: str, *, target: int | None, labels: Mapping[str, str]
+    ) -> PoolProbe:
+        pool = PoolProbe(self, cluster_id, nodepool_id, target=target, labels=labels)
+        self._start(pool)
+        self._cluster(cluster_id).pools.append(pool)
+        return pool
+
+    def discovered(self, pool: PoolProbe, node: Node) -> None:
+        """A node of a followed pool is being created or deleted: follow its job (and then, the node)."""
+        if node.phase != "Deleting":
+            self._pool_nodes[node.job_id] = (pool.cluster_id, node.id, pool.nodepool_id, node.name)
+        if self._track_job(node.job_id, pool.labels) and self._on_node_job is not None:
+            self._on_node_job(pool.labels.get("rollout", ""), node.job_id, node, pool.labels)
+
+    def on_job(self, job_id: str, labels: Mapping[str, str], job: Job) -> list[Event]:
+        """A tracked job's new snapshot: await the node of every node job in it that has just succeeded."""
+        if not self.settings.node_check:
+            return []
+        events: list[Event] = []
+        hint = self._pool_nodes.get(job_id)
+        if hint is not None and job.phase is Phase.SUCCESS and (job_id, "") not in self._awaited:
+            cluster_id, node_id, pool_id, name = hint
+            self._awaited.add((job_id, ""))
+            self._await(cluster_id, node_id, _Awaited(job_id, None, labels, name, pool_id, self.clock()))
+        for index, sub in enumerate(node_jobs(job)):
+            key = sub.id or f"{sub.type}#{index}"
+            if sub.type != "CreateNode" or sub.phase is not Phase.SUCCESS or (job_id, key) in self._awaited:
+                continue
+            self._awaited.add((job_id, key))
+            waited = _Awaited(job_id, key, labels, sub.resource_name or None, None, self.clock())
+            node_id = node_id_of(sub)
+            cluster_id = sub.cluster_id or job.cluster_id
+            if node_id and cluster_id:
+                self._await(cluster_id, node_id, waited)
+            else:  # nothing to read: saying it is fine would be a guess
+                reason = "CCE named no node id for this node job: cannot confirm the node is Active"
+                events.append(self.node_event(EventType.NODE_FAILED, node_id, waited, "not_active", reason, None))
+        return events
+
+    def _await(self, cluster_id: str, node_id: str, waited: _Awaited) -> None:
+        self._cluster(cluster_id).awaiting.setdefault(node_id, waited)
+
+    def node_event(
+        self, kind: EventType, node_id: str, waited: _Awaited, phase: str, reason: str | None, node: Node | None
+    ) -> Event:
+        return Event(
+            id=event_id(self.project_id, waited.job_id, node_id or waited.subjob_id, kind.value, phase),
+            type=kind,
+            time=self.now(),
+            project_id=self.project_id,
+            job_id=waited.job_id,
+            phase=phase,
+            reason=reason,
+            subjob_id=waited.subjob_id,
+            resource_name=(node.name if node is not None else None) or waited.name,
+            node_id=node_id or None,
+            nodepool_id=waited.nodepool_id or ((node.nodepool_id or None) if node is not None else None),
+            labels=waited.labels,
+            rollout=waited.labels.get("rollout"),
+        )
+
+    def pool_event(
+        self,
+        probe: PoolProbe,
+        kind: EventType,
+        phase: str,
+        previous_phase: str | None,
+        reason: str | None,
+        detail: str | None,
+        pool: NodePool | None,
+    ) -> Event:
+        # A pool scales many times in its life: what it was asked for (and, settled, what it reached) tells
+        # one scale's events from the next one's.
+        key = f"{pool.current}/{pool.target}" if pool is not None else ""
+        if kind is not EventType.NODEPOOL_SETTLED:
+            key = f"{pool.target if pool is not None else ''}:{previous_phase}"
+        return Event(
+            id=event_id(self.project_id, None, probe.key, kind.value, key, phase),
+            type=kind,
+            time=self.now(),
+            project_id=self.project_id,
+            job_id=None,
+            phase=phase,
+            previous_phase=previous_phase,
+            reason=reason,
+            resource_name=(pool.name or None) if pool is not None else None,
+            cluster_id=probe.cluster_id,
+            nodepool_id=probe.nodepool_id,
+            labels=probe.labels,
+            detail=detail,
+            rollout=probe.labels.get("rollout"),
+        )
+
+
+class FleetSettings(Protocol):
+    """The settings the fleet reads (``SchedulerSettings`` has them)."""
+
+    @property
+    def node_check(self) -> bool: ...
+
+    @property
+    def node_timeout(self) -> float: ...
