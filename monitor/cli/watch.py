@@ -22,12 +22,12 @@ from monitor.cce.client import CCEClient
 from monitor.cli.options import log_option, parse_labels, read_ids
 from monitor.cli.runtime import EXIT_INTERRUPTED, fail, run_with_signals, setup_logging
 from monitor.config import Config, Flag, complete_config, config_from
-from monitor.core.errors import MonitorError
+from monitor.core.errors import ConfigError, MonitorError
 from monitor.core.model import job_to_json, validate_id
 from monitor.core.secret import Secret
 from monitor.core.text import printable
 from monitor.engine.bus import EventFilter
-from monitor.engine.pipeline import SinkBinding, WatchResult, watch
+from monitor.engine.pipeline import NodePoolTarget, SinkBinding, WatchResult, watch
 from monitor.sim import Simulator, SimulatorConfig
 from monitor.sinks import Sink, create_sink
 
@@ -110,7 +110,7 @@ def get(
 
 
 @click.command("watch")
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1)
 @_endpoint_option
 @_project_option
 @_iam_option
@@ -120,7 +120,11 @@ def get(
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Give up on a job after this [3600]")
 @click.option("--sink", "sink_specs", multiple=True, help="log | file:PATH | webhook:URL (repeatable)")
 @click.option("--label", "label_pairs", multiple=True, help="KEY=VALUE added to every event (repeatable)")
-@click.option("--rollout", default="watch", show_default=True, help="Name of the rollout these jobs form")
+@click.option("--rollout", default=None, help="Name of the rollout these jobs form [the node pool's id, else watch]")
+@click.option("--cluster", "cluster_id", default=None, help="Cluster of --nodepool")
+@click.option("--nodepool", "nodepool_ids", multiple=True, help="Follow this node pool until it settles (repeatable)")
+@click.option("--target", type=click.IntRange(min=0), default=None, help="Node count the pool must reach")
+@click.option("--node-check/--no-node-check", default=None, help="Wait for new nodes to be Active [on]")
 @click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
 @log_option
 def watch_cmd(
@@ -134,13 +138,19 @@ def watch_cmd(
     timeout: float | None,
     sink_specs: tuple[str, ...],
     label_pairs: tuple[str, ...],
-    rollout: str,
+    rollout: str | None,
+    cluster_id: str | None,
+    nodepool_ids: tuple[str, ...],
+    target: int | None,
+    node_check: bool | None,
     live: bool | None,
     log_level: str | None,
 ) -> None:
-    """Watch JOB_ID... until each one finishes ('-' reads ids from stdin).
+    """Watch JOB_ID... until each one finishes ('-' reads ids from stdin), and/or follow a node pool
+    (--cluster C --nodepool P [--target N]) until it settles and every node it creates is Active.
 
-    Exit 0 when all succeed, 1 when any failed, timed out or was not found, 2 on usage or config errors,
+    Exit 0 when all succeed (every new node Active, every pool settled at its target), 1 when any job or
+    node failed, timed out or was not found, or a pool ended SoldOut or Error; 2 on usage or config errors;
     130 when interrupted.
     """
     live = sys.stdout.isatty() if live is None else live
@@ -150,20 +160,39 @@ def watch_cmd(
             Flag("polling.rate", "--rate", rate),
             Flag("polling.interval", "--interval", interval),
             Flag("polling.job_timeout", "--timeout", timeout),
+            Flag("polling.node_check", "--node-check", node_check),
         ]
+        pools = _nodepools(cluster_id, nodepool_ids, target)
+        rollout = rollout or (nodepool_ids[0] if len(nodepool_ids) == 1 else "watch")
         cfg = complete_config(config_path, flags)
         # Without a file, the CLI's own default level (warning), not the file's (info).
         setup_logging(log_level or (cfg.logging.level if config_path else "warning"), cfg.logging.format)
-        ids = read_ids(job_ids)
+        ids = read_ids(job_ids) if job_ids or not pools else []
         auth = _auth(cfg)
         labels = {**cfg.labels, **parse_labels(label_pairs)}
         validate_id(rollout, "rollout name")
         sinks = _sinks(cfg, sink_specs, plain_log=not live)
     except MonitorError as exc:
         fail(str(exc))
-    result, _ = run_with_signals(lambda stop: _watch(ids, cfg, auth, sinks, labels, live, stop, rollout=rollout))
+    result, _ = run_with_signals(
+        lambda stop: _watch(ids, cfg, auth, sinks, labels, live, stop, rollout=rollout, nodepools=pools)
+    )
     _report_unsent(result)
     sys.exit(result.exit_code)
+
+
+def _nodepools(cluster_id: str | None, nodepool_ids: Sequence[str], target: int | None) -> list[NodePoolTarget]:
+    """``--cluster``/``--nodepool``/``--target`` as pools to follow; raises ConfigError on a bad combination."""
+    if nodepool_ids and cluster_id is None:
+        raise ConfigError("--nodepool needs --cluster (the cluster the pool belongs to)")
+    if target is not None and len(nodepool_ids) != 1:
+        raise ConfigError("--target needs exactly one --nodepool")
+    if cluster_id is not None and not nodepool_ids:
+        raise ConfigError("--cluster is for --nodepool: give the pool to follow")
+    if cluster_id is None:
+        return []
+    validate_id(cluster_id, "cluster id")
+    return [NodePoolTarget(cluster_id, validate_id(p, "node pool id"), target) for p in dict.fromkeys(nodepool_ids)]
 
 
 def _report_unsent(result: WatchResult) -> None:
@@ -185,10 +214,12 @@ async def _watch(
     *,
     rollout: str,
     rollout_interval: float = 30.0,
+    nodepools: Sequence[NodePoolTarget] = (),
 ) -> WatchResult:
     common: dict[str, Any] = {
         "client": None, "settings": cfg.polling, "sinks": sinks, "labels": labels, "stop": stop,
         "rollout": rollout, "rollout_interval": rollout_interval, "deadline": cfg.shutdown_deadline,
+        "nodepools": nodepools,
     }  # fmt: skip
     async with CCEClient(cfg.client_settings(), auth) as client:
         common["client"] = client

@@ -334,3 +334,45 @@ async def test_status_shows_failure_reasons_readably() -> None:
         await server.close()
     assert code == 0, err
     assert "  Failed: node-1 (job-1): Create node vm failed: Ecs.0319: The ECS quota is insufficient.\n" in out, out
+
+
+async def test_watch_a_node_pool_to_its_target(sim_factory: SimFactory, tmp_path: Path) -> None:
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, name="workers", node_duration=1.0)
+    sim.scale_nodepool(cluster, pool, 3)
+    out_file = tmp_path / "events.jsonl"
+    args = ["watch", *FAST, "--cluster", cluster, "--nodepool", pool, "--target", "3", "--sink", f"file:{out_file}"]
+    code, _, err = await run_cli(*args, env=sim_env(sim))
+    assert code == 0, err
+    events = [orjson.loads(line) for line in out_file.read_bytes().splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("node.active") == 3 and types.count("nodepool.settled") == 1
+    [finished] = [e for e in events if e["type"] == "rollout.finished"]
+    assert finished["rollout"] == pool and finished["summary"]["counts"] == {"Active": 3}
+
+
+async def test_watch_a_sold_out_pool_exits_1(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, capacity=1, node_duration=1.0)
+    sim.scale_nodepool(cluster, pool, 3)
+    code, out, err = await run_cli("watch", *FAST, "--cluster", cluster, "--nodepool", pool, env=sim_env(sim))
+    assert code == 1, err
+    assert "SoldOut" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodepool", "p1"], "--nodepool needs --cluster"),
+        (["--cluster", "c1"], "--cluster is for --nodepool"),
+        (["--cluster", "c1", "--nodepool", "a", "--nodepool", "b", "--target", "3"], "--target needs exactly one"),
+        (["--cluster", "c/1", "--nodepool", "p1"], "invalid cluster id"),
+        ([], "no job ids given"),
+    ],
+)
+async def test_node_pool_usage_errors_exit_2(sim: Simulator, args: list[str], message: str) -> None:
+    code, out, err = await run_cli("watch", *args, env=sim_env(sim))
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and message in err, err

@@ -15,7 +15,17 @@ from urllib.parse import quote
 from monitor.core.events import Event, EventType
 from monitor.core.reason import readable_reason
 from monitor.sinks.chat.options import ChatSettings
-from monitor.sinks.chat.render import Line, Message, Section, clip, json_int, rollout_state, summary_counts
+from monitor.sinks.chat.render import (
+    NODE_FAILURES,
+    Line,
+    Message,
+    Section,
+    clip,
+    done_state,
+    json_int,
+    rollout_state,
+    summary_counts,
+)
 
 __all__ = [
     "Batch",
@@ -71,7 +81,9 @@ class Note:
 def _note(event: Event, seq: int) -> Note:
     category: Category
     label = None
-    if event.type is EventType.JOB_PHASE_CHANGED and event.phase == "Failed":
+    failed_job = event.type is EventType.JOB_PHASE_CHANGED and event.phase == "Failed"
+    failed_pool = event.type is EventType.NODEPOOL_SETTLED and event.phase != ""  # SoldOut, Error, not found
+    if failed_job or failed_pool or event.type is EventType.NODE_FAILED:
         category = "failed"
     elif event.type is EventType.JOB_TIMED_OUT:
         category = "timed_out"
@@ -415,12 +427,13 @@ def build_finished(entry: RolloutEntry, settings: ChatSettings) -> Message:
     bad = max(
         len(items),
         json_int(summary.get("failed_count")) or 0,  # the list may be cut short by the tracker
-        sum(counts.get(k, 0) for k in ("Failed", "timed_out", "not_found")),
+        sum(counts.get(k, 0) for k in ("Failed", "timed_out", "not_found", *NODE_FAILURES)),
     )
     total = json_int(summary.get("total"))
     headline = f"Rollout {name} finished"
+    head, word = done_state(summary)
     if total is not None:
-        headline += f": {counts.get('Success', 0)}/{total} succeeded"
+        headline += f": {counts.get(head, 0)}/{total} {word}"
     if bad:
         headline += f"{',' if total is not None else ':'} {bad} did not"
     sections = [Section("Result", (_rollout_line(settings, name, entry.event),), rollouts=True)]

@@ -26,6 +26,8 @@ DEFAULT_EVENTS: tuple[str, ...] = (
     "job.timed_out",
     "job.not_found",
     "job.stalled",
+    "node.failed",
+    "nodepool.settled",
     "monitor.auth_failed",
 )
 _MAX_TITLE = 100

@@ -34,7 +34,17 @@ __all__ = [
 T = TypeVar("T")
 
 _SPACE_RE = re.compile(r"[\s\x00-\x1f\x7f\x85\u2028\u2029]+")
-_TERMINAL_COUNTS = ("Success", "Failed", "timed_out", "not_found")
+_TERMINAL_COUNTS = ("Active", "Success", "Failed", "Abnormal", "Error", "not_active", "timed_out", "not_found")
+# How a node can end badly (besides a job's Failed, timed_out, not_found): engine.rollout's node states.
+NODE_FAILURES = ("Abnormal", "Error", "not_active")
+
+
+def done_state(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """(count key, wording) of what "done well" means in a rollout summary: jobs ``Success``; nodes ``Active``
+    (or, without the node check, ``Success``: created, nobody confirmed them Active)."""
+    if summary.get("unit") != "nodes":
+        return "Success", "succeeded"
+    return ("Active", "nodes Active") if summary.get("node_check") else ("Success", "nodes created")
 
 
 def plural(count: int, word: str) -> str:
@@ -208,14 +218,20 @@ def rollout_state(summary: Mapping[str, Any] | None, *, finished: bool) -> str:
         return "finished" if finished else "in progress"
     parts: list[str] = []
     total, done = json_int(summary.get("total")), json_int(summary.get("finished"))
-    if total is not None and done is not None:
+    nodes = summary.get("unit") == "nodes"
+    head, word = done_state(summary)
+    counts = summary_counts(summary)
+    if nodes and total is not None:
+        parts.append(f"{counts.get(head, 0)}/{total} {word}")
+    elif total is not None and done is not None:
         parts.append(f"{done}/{total} finished")
     elif finished:
         parts.append("finished")
     took = _seconds(summary.get("duration_s"))
     if finished and took is not None and parts:
         parts[0] += f" in {duration(took)}"
-    parts += [f"{n} {clip(key.replace('_', ' '), 40)}" for key, n in summary_counts(summary).items() if n]
+    shown = {k: n for k, n in counts.items() if n and not (nodes and k == head)}
+    parts += [f"{n} {clip(key.replace('_', ' '), 40)}" for key, n in shown.items()]
     if not finished:
         sub_done, sub_total = json_int(summary.get("subjobs_done")), json_int(summary.get("subjobs_total"))
         if sub_done is not None and sub_total:
