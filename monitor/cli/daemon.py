@@ -117,21 +117,53 @@ def _api_call(method: str, url: str, body: object | None = None) -> Any:
 
 
 @click.command()
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1)
 @click.option("--label", "label_pairs", multiple=True, help="KEY=VALUE (repeatable)")
-@click.option("--rollout", default=None, help="Name of the rollout these jobs belong to")
+@click.option("--rollout", default=None, help="Name of the rollout these jobs belong to [the node pool's id]")
+@click.option("--cluster", "cluster_id", default=None, help="Cluster of --nodepool")
+@click.option("--nodepool", "nodepool_id", default=None, help="Follow this node pool until it settles")
+@click.option("--target", type=click.IntRange(min=0), default=None, help="Node count the pool must reach")
 @_api_option
-def add(job_ids: tuple[str, ...], label_pairs: tuple[str, ...], rollout: str | None, api_url: str) -> None:
-    """Hand JOB_ID... to a running daemon ('-' reads ids from stdin)."""
+def add(
+    job_ids: tuple[str, ...],
+    label_pairs: tuple[str, ...],
+    rollout: str | None,
+    cluster_id: str | None,
+    nodepool_id: str | None,
+    target: int | None,
+    api_url: str,
+) -> None:
+    """Hand JOB_ID... ('-' reads ids from stdin), or a node pool (--cluster C --nodepool P), to a running
+    daemon."""
     try:
-        ids = read_ids(job_ids)
         labels = parse_labels(label_pairs)
+        if (cluster_id is None) != (nodepool_id is None):
+            raise ConfigError("--cluster and --nodepool go together")
+        if target is not None and nodepool_id is None:
+            raise ConfigError("--target needs --nodepool")
+        if nodepool_id is not None and job_ids:
+            raise ConfigError("give job ids or a node pool, not both")
+        ids = read_ids(job_ids) if nodepool_id is None else []
+        for value, what in ((cluster_id, "cluster id"), (nodepool_id, "node pool id"), (rollout, "rollout name")):
+            if value is not None:
+                validate_id(value, what)
     except MonitorError as exc:
         fail(str(exc))
+    base = api_url.rstrip("/")
+    if cluster_id is not None and nodepool_id is not None:
+        pool: dict[str, object] = {"cluster_id": cluster_id, "nodepool_id": nodepool_id, "labels": labels}
+        if target is not None:
+            pool["target"] = target
+        if rollout:
+            pool["rollout"] = rollout
+        data = _api_call("POST", f"{base}/v1/nodepools", pool)
+        state = "following" if data.get("followed") else "already following"
+        click.echo(printable(f"{state} node pool {nodepool_id} (rollout {data.get('rollout')})"))
+        return
     body: dict[str, object] = {"job_ids": ids, "labels": labels}
     if rollout:
         body["rollout"] = rollout
-    data = _api_call("POST", f"{api_url.rstrip('/')}/v1/jobs", body)
+    data = _api_call("POST", f"{base}/v1/jobs", body)
     click.echo(f"accepted {len(data.get('accepted', []))}, already known {len(data.get('known', []))}")
 
 
@@ -178,7 +210,7 @@ def status(rollout: str | None, as_json: bool, api_url: str) -> None:
     for summary in summaries:  # text that CCE sent goes through printable(): no escape sequences
         click.echo(printable(describe(summary)))
         for failure in summary.get("failed", []):
-            who = failure.get("resource_name") or failure.get("job_id")
+            who = failure.get("resource_name") or failure.get("node_id") or failure.get("job_id")
             reason = failure.get("reason")
             reason = readable_reason(reason) if isinstance(reason, str) else ""
             line = f"  {failure.get('outcome')}: {who} ({failure.get('job_id')}): {reason}"

@@ -30,6 +30,9 @@ Routes (every body is JSON, every error is ``{"error": "<one line>"}``)::
                                -> 200 {"jobs": [job, ...]}
     GET    /v1/jobs/{job_id}   -> 200 {"job": job + {"snapshot": ...}, "history": [event, ...]} | 404
     DELETE /v1/jobs/{job_id}   -> 200 {"removed": true} | 404
+    POST   /v1/nodepools       {"cluster_id", "nodepool_id", "target": N, "labels": {...}, "rollout": "name"}
+                               -> 202 {"followed": true, "rollout": ...} | 200 {"followed": false, ...}
+    GET    /v1/nodepools       -> 200 {"nodepools": [pool, ...]}
     GET    /healthz            -> 200 {"status": "ok"}                     (the process is up)
     GET    /readyz             -> 200 | 503 {"ready": bool, "checks": {...}}
     GET    /metrics            -> control.metrics() as it is
@@ -89,6 +92,7 @@ logger = logging.getLogger(__name__)
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _BODY_KEYS = ("job_ids", "labels", "rollout")
+_POOL_KEYS = frozenset({"cluster_id", "nodepool_id", "target", "labels", "rollout"})
 _QUERY_KEYS = frozenset({"phase", "rollout", "label"})
 _PHASE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_LABELS = 64
@@ -124,6 +128,16 @@ class Control(Protocol):
 
     async def remove_job(self, job_id: str) -> bool:
         """Stop tracking and forget the job; ``False`` if it was not known."""
+        ...
+
+    async def add_nodepool(
+        self, cluster_id: str, nodepool_id: str, target: int | None, labels: Mapping[str, str], rollout: str | None
+    ) -> bool:
+        """Follow a node pool until it settles, and the jobs and nodes it creates; ``False`` if followed already."""
+        ...
+
+    async def list_nodepools(self) -> list[dict[str, Any]]:
+        """Every followed node pool, with its last state while it is followed."""
         ...
 
     def readiness(self) -> dict[str, bool]:
@@ -314,6 +328,37 @@ class _API:
         logger.info("api: job %s removed", job_id)
         return _json({"removed": True})
 
+    # ------------------------------------------------------------------------------ /v1/nodepools
+
+    async def add_nodepool(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        if not isinstance(body, dict):
+            raise _Reject(400, f"body must be a JSON object, not {_json_type(body)}")
+        for key in body:
+            if key not in _POOL_KEYS:
+                raise _Reject(400, f"unknown key {_shown(key)} in body; use {', '.join(sorted(_POOL_KEYS))}")
+        ids = []
+        for key, what in (("cluster_id", "cluster id"), ("nodepool_id", "node pool id")):
+            value = body.get(key)
+            if not isinstance(value, str):
+                raise _Reject(400, f"{key} is required (a string)")
+            ids.append(_check_id(value, what, f"{key}: "))
+        target = body.get("target")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
+            raise _Reject(400, "target must be a whole number >= 0")
+        labels = self._parse_labels(body.get("labels"))
+        rollout = body.get("rollout")
+        if rollout is not None:
+            if not isinstance(rollout, str):
+                raise _Reject(400, f"rollout must be a string, not {_json_type(rollout)}")
+            _check_id(rollout, "rollout name")
+        followed = await self._control.add_nodepool(ids[0], ids[1], target, labels, rollout)
+        logger.info("api: node pool %s %s", ids[1], "followed" if followed else "already followed")
+        return _json({"followed": followed, "rollout": rollout or ids[1]}, 202 if followed else 200)
+
+    async def list_nodepools(self, request: web.Request) -> web.Response:
+        return _json({"nodepools": await self._control.list_nodepools()})
+
     async def list_rollouts(self, request: web.Request) -> web.Response:
         return _json({"rollouts": self._control.rollouts()})
 
@@ -431,6 +476,8 @@ def make_app(
     app.router.add_get("/v1/jobs", api.list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", api.get_job)
     app.router.add_delete("/v1/jobs/{job_id}", api.remove_job)
+    app.router.add_post("/v1/nodepools", api.add_nodepool)
+    app.router.add_get("/v1/nodepools", api.list_nodepools)
     app.router.add_get("/v1/rollouts", api.list_rollouts)
     app.router.add_get("/v1/rollouts/{name}", api.get_rollout)
     app.router.add_get("/healthz", api.healthz)

@@ -25,7 +25,8 @@ from monitor.cce.auth import Auth, auth_from_env
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import RateLimiter
 from monitor.config import Config
-from monitor.core.events import Event
+from monitor.core.events import Event, EventType
+from monitor.core.nodes import node_jobs
 from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
@@ -78,6 +79,43 @@ class Daemon:
             scheduler.add(job_id, shared)
         fresh = set(new)
         return AddResult(accepted=new, known=[j for j in job_ids if j not in fresh])
+
+    async def add_nodepool(
+        self, cluster_id: str, nodepool_id: str, target: int | None, labels: Mapping[str, str], rollout: str | None
+    ) -> bool:
+        """Follow a node pool (a rollout named after it unless given); ``False`` if it is followed already."""
+        state, scheduler = self._parts()
+        rollout = rollout or nodepool_id
+        labels = {**self.config.labels, **labels, "rollout": rollout}
+        if not await state.add_nodepool(cluster_id, nodepool_id, target, labels, rollout):
+            return False
+        if self._rollouts is not None:
+            self._rollouts.add(rollout, [])
+        return scheduler.follow_nodepool(cluster_id, nodepool_id, target=target, labels=labels)
+
+    async def list_nodepools(self) -> list[dict[str, Any]]:
+        """Every followed pool as stored, with the last state read from CCE while it is followed."""
+        state, scheduler = self._parts()
+        out = []
+        for pool in await state.nodepools():
+            live = scheduler.fleet.pool(pool.cluster_id, pool.nodepool_id)
+            last = live.last if live is not None else None
+            out.append(
+                {
+                    "cluster_id": pool.cluster_id,
+                    "nodepool_id": pool.nodepool_id,
+                    "target": pool.target,
+                    "rollout": pool.rollout,
+                    "labels": pool.labels,
+                    "outcome": pool.outcome,
+                    "phase": last.phase if last is not None else None,
+                    "current": last.current if last is not None else None,
+                    "creating": last.creating if last is not None else None,
+                    "deleting": last.deleting if last is not None else None,
+                    "problems": (last.problems or None) if last is not None else None,
+                }
+            )
+        return out
 
     async def list_jobs(self, *, phase: str | None, rollout: str | None, labels: Mapping[str, str]) -> list[StoredJob]:
         state, _ = self._parts()
@@ -248,6 +286,7 @@ class Daemon:
                 for job in await state.unfinished():
                     restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
                 await self._restore_rollouts(state, pipeline.rollouts)
+                await self._restore_fleet(state, pipeline)
                 await self._warn_stranded(state)
                 if restored:
                     logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
@@ -302,6 +341,24 @@ class Daemon:
                 )
 
     @staticmethod
+    async def _restore_fleet(state: Store, pipeline: Pipeline) -> None:
+        """Follow again the pools being followed, remember their nodes' jobs, await the nodes still awaited."""
+        scheduler, rollouts = pipeline.scheduler, pipeline.rollouts
+        for pool in await state.nodepools(unfinished=True):
+            scheduler.follow_nodepool(pool.cluster_id, pool.nodepool_id, target=pool.target, labels=pool.labels)
+        nodes, awaited = await state.fleet_state()
+        for found in nodes:
+            scheduler.fleet.remember(found)
+            rollout = found.labels.get("rollout")
+            if rollout:
+                node = found.node
+                rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
+        for waited in awaited:
+            scheduler.fleet.restore(waited)
+        if awaited or nodes:
+            logger.info("following %d pool nodes and awaiting %d nodes again", len(nodes), len(awaited))
+
+    @staticmethod
     async def _restore_rollouts(state: Store, rollouts: RolloutTracker) -> None:
         """Rebuild rollout aggregates from the database (jobs of every rollout still kept)."""
         members: dict[str, list[StoredJob]] = {}
@@ -321,3 +378,8 @@ class Daemon:
                     resource_name=snap.resource_name or None if snap else None,
                     subjobs={s.id: s.phase.value for s in snap.walk()} if snap else None,
                 )
+                if snap is not None and node_jobs(snap):
+                    rollouts.on_snapshot(j.job_id, snap)  # a ScaleupCluster's nodes, as last seen
+                for event in await state.history(j.job_id):
+                    if event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):
+                        rollouts.on_event(event)  # nodes confirmed (or failed) before the restart

@@ -23,8 +23,9 @@ from typing import Protocol
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job
 from monitor.engine.bus import EventFilter
+from monitor.engine.fleet import AwaitedNode, PoolNode
 
-__all__ = ["OutboxRow", "Store", "StoredJob"]
+__all__ = ["OutboxRow", "Store", "StoredJob", "StoredNodePool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,20 @@ class StoredJob:
     """Unix time the job was first added."""
     phase: str | None
     snapshot: Job | None
+    outcome: str | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNodePool:
+    """A followed node pool as the database has it (``outcome`` ``None`` while it is followed)."""
+
+    cluster_id: str
+    nodepool_id: str
+    target: int | None
+    labels: dict[str, str]
+    rollout: str | None
+    added_at: float
     outcome: str | None
     finished_at: float | None
 
@@ -73,6 +88,30 @@ class Store(Protocol):
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Store events that belong to no job (rollout digests) with their outbox rows; returns the new ones."""
+        ...
+
+    async def record_fleet(
+        self,
+        discovered: Sequence[PoolNode],
+        awaited: Sequence[AwaitedNode],
+        resolved: Sequence[AwaitedNode],
+        outcomes: Sequence[tuple[str, Outcome]],
+    ) -> None:
+        """One transaction: the jobs found for a followed pool's nodes become tracked jobs (with the pool's
+        labels and rollout), nodes awaited are kept and resolved ones dropped, and pools that ended
+        (``nodepool/<cluster>/<pool>`` outcomes) are marked finished."""
+        ...
+
+    async def add_nodepool(
+        self, cluster_id: str, nodepool_id: str, target: int | None, labels: Mapping[str, str], rollout: str | None
+    ) -> bool:
+        """Follow a pool; ``False`` if it is followed already (a finished one is followed again, anew)."""
+        ...
+
+    async def nodepools(self, *, unfinished: bool = False) -> list[StoredNodePool]: ...
+
+    async def fleet_state(self) -> tuple[list[PoolNode], list[AwaitedNode]]:
+        """What :meth:`record_fleet` kept: the pools' node jobs and the nodes still awaited."""
         ...
 
     async def unfinished(self) -> list[StoredJob]:

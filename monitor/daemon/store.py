@@ -32,8 +32,10 @@ import orjson
 from monitor.core.errors import ConfigError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
-from monitor.daemon.storage import OutboxRow, StoredJob
+from monitor.core.nodes import Node
+from monitor.daemon.storage import OutboxRow, StoredJob, StoredNodePool
 from monitor.engine.bus import EventFilter
+from monitor.engine.fleet import AwaitedNode, PoolNode
 
 __all__ = ["OutboxRow", "State", "StoredJob"]  # the row types come from monitor.daemon.storage
 
@@ -74,6 +76,30 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, seq) WHERE delivered_
 CREATE TABLE IF NOT EXISTS digests (
     event_id TEXT PRIMARY KEY,
     at       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodepools (
+    cluster_id  TEXT NOT NULL,
+    nodepool_id TEXT NOT NULL,
+    target      INTEGER,
+    labels      BLOB NOT NULL,
+    rollout     TEXT,
+    added_at    REAL NOT NULL,
+    outcome     TEXT,
+    finished_at REAL,
+    PRIMARY KEY (cluster_id, nodepool_id)
+);
+CREATE TABLE IF NOT EXISTS pool_nodes (
+    job_id      TEXT PRIMARY KEY,
+    cluster_id  TEXT NOT NULL,
+    nodepool_id TEXT NOT NULL,
+    node        BLOB NOT NULL,
+    labels      BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS awaited_nodes (
+    cluster_id TEXT NOT NULL,
+    node_id    TEXT NOT NULL,
+    awaited    BLOB NOT NULL,
+    PRIMARY KEY (cluster_id, node_id)
 );
 """
 
@@ -266,6 +292,94 @@ class State:
         cur = self._conn.execute("SELECT event FROM history WHERE job_id = ? ORDER BY seq", (job_id,))
         return [r[0] for r in cur.fetchall()]
 
+    # ------------------------------------------------------------------------- node pools and nodes
+
+    async def record_fleet(
+        self,
+        discovered: Sequence[PoolNode],
+        awaited: Sequence[AwaitedNode],
+        resolved: Sequence[AwaitedNode],
+        outcomes: Sequence[tuple[str, Outcome]],
+    ) -> None:
+        pools = [(k.split("/")[1], k.split("/")[2], str(o)) for k, o in outcomes if k.startswith("nodepool/")]
+        found = [
+            (f.node.job_id, f.cluster_id, f.nodepool_id, orjson.dumps(f.node), orjson.dumps(dict(f.labels)))
+            for f in discovered
+        ]
+        kept = [(a.cluster_id, a.node_id, orjson.dumps(a)) for a in awaited]
+        dropped = [(a.cluster_id, a.node_id) for a in resolved]
+        await self._run(self._record_fleet, found, kept, dropped, pools)
+
+    def _record_fleet(
+        self,
+        found: list[tuple[str, str, str, bytes, bytes]],
+        kept: list[tuple[str, str, bytes]],
+        dropped: list[tuple[str, str]],
+        pools: list[tuple[str, str, str]],
+    ) -> None:
+        now = time.time()
+        with self._conn:
+            for job_id, cluster_id, nodepool_id, node, labels in found:
+                rollout = orjson.loads(labels).get("rollout")
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO jobs (job_id, labels, rollout, added_at, updated_at) VALUES (?,?,?,?,?)",
+                    (job_id, labels, rollout, now, now),
+                )
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO pool_nodes VALUES (?,?,?,?,?)",
+                    (job_id, cluster_id, nodepool_id, node, labels),
+                )
+            self._conn.executemany("INSERT OR REPLACE INTO awaited_nodes VALUES (?,?,?)", kept)
+            self._conn.executemany("DELETE FROM awaited_nodes WHERE cluster_id = ? AND node_id = ?", dropped)
+            self._conn.executemany(
+                "UPDATE nodepools SET outcome = ?, finished_at = ? WHERE cluster_id = ? AND nodepool_id = ?",
+                [(outcome, now, cluster_id, nodepool_id) for cluster_id, nodepool_id, outcome in pools],
+            )
+
+    async def add_nodepool(
+        self, cluster_id: str, nodepool_id: str, target: int | None, labels: Mapping[str, str], rollout: str | None
+    ) -> bool:
+        return await self._run(self._add_nodepool, cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout)
+
+    def _add_nodepool(
+        self, cluster_id: str, nodepool_id: str, target: int | None, labels: bytes, rollout: str | None
+    ) -> bool:
+        with self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO nodepools (cluster_id, nodepool_id, target, labels, rollout, added_at) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (cluster_id, nodepool_id) DO UPDATE SET target = excluded.target, "
+                "labels = excluded.labels, rollout = excluded.rollout, added_at = excluded.added_at, outcome = NULL, "
+                "finished_at = NULL WHERE nodepools.finished_at IS NOT NULL",
+                (cluster_id, nodepool_id, target, labels, rollout, time.time()),
+            )
+        return cur.rowcount > 0
+
+    async def nodepools(self, *, unfinished: bool = False) -> list[StoredNodePool]:
+        return await self._run(self._nodepools, unfinished)
+
+    def _nodepools(self, unfinished: bool) -> list[StoredNodePool]:
+        rows = self._conn.execute(
+            "SELECT cluster_id, nodepool_id, target, labels, rollout, added_at, outcome, finished_at FROM nodepools "
+            "WHERE finished_at IS NULL OR NOT ? ORDER BY added_at",
+            (unfinished,),
+        ).fetchall()
+        return [StoredNodePool(c, p, t, orjson.loads(lab), r, a, o, f) for c, p, t, lab, r, a, o, f in rows]
+
+    async def fleet_state(self) -> tuple[list[PoolNode], list[AwaitedNode]]:
+        return await self._run(self._fleet_state)
+
+    def _fleet_state(self) -> tuple[list[PoolNode], list[AwaitedNode]]:
+        nodes = [
+            PoolNode(cluster_id, nodepool_id, Node(**orjson.loads(node)), orjson.loads(labels))
+            for cluster_id, nodepool_id, node, labels in self._conn.execute(
+                "SELECT cluster_id, nodepool_id, node, labels FROM pool_nodes"
+            )
+        ]
+        awaited = [
+            AwaitedNode(**orjson.loads(blob)) for (blob,) in self._conn.execute("SELECT awaited FROM awaited_nodes")
+        ]
+        return nodes, awaited
+
     async def delete(self, job_id: str) -> bool:
         return await self._run(self._delete, job_id)
 
@@ -273,6 +387,7 @@ class State:
         with self._conn:
             cur = self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             self._conn.execute("DELETE FROM history WHERE job_id = ?", (job_id,))
+            self._conn.execute("DELETE FROM pool_nodes WHERE job_id = ?", (job_id,))
         return cur.rowcount > 0
 
     async def prune(self, retention: float) -> int:

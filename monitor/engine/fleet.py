@@ -15,7 +15,7 @@ What the real API and its users do (sources in :mod:`monitor.core.nodes`):
   ``initialNodeCount``) — or ``SoldOut``/``Error``, a failure whose reason is the pool's conditions.
 * One node-list read (``GET .../clusters/{id}/nodes``) serves every awaited node and every followed pool of a
   cluster: a :class:`ClusterNodes` probe per cluster reads it while anything there needs it. The pool's nodes
-  found there are handed to the scheduler as jobs to follow (``discovered``), like any other job.
+  found there are handed to the scheduler as jobs to follow (``ProbeResult.discovered``), like any other job.
 
 Probes are polled by the scheduler like jobs — same heap, same rate limit, same error handling and backoff —
 one request per poll. They never sleep or loop on their own.
@@ -24,6 +24,7 @@ one request per poll. They never sleep or loop on their own.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,7 +43,7 @@ from monitor.core.nodes import (
     node_jobs,
 )
 
-__all__ = ["ClusterNodes", "Fleet", "PoolProbe", "Probe", "ProbeResult"]
+__all__ = ["AwaitedNode", "ClusterNodes", "Fleet", "PoolNode", "PoolProbe", "Probe", "ProbeResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class ProbeResult:
     changed: bool = False
     done: bool = False
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    discovered: list[PoolNode] = field(default_factory=list)  # jobs for the scheduler to follow
 
 
 class Probe(Protocol):
@@ -74,9 +76,12 @@ class Probe(Protocol):
 
 
 @dataclass(slots=True)
-class _Awaited:
-    """A node whose job succeeded, awaited until it is ``Active``."""
+class AwaitedNode:
+    """A node whose job succeeded, awaited until it is ``Active`` (the daemon keeps these across restarts;
+    ``since`` is Unix time, so a restart does not restart the node's timeout)."""
 
+    cluster_id: str
+    node_id: str
     job_id: str
     subjob_id: str | None
     labels: Mapping[str, str]
@@ -86,6 +91,20 @@ class _Awaited:
     last_phase: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PoolNode:
+    """A node of a followed pool, being created or deleted by job ``job_id``."""
+
+    cluster_id: str
+    nodepool_id: str
+    node: Node
+    labels: Mapping[str, str]
+
+    @property
+    def deleting(self) -> bool:
+        return self.node.phase == "Deleting"
+
+
 class ClusterNodes:
     """The node list of one cluster, read for the nodes awaited there and for the pools followed there."""
 
@@ -93,7 +112,7 @@ class ClusterNodes:
         self._fleet = fleet
         self.cluster_id = cluster_id
         self.key = f"nodes/{cluster_id}"
-        self.awaiting: dict[str, _Awaited] = {}
+        self.awaiting: dict[str, AwaitedNode] = {}
         self.pools: list[PoolProbe] = []
         self._last: tuple[tuple[str, str], ...] = ()
 
@@ -119,10 +138,11 @@ class ClusterNodes:
             else:
                 continue
             del self.awaiting[node_id]
+            fleet.resolved.append(waited)
             result.events.append(fleet.node_event(kind, node_id, waited, phase, reason, node))
             result.outcomes.append((f"node/{node_id}", outcome))
         for pool in self.pools:
-            pool.discover(nodes)
+            result.discovered += pool.discover(nodes)
         seen_now = tuple(sorted((n.id, n.phase) for n in nodes))
         result.changed, self._last = seen_now != self._last, seen_now
         self.pools = [p for p in self.pools if not p.settled or p.final_reads > 0]
@@ -138,6 +158,7 @@ class ClusterNodes:
         """The cluster answers 404: every node awaited there fails."""
         result = ProbeResult(done=True)
         for node_id, waited in self.awaiting.items():
+            self._fleet.resolved.append(waited)
             event = self._fleet.node_event(EventType.NODE_FAILED, node_id, waited, "not_found", detail, None)
             result.events.append(event)
             result.outcomes.append((f"node/{node_id}", Outcome.NOT_FOUND))
@@ -202,12 +223,12 @@ class PoolProbe:
         previous_phase = previous.phase if previous is not None else None
         return self._fleet.pool_event(self, kind, pool.phase, previous_phase, pool.problems or None, detail, pool)
 
-    def discover(self, nodes: Sequence[Node]) -> None:
-        """Hand each job that creates or deletes a node of the pool to the scheduler, once. The jobs of nodes
-        already ``Active`` at the first read created them before the scale: only a later job (a deletion)
-        of such a node is followed."""
+    def discover(self, nodes: Sequence[Node]) -> list[PoolNode]:
+        """The jobs that create or delete a node of the pool, each once. The jobs of nodes already ``Active``
+        at the first read created them before the scale: only a later job (a deletion) of such a node counts."""
         first = self._seen is None
         seen = self._seen if self._seen is not None else set()
+        found = []
         for node in nodes:
             if node.nodepool_id != self.nodepool_id or (node.id, node.job_id) in seen:
                 continue
@@ -217,8 +238,9 @@ class PoolProbe:
             if not node.job_id:
                 logger.warning("node pool %s: node %s has no job id; not followed", self.nodepool_id, node.id)
                 continue
-            self._fleet.discovered(self, node)
+            found.append(PoolNode(self.cluster_id, self.nodepool_id, node, self.labels))
         self._seen = seen
+        return found
 
 
 class Fleet:
@@ -230,19 +252,19 @@ class Fleet:
         project_id: str,
         settings: FleetSettings,
         start: Callable[[Probe], None],
-        track_job: Callable[[str, Mapping[str, str]], bool],
         now: Callable[[], datetime],
-        clock: Callable[[], float],
-        on_node_job: Callable[[str, str, Node, Mapping[str, str]], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: Unix seconds (node timeouts survive a restart of the daemon)."""
         self.project_id = project_id
         self.settings = settings
         self._start = start
-        self._track_job = track_job
         self.now = now
         self.clock = clock
-        self._on_node_job = on_node_job
+        self.awaited: list[AwaitedNode] = []  # since the last take_changes(): for the store
+        self.resolved: list[AwaitedNode] = []
         self._clusters: dict[str, ClusterNodes] = {}
+        self._pools: dict[str, PoolProbe] = {}  # the last probe of each pool followed (its last state)
         self._pool_nodes: dict[str, tuple[str, str, str, str]] = {}  # job id -> cluster, node id, pool, name
         self._awaited: set[tuple[str, str]] = set()  # (job id, sub-job key): never awaited twice
 
@@ -260,20 +282,35 @@ class Fleet:
         if self._clusters.get(probe.cluster_id) is probe:
             del self._clusters[probe.cluster_id]
 
+    def pool(self, cluster_id: str, nodepool_id: str) -> PoolProbe | None:
+        """The probe of a pool followed in this process (its ``last`` state), if any."""
+        return self._pools.get(f"nodepool/{cluster_id}/{nodepool_id}")
+
     def follow_pool(
         self, cluster_id: str, nodepool_id: str, *, target: int | None, labels: Mapping[str, str]
     ) -> PoolProbe:
         pool = PoolProbe(self, cluster_id, nodepool_id, target=target, labels=labels)
+        self._pools[pool.key] = pool
         self._start(pool)
         self._cluster(cluster_id).pools.append(pool)
         return pool
 
-    def discovered(self, pool: PoolProbe, node: Node) -> None:
-        """A node of a followed pool is being created or deleted: follow its job (and then, the node)."""
-        if node.phase != "Deleting":
-            self._pool_nodes[node.job_id] = (pool.cluster_id, node.id, pool.nodepool_id, node.name)
-        if self._track_job(node.job_id, pool.labels) and self._on_node_job is not None:
-            self._on_node_job(pool.labels.get("rollout", ""), node.job_id, node, pool.labels)
+    def remember(self, found: PoolNode) -> None:
+        """A pool's node is followed through its job: once that job succeeds, the node is awaited."""
+        if not found.deleting:
+            node = found.node
+            self._pool_nodes[node.job_id] = (found.cluster_id, node.id, found.nodepool_id, node.name)
+
+    def restore(self, waited: AwaitedNode) -> None:
+        """Await a node again after a restart (as it was stored when first awaited)."""
+        self._awaited.add((waited.job_id, waited.subjob_id or ""))
+        self._cluster(waited.cluster_id).awaiting.setdefault(waited.node_id, waited)
+
+    def take_changes(self) -> tuple[list[AwaitedNode], list[AwaitedNode]]:
+        """Nodes awaited and nodes resolved since the last call (the scheduler hands them to its store)."""
+        changes = (self.awaited, self.resolved)
+        self.awaited, self.resolved = [], []
+        return changes
 
     def on_job(self, job_id: str, labels: Mapping[str, str], job: Job) -> list[Event]:
         """A tracked job's new snapshot: await the node of every node job in it that has just succeeded."""
@@ -282,29 +319,33 @@ class Fleet:
         events: list[Event] = []
         hint = self._pool_nodes.get(job_id)
         if hint is not None and job.phase is Phase.SUCCESS and (job_id, "") not in self._awaited:
-            cluster_id, node_id, pool_id, name = hint
+            cluster, node, pool_id, pool_node_name = hint
             self._awaited.add((job_id, ""))
-            self._await(cluster_id, node_id, _Awaited(job_id, None, labels, name, pool_id, self.clock()))
+            self._await(AwaitedNode(cluster, node, job_id, None, labels, pool_node_name, pool_id, self.clock()))
         for index, sub in enumerate(node_jobs(job)):
             key = sub.id or f"{sub.type}#{index}"
             if sub.type != "CreateNode" or sub.phase is not Phase.SUCCESS or (job_id, key) in self._awaited:
                 continue
             self._awaited.add((job_id, key))
-            waited = _Awaited(job_id, key, labels, sub.resource_name or None, None, self.clock())
             node_id = node_id_of(sub)
             cluster_id = sub.cluster_id or job.cluster_id
+            name = sub.resource_name or None
+            waited = AwaitedNode(cluster_id, node_id, job_id, key, labels, name, None, self.clock())
             if node_id and cluster_id:
-                self._await(cluster_id, node_id, waited)
+                self._await(waited)
             else:  # nothing to read: saying it is fine would be a guess
                 reason = "CCE named no node id for this node job: cannot confirm the node is Active"
                 events.append(self.node_event(EventType.NODE_FAILED, node_id, waited, "not_active", reason, None))
         return events
 
-    def _await(self, cluster_id: str, node_id: str, waited: _Awaited) -> None:
-        self._cluster(cluster_id).awaiting.setdefault(node_id, waited)
+    def _await(self, waited: AwaitedNode) -> None:
+        awaiting = self._cluster(waited.cluster_id).awaiting
+        if waited.node_id not in awaiting:
+            awaiting[waited.node_id] = waited
+            self.awaited.append(waited)
 
     def node_event(
-        self, kind: EventType, node_id: str, waited: _Awaited, phase: str, reason: str | None, node: Node | None
+        self, kind: EventType, node_id: str, waited: AwaitedNode, phase: str, reason: str | None, node: Node | None
     ) -> Event:
         return Event(
             id=event_id(self.project_id, waited.job_id, node_id or waited.subjob_id, kind.value, phase),

@@ -22,11 +22,12 @@ from typing import Any, Protocol
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter
 from monitor.core.events import Event, Outcome
-from monitor.core.nodes import Node
 from monitor.engine.bus import Bus, Callback, EventFilter
+from monitor.engine.fleet import PoolNode
+from monitor.engine.journal import JobStore
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
 from monitor.engine.rollout import RolloutTracker
-from monitor.engine.scheduler import JobStore, Scheduler, SchedulerSettings
+from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 __all__ = ["Deadline", "Feed", "NodePoolTarget", "Outcome", "Pipeline", "SinkBinding", "WatchResult", "watch"]
 
@@ -112,7 +113,7 @@ class Pipeline:
         on_outcome: Callable[[str, Outcome], None] | None = None,
         rollout_interval: float = 30.0,
         track_rollouts: bool = True,
-        on_node_job: Callable[[str, str, Node, Mapping[str, str]], None] | None = None,
+        on_node_job: Callable[[PoolNode], None] | None = None,
         publish_digest: Callable[[Bus], Callable[[Event], Awaitable[None]]] | None = None,
     ) -> None:
         self._sinks = list(sinks)
@@ -143,15 +144,14 @@ class Pipeline:
             on_node_job=self._node_job,
         )
 
-    def _node_job(self, rollout: str, job_id: str, node: Node, labels: Mapping[str, str]) -> None:
-        """A followed pool's node is being created or deleted, by job ``job_id`` (now tracked)."""
+    def _node_job(self, found: PoolNode) -> None:
+        """A followed pool's node is being created or deleted by a job, now tracked."""
+        rollout, job_id, node = found.labels.get("rollout"), found.node.job_id, found.node
         if self._track_rollouts and rollout:
             self.rollouts.add(rollout, [job_id])
-            self.rollouts.add_node(
-                rollout, job_id, node_id=node.id, node_name=node.name, deleting=node.phase == "Deleting"
-            )
+            self.rollouts.add_node(rollout, job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
         if self._on_node_job is not None:
-            self._on_node_job(rollout, job_id, node, labels)
+            self._on_node_job(found)
 
     async def _publish(self, event: Event) -> None:
         """What the scheduler found: the rollout tracker sees it first (its digests then go to the bus, never
@@ -280,8 +280,8 @@ async def watch(
         labels = {**(labels or {}), "rollout": rollout}
     outcomes: dict[str, Outcome] = dict.fromkeys(job_ids, Outcome.UNFINISHED)
 
-    def found(_rollout: str, job_id: str, _node: Node, _labels: Mapping[str, str]) -> None:
-        outcomes.setdefault(job_id, Outcome.UNFINISHED)
+    def found(node: PoolNode) -> None:
+        outcomes.setdefault(node.node.job_id, Outcome.UNFINISHED)
 
     pipeline = Pipeline(
         client,

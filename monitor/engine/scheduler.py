@@ -41,13 +41,12 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter, RateLimiter
@@ -62,9 +61,11 @@ from monitor.core.errors import (
 )
 from monitor.core.events import Event, EventType, Outcome, event_id
 from monitor.core.model import Job, ParseMemo, validate_id
-from monitor.core.nodes import Node
+from monitor.engine import probing
 from monitor.engine.diff import detect, progressed
-from monitor.engine.fleet import ClusterNodes, Fleet, PoolProbe, Probe
+from monitor.engine.fleet import Fleet, PoolNode
+from monitor.engine.journal import JobStore
+from monitor.engine.probing import outcome_of
 from monitor.engine.settings import SchedulerSettings
 from monitor.engine.tracked import Tracked
 
@@ -73,18 +74,6 @@ __all__ = ["Scheduler", "SchedulerSettings", "SchedulerStats"]
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[Event], Awaitable[None]]
-
-
-class JobStore(Protocol):
-    """Durable storage the scheduler writes to before publishing (see :mod:`monitor.daemon.store`)."""
-
-    async def record(
-        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
-    ) -> None: ...
-
-    async def record_events(self, events: Sequence[Event]) -> list[Event]:
-        """Record events of no one job (node and node pool events); returns those not recorded before."""
-        ...
 
 
 _LAG_WARN_EVERY = 60.0
@@ -104,17 +93,6 @@ class SchedulerStats:
     """Clock time of the last answer from CCE (any HTTP status), for readiness checks."""
 
 
-def _outcome_of(exc: MonitorError) -> str:
-    """The label a failed poll is counted under (stats, metrics)."""
-    if isinstance(exc, NotFoundError):
-        return "not_found"
-    if isinstance(exc, AuthError):
-        return "auth_failed"
-    if isinstance(exc, ThrottledError):
-        return "throttled"
-    return "error"
-
-
 class Scheduler:
     """Polls tracked jobs through ``client`` and calls ``publish`` with every event, in order per job."""
 
@@ -129,7 +107,7 @@ class Scheduler:
         on_poll: Callable[[str, float], None] | None = None,
         on_outcome: Callable[[str, Outcome], None] | None = None,
         on_change: Callable[[str, Job], None] | None = None,
-        on_node_job: Callable[[str, str, Node, Mapping[str, str]], None] | None = None,
+        on_node_job: Callable[[PoolNode], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
@@ -168,14 +146,13 @@ class Scheduler:
         self._auth_episode = False
         self._last_lag_warning = -_LAG_WARN_EVERY
         self.stats = SchedulerStats()
+        self._on_node_job = on_node_job  # a followed pool's node job is now tracked
         self.fleet = Fleet(
             project_id=self.project_id,
             settings=self.settings,
             start=self._start_probe,
-            track_job=self.add,
             now=now,
-            clock=clock,
-            on_node_job=on_node_job,
+            clock=lambda: now().timestamp(),
         )
 
     # ----------------------------------------------------------------------------------------- intake
@@ -221,33 +198,13 @@ class Scheduler:
         shared = dict(labels) if labels else _EMPTY_LABELS
         return sum(self._add(job_id, shared, None) for job_id in job_ids)
 
-    def follow_nodepool(
-        self, cluster_id: str, nodepool_id: str, *, target: int | None = None, labels: Mapping[str, str] | None = None
-    ) -> bool:
-        """Follow a node pool until it settles (``target``: the node count to reach, else the pool's
-        ``initialNodeCount``), and the jobs and nodes of the nodes it creates or deletes. ``False`` if stopping
-        or already followed."""
-        validate_id(cluster_id, "cluster id")
-        validate_id(nodepool_id, "node pool id")
-        if self._stopping or f"nodepool/{cluster_id}/{nodepool_id}" in self._jobs:
-            return False
-        self.fleet.follow_pool(cluster_id, nodepool_id, target=target, labels=dict(labels) if labels else {})
-        return True
-
-    def pending(self) -> list[str]:
-        """What is still followed: job ids, ``nodepool/...`` and ``node/<id>`` keys (awaited nodes)."""
-        keys = [key for key, tracked in self._jobs.items() if not isinstance(tracked.probe, ClusterNodes)]
-        return keys + self.fleet.awaited_keys()
-
-    def _start_probe(self, probe: Probe) -> None:
-        now = self._clock()
-        pool = isinstance(probe, PoolProbe)  # a pool has a deadline; a node list ends when nothing needs it
-        tracked = Tracked(probe.key, _EMPTY_LABELS, now, self.settings.job_timeout if pool else math.inf, 0.0)
-        tracked.delay = self.settings.interval
-        tracked.probe = probe
-        self._jobs[probe.key] = tracked
-        self._push(tracked, now)
-        self._idle.clear()
+    # Node pools and nodes (monitor.engine.probing): the same heap, rate limit and error handling as jobs.
+    follow_nodepool = probing.follow_nodepool
+    pending = probing.pending
+    _start_probe = probing.start_probe
+    _poll_probe = probing.poll_probe
+    _record_fleet = probing.record_fleet
+    _commit_probe = probing.commit_probe
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -471,7 +428,7 @@ class Scheduler:
                 self.limiter.throttled(exc.retry_after)
             elif isinstance(exc, MalformedResponseError):
                 self.limiter.succeeded()  # the request itself went through
-            outcome = _outcome_of(exc)
+            outcome = outcome_of(exc)
             await self._on_poll_error(tracked, exc)
         except Exception as exc:  # a bug below us; keep polling the job, loudly
             outcome = "error"
@@ -500,55 +457,6 @@ class Scheduler:
             self._reschedule(tracked, max(self.settings.min_interval, retry) + self._rng.uniform(0, 1))
         else:
             await self._on_error(tracked, exc)
-
-    async def _poll_probe(self, tracked: Tracked, probe: Probe) -> None:
-        """A node list or a node pool: one request, the same limiter, error tree and backoff as a job's."""
-        self.stats.polls += 1
-        s = self.settings
-        try:
-            result = await probe.poll(self._client, self.limiter.acquire)
-            self.limiter.succeeded()
-        except MonitorError as exc:
-            self._count(_outcome_of(exc))
-            if isinstance(exc, ThrottledError):
-                self.limiter.throttled(exc.retry_after)
-            elif isinstance(exc, MalformedResponseError):
-                self.limiter.succeeded()
-            if not isinstance(exc, NotFoundError):
-                await self._on_poll_error(tracked, exc)  # backoff, one poll_failed after K, the auth pause
-                return
-            tracked.not_found += 1
-            if tracked.not_found < s.not_found_count:
-                self._reschedule(tracked, self._jittered(s.interval))
-                return
-            result = probe.gone(f"{tracked.not_found} consecutive 404s: {exc}")
-        else:
-            self._count("ok")
-            self._auth_ok()
-            tracked.failures = tracked.not_found = 0
-            if not result.done and self._clock() >= tracked.deadline:
-                result = probe.gone(self._timeout_detail())
-                result.outcomes = [(k, Outcome.TIMED_OUT) for k, _ in result.outcomes]
-        if result.done:
-            self._finish(tracked)
-        else:
-            tracked.delay = s.interval if result.changed else min(s.max_interval, tracked.delay * s.backoff)
-            self._reschedule(tracked, self._jittered(tracked.delay))
-        for key, outcome in result.outcomes:
-            if self._on_outcome is not None:
-                self._on_outcome(key, outcome)
-        await self._commit_probe(result.events)
-
-    async def _commit_probe(self, events: list[Event]) -> None:
-        """Node events are stored with their job; pool events belong to no job (as rollout digests)."""
-        if self._store is not None and events:
-            try:
-                events = await self._store.record_events(events)  # those not recorded before
-            except Exception:
-                logger.exception("could not persist %d node or node pool events", len(events))
-        for event in events:
-            self.stats.events += 1
-            await self._publish(event)
 
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"
@@ -610,6 +518,8 @@ class Scheduler:
                 snapshot=job if moved or changes else None,
                 outcome=Outcome(job.phase.value) if terminal else None,
             )
+        if self.fleet.awaited:  # nodes of this job now awaited (kept by the daemon across restarts)
+            await self._record_fleet()
 
     async def _on_not_found(self, tracked: Tracked, exc: NotFoundError) -> None:
         now = self._clock()

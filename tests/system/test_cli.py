@@ -376,3 +376,18 @@ async def test_node_pool_usage_errors_exit_2(sim: Simulator, args: list[str], me
     code, out, err = await run_cli("watch", *args, env=sim_env(sim))
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodepool", "p1"], "--cluster and --nodepool go together"),
+        (["--cluster", "c1", "--nodepool", "p1", "job-1"], "not both"),
+        (["--target", "3", "job-1"], "--target needs --nodepool"),
+        (["--cluster", "c1", "--nodepool", "p/1"], "invalid node pool id"),
+    ],
+)
+async def test_add_node_pool_usage_errors_exit_2(args: list[str], message: str) -> None:
+    code, out, err = await run_cli("add", "--api", "http://127.0.0.1:9", *args, env=clean_env())
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and message in err, err
