@@ -81,16 +81,23 @@ class LiveView:
 
     def on_event(self, event: Event) -> None:
         """Bus callback: update the job's row, print notable events above the table."""
-        if event.job_id is None:  # a rollout digest
-            if event.rollout and event.summary is not None:
+        if event.job_id is None:  # a rollout digest, or news of a node pool
+            if event.type in (EventType.NODEPOOL_PHASE_CHANGED, EventType.NODEPOOL_SETTLED):
+                self._print(event)
+            elif event.rollout and event.summary is not None:
                 self._rollouts[event.rollout] = dict(event.summary)
+            return
+        if event.type is EventType.NODE_FAILED:  # about one node of the job, not the job's row
+            self._print(event)
+            return
+        if event.type is EventType.NODE_ACTIVE:
             return
         row = self._rows.setdefault(event.job_id, _Row(event.job_id))
         self._seq += 1
         row.seq = self._seq
         if event.job_type:
             row.job_type = event.job_type
-        if event.resource_name:
+        if event.resource_name and event.type is not EventType.SUBJOB_PHASE_CHANGED:  # a sub-job names its own
             row.resource_name = event.resource_name
         if event.type is EventType.SUBJOB_PHASE_CHANGED and event.subjob_id and event.phase:
             row.sub_phases[event.subjob_id] = event.phase
@@ -112,9 +119,11 @@ class LiveView:
     def _print(self, event: Event) -> None:
         style = _STYLES.get(event.phase or "", "magenta") if event.type is EventType.JOB_PHASE_CHANGED else "magenta"
         what = event.phase if event.type is EventType.JOB_PHASE_CHANGED else event.type.value
+        if event.type is not EventType.JOB_PHASE_CHANGED and event.phase:
+            what = f"{what} {event.phase}"
         text = Text.assemble(
             (event.time.strftime("%H:%M:%S "), "dim"),
-            (f"{_safe(event.job_id or '')} ", "bold"),
+            (f"{_safe(event.job_id or event.nodepool_id or '')} ", "bold"),
         )
         row = self._rows.get(event.job_id or "")
         name = event.resource_name or (row.resource_name if row is not None else "")

@@ -23,6 +23,7 @@ from monitor.cli.options import log_option, parse_labels, read_ids
 from monitor.cli.runtime import EXIT_INTERRUPTED, fail, run_with_signals, setup_logging
 from monitor.config import Config, Flag, complete_config, config_from
 from monitor.core.errors import ConfigError, MonitorError
+from monitor.core.events import Outcome
 from monitor.core.model import job_to_json, validate_id
 from monitor.core.secret import Secret
 from monitor.core.text import printable
@@ -234,16 +235,21 @@ async def _watch(
 
 
 @click.command()
-@click.option("--jobs", default=50, show_default=True, help="Jobs in the simulated rollout")
+@click.option("--nodes", default=60, show_default=True, help="Target of the simulated node pool's scale (from 0)")
+@click.option("--scaleup", default=20, show_default=True, help="Nodes of the simulated ScaleupCluster job")
 @click.option("--out", "out_path", default="cce-monitor-demo.jsonl", show_default=True, help="File sink path")
 @click.option("--seed", default=7, show_default=True)
 @click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal)")
 @log_option
-def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str | None) -> None:
-    """Watch a simulated bulk node rollout end to end (no cloud account needed; under a minute)."""
+def demo(nodes: int, scaleup: int, out_path: str, seed: int, live: bool | None, log_level: str | None) -> None:
+    """Watch a simulated bulk node rollout end to end (no cloud account needed; about a minute): a node pool
+    scaled from 0 to --nodes that sells out a few nodes short, and a ScaleupCluster job of --scaleup nodes; a
+    few nodes fail, as real ones do, and every other node is confirmed Active."""
     setup_logging(log_level or "error")
     live = sys.stdout.isatty() if live is None else live
     path = Path(out_path).expanduser().resolve()
+    if nodes < 0 or scaleup < 0 or not nodes + scaleup:
+        fail("demo: give --nodes and --scaleup as whole numbers >= 0, not both 0")
     try:
         path.unlink(missing_ok=True)
         file_sink: Sink = create_sink(f"file:{path}")
@@ -268,22 +274,32 @@ def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str 
         )
         endpoint = await sim.start()
         try:
-            ids = sim.start_rollout(jobs, fail_ratio=0.08, not_found_for=1.0)
+            cluster = sim.add_cluster()
+            ids, pools = [], []
+            if scaleup:  # POST .../nodes with count: one ScaleupCluster job, a CreateNode per node
+                ids.append(sim.create_nodes(cluster, scaleup, fail=max(1, scaleup // 10) if scaleup > 1 else 0))
+            if nodes:  # PUT .../nodepools/{id}: no job id; the AZ has room for all but a few
+                short = max(1, nodes // 15) if nodes > 1 else 0
+                failing = min(2, max(0, nodes - short - 1))
+                pool = sim.add_nodepool(cluster, name="workers", capacity=nodes - short, fail=failing, abnormal=1)
+                sim.scale_nodepool(cluster, pool, nodes)
+                pools.append(NodePoolTarget(cluster, pool, nodes))
             cfg = config_from(
                 {
                     "endpoint": endpoint,
                     "project_id": sim.config.project_id,
                     "http": {"total_timeout": 5.0},
                     "polling": {
-                        "rate": 20.0,
-                        "interval": 2.0,
+                        "rate": 30.0,
+                        "interval": 3.0,
                         "min_interval": 0.5,
                         "max_interval": 4.0,
                         "error_backoff": 0.5,
                         "error_backoff_max": 4.0,
                         "not_found_grace": 5.0,
-                        "job_timeout": 120.0,
+                        "job_timeout": 150.0,
                         "stall_after": 60.0,
+                        "node_timeout": 60.0,
                     },
                     "shutdown_deadline": 10.0,  # half of it, 5 s, for the polls in flight at the end
                 },
@@ -291,7 +307,9 @@ def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str 
             )
             auth = TokenAuth(Secret(sim.config.token))
             title = "cce-monitor demo"
-            return await _watch(ids, cfg, auth, sinks, {}, live, stop, title, rollout="demo", rollout_interval=3.0)
+            return await _watch(
+                ids, cfg, auth, sinks, {}, live, stop, title, rollout="demo", rollout_interval=3.0, nodepools=pools
+            )
         finally:
             await sim.close()
 
@@ -301,8 +319,9 @@ def demo(jobs: int, out_path: str, seed: int, live: bool | None, log_level: str 
     for outcome in result.outcomes.values():
         counts[outcome.value] = counts.get(outcome.value, 0) + 1
     summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
-    click.echo(f"demo: {len(result.outcomes)} jobs watched: {summary}; events in {path}", err=live)
+    watched = sum(1 for key in result.outcomes if "/" not in key)
+    click.echo(f"demo: {watched} jobs watched ({summary} with pools and nodes); events in {path}", err=live)
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    # The rollout fails a few jobs on purpose: the demo succeeded if every job reached an end.
-    sys.exit(0 if all(o.value in ("Success", "Failed") for o in result.outcomes.values()) else 1)
+    # The rollout fails a few nodes (and sells out) on purpose: the demo succeeded if everything reached an end.
+    sys.exit(0 if all(o is not Outcome.UNFINISHED for o in result.outcomes.values()) else 1)

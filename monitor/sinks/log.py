@@ -56,6 +56,13 @@ def _token(text: str) -> str:
 def format_text(event: Event) -> str:
     """The one-line text form of ``event``, without the trailing newline."""
     stamp = event.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if event.job_id is None and event.nodepool_id is not None:  # news of a node pool
+        line = f"{stamp} {_token(event.type.value)} nodepool={_token(event.nodepool_id)}"
+        line += f" phase={_token(event.phase or '-')}"  # "-": the empty phase of a settled pool
+        line += "".join(
+            f" {key}={_quote(value)}" for key, value in (("detail", event.detail), ("reason", event.reason)) if value
+        )
+        return line
     if event.job_id is None:  # a rollout digest: its detail is the readable summary
         line = f"{stamp} {_token(event.type.value)} rollout={_token(event.rollout or '-')}"
         return line + (" detail=" + _quote(event.detail) if event.detail else "")
@@ -70,6 +77,10 @@ def format_text(event: Event) -> str:
         parts += [_token(event.previous_phase or "-"), "->", _token(event.phase or "-")]
     elif event.phase is not None:
         parts.append("phase=" + _token(event.phase))
+    if event.node_id and event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):
+        parts.append("node=" + _token(event.node_id))
+        if event.resource_name:
+            parts.append("name=" + _token(event.resource_name))
     if event.reason:
         parts.append("reason=" + _quote(event.reason))
     if event.detail:

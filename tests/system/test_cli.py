@@ -209,15 +209,19 @@ async def test_simulate_prints_handshake_first(tmp_path: Path) -> None:
 async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out_file = tmp_path / "demo.jsonl"
     code, out, err = await run_cli(
-        "demo", "--jobs", "6", "--no-live", "--out", str(out_file), env=clean_env(), limit=58
+        "demo", "--nodes", "6", "--scaleup", "4", "--no-live", "--out", str(out_file), env=clean_env(), limit=58
     )
     assert code == 0, err
-    assert "6 jobs watched" in err + out
     events = [orjson.loads(line) for line in out_file.read_bytes().splitlines()]
-    assert (
-        len({e["job_id"] for e in events if e["type"] == "job.phase_changed" and e["phase"] in ("Success", "Failed")})
-        == 6
-    )
+    finals = {e["job_id"] for e in events if e["type"] == "job.phase_changed" and e["phase"] in ("Success", "Failed")}
+    assert f"{len(finals)} jobs watched" in err + out  # the ScaleupCluster and each pool node's own job
+    assert [e["phase"] for e in events if e["type"] == "nodepool.settled"] == ["SoldOut"], "short of its target"
+    [finished] = [e for e in events if e["type"] == "rollout.finished"]
+    summary = finished["summary"]
+    assert summary["unit"] == "nodes" and summary["counts"].get("Active", 0) >= 5
+    assert summary["total"] == 4 + 5, "the scale-up's nodes and the pool's that fit"
+    active = {e["node_id"] for e in events if e["type"] == "node.active"}
+    assert len(active) == summary["counts"]["Active"]
 
 
 async def test_sigint_while_waiting_for_the_chat_budget_says_what_was_not_sent(
