@@ -315,12 +315,14 @@ def demo(nodes: int, scaleup: int, out_path: str, seed: int, live: bool | None, 
 
     result, _ = run_with_signals(main)
     _report_unsent(result)
-    counts: dict[str, int] = {}
-    for outcome in result.outcomes.values():
-        counts[outcome.value] = counts.get(outcome.value, 0) + 1
-    summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
-    watched = sum(1 for key in result.outcomes if "/" not in key)
-    click.echo(f"demo: {watched} jobs watched ({summary} with pools and nodes); events in {path}", err=live)
+    jobs = [o for key, o in result.outcomes.items() if "/" not in key]
+    nodes = [o for key, o in result.outcomes.items() if key.startswith("node/")]
+    pools = [o for key, o in result.outcomes.items() if key.startswith("nodepool/")]
+    line = f"demo: {len(jobs)} jobs ({sum(o is Outcome.FAILED for o in jobs)} Failed)"
+    line += f", {sum(o is Outcome.SUCCESS for o in nodes)}/{len(nodes)} nodes confirmed Active"
+    ends = ", ".join("settled" if o is Outcome.SUCCESS else "sold out or failed" for o in pools)
+    line += f", {len(pools)} node pool ({ends})" if pools else ""
+    click.echo(f"{line}; events in {path}", err=live)
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     # The rollout fails a few nodes (and sells out) on purpose: the demo succeeded if everything reached an end.

@@ -214,7 +214,7 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert code == 0, err
     events = [orjson.loads(line) for line in out_file.read_bytes().splitlines()]
     finals = {e["job_id"] for e in events if e["type"] == "job.phase_changed" and e["phase"] in ("Success", "Failed")}
-    assert f"{len(finals)} jobs watched" in err + out  # the ScaleupCluster and each pool node's own job
+    assert f"demo: {len(finals)} jobs" in err + out  # the ScaleupCluster and each pool node's own job
     assert [e["phase"] for e in events if e["type"] == "nodepool.settled"] == ["SoldOut"], "short of its target"
     [finished] = [e for e in events if e["type"] == "rollout.finished"]
     summary = finished["summary"]
