@@ -316,10 +316,10 @@ def demo(nodes: int, scaleup: int, out_path: str, seed: int, live: bool | None, 
     result, _ = run_with_signals(main)
     _report_unsent(result)
     jobs = [o for key, o in result.outcomes.items() if "/" not in key]
-    nodes = [o for key, o in result.outcomes.items() if key.startswith("node/")]
+    awaited = [o for key, o in result.outcomes.items() if key.startswith("node/")]
     pools = [o for key, o in result.outcomes.items() if key.startswith("nodepool/")]
     line = f"demo: {len(jobs)} jobs ({sum(o is Outcome.FAILED for o in jobs)} Failed)"
-    line += f", {sum(o is Outcome.SUCCESS for o in nodes)}/{len(nodes)} nodes confirmed Active"
+    line += f", {sum(o is Outcome.SUCCESS for o in awaited)}/{len(awaited)} nodes confirmed Active"
     ends = ", ".join("settled" if o is Outcome.SUCCESS else "sold out or failed" for o in pools)
     line += f", {len(pools)} node pool ({ends})" if pools else ""
     click.echo(f"{line}; events in {path}", err=live)
