@@ -9,6 +9,7 @@ here: a probe's answer goes to the fleet, not to change detection, and its event
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -16,14 +17,24 @@ from typing import TYPE_CHECKING
 
 from monitor.core.errors import MalformedResponseError, MonitorError, NotFoundError, ThrottledError
 from monitor.core.events import Event, Outcome
-from monitor.core.model import validate_id
+from monitor.core.model import Job, validate_id
+from monitor.core.nodes import NODE_JOB_TYPES
 from monitor.engine.fleet import ClusterNodes, PoolNode, PoolProbe, Probe
 from monitor.engine.tracked import Tracked
 
 if TYPE_CHECKING:
     from monitor.engine.scheduler import Scheduler
 
-__all__ = ["commit_probe", "follow_nodepool", "outcome_of", "pending", "poll_probe", "record_fleet", "start_probe"]
+__all__ = [
+    "commit_probe",
+    "follow_nodepool",
+    "outcome_of",
+    "pending",
+    "poll_probe",
+    "record_fleet",
+    "start_probe",
+    "with_sub_jobs",
+]
 
 logger = logging.getLogger("monitor.engine.scheduler")
 _NO_LABELS: Mapping[str, str] = {}
@@ -151,3 +162,35 @@ async def commit_probe(sched: Scheduler, events: list[Event]) -> None:
     for event in events:
         sched.stats.events += 1
         await sched._publish(event)
+
+
+async def with_sub_jobs(sched: Scheduler, tracked: Tracked, job: Job) -> Job:
+    """``job`` with each per-node sub-job that came without its own sub-jobs read by id, as the Huawei provider
+    does (``getResourceIDFromJob`` re-reads the ``CreateNode`` by its uid): at most once per phase of that
+    sub-job, each read taking a rate-limit slot. A read that fails leaves the sub-job as it came."""
+    cache = tracked.expanded
+    subs = list(job.sub_jobs)
+    changed = False
+    for index, sub in enumerate(subs):
+        if sub.sub_jobs or not sub.id or sub.type not in NODE_JOB_TYPES:
+            continue
+        key = f"{sub.id}:{sub.phase.value}"
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            await sched.limiter.acquire()
+            try:
+                found = await sched._client.fetch(sub.id, permit=sched.limiter.acquire)
+                sched.limiter.succeeded()
+            except MonitorError as exc:
+                if isinstance(exc, ThrottledError):
+                    sched.limiter.throttled(exc.retry_after)
+                logger.info("job %s: could not read sub-job %s: %s", tracked.job_id, sub.id, exc)
+                continue
+            if cache is None:
+                cache = tracked.expanded = {}
+            for old in [k for k in cache if k.startswith(f"{sub.id}:")]:
+                del cache[old]
+            cache[key] = found
+        subs[index] = found
+        changed = True
+    return dataclasses.replace(job, sub_jobs=tuple(subs)) if changed else job

@@ -205,6 +205,7 @@ class Scheduler:
     _poll_probe = probing.poll_probe
     _record_fleet = probing.record_fleet
     _commit_probe = probing.commit_probe
+    _with_sub_jobs = probing.with_sub_jobs
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -423,6 +424,8 @@ class Scheduler:
                 tracked.memo = ParseMemo(tracked.last)
             job = await self._client.fetch(tracked.job_id, tracked.memo, permit=self.limiter.acquire)
             self.limiter.succeeded()
+            if job.sub_jobs and not job.is_terminal:
+                job = await self._with_sub_jobs(tracked, job)
         except MonitorError as exc:
             if isinstance(exc, ThrottledError):
                 self.limiter.throttled(exc.retry_after)

@@ -22,6 +22,7 @@ class Tracked:
         "deadline",
         "delay",
         "dropped",
+        "expanded",
         "failures",
         "first_not_found",
         "job_id",
@@ -50,6 +51,7 @@ class Tracked:
         self.removed = False
         self.dropped = False  # removed by the user: nothing more about it is stored or published
         self._context: JobContext | None = None
+        self.expanded: dict[str, Job] | None = None  # node sub-jobs read by id (engine.probing.with_sub_jobs)
         self.probe: Probe | None = None  # a node list or a node pool (engine.fleet) instead of a job
 
     def context(self, project_id: str) -> JobContext:

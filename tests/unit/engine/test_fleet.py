@@ -93,6 +93,9 @@ async def test_nested_sub_jobs_left_out_still_give_node_ids(sim_factory: SimFact
     summary = final_summary(recorder)
     assert summary["counts"] == {"Active": 3}
     assert result.exit_code == 0
+    # Each CreateNode was read by id, so its own steps (left out of the ScaleupCluster's body) were seen too.
+    steps = {e.subjob_type for e in recorder.of("subjob.phase_changed")}
+    assert {"GetPSMCert", "CreateNodeVM", "InstallNode"} <= steps, steps
 
 
 async def test_without_the_node_check_a_succeeded_job_is_the_end(sim_factory: SimFactory) -> None:
@@ -190,3 +193,27 @@ def _types(events: list[Event]) -> list[str]:
 
 
 __all__ = ["EventType"]
+
+
+async def test_a_node_sub_job_is_read_by_id_once_per_phase(sim_factory: SimFactory) -> None:
+    """Polled many times while its CreateNodes stay in one phase, the job costs one by-id read per CreateNode
+    phase, not one per poll."""
+    from monitor.engine.scheduler import Scheduler  # noqa: PLC0415
+
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    job_id = sim.create_nodes(cluster, 2, duration=3.0, omit_nested=True)
+    recorder = Recorder()
+    settings = SchedulerSettings(**{**_fields(FAST), "interval": 0.05, "max_interval": 0.05, "jitter": 0.0})
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, recorder, settings)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add(job_id)
+        await asyncio.sleep(1.0)
+        scheduler.stop()
+        await task
+    tracked_reads = sim.stats.by_route["job"]
+    create_nodes = {e.subjob_id for e in recorder.of("subjob.phase_changed") if e.subjob_type == "CreateNode"}
+    phases = {(e.subjob_id, e.phase) for e in recorder.of("subjob.phase_changed") if e.subjob_id in create_nodes}
+    assert scheduler.stats.polls >= 10
+    assert tracked_reads == scheduler.stats.polls + len(phases), (tracked_reads, scheduler.stats.polls, phases)
