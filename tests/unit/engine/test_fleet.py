@@ -217,3 +217,13 @@ async def test_a_node_sub_job_is_read_by_id_once_per_phase(sim_factory: SimFacto
     phases = {(e.subjob_id, e.phase) for e in recorder.of("subjob.phase_changed") if e.subjob_id in create_nodes}
     assert scheduler.stats.polls >= 10
     assert tracked_reads == scheduler.stats.polls + len(phases), (tracked_reads, scheduler.stats.polls, phases)
+
+
+async def test_a_pool_that_is_not_there_ends_not_found(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory()
+    cluster = sim.add_cluster()
+    result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, "no-such-pool"),), rollout="gone")
+    [settled] = recorder.of("nodepool.settled")
+    assert settled.phase == "not_found" and "404" in (settled.reason or "")
+    assert result.outcomes[f"nodepool/{cluster}/no-such-pool"] is Outcome.NOT_FOUND
+    assert result.exit_code == 1
