@@ -117,17 +117,18 @@ async def poll_probe(sched: Scheduler, tracked: Tracked, probe: Probe) -> None:
         if not result.done and sched._clock() >= tracked.deadline:
             result = probe.gone(sched._timeout_detail())
             result.outcomes = [(k, Outcome.TIMED_OUT) for k, _ in result.outcomes]
-    if result.done:
-        sched._finish(tracked)
-    else:
-        tracked.delay = s.interval if result.changed else min(s.max_interval, tracked.delay * s.backoff)
-        sched._reschedule(tracked, sched._jittered(tracked.delay))
     for found in result.discovered:
         sched.fleet.remember(found)
     await record_fleet(sched, result.discovered, result.outcomes)
     for found in result.discovered:  # stored first: the daemon keeps every job it polls
         if sched.add(found.node.job_id, found.labels) and sched._on_node_job is not None:
             sched._on_node_job(found)
+    # Only now: with the jobs it found tracked, a finished probe cannot leave the scheduler idle for a moment.
+    if result.done:
+        sched._finish(tracked)
+    else:
+        tracked.delay = s.interval if result.changed else min(s.max_interval, tracked.delay * s.backoff)
+        sched._reschedule(tracked, sched._jittered(tracked.delay))
     for key, outcome in result.outcomes:
         if sched._on_outcome is not None:
             sched._on_outcome(key, outcome)
