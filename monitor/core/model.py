@@ -26,6 +26,7 @@ from monitor.core.errors import InvalidIdError, MalformedResponseError
 from monitor.core.text import has_control
 
 __all__ = [
+    "ID_PATTERN",
     "Job",
     "ParseMemo",
     "Phase",
@@ -461,6 +462,7 @@ def decode_body(body: bytes | str) -> object:
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+ID_PATTERN = _ID_RE  # what validate_id accepts (fullmatch), for callers that skip instead of raising
 _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 MAX_LABEL_VALUE = 256
 

@@ -92,6 +92,7 @@ logger = logging.getLogger(__name__)
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _BODY_KEYS = ("job_ids", "labels", "rollout")
+_MAX_TARGET = 100_000  # nodes; CCE clusters are far smaller
 _POOL_KEYS = frozenset({"cluster_id", "nodepool_id", "target", "labels", "rollout"})
 _QUERY_KEYS = frozenset({"phase", "rollout", "label"})
 _PHASE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -344,8 +345,10 @@ class _API:
                 raise _Reject(400, f"{key} is required (a string)")
             ids.append(_check_id(value, what, f"{key}: "))
         target = body.get("target")
-        if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
-            raise _Reject(400, "target must be a whole number >= 0")
+        if target is not None and (
+            isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= _MAX_TARGET
+        ):
+            raise _Reject(400, f"target must be a whole number from 0 to {_MAX_TARGET}")
         labels = self._parse_labels(body.get("labels"))
         rollout = body.get("rollout")
         if rollout is not None:

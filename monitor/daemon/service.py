@@ -87,11 +87,12 @@ class Daemon:
         state, scheduler = self._parts()
         rollout = rollout or nodepool_id
         labels = {**self.config.labels, **labels, "rollout": rollout}
-        if not await state.add_nodepool(cluster_id, nodepool_id, target, labels, rollout):
+        since = time.time()
+        if not await state.add_nodepool(cluster_id, nodepool_id, target, labels, rollout, since):
             return False
         if self._rollouts is not None:
-            self._rollouts.add(rollout, [])
-        return scheduler.follow_nodepool(cluster_id, nodepool_id, target=target, labels=labels)
+            self._rollouts.add_pool(rollout, nodepool_id)
+        return scheduler.follow_nodepool(cluster_id, nodepool_id, target=target, labels=labels, since=since)
 
     async def list_nodepools(self) -> list[dict[str, Any]]:
         """Every followed pool as stored, with the last state read from CCE while it is followed."""
@@ -285,8 +286,7 @@ class Daemon:
                 now = time.time()
                 for job in await state.unfinished():
                     restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
-                await self._restore_rollouts(state, pipeline.rollouts)
-                await self._restore_fleet(state, pipeline)
+                await self._restore(state, pipeline)
                 await self._warn_stranded(state)
                 if restored:
                     logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
@@ -341,26 +341,11 @@ class Daemon:
                 )
 
     @staticmethod
-    async def _restore_fleet(state: Store, pipeline: Pipeline) -> None:
-        """Follow again the pools being followed, remember their nodes' jobs, await the nodes still awaited."""
+    async def _restore(state: Store, pipeline: Pipeline) -> None:
+        """Rebuild rollout aggregates from the database (jobs of every rollout still kept), and follow again
+        what was followed: the pools not settled, their nodes' jobs, the nodes still awaited. A rollout is
+        judged finished only once all of it is back (its nodes, their confirmations, its pools)."""
         scheduler, rollouts = pipeline.scheduler, pipeline.rollouts
-        for pool in await state.nodepools(unfinished=True):
-            scheduler.follow_nodepool(pool.cluster_id, pool.nodepool_id, target=pool.target, labels=pool.labels)
-        nodes, awaited = await state.fleet_state()
-        for found in nodes:
-            scheduler.fleet.remember(found)
-            rollout = found.labels.get("rollout")
-            if rollout:
-                node = found.node
-                rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
-        for waited in awaited:
-            scheduler.fleet.restore(waited)
-        if awaited or nodes:
-            logger.info("following %d pool nodes and awaiting %d nodes again", len(nodes), len(awaited))
-
-    @staticmethod
-    async def _restore_rollouts(state: Store, rollouts: RolloutTracker) -> None:
-        """Rebuild rollout aggregates from the database (jobs of every rollout still kept)."""
         members: dict[str, list[StoredJob]] = {}
         for job in await state.jobs():
             if job.rollout:
@@ -380,6 +365,33 @@ class Daemon:
                 )
                 if snap is not None and node_jobs(snap):
                     rollouts.on_snapshot(j.job_id, snap)  # a ScaleupCluster's nodes, as last seen
+        pools = await state.nodepools(unfinished=True)
+        nodes, awaited = await state.fleet_state()
+        for found in nodes:
+            scheduler.fleet.remember(found)
+            node, rollout = found.node, found.labels.get("rollout")
+            if rollout:
+                rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
+        for jobs in members.values():
+            for j in jobs:  # nodes confirmed (or failed) before the restart
                 for event in await state.history(j.job_id):
                     if event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):
-                        rollouts.on_event(event)  # nodes confirmed (or failed) before the restart
+                        rollouts.on_event(event)
+        for pool in pools:
+            seen = [(f.node.id, f.node.job_id) for f in nodes if f.nodepool_id == pool.nodepool_id]
+            scheduler.follow_nodepool(
+                pool.cluster_id,
+                pool.nodepool_id,
+                target=pool.target,
+                labels=pool.labels,
+                since=pool.added_at,
+                seen=seen,
+            )
+            if pool.rollout:
+                rollouts.add_pool(pool.rollout, pool.nodepool_id)
+        for waited in awaited:
+            scheduler.fleet.restore(waited)
+        for name in {*members, *(p.rollout for p in pools if p.rollout)}:
+            rollouts.recheck(name)
+        if pools or awaited:
+            logger.info("following %d node pools and awaiting %d nodes again", len(pools), len(awaited))

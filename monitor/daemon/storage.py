@@ -103,9 +103,16 @@ class Store(Protocol):
         ...
 
     async def add_nodepool(
-        self, cluster_id: str, nodepool_id: str, target: int | None, labels: Mapping[str, str], rollout: str | None
+        self,
+        cluster_id: str,
+        nodepool_id: str,
+        target: int | None,
+        labels: Mapping[str, str],
+        rollout: str | None,
+        added_at: float,
     ) -> bool:
-        """Follow a pool; ``False`` if it is followed already (a finished one is followed again, anew)."""
+        """Follow a pool from ``added_at`` (Unix time; part of its events' ids); ``False`` if it is followed
+        already (a finished one is followed again, anew)."""
         ...
 
     async def nodepools(self, *, unfinished: bool = False) -> list[StoredNodePool]: ...

@@ -337,20 +337,25 @@ class State:
             )
 
     async def add_nodepool(
-        self, cluster_id: str, nodepool_id: str, target: int | None, labels: Mapping[str, str], rollout: str | None
+        self,
+        cluster_id: str,
+        nodepool_id: str,
+        target: int | None,
+        labels: Mapping[str, str],
+        rollout: str | None,
+        added_at: float,
     ) -> bool:
-        return await self._run(self._add_nodepool, cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout)
+        row = (cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout, added_at)
+        return await self._run(self._add_nodepool, row)
 
-    def _add_nodepool(
-        self, cluster_id: str, nodepool_id: str, target: int | None, labels: bytes, rollout: str | None
-    ) -> bool:
+    def _add_nodepool(self, row: tuple[str, str, int | None, bytes, str | None, float]) -> bool:
         with self._conn:
             cur = self._conn.execute(
                 "INSERT INTO nodepools (cluster_id, nodepool_id, target, labels, rollout, added_at) "
                 "VALUES (?,?,?,?,?,?) ON CONFLICT (cluster_id, nodepool_id) DO UPDATE SET target = excluded.target, "
                 "labels = excluded.labels, rollout = excluded.rollout, added_at = excluded.added_at, outcome = NULL, "
                 "finished_at = NULL WHERE nodepools.finished_at IS NOT NULL",
-                (cluster_id, nodepool_id, target, labels, rollout, time.time()),
+                row,
             )
         return cur.rowcount > 0
 
@@ -402,6 +407,8 @@ class State:
             old = [(r[0],) for r in cur.fetchall()]
             self._conn.executemany("DELETE FROM history WHERE job_id = ?", old)
             self._conn.executemany("DELETE FROM jobs WHERE job_id = ?", old)
+            self._conn.executemany("DELETE FROM pool_nodes WHERE job_id = ?", old)
+            self._conn.execute("DELETE FROM nodepools WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,))
             self._conn.execute("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,))
             self._conn.execute("DELETE FROM digests WHERE at < ?", (cutoff,))
         return len(old)

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from monitor.cce.client import CCEClient
 from monitor.core.events import Event, EventType, Outcome, event_id
-from monitor.core.model import Job, Phase
+from monitor.core.model import ID_PATTERN, Job, Phase
 from monitor.core.nodes import (
     NODE_FAILED,
     NODE_READY,
@@ -48,6 +48,7 @@ __all__ = ["AwaitedNode", "ClusterNodes", "Fleet", "PoolNode", "PoolProbe", "Pro
 logger = logging.getLogger(__name__)
 
 Permit = Callable[[], Awaitable[None]]
+_ID_RE = ID_PATTERN  # a job id from the node list goes into a URL, and into the state database
 
 
 @dataclass(slots=True)
@@ -70,8 +71,8 @@ class Probe(Protocol):
 
     async def poll(self, client: CCEClient, permit: Permit) -> ProbeResult: ...
 
-    def gone(self, detail: str) -> ProbeResult:
-        """What to report when the thing probed answers 404 for good."""
+    def gone(self, detail: str, outcome: Outcome = Outcome.NOT_FOUND) -> ProbeResult:
+        """What to report when the thing probed answers 404 for good (or, ``timed_out``, took too long)."""
         ...
 
 
@@ -118,51 +119,69 @@ class ClusterNodes:
 
     async def poll(self, client: CCEClient, permit: Permit) -> ProbeResult:
         nodes = await client.nodes(self.cluster_id, permit=permit)
-        fleet = self._fleet
         result = ProbeResult()
         by_id = {n.id: n for n in nodes}
-        now = fleet.clock()
         for node_id, waited in list(self.awaiting.items()):
             node = by_id.get(node_id)
             if node is not None:
                 waited.last_phase = node.phase
             if node is not None and node.phase == NODE_READY:
-                outcome, kind, phase, reason = Outcome.SUCCESS, EventType.NODE_ACTIVE, node.phase, None
+                self._resolve(result, node_id, EventType.NODE_ACTIVE, Outcome.SUCCESS, node.phase, None, node)
             elif node is not None and node.phase in NODE_FAILED:
-                outcome, kind, phase = Outcome.FAILED, EventType.NODE_FAILED, node.phase
                 reason = f"node is {node.phase} after its job succeeded"
-            elif now - waited.since >= fleet.settings.node_timeout:
-                seen = f"last seen {waited.last_phase}" if waited.last_phase else "not in the node list"
-                outcome, kind, phase = Outcome.TIMED_OUT, EventType.NODE_FAILED, "not_active"
-                reason = f"not Active {fleet.settings.node_timeout:g}s after its job succeeded ({seen})"
-            else:
-                continue
-            del self.awaiting[node_id]
-            fleet.resolved.append(waited)
-            result.events.append(fleet.node_event(kind, node_id, waited, phase, reason, node))
-            result.outcomes.append((f"node/{node_id}", outcome))
+                self._resolve(result, node_id, EventType.NODE_FAILED, Outcome.FAILED, node.phase, reason, node)
+        self.expire(result)
         for pool in self.pools:
             result.discovered += pool.discover(nodes)
         seen_now = tuple(sorted((n.id, n.phase) for n in nodes))
         result.changed, self._last = seen_now != self._last, seen_now
-        self.pools = [p for p in self.pools if not p.settled or p.final_reads > 0]
-        for pool in self.pools:
+        kept = []
+        for pool in self.pools:  # a settled pool gets one more read: nodes created just before it settled
             if pool.settled:
                 pool.final_reads -= 1
+            if not pool.settled or pool.final_reads >= 0:
+                kept.append(pool)
+        self.pools = kept
         result.done = not self.awaiting and not self.pools
         if result.done:
-            fleet.forget(self)
+            self._fleet.forget(self)
         return result
 
-    def gone(self, detail: str) -> ProbeResult:
+    def expire(self, result: ProbeResult) -> ProbeResult:
+        """Fail the awaited nodes past ``node_timeout`` (also when the node list cannot be read)."""
+        timeout = self._fleet.settings.node_timeout
+        now = self._fleet.clock()
+        for node_id, waited in list(self.awaiting.items()):
+            if now - waited.since >= timeout:
+                seen = f"last seen {waited.last_phase}" if waited.last_phase else "not seen in the node list"
+                reason = f"not Active {timeout:g}s after its job succeeded ({seen})"
+                self._resolve(result, node_id, EventType.NODE_FAILED, Outcome.TIMED_OUT, "not_active", reason, None)
+        if not self.awaiting and not self.pools:
+            result.done = True
+            self._fleet.forget(self)
+        return result
+
+    def _resolve(
+        self,
+        result: ProbeResult,
+        node_id: str,
+        kind: EventType,
+        outcome: Outcome,
+        phase: str,
+        reason: str | None,
+        node: Node | None,
+    ) -> None:
+        waited = self.awaiting.pop(node_id)
+        self._fleet.resolved.append(waited)
+        result.events.append(self._fleet.node_event(kind, node_id, waited, phase, reason, node))
+        result.outcomes.append((f"node/{node_id}", outcome))
+
+    def gone(self, detail: str, outcome: Outcome = Outcome.NOT_FOUND) -> ProbeResult:
         """The cluster answers 404: every node awaited there fails."""
         result = ProbeResult(done=True)
-        for node_id, waited in self.awaiting.items():
-            self._fleet.resolved.append(waited)
-            event = self._fleet.node_event(EventType.NODE_FAILED, node_id, waited, "not_found", detail, None)
-            result.events.append(event)
-            result.outcomes.append((f"node/{node_id}", Outcome.NOT_FOUND))
-        self.awaiting.clear()
+        for node_id in list(self.awaiting):
+            self._resolve(result, node_id, EventType.NODE_FAILED, outcome, str(outcome), detail, None)
+        self.pools.clear()
         self._fleet.forget(self)
         return result
 
@@ -178,18 +197,23 @@ class PoolProbe:
         *,
         target: int | None,
         labels: Mapping[str, str],
+        since: float,
+        seen: Iterable[tuple[str, str]] = (),
     ) -> None:
+        """``since``: when following began (Unix time; one scale's event ids differ from the next one's);
+        ``seen``: (node id, job id) pairs already handed over (a daemon resuming the pool)."""
         self._fleet = fleet
         self.cluster_id = cluster_id
         self.nodepool_id = nodepool_id
+        self.since = since
         self.key = f"nodepool/{cluster_id}/{nodepool_id}"
         self.target = target
         self.labels = labels
         self.last: NodePool | None = None
         self.settled = False
         self.final_reads = 1  # one more node-list read after settling: nodes created just before it
-        # (node id, job id) pairs already handed over or there before: None until the first node list
-        self._seen: set[tuple[str, str]] | None = None
+        self._seen: set[tuple[str, str]] = set(seen)  # (node id, job id): handed over, or there before
+        self._first = True
 
     async def poll(self, client: CCEClient, permit: Permit) -> ProbeResult:
         pool = await client.nodepool(self.cluster_id, self.nodepool_id, permit=permit)
@@ -206,11 +230,13 @@ class PoolProbe:
             result.outcomes.append((self.key, Outcome.SUCCESS if ok else Outcome.FAILED))
         return result
 
-    def gone(self, detail: str) -> ProbeResult:
+    def gone(self, detail: str, outcome: Outcome = Outcome.NOT_FOUND) -> ProbeResult:
+        """The pool answers 404 for good (``not_found``), or did not settle in time (``timed_out``)."""
         self.settled = True
         previous = self.last.phase if self.last is not None else None
-        event = self._fleet.pool_event(self, EventType.NODEPOOL_SETTLED, "not_found", previous, detail, None, self.last)
-        return ProbeResult([event], done=True, outcomes=[(self.key, Outcome.NOT_FOUND)])
+        phase = str(outcome)
+        event = self._fleet.pool_event(self, EventType.NODEPOOL_SETTLED, phase, previous, detail, None, self.last)
+        return ProbeResult([event], done=True, outcomes=[(self.key, outcome)])
 
     def _event(self, kind: EventType, pool: NodePool, previous: NodePool | None) -> Event:
         target = self.target if self.target is not None else pool.target
@@ -224,22 +250,22 @@ class PoolProbe:
         return self._fleet.pool_event(self, kind, pool.phase, previous_phase, pool.problems or None, detail, pool)
 
     def discover(self, nodes: Sequence[Node]) -> list[PoolNode]:
-        """The jobs that create or delete a node of the pool, each once. The jobs of nodes already ``Active``
-        at the first read created them before the scale: only a later job (a deletion) of such a node counts."""
-        first = self._seen is None
-        seen = self._seen if self._seen is not None else set()
+        """The jobs that create or delete a node of the pool, each once. At the first read, a node already at
+        an end (``Active``, ``Abnormal``, ``Error``) was there before: only a later job of it (a deletion)
+        counts; a node being built, installed or deleted is this scale's."""
+        first, self._first = self._first, False
         found = []
         for node in nodes:
-            if node.nodepool_id != self.nodepool_id or (node.id, node.job_id) in seen:
+            pair = (node.id, node.job_id)
+            if node.nodepool_id != self.nodepool_id or pair in self._seen:
                 continue
-            seen.add((node.id, node.job_id))
-            if first and node.phase == NODE_READY:
+            self._seen.add(pair)
+            if first and (node.phase == NODE_READY or node.phase in NODE_FAILED):
                 continue
-            if not node.job_id:
-                logger.warning("node pool %s: node %s has no job id; not followed", self.nodepool_id, node.id)
+            if not node.job_id or not _ID_RE.fullmatch(node.job_id):
+                logger.warning("node pool %s: node %s has no usable job id; not followed", self.nodepool_id, node.id)
                 continue
             found.append(PoolNode(self.cluster_id, self.nodepool_id, node, self.labels))
-        self._seen = seen
         return found
 
 
@@ -287,9 +313,17 @@ class Fleet:
         return self._pools.get(f"nodepool/{cluster_id}/{nodepool_id}")
 
     def follow_pool(
-        self, cluster_id: str, nodepool_id: str, *, target: int | None, labels: Mapping[str, str]
+        self,
+        cluster_id: str,
+        nodepool_id: str,
+        *,
+        target: int | None,
+        labels: Mapping[str, str],
+        since: float | None = None,
+        seen: Iterable[tuple[str, str]] = (),
     ) -> PoolProbe:
-        pool = PoolProbe(self, cluster_id, nodepool_id, target=target, labels=labels)
+        since = self.clock() if since is None else since
+        pool = PoolProbe(self, cluster_id, nodepool_id, target=target, labels=labels, since=since, seen=seen)
         self._pools[pool.key] = pool
         self._start(pool)
         self._cluster(cluster_id).pools.append(pool)
@@ -373,11 +407,11 @@ class Fleet:
         detail: str | None,
         pool: NodePool | None,
     ) -> Event:
-        # A pool scales many times in its life: what it was asked for (and, settled, what it reached) tells
-        # one scale's events from the next one's.
-        key = f"{pool.current}/{pool.target}" if pool is not None else ""
+        # A pool scales many times in its life: when following began, what it was asked for (and, settled,
+        # what it reached) tell one scale's events from the next one's.
+        key = f"{probe.since:.6f}:{pool.current}/{pool.target}" if pool is not None else f"{probe.since:.6f}"
         if kind is not EventType.NODEPOOL_SETTLED:
-            key = f"{pool.target if pool is not None else ''}:{previous_phase}"
+            key = f"{probe.since:.6f}:{pool.target if pool is not None else ''}:{previous_phase}"
         return Event(
             id=event_id(self.project_id, None, probe.key, kind.value, key, phase),
             type=kind,

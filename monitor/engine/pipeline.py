@@ -301,6 +301,8 @@ async def watch(
         for pool in nodepools:
             if scheduler.follow_nodepool(pool.cluster_id, pool.nodepool_id, target=pool.target, labels=labels):
                 outcomes[f"nodepool/{pool.cluster_id}/{pool.nodepool_id}"] = Outcome.UNFINISHED
+                if rollout is not None:
+                    pipeline.rollouts.add_pool(rollout, pool.nodepool_id)
 
         async def end() -> None:
             idle = asyncio.ensure_future(scheduler.wait_idle())

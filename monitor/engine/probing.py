@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from monitor.core.errors import MalformedResponseError, MonitorError, NotFoundError, ThrottledError
+from monitor.core.errors import AuthError, MalformedResponseError, MonitorError, NotFoundError, ThrottledError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, validate_id
 from monitor.core.nodes import NODE_JOB_TYPES
-from monitor.engine.fleet import ClusterNodes, PoolNode, PoolProbe, Probe
+from monitor.engine.fleet import ClusterNodes, PoolNode, PoolProbe, Probe, ProbeResult
 from monitor.engine.tracked import Tracked
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ _NO_LABELS: Mapping[str, str] = {}
 
 def outcome_of(exc: MonitorError) -> str:
     """The label a failed poll is counted under (stats, metrics)."""
-    from monitor.core.errors import AuthError  # noqa: PLC0415
-
     if isinstance(exc, NotFoundError):
         return "not_found"
     if isinstance(exc, AuthError):
@@ -60,15 +58,18 @@ def follow_nodepool(
     *,
     target: int | None = None,
     labels: Mapping[str, str] | None = None,
+    since: float | None = None,
+    seen: Iterable[tuple[str, str]] = (),
 ) -> bool:
     """Follow a node pool until it settles (``target``: the node count to reach, else the pool's
     ``initialNodeCount``), and the jobs and nodes of the nodes it creates or deletes. ``False`` if stopping
-    or already followed."""
+    or already followed. ``since`` and ``seen``: see :class:`~monitor.engine.fleet.PoolProbe`."""
     validate_id(cluster_id, "cluster id")
     validate_id(nodepool_id, "node pool id")
     if sched._stopping or f"nodepool/{cluster_id}/{nodepool_id}" in sched._jobs:
         return False
-    sched.fleet.follow_pool(cluster_id, nodepool_id, target=target, labels=dict(labels) if labels else {})
+    labels = dict(labels) if labels else {}
+    sched.fleet.follow_pool(cluster_id, nodepool_id, target=target, labels=labels, since=since, seen=seen)
     return True
 
 
@@ -93,6 +94,7 @@ async def poll_probe(sched: Scheduler, tracked: Tracked, probe: Probe) -> None:
     """A node list or a node pool: one request, the same limiter, error tree and backoff as a job's."""
     sched.stats.polls += 1
     s = sched.settings
+    result: ProbeResult | None = None
     try:
         result = await probe.poll(sched._client, sched.limiter.acquire)
         sched.limiter.succeeded()
@@ -102,37 +104,51 @@ async def poll_probe(sched: Scheduler, tracked: Tracked, probe: Probe) -> None:
             sched.limiter.throttled(exc.retry_after)
         elif isinstance(exc, MalformedResponseError):
             sched.limiter.succeeded()
-        if not isinstance(exc, NotFoundError):
+        if isinstance(exc, NotFoundError):
+            tracked.not_found += 1
+            if tracked.not_found >= s.not_found_count:
+                result = probe.gone(f"{tracked.not_found} consecutive 404s: {exc}")
+            else:
+                sched._reschedule(tracked, sched._jittered(s.interval))
+        elif isinstance(exc, AuthError) and exc.status == 403:
+            # Reading node lists or pools is its own permission: a refusal fails this probe, not all polling.
+            await sched._on_error(tracked, exc)
+        else:
             await sched._on_poll_error(tracked, exc)  # backoff, one poll_failed after K, the auth pause
-            return
-        tracked.not_found += 1
-        if tracked.not_found < s.not_found_count:
-            sched._reschedule(tracked, sched._jittered(s.interval))
-            return
-        result = probe.gone(f"{tracked.not_found} consecutive 404s: {exc}")
+    except Exception as exc:  # a bug below us: keep following, loudly (as for a job's poll)
+        logger.exception("probe %s: unexpected error", probe.key)
+        await sched._on_error(tracked, exc)
     else:
         sched._count("ok")
         sched._auth_ok()
         tracked.failures = tracked.not_found = 0
-        if not result.done and sched._clock() >= tracked.deadline:
-            result = probe.gone(sched._timeout_detail())
-            result.outcomes = [(k, Outcome.TIMED_OUT) for k, _ in result.outcomes]
+    if result is None:  # the read failed: awaited nodes still time out, and so does a pool
+        result = probe.expire(ProbeResult()) if isinstance(probe, ClusterNodes) else ProbeResult()
+        if not result.done and not result.events:
+            if sched._clock() < tracked.deadline:
+                return
+            result = probe.gone(sched._timeout_detail(), Outcome.TIMED_OUT)
+    elif not result.done and sched._clock() >= tracked.deadline:
+        result.events += (late := probe.gone(sched._timeout_detail(), Outcome.TIMED_OUT)).events
+        result.outcomes += late.outcomes
+        result.done = True
     for found in result.discovered:
         sched.fleet.remember(found)
-    await record_fleet(sched, result.discovered, result.outcomes)
+    await record_fleet(sched, discovered=result.discovered)
     for found in result.discovered:  # stored first: the daemon keeps every job it polls
         if sched.add(found.node.job_id, found.labels) and sched._on_node_job is not None:
             sched._on_node_job(found)
     # Only now: with the jobs it found tracked, a finished probe cannot leave the scheduler idle for a moment.
     if result.done:
         sched._finish(tracked)
-    else:
+    elif tracked.failures == 0 and tracked.not_found == 0:
         tracked.delay = s.interval if result.changed else min(s.max_interval, tracked.delay * s.backoff)
         sched._reschedule(tracked, sched._jittered(tracked.delay))
     for key, outcome in result.outcomes:
         if sched._on_outcome is not None:
             sched._on_outcome(key, outcome)
     await commit_probe(sched, result.events)
+    await record_fleet(sched, outcomes=result.outcomes)  # after the events: a node is never left unconfirmed
 
 
 async def record_fleet(
@@ -168,7 +184,8 @@ async def commit_probe(sched: Scheduler, events: list[Event]) -> None:
 async def with_sub_jobs(sched: Scheduler, tracked: Tracked, job: Job) -> Job:
     """``job`` with each per-node sub-job that came without its own sub-jobs read by id, as the Huawei provider
     does (``getResourceIDFromJob`` re-reads the ``CreateNode`` by its uid): at most once per phase of that
-    sub-job, each read taking a rate-limit slot. A read that fails leaves the sub-job as it came."""
+    sub-job, each read taking a rate-limit slot. A read that fails leaves the sub-job as it came until its
+    phase changes; a 429 or a refused token ends the reads for this poll (and fails it, as a job's read)."""
     cache = tracked.expanded
     subs = list(job.sub_jobs)
     changed = False
@@ -182,16 +199,19 @@ async def with_sub_jobs(sched: Scheduler, tracked: Tracked, job: Job) -> Job:
             try:
                 found = await sched._client.fetch(sub.id, permit=sched.limiter.acquire)
                 sched.limiter.succeeded()
+            except (ThrottledError, AuthError):
+                raise  # the scheduler slows down or pauses, as for the job itself
             except MonitorError as exc:
-                if isinstance(exc, ThrottledError):
-                    sched.limiter.throttled(exc.retry_after)
+                if isinstance(exc, MalformedResponseError):
+                    sched.limiter.succeeded()
                 logger.info("job %s: could not read sub-job %s: %s", tracked.job_id, sub.id, exc)
-                continue
+                found = sub  # not again until its phase changes
             if cache is None:
                 cache = tracked.expanded = {}
             for old in [k for k in cache if k.startswith(f"{sub.id}:")]:
                 del cache[old]
             cache[key] = found
-        subs[index] = found
-        changed = True
+        if found is not sub:
+            subs[index] = found
+            changed = True
     return dataclasses.replace(job, sub_jobs=tuple(subs)) if changed else job

@@ -96,6 +96,7 @@ class Rollout:
     last_progress: float = 0.0
     progress_seq: int = 0
     node_check: bool = False
+    pools: set[str] = field(default_factory=set)  # node pools followed for it that have not settled yet
 
     @property
     def unit(self) -> str:
@@ -104,7 +105,7 @@ class Rollout:
 
     @property
     def finished(self) -> bool:
-        if not self.members or not all(m.phase in FINAL_STATES for m in self.members.values()):
+        if self.pools or not self.members or not all(m.phase in FINAL_STATES for m in self.members.values()):
             return False
         # With the node check, a node whose job succeeded is not done until it is seen Active (or failing).
         return not self.node_check or all(
@@ -297,6 +298,13 @@ class RolloutTracker:
         member.reason = reason
         member.resource_name = resource_name
         member.subjobs = dict(subjobs or {})
+        self.recheck(name)
+
+    def recheck(self, name: str) -> None:
+        """After restoring a rollout (its members, nodes, node events, pools): whether it has finished."""
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            return
         if rollout.finished:
             rollout.ended = max((m.ended or rollout.started) for m in rollout.members.values())
             rollout.dirty = False
@@ -304,8 +312,19 @@ class RolloutTracker:
             # same as the first time, so the daemon's digest log drops a repeat (see Daemon.publish_digest).
             if name not in self._finished_pending:
                 self._finished_pending.append(name)
-        elif name in self._finished_pending:
-            self._finished_pending.remove(name)
+        else:
+            rollout.ended = None
+            if name in self._finished_pending:
+                self._finished_pending.remove(name)
+
+    def add_pool(self, name: str, nodepool_id: str) -> None:
+        """A node pool followed for rollout ``name``: the rollout is not finished before the pool settles."""
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            rollout = self._rollouts[name] = Rollout(name, self._clock())
+            rollout.node_check = self.node_check
+        rollout.pools.add(nodepool_id)
+        rollout.ended = None
 
     def get(self, name: str) -> Rollout | None:
         return self._rollouts.get(name)
@@ -321,7 +340,12 @@ class RolloutTracker:
             self._rollouts[name].dirty = True
 
     def on_event(self, event: Event) -> None:
-        """Bus callback (subscribe it for job and node events)."""
+        """Bus callback (subscribe it for job, node and node pool events)."""
+        if event.type is EventType.NODEPOOL_SETTLED and event.rollout in self._rollouts:
+            rollout = self._rollouts[event.rollout]
+            rollout.pools.discard(event.nodepool_id or "")
+            self._changed(event.rollout, rollout)
+            return
         if event.type not in JOB_EVENT_TYPES or event.job_id is None:
             return
         name = self._job_rollout.get(event.job_id)
@@ -385,8 +409,8 @@ class RolloutTracker:
         for index, sub in enumerate(per_node):
             key = sub.id or f"{sub.type}#{index}"
             entry = member.nodes.get(key)
-            if entry is None:
-                entry = member.nodes[key] = _NodeEntry()
+            if entry is None:  # only a created node is awaited Active: a deleted one is done with its job
+                entry = member.nodes[key] = _NodeEntry(confirm=sub.type == "CreateNode")
             entry.node_id = node_id_of(sub) or entry.node_id
             reason = deepest_failure(sub) if sub.phase is Phase.FAILED else None
             self._follow(entry, sub.phase.value, reason, sub.resource_name)
@@ -404,6 +428,9 @@ class RolloutTracker:
         rollout.node_check = rollout.node_check or self.node_check
         if member.node is None:
             member.node = _NodeEntry(node_name, node_id, confirm=not deleting)
+            if member.phase != "waiting":  # restored after a restart: the job's phase is known already
+                self._follow(member.node, member.phase, member.reason, member.resource_name)
+                member.node.ended = member.ended
         member.node.node_id = member.node.node_id or node_id
         member.node.name = member.node.name or node_name
         self._changed(name, rollout)

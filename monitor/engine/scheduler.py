@@ -384,7 +384,10 @@ class Scheduler:
             return
         if self._store is not None and (events or snapshot is not None or outcome is not None):
             try:
-                await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
+                if tracked.probe is not None:  # a node list's or pool's own trouble: no job row for its key
+                    await self._store.record_events(events)
+                else:
+                    await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
             except Exception:
                 # Keep monitoring: the non-durable sinks still get the events; durable ones will miss them.
                 logger.exception("job %s: could not persist %d events", tracked.job_id, len(events))
@@ -424,7 +427,7 @@ class Scheduler:
                 tracked.memo = ParseMemo(tracked.last)
             job = await self._client.fetch(tracked.job_id, tracked.memo, permit=self.limiter.acquire)
             self.limiter.succeeded()
-            if job.sub_jobs and not job.is_terminal:
+            if job.sub_jobs:
                 job = await self._with_sub_jobs(tracked, job)
         except MonitorError as exc:
             if isinstance(exc, ThrottledError):
@@ -514,6 +517,8 @@ class Scheduler:
             self._finish(tracked)
         else:
             self._reschedule(tracked, self._jittered(tracked.delay))
+        if self.fleet.awaited:  # nodes of this job now awaited: kept (by the daemon) before the job's outcome
+            await self._record_fleet()
         if events or moved or terminal:
             await self._commit(
                 tracked,
@@ -521,8 +526,6 @@ class Scheduler:
                 snapshot=job if moved or changes else None,
                 outcome=Outcome(job.phase.value) if terminal else None,
             )
-        if self.fleet.awaited:  # nodes of this job now awaited (kept by the daemon across restarts)
-            await self._record_fleet()
 
     async def _on_not_found(self, tracked: Tracked, exc: NotFoundError) -> None:
         now = self._clock()

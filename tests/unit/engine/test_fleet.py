@@ -227,3 +227,25 @@ async def test_a_pool_that_is_not_there_ends_not_found(sim_factory: SimFactory) 
     assert settled.phase == "not_found" and "404" in (settled.reason or "")
     assert result.outcomes[f"nodepool/{cluster}/no-such-pool"] is Outcome.NOT_FOUND
     assert result.exit_code == 1
+
+
+async def test_awaited_nodes_time_out_while_the_node_list_cannot_be_read(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    job_id = sim.create_nodes(cluster, 2, duration=0.5)
+    recorder = Recorder()
+
+    async def break_node_reads(event: Event) -> None:
+        if event.type is EventType.JOB_PHASE_CHANGED and event.phase == "Success":
+            sim.set_faults(p_500=1.0)  # from now on every read fails: only the node list is still read
+
+    settings = SchedulerSettings(**{**_fields(FAST), "node_timeout": 1.0, "failure_threshold": 100})
+    async with client_for(sim) as client:
+        result = await asyncio.wait_for(
+            watch([job_id], client=client, settings=settings, observers=[break_node_reads, recorder], rollout="r"),
+            30,
+        )
+    failed = recorder.of("node.failed")
+    assert [e.phase for e in failed] == ["not_active", "not_active"], [e.type for e in recorder.events]
+    assert all("not Active 1s after its job succeeded" in (e.reason or "") for e in failed)
+    assert result.exit_code == 1

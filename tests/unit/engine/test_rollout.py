@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 
 from monitor.core.events import Event, EventType, event_id
+from monitor.core.model import Job, parse_job
 from monitor.engine.pipeline import SinkBinding, watch
 from monitor.engine.rollout import RolloutTracker, describe
 from monitor.engine.scheduler import SchedulerSettings
@@ -189,3 +190,39 @@ async def test_progress_ids_follow_the_state_not_the_clock() -> None:
     assert again == first, "the same states reported at other times are the same events"
     swapped = [[job_event("j2", "Running")], *steps[1:3], [job_event("j1", "Running")]]
     assert (await digest_ids(swapped, Clock()))[0] != first[0], "which member moved matters, not only the counts"
+
+
+def _snapshot(phases: dict[str, tuple[str, str]]) -> Job:
+    """A ScaleupCluster-like job whose sub-jobs are ``{uid: (type, phase)}``."""
+    subs = [{"metadata": {"uid": uid}, "spec": {"type": t}, "status": {"phase": p}} for uid, (t, p) in phases.items()]
+    return parse_job(orjson.dumps({"metadata": {"uid": "job"}, "spec": {"type": "X", "subJobs": subs}}))
+
+
+async def test_deleted_nodes_are_done_with_their_job_and_a_pool_holds_its_rollout_open() -> None:
+    clock = Clock()
+    tracker = RolloutTracker(Recorder(), project_id="p", interval=30.0, clock=clock, node_check=True)
+    tracker.add("down", ["job"])
+    tracker.on_snapshot("job", _snapshot({"d1": ("DeleteNode", "Success"), "d2": ("DeleteNode", "Success")}))
+    tracker.on_event(job_event("job", "Success"))
+    rollout = tracker.get("down")
+    assert rollout is not None and rollout.finished, "nothing to await for a deleted node"
+    assert rollout.summary(clock.now)["counts"] == {"Success": 2}
+
+    tracker.add_pool("down", "pool-1")
+    assert not rollout.finished, "a followed pool that has not settled keeps its rollout open"
+    settled = Event(
+        id="s", type=EventType.NODEPOOL_SETTLED, project_id="p", job_id=None, rollout="down", nodepool_id="pool-1"
+    )
+    tracker.on_event(settled)
+    assert rollout.finished
+
+
+async def test_created_nodes_wait_for_active() -> None:
+    tracker = RolloutTracker(Recorder(), project_id="p", interval=30.0, clock=Clock(), node_check=True)
+    tracker.add("up", ["job"])
+    tracker.on_snapshot("job", _snapshot({"c1": ("CreateNode", "Success")}))
+    tracker.on_event(job_event("job", "Success"))
+    rollout = tracker.get("up")
+    assert rollout is not None and not rollout.finished
+    tracker.on_event(job_event("job", "Active", kind=EventType.NODE_ACTIVE, subjob_id="c1"))
+    assert rollout.finished and rollout.summary()["counts"] == {"Active": 1}
