@@ -91,6 +91,10 @@ class ClientSettings(HttpSettings):
             raise ConfigError(f"endpoint {self.endpoint!r} must be an http(s) URL with a host")
         if url.query_string or url.fragment:
             raise ConfigError("endpoint must not carry a query or fragment")
+        if url.path not in ("", "/"):
+            # A path (/api/v3, copied from a request URL) would make every request a 404 APIGW.0101.
+            base = str(url.with_path("/")).rstrip("/")
+            raise ConfigError(f"endpoint {self.endpoint!r} must not have a path ({url.path}): give {base}")
         validate_id(self.project_id, "project id")
         HttpSettings.__post_init__(self)
 

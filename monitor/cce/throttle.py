@@ -8,12 +8,20 @@ request; a sink has one task. Nothing acquires per job.
 On top of it, :class:`RateLimiter` adapts to the server: :meth:`throttled` (a 429) halves the effective rate
 (down to a floor) and, with a ``Retry-After``, holds every acquisition until it has passed; each
 :meth:`succeeded` call after a quiet period raises the rate again by a tenth of the configured rate
-(additive increase, multiplicative decrease), never above what was configured.
+(additive increase, multiplicative decrease), never above what was configured — nor above the gateway's own
+budget once a throttle message has named one (``limit:20,time:1 minute``).
+
+Pacing: the API gateway counts requests as they *arrive*. Admitting a second's worth at once lets a request
+that leaves late land in the next second with the next batch (15-16 arrivals in one second at ``rate: 10``
+were seen). So without a configured ``burst`` admissions are spaced evenly, one every ``1.1 / rate`` seconds
+(GCRA with no burst tolerance): even a request that leaves 100 ms after its admission cannot make any 1-second
+window of arrivals hold more than ``rate`` requests. The price is a tenth of the rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,11 +31,19 @@ from asyncio_throttle.throttler import Throttler
 
 __all__ = ["Limiter", "RateLimiter"]
 
+logger = logging.getLogger(__name__)
+
 _MIN_FRACTION = 0.05
 _RECOVER_STEP = 0.1
 
 
 _SLACK = 1.01
+_LATE = 0.1  # seconds a request may leave after its admission without breaking the rate on arrival
+
+
+def _spacing(rate: float, burst: int | None) -> float:
+    """Seconds between admissions (0: none, a configured burst is allowed back to back)."""
+    return 0.0 if burst is not None and burst >= 1 else (1.0 + _LATE) / rate
 
 
 def _window(rate: float, burst: int | None) -> tuple[int, float]:
@@ -65,8 +81,9 @@ class Limiter(Protocol):
         """Wait for a slot; call from a fixed, small number of tasks."""
         ...
 
-    def throttled(self, retry_after: float | None = None) -> None:
-        """The server answered 429: slow down (and hold everything for ``retry_after`` seconds)."""
+    def throttled(self, retry_after: float | None = None, budget: tuple[int, float] | None = None) -> None:
+        """The server answered 429: slow down (hold everything for ``retry_after`` seconds; never above the
+        ``budget`` of requests per seconds the gateway named)."""
         ...
 
     def succeeded(self) -> None:
@@ -79,9 +96,12 @@ class RateLimiter:
 
     __slots__ = (
         "_burst",
+        "_ceiling",
         "_clock",
         "_hold_until",
         "_last_change",
+        "_next_slot",
+        "_spacing",
         "_throttler",
         "configured_rate",
         "effective_rate",
@@ -110,6 +130,9 @@ class RateLimiter:
         if hold_first_window:
             hold = max(hold, period)
         self._throttler = Throttler(rate_limit=count, period=period, retry_interval=retry_interval)
+        self._spacing = _spacing(rate, burst)
+        self._next_slot = 0.0
+        self._ceiling = float(rate)  # the gateway's budget, once it named one
         self._clock = clock
         self._hold_until = clock() + hold if hold > 0 else 0.0
         self._last_change = clock()
@@ -127,22 +150,45 @@ class RateLimiter:
         hold = self._hold_until - start
         if hold > 0:
             await asyncio.sleep(hold)
+        if self._spacing:  # reserve the next even slot first: several waiters each get their own
+            now = self._clock()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self._spacing
+            if slot > now:
+                await asyncio.sleep(slot - now)
         await self._throttler.acquire()  # type: ignore[no-untyped-call]
         self.waited_seconds += self._clock() - start
 
     def _set_rate(self, rate: float) -> None:
         self.effective_rate = rate
-        count, period = _window(rate, self._burst if rate == self.configured_rate else None)
+        burst = self._burst if rate == self.configured_rate else None
+        count, period = _window(rate, burst)
         self._throttler.rate_limit = count
         self._throttler.period = period
+        self._spacing = _spacing(rate, burst)
         self._last_change = self._clock()
 
-    def throttled(self, retry_after: float | None = None) -> None:
-        """The server answered 429: slow down, and hold everything for ``retry_after`` seconds if given."""
+    def throttled(self, retry_after: float | None = None, budget: tuple[int, float] | None = None) -> None:
+        """The server answered 429: slow down, and hold everything for ``retry_after`` seconds if given;
+        ``budget`` (``(requests, seconds)`` named by the gateway) caps the rate from now on."""
         self.throttled_count += 1
         now = self._clock()
         if retry_after is not None and retry_after > 0:
             self._hold_until = max(self._hold_until, now + retry_after)
+        if budget is not None:
+            ceiling = min(self.configured_rate, budget[0] / budget[1])
+            if ceiling < self._ceiling:
+                self._ceiling = ceiling
+                logger.warning(
+                    "the API gateway allows %d requests per %gs: holding the rate to %.3g/s (configured %g/s)",
+                    budget[0],
+                    budget[1],
+                    ceiling,
+                    self.configured_rate,
+                )
+            if self.effective_rate > self._ceiling:
+                self._set_rate(self._ceiling)
+                return
         # One halving per period of the current rate, so a burst of 429s from requests already in
         # flight does not collapse the rate to the floor at once.
         if now - self._last_change >= 1.0 or self.effective_rate == self.configured_rate:
@@ -150,11 +196,12 @@ class RateLimiter:
             self._set_rate(max(floor, self.effective_rate / 2))
 
     def succeeded(self) -> None:
-        """A request went through: after a quiet period, recover a step toward the configured rate."""
-        if self.effective_rate >= self.configured_rate:
+        """A request went through: after a quiet period, recover a step toward the configured rate (or the
+        gateway's budget)."""
+        if self.effective_rate >= self._ceiling:
             return
         now = self._clock()
         quiet = max(1.0, 1.0 / self.effective_rate)
         if now - self._last_change >= quiet and now >= self._hold_until:
             step = self.configured_rate * _RECOVER_STEP
-            self._set_rate(min(self.configured_rate, self.effective_rate + step))
+            self._set_rate(min(self._ceiling, self.effective_rate + step))

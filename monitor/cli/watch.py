@@ -179,6 +179,8 @@ def watch_cmd(
         lambda stop: _watch(ids, cfg, auth, sinks, labels, live, stop, rollout=rollout, nodepools=pools)
     )
     _report_unsent(result)
+    if result.config_error is not None:
+        fail(result.config_error)
     sys.exit(result.exit_code)
 
 

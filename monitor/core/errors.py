@@ -14,7 +14,10 @@ masks the secrets in play.
     ├── APIError                      the CCE/IAM API answered with an error status
     │   ├── AuthError                 401 / 403: credentials wrong, expired or not allowed
     │   ├── NotFoundError             404: no such job (yet: a new job may 404 briefly)
-    │   ├── ThrottledError            429: APIGW.0308 / CCE.02429001; retryable, retry_after when sent
+    │   │   └── EndpointError         404 APIGW.0101: no such API at this endpoint (wrong path): configuration
+    │   ├── ThrottledError            429: APIGW.0308 / APIG.0308 / CCE.02429001; retryable, retry_after and the
+    │   │                             gateway's budget (``limit:NN,time:1 minute``) when sent
+    │   ├── LockedError               429 CCE.01429002: the job's resource is locked by another request; retryable
     │   ├── ServerError               5xx: retryable
     │   └── RequestError              any other 4xx: the request itself is wrong
     ├── TransportError                no usable HTTP answer; retryable
@@ -40,7 +43,9 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConnectError",
+    "EndpointError",
     "InvalidIdError",
+    "LockedError",
     "MalformedResponseError",
     "MonitorError",
     "NotFoundError",
@@ -51,6 +56,7 @@ __all__ = [
     "ThrottledError",
     "TransportError",
     "api_error",
+    "parse_budget",
     "parse_error_body",
     "parse_retry_after",
     "transport_detail",
@@ -119,8 +125,26 @@ class NotFoundError(APIError):
     """404: the job (or project) does not exist, or does not exist yet."""
 
 
+class EndpointError(NotFoundError):
+    """404 ``APIGW.0101`` ("The API does not exist or has not been published in the environment", as the vendor
+    SDKs report it): the gateway knows no such API, so the endpoint (or a path in it) is wrong — not the job."""
+
+
 class ThrottledError(APIError):
-    """429 from the API gateway (``APIGW.0308``) or CCE (``CCE.02429001``)."""
+    """429 from the API gateway (``APIGW.0308``, or ``APIG.0308``) or CCE (``CCE.02429001``). ``budget`` is
+    the gateway's own limit when its message names it: ``(requests, per seconds)``."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, budget: tuple[int, float] | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.budget = budget
+
+
+class LockedError(APIError):
+    """429 ``CCE.01429002`` ("Resource locked by other requests"): not throttling — this job's resource is busy;
+    retry this job later, without slowing every other request (the CCE error code list; e.g.
+    cluster-api-provider-cce's ``ErrCodeResourceLocked``)."""
 
     retryable = True
 
@@ -228,6 +252,10 @@ def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, s
             data = {**data, **nested}
         code = _pick(data, _CODE_KEYS)
         message = _pick(data, _MESSAGE_KEYS)
+        detail = _pick(data, ("message",))
+        if message and detail and detail != message and detail not in message:
+            # Two messages (the gateway's "Request body invalid" and CCE's "invalid primary fixedIp"): both.
+            message = f"{message}: {detail}"
         clean_code = _clip(code) if code else ""
         clean_message = (_clip(message) if message else "") or clean_code
         if clean_code or clean_message:
@@ -266,24 +294,44 @@ def api_error(
     """Map an error response to the right :class:`APIError` subclass; ``secrets`` are masked if echoed."""
     code, message = parse_error_body(body, content_type)
     message = redact(message, secrets)
+    common: dict[str, object] = {
+        "status": status,
+        "code": code,
+        "request_id": request_id,
+        "retry_after": parse_retry_after(retry_after),
+    }
+    if code == _LOCKED:
+        return LockedError(message, **common)  # type: ignore[arg-type]
+    if status == 429 or code in _THROTTLED:
+        return ThrottledError(message, budget=parse_budget(message), **common)
     cls: type[APIError]
     if status in (401, 403):
         cls = AuthError
     elif status == 404:
-        cls = NotFoundError
-    elif status == 429 or (code is not None and code in ("APIGW.0308", "CCE.02429001")):
-        cls = ThrottledError
+        cls = EndpointError if code == _NO_SUCH_API else NotFoundError
     elif status >= 500:
         cls = ServerError
     else:
         cls = RequestError
-    return cls(
-        message,
-        status=status,
-        code=code,
-        request_id=request_id,
-        retry_after=parse_retry_after(retry_after),
-    )
+    return cls(message, **common)  # type: ignore[arg-type]
+
+
+_THROTTLED = frozenset({"APIGW.0308", "APIG.0308", "CCE.02429001"})
+_LOCKED = "CCE.01429002"
+_NO_SUCH_API = "APIGW.0101"
+_BUDGET_RE = re.compile(r"limit\s*:\s*(\d+)\s*,\s*time\s*:\s*(\d+(?:\.\d+)?)?\s*(second|minute|hour|day)", re.I)
+_UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_budget(message: str) -> tuple[int, float] | None:
+    """The gateway's limit named in a throttle message (``... limit:200,time:1 minute``), as
+    ``(requests, seconds)``; ``None`` when the message names none (or an absurd one)."""
+    match = _BUDGET_RE.search(message)
+    if match is None:
+        return None
+    count = int(match.group(1))
+    seconds = float(match.group(2) or 1) * _UNIT_SECONDS[match.group(3).lower()]
+    return (count, seconds) if count > 0 and seconds > 0 else None
 
 
 # A quoted literal as a parser's message shows it (``b'...'``, ``'...'``, ``"..."``), closed or cut off.

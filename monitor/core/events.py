@@ -32,6 +32,7 @@ class EventType(StrEnum):
     JOB_POLL_FAILED = "job.poll_failed"
     JOB_RECOVERED = "job.recovered"
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+    MONITOR_CONFIG_ERROR = "monitor.config_error"
     NODE_ACTIVE = "node.active"
     NODE_FAILED = "node.failed"
     NODEPOOL_PHASE_CHANGED = "nodepool.phase_changed"

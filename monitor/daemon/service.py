@@ -254,6 +254,8 @@ class Daemon:
 
             def on_event(event: Event) -> None:
                 self._metrics.count_event(event)
+                if event.type is EventType.MONITOR_CONFIG_ERROR:
+                    logger.error("%s; polling has stopped until the configuration is fixed", event.detail)
                 for d in deliverers:
                     d.notify()
 

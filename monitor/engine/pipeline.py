@@ -56,12 +56,16 @@ class WatchResult:
     outcomes: Mapping[str, Outcome]
     interrupted: bool
     unsent: Unsent = field(default_factory=dict)  # per sink, events it held back and could not send in time
+    config_error: str | None = None  # polling stopped: the endpoint has no such API (a wrong path)
 
     @property
     def exit_code(self) -> int:
-        """0 all Success; 1 any Failed, timed out, not found or unfinished; 130 interrupted by a signal."""
+        """0 all Success; 1 any Failed, timed out, not found or unfinished; 2 a configuration error found while
+        polling (a wrong endpoint); 130 interrupted by a signal."""
         if self.interrupted:
             return 130
+        if self.config_error is not None:
+            return 2
         return 0 if all(o is Outcome.SUCCESS for o in self.outcomes.values()) else 1
 
 
@@ -307,11 +311,13 @@ async def watch(
         async def end() -> None:
             idle = asyncio.ensure_future(scheduler.wait_idle())
             stopped = asyncio.ensure_future(stop.wait())
+            halted = asyncio.ensure_future(scheduler.wait_halted())  # the endpoint has no such API
             try:
-                await asyncio.wait({idle, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({idle, stopped, halted}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 idle.cancel()
                 stopped.cancel()
+                halted.cancel()
             if stop.is_set() and len(scheduler):
                 logger.info("stopping: %d jobs still tracked", len(scheduler))
 
@@ -324,4 +330,4 @@ async def watch(
         )
         for key in scheduler.pending():  # still followed when the watch ended: not a success
             outcomes[key] = Outcome.UNFINISHED
-    return WatchResult(outcomes, stop.is_set(), unsent)
+    return WatchResult(outcomes, stop.is_set(), unsent, scheduler.config_error)

@@ -15,7 +15,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from monitor.core.errors import AuthError, MalformedResponseError, MonitorError, NotFoundError, ThrottledError
+from monitor.core.errors import (
+    AuthError,
+    EndpointError,
+    LockedError,
+    MalformedResponseError,
+    MonitorError,
+    NotFoundError,
+    ThrottledError,
+)
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, validate_id
 from monitor.core.nodes import NODE_JOB_TYPES
@@ -42,8 +50,12 @@ _NO_LABELS: Mapping[str, str] = {}
 
 def outcome_of(exc: MonitorError) -> str:
     """The label a failed poll is counted under (stats, metrics)."""
+    if isinstance(exc, EndpointError):
+        return "config_error"
     if isinstance(exc, NotFoundError):
         return "not_found"
+    if isinstance(exc, LockedError):
+        return "locked"
     if isinstance(exc, AuthError):
         return "auth_failed"
     if isinstance(exc, ThrottledError):
@@ -101,7 +113,7 @@ async def poll_probe(sched: Scheduler, tracked: Tracked, probe: Probe) -> None:
     except MonitorError as exc:
         sched._count(outcome_of(exc))
         if isinstance(exc, ThrottledError):
-            sched.limiter.throttled(exc.retry_after)
+            sched.limiter.throttled(exc.retry_after, exc.budget)
         elif isinstance(exc, MalformedResponseError):
             sched.limiter.succeeded()
         if isinstance(exc, NotFoundError):

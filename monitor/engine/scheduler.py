@@ -50,18 +50,14 @@ from typing import Any
 
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter, RateLimiter
-from monitor.core.backoff import full_jitter
 from monitor.core.errors import (
-    AuthError,
     MalformedResponseError,
     MonitorError,
-    NotFoundError,
     ThrottledError,
-    TransportError,
 )
 from monitor.core.events import Event, EventType, Outcome, event_id
 from monitor.core.model import Job, ParseMemo, validate_id
-from monitor.engine import probing
+from monitor.engine import episodes, probing
 from monitor.engine.diff import detect, progressed
 from monitor.engine.fleet import Fleet, PoolNode
 from monitor.engine.journal import JobStore
@@ -144,6 +140,9 @@ class Scheduler:
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
+        self._forbidden = 0  # 403s in a row, with no other answer between (engine.episodes)
+        self.config_error: str | None = None  # set when the endpoint has no such API: polling has stopped
+        self._halted = asyncio.Event()
         self._last_lag_warning = -_LAG_WARN_EVERY
         self.stats = SchedulerStats()
         self._on_node_job = on_node_job  # a followed pool's node job is now tracked
@@ -206,6 +205,13 @@ class Scheduler:
     _record_fleet = probing.record_fleet
     _commit_probe = probing.commit_probe
     _with_sub_jobs = probing.with_sub_jobs
+    # What a failed poll leads to (monitor.engine.episodes): backoff, 404 grace, the auth pause, a wrong endpoint.
+    _on_poll_error = episodes.on_poll_error
+    _on_not_found = episodes.on_not_found
+    _on_error = episodes.on_error
+    _on_auth_failed = episodes.on_auth_failed
+    _auth_ok = episodes.auth_ok
+    _episode = episodes.episode
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -233,6 +239,10 @@ class Scheduler:
     async def wait_idle(self) -> None:
         """Return once no job is tracked (every job finished, timed out, was not found or was removed)."""
         await self._idle.wait()
+
+    async def wait_halted(self) -> None:
+        """Return once polling has stopped for good on a configuration error (:attr:`config_error`)."""
+        await self._halted.wait()
 
     def stop(self) -> None:
         """Stop intake and dispatch; :meth:`run` drains what is in flight and returns."""
@@ -431,7 +441,7 @@ class Scheduler:
                 job = await self._with_sub_jobs(tracked, job)
         except MonitorError as exc:
             if isinstance(exc, ThrottledError):
-                self.limiter.throttled(exc.retry_after)
+                self.limiter.throttled(exc.retry_after, exc.budget)
             elif isinstance(exc, MalformedResponseError):
                 self.limiter.succeeded()  # the request itself went through
             outcome = outcome_of(exc)
@@ -450,19 +460,6 @@ class Scheduler:
             self._finish(tracked)
             event = self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())
             await self._commit(tracked, [event], outcome=Outcome.TIMED_OUT)
-
-    async def _on_poll_error(self, tracked: Tracked, exc: MonitorError) -> None:
-        if not isinstance(exc, TransportError):
-            self.stats.last_contact = self._clock()  # CCE (or its gateway) answered
-        if isinstance(exc, NotFoundError):
-            await self._on_not_found(tracked, exc)
-        elif isinstance(exc, AuthError):
-            await self._on_auth_failed(tracked, exc)
-        elif isinstance(exc, ThrottledError):
-            retry = exc.retry_after or 0.0
-            self._reschedule(tracked, max(self.settings.min_interval, retry) + self._rng.uniform(0, 1))
-        else:
-            await self._on_error(tracked, exc)
 
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"
@@ -489,7 +486,7 @@ class Scheduler:
             moved = False
         else:
             changes = detect(previous, job, tracked.context(self.project_id), self._now())
-            moved = progressed(previous, job)
+            moved = progressed(previous, job) or bool(changes)  # a sub-job moving is progress too
         if moved:
             tracked.last_progress = now
             tracked.stalled = False
@@ -525,77 +522,4 @@ class Scheduler:
                 events,
                 snapshot=job if moved or changes else None,
                 outcome=Outcome(job.phase.value) if terminal else None,
-            )
-
-    async def _on_not_found(self, tracked: Tracked, exc: NotFoundError) -> None:
-        now = self._clock()
-        s = self.settings
-        if tracked.not_found == 0:
-            tracked.first_not_found = now
-        tracked.not_found += 1
-        self._auth_ok()
-        if tracked.not_found >= s.not_found_count and now - tracked.first_not_found >= s.not_found_grace:
-            self._finish(tracked)
-            detail = f"{tracked.not_found} consecutive 404s over {now - tracked.first_not_found:.0f}s: {exc}"
-            await self._commit(
-                tracked, [self._event(tracked, EventType.JOB_NOT_FOUND, detail=detail)], outcome=Outcome.NOT_FOUND
-            )
-            return
-        # Spread the confirming polls over the grace period.
-        delay = max(s.not_found_grace / s.not_found_count, s.min_interval)
-        self._reschedule(tracked, self._jittered(min(delay, s.interval)))
-
-    async def _on_error(self, tracked: Tracked, exc: BaseException) -> None:
-        s = self.settings
-        tracked.failures += 1
-        delay = max(s.min_interval, full_jitter(tracked.failures - 1, s.error_backoff, s.error_backoff_max, self._rng))
-        self._reschedule(tracked, delay)
-        logger.info(
-            "job %s: poll failed (%d in a row), next try in %.1fs: %s", tracked.job_id, tracked.failures, delay, exc
-        )
-        if tracked.failures == s.failure_threshold:
-            await self._commit(
-                tracked,
-                [
-                    self._event(
-                        tracked,
-                        EventType.JOB_POLL_FAILED,
-                        detail=f"{tracked.failures} polls failed in a row; last: {exc}",
-                        key=self._episode(),
-                    )
-                ],
-            )
-
-    def _episode(self) -> str:
-        return f"{self._run_key}.{next(self._episodes)}"
-
-    def _auth_ok(self) -> None:
-        if self._auth_episode:
-            logger.info("authentication works again; polling resumes")
-        self._auth_episode = False
-        self._auth_delay = self.settings.auth_backoff
-
-    async def _on_auth_failed(self, tracked: Tracked, exc: AuthError) -> None:
-        now = self._clock()
-        s = self.settings
-        first = not self._auth_episode
-        if first or self._paused_until <= now:
-            if not first:
-                self._auth_delay = min(s.auth_backoff_max, self._auth_delay * 2)
-            self._paused_until = now + self._auth_delay
-            self._wake.set()
-            logger.error("authentication failed (%s); pausing all polling for %.0fs", exc, self._auth_delay)
-        self._auth_episode = True
-        self._reschedule(tracked, self._paused_until - now + self._rng.uniform(0, 1))
-        if first:
-            await self._commit(
-                tracked,
-                [
-                    self._event(
-                        tracked,
-                        EventType.MONITOR_AUTH_FAILED,
-                        detail=str(exc),
-                        key=self._episode(),
-                    )
-                ],
             )

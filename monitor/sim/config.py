@@ -41,7 +41,7 @@ class SimulatorConfig:
     rate_limit: float | None = None
     rate_burst: int | None = None
     retry_after: bool = True
-    throttle_style: Literal["apigw", "cce"] = "apigw"
+    throttle_style: Literal["apigw", "apig-minute", "cce"] = "apigw"
     p_500: float = 0.0
     p_503_html: float = 0.0
     p_malformed: float = 0.0
@@ -99,7 +99,7 @@ class FaultSettings:
     rate_limit: float | None = None
     rate_burst: int | None = None
     retry_after: bool = True
-    throttle_style: Literal["apigw", "cce"] = "apigw"
+    throttle_style: Literal["apigw", "apig-minute", "cce"] = "apigw"
 
     def __post_init__(self) -> None:
         for name in ("p_500", "p_503_html", "p_malformed", "p_slow", "p_drop"):
@@ -111,5 +111,5 @@ class FaultSettings:
             raise ValueError("rate_limit must be positive or None")
         if self.rate_burst is not None and self.rate_burst < 1:
             raise ValueError("rate_burst must be >= 1")
-        if self.throttle_style not in ("apigw", "cce"):
-            raise ValueError("throttle_style must be 'apigw' or 'cce'")
+        if self.throttle_style not in ("apigw", "apig-minute", "cce"):
+            raise ValueError("throttle_style must be 'apigw', 'apig-minute' or 'cce'")

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from monitor.sim.config import FaultSettings
 
-__all__ = ["Draw", "TokenBucket", "bucket_for", "draw_faults"]
+__all__ = [
+    "Draw",
+    "JobAnswers",
+    "TokenBucket",
+    "bucket_for",
+    "draw_faults",
+    "not_found_body",
+]
 
 
 class TokenBucket:
@@ -65,3 +72,43 @@ def bucket_for(faults: FaultSettings, clock: Callable[[], float]) -> TokenBucket
     if rate is None:
         return None
     return TokenBucket(rate, faults.rate_burst or max(1, round(rate)), clock())
+
+
+class JobAnswers:
+    """Answers a test sets for one job in place of its document, until an instant (ns): a lock, a refusal."""
+
+    __slots__ = ("_answers",)
+
+    def __init__(self) -> None:
+        self._answers: dict[str, tuple[float, int, dict[str, str]]] = {}
+
+    def lock(self, job_id: str, until_ns: float) -> None:
+        """429 ``CCE.01429002``: the job's resource is locked by another request (a lock, not throttling)."""
+        self._answers[job_id] = (until_ns, 429, {"errorCode": "CCE.01429002", "errorMessage": _LOCKED})
+
+    def forbid(self, job_id: str, until_ns: float) -> None:
+        """403 ``CCE.01403001`` for this job only (a cluster the user may not read, or a busy one)."""
+        self._answers[job_id] = (until_ns, 403, {"errorCode": "CCE.01403001", "errorMessage": _FORBIDDEN})
+
+    def get(self, job_id: str, now_ns: int) -> tuple[int, dict[str, str]] | None:
+        answer = self._answers.get(job_id)
+        return (answer[1], answer[2]) if answer is not None and now_ns < answer[0] else None
+
+
+_LOCKED = "Resource locked by other requests."
+_FORBIDDEN = "Forbidden: the user has no permission on this cluster"
+
+
+def not_found_body(message: str) -> dict[str, object]:
+    """CCE's 404 body: a Kubernetes-style ``Status`` carrying CCE's error code (``CCE.01404001``)."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "NotFound",
+        "code": 404,
+        "errorCode": "CCE.01404001",
+        "errorMessage": "The resource is not found",
+    }

@@ -15,6 +15,7 @@ import contextvars
 import dataclasses
 import hmac
 import logging
+import math
 import random
 import time
 import uuid
@@ -27,7 +28,7 @@ from aiohttp import web
 
 from monitor.cce.signing import DATE_FORMAT, parse_authorization, signature
 from monitor.sim.config import FaultSettings, SimulatorConfig
-from monitor.sim.faults import Draw, TokenBucket, bucket_for, draw_faults
+from monitor.sim.faults import Draw, JobAnswers, TokenBucket, bucket_for, draw_faults, not_found_body
 from monitor.sim.node_api import add_node_routes
 from monitor.sim.nodes import Fleet, NodeTransition
 from monitor.sim.shapes import job_context, new_uid, template
@@ -81,6 +82,7 @@ class Simulator:
         self._rng_tokens = random.Random(f"{seed}:tokens")
         self._rng_ids = random.Random(f"{seed}:request-ids")
         self._jobs: dict[str, Job] = {}
+        self.answers = JobAnswers()
         self._cluster_names: dict[str, str] = {}
         self._fleet = Fleet(
             self._rng_jobs,
@@ -279,6 +281,14 @@ class Simulator:
         now = self._clock()
         self._tokens = {token: min(expiry, now) for token, expiry in self._tokens.items()}
 
+    def lock_job(self, job_id: str, seconds: float) -> None:
+        """For ``seconds``, reading ``job_id`` answers 429 ``CCE.01429002`` (resource locked by other requests)."""
+        self.answers.lock(job_id, self.now_ns() + seconds * NS)
+
+    def forbid_job(self, job_id: str, seconds: float = math.inf) -> None:
+        """For ``seconds``, reading ``job_id`` answers 403 ``CCE.01403001`` (other jobs are read as usual)."""
+        self.answers.forbid(job_id, self.now_ns() + seconds * NS)
+
     def set_token_ttl(self, seconds: float) -> None:
         """Lifetime of tokens issued from now on."""
         if seconds <= 0:
@@ -382,6 +392,8 @@ class Simulator:
     async def _resolve_job(self, request: web.Request, now: int) -> Resolved:
         job_id = request.match_info["job_id"]
         live = self.config.live_timestamps
+        if (answer := self.answers.get(job_id, now)) is not None:
+            return self._json(*answer)
         if request.match_info["project_id"] == self.config.project_id:
             job = self._jobs.get(job_id)
             if job is not None and now >= job.visible_ns:
@@ -397,25 +409,17 @@ class Simulator:
         if f.throttle_style == "cce":
             message = "The request is throttled, please try again later"
             return self._json(429, {"errorCode": "CCE.02429001", "errorMessage": message}, headers)
-        limit = f"{f.rate_limit:g}"
-        message = f"The throttling threshold has been reached: policy user over ratelimit,limit:{limit},time:1 second"
-        return self._error(request, 429, {"error_code": "APIGW.0308", "error_msg": message}, **headers)
+        if f.throttle_style == "apig-minute":  # a per-minute policy, as the gateway also names it (APIG.0308)
+            limit, window, code = f"{(f.rate_limit or 0) * 60:g}", "1 minute", "APIG.0308"
+        else:
+            limit, window, code = f"{f.rate_limit:g}", "1 second", "APIGW.0308"
+        message = f"The throttling threshold has been reached: policy user over ratelimit,limit:{limit},time:{window}"
+        return self._error(request, 429, {"error_code": code, "error_msg": message}, **headers)
 
     @staticmethod
     def _not_found(message: str) -> web.Response:
         """CCE's 404 (the Kubernetes-style Status with CCE's error code), for jobs, clusters, nodes and pools."""
-        body = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": "NotFound",
-            "code": 404,
-            "errorCode": "CCE.01404001",
-            "errorMessage": "The resource is not found",
-        }
-        return Simulator._json(404, body)
+        return Simulator._json(404, not_found_body(message))
 
     async def _authenticate(self, request: web.Request) -> dict[str, str] | None:
         """``None`` if the request carries a valid token or AK/SK signature, else the 401 body."""

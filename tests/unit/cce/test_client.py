@@ -164,11 +164,11 @@ async def test_not_found_carries_code_and_request_id(
     client = token_client(sim, endpoint, session=session)
     error = await fails(client.fetch("no-such-job"), NotFoundError)
     assert (error.status, error.code, error.retryable) == (404, "CCE.01404001", False)
-    assert error.message == "The resource is not found"
+    assert error.message == "The resource is not found: job no-such-job not found"  # both of its messages
     [sent_id] = trace.request_ids
     assert sent_id is not None and REQUEST_ID.match(sent_id)
     assert error.request_id == sent_id
-    assert str(error) == f"HTTP 404 CCE.01404001: The resource is not found (request id {sent_id})"
+    assert str(error) == f"HTTP 404 CCE.01404001: {error.message} (request id {sent_id})"
     # a job of another project is not found either
     job_id = sim.add_job(duration=100)
     other = CCEClient(

@@ -69,13 +69,19 @@ MAX_MESSAGE = 300
         (CCE_404, "application/json", ("CCE.01404001", "Resource not found")),
         (APIGW_429, "application/json", ("APIGW.0308", "The request is throttled.")),
         (b'{"code": "CCE.01400001", "message": "Invalid request."}', "", ("CCE.01400001", "Invalid request.")),
-        (K8S_STATUS, "application/json", ("CCE.01404001", "Job 354331b2c not found")),
+        (K8S_STATUS, "application/json", ("CCE.01404001", "Job 354331b2c not found: job not found")),  # both
         (b'{"kind": "Status", "code": 500, "message": "etcd timeout"}', "", (None, "etcd timeout")),
         (IAM_401, "application/json", (None, "The request you have made requires authentication.")),
         (b'{"error": {"code": 403, "title": "Forbidden"}}', "application/json", (None, "Forbidden")),
         (b'{"error": {"code": "IAM.0001", "message": "bad"}}', "application/json", ("IAM.0001", "bad")),
         (b'{"error_code": "APIGW.0101"}', "application/json", ("APIGW.0101", "APIGW.0101")),
         (b'{"errorCode": " ", "errorMessage": "only a message"}', "", (None, "only a message")),
+        (
+            b'{"error_code": "CCE.01400001", "error_msg": "Request body invalid",'
+            b' "message": "invalid primary fixedIp"}',
+            "",
+            ("CCE.01400001", "Request body invalid: invalid primary fixedIp"),
+        ),
         (b'{"msg": "short style"}', "", (None, "short style")),
         (HTML_503, "text/html", (None, "503 Service Temporarily Unavailable")),
         (HTML_503, "", (None, "503 Service Temporarily Unavailable")),
@@ -101,6 +107,7 @@ MAX_MESSAGE = 300
         "iam-string-code",
         "code-only",
         "blank-code",
+        "two-messages",
         "msg",
         "html-ct",
         "html-sniffed",

@@ -198,6 +198,7 @@ def test_event_type_values() -> None:
         "job.poll_failed",
         "job.recovered",
         "monitor.auth_failed",
+        "monitor.config_error",
         "node.active",
         "node.failed",
         "nodepool.phase_changed",

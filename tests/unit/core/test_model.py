@@ -240,12 +240,17 @@ def test_sub_job_without_resource_name_or_reason() -> None:
     assert sub.extend_params is None
 
 
-def test_empty_extend_param_is_none_and_null_phase_is_initializing() -> None:
-    data = minimal(phase=None)
+def test_empty_extend_param_is_none_and_null_phase_is_malformed() -> None:
+    data = minimal(phase="Running")
     data["spec"]["extendParam"] = {}
     job = parse_job(orjson.dumps(data))
     assert job.extend_params is None
-    assert job.phase is Phase.INITIALIZING
+    # A status without a phase used to become Initializing: it is a broken answer, to be retried.
+    with pytest.raises(MalformedResponseError, match="status has no phase"):
+        parse_job(orjson.dumps(minimal(phase=None)))
+    no_status = minimal(phase="Running")
+    del no_status["status"]
+    assert parse_job(orjson.dumps(no_status)).phase is Phase.INITIALIZING
 
 
 def test_nested_sub_jobs() -> None:
@@ -586,6 +591,8 @@ def expected_job(node: dict[str, Any]) -> Job | None:
     status = node.get("status") or {}
     if not (metadata or spec or status):
         return None
+    if node.get("status") is not None and not status.get("phase"):
+        return None  # a status without its phase is malformed
     subs = []
     for sub in spec.get("subJobs") or []:
         parsed = expected_job(sub)
@@ -785,7 +792,11 @@ def test_parse_reusing_parses_a_changed_sub_job_and_keeps_the_others() -> None:
             for i, phase in enumerate(["Success", second_phase, "Initializing"])
         ]
         return orjson.dumps(
-            {"metadata": {"uid": "root", "updateTimestamp": updated}, "spec": {"subJobs": subs}, "status": {}}
+            {
+                "metadata": {"uid": "root", "updateTimestamp": updated},
+                "spec": {"subJobs": subs},
+                "status": {"phase": "Running"},
+            }
         )
 
     first, digests = parse_job_reusing(body("Running", "t1"), None, ())

@@ -1,0 +1,188 @@
+"""What the real API and its gateway answer, and the reaction each answer deserves (issue "Fidelity"): a wrong
+endpoint, a lock that is not throttling, a gateway budget per minute, a 403 on one job, a status without a
+phase, stalls of sub-jobs, and arrivals paced under the rate. Against the simulator (or a receiver) on
+127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from monitor.cce.auth import TokenAuth
+from monitor.cce.client import CCEClient, ClientSettings
+from monitor.cce.throttle import RateLimiter
+from monitor.core.errors import ConfigError, MalformedResponseError
+from monitor.core.model import parse_job
+from monitor.core.secret import Secret
+from monitor.engine.pipeline import watch
+from monitor.engine.scheduler import Scheduler
+from monitor.engine.settings import SchedulerSettings
+from monitor.sim import SimulatorConfig
+from monitor.testing import Receiver, Reply
+from tests.conftest import Recorder, SimFactory, client_for
+
+FAST = SchedulerSettings(
+    rate=50.0,
+    interval=0.1,
+    min_interval=0.05,
+    max_interval=0.2,
+    error_backoff=0.05,
+    error_backoff_max=0.2,
+    job_timeout=20.0,
+    auth_backoff=0.5,
+    auth_backoff_max=1.0,
+)
+PROJECT = SimulatorConfig().project_id
+
+
+async def test_a_wrong_path_is_a_configuration_error_not_a_missing_job() -> None:
+    """The gateway answers 404 APIGW.0101 to a path it has no API for (here: every path): one
+    monitor.config_error naming the endpoint, polling stops, and watch ends at once with it (exit 2)."""
+    body = {
+        "error_code": "APIGW.0101",
+        "error_msg": "The API does not exist or has not been published in the environment",
+    }
+    async with Receiver(Reply.json(body, 404)) as gateway:
+        settings = ClientSettings(endpoint=gateway.base, project_id=PROJECT, total_timeout=5)
+        recorder = Recorder()
+        started = time.monotonic()
+        async with CCEClient(settings, TokenAuth(Secret("t"))) as client:
+            result = await asyncio.wait_for(
+                watch(["job-1", "job-2"], client=client, settings=FAST, observers=[recorder]), 10
+            )
+        assert time.monotonic() - started < 5, "not after a minute of 404s"
+    [event] = recorder.of("monitor.config_error")
+    assert gateway.base in (event.detail or "") and "APIGW.0101" in (event.detail or "")
+    assert not recorder.of("job.not_found")
+    assert result.exit_code == 2 and result.config_error == event.detail
+
+
+@pytest.mark.parametrize("path", ["/api/v3", "/api/v3/projects/x", "/typo"])
+def test_an_endpoint_with_a_path_is_refused_at_start_up(path: str) -> None:
+    with pytest.raises(ConfigError, match=r"must not have a path .*: give https://cce\.eu-de\.otc\.t-systems\.com$"):
+        ClientSettings(endpoint=f"https://cce.eu-de.otc.t-systems.com{path}", project_id=PROJECT)
+    ClientSettings(endpoint="https://cce.eu-de.otc.t-systems.com/", project_id=PROJECT)  # a trailing / is fine
+
+
+async def test_a_locked_job_is_retried_without_slowing_the_others(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory()
+    locked, free = sim.add_job(duration=1.0), sim.add_job(duration=1.0)
+    sim.lock_job(locked, 0.6)
+    recorder = Recorder()
+    limiter = RateLimiter(FAST.rate)
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, recorder, FAST, limiter=limiter)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add_many([locked, free])
+        await asyncio.wait_for(scheduler.wait_idle(), 10)
+        scheduler.stop()
+        await task
+    assert limiter.throttled_count == 0 and limiter.effective_rate == FAST.rate, "a lock is not throttling"
+    assert scheduler.stats.outcomes.get("locked", 0) >= 1
+    finals = {e.job_id for e in recorder.of("job.phase_changed") if e.phase == "Success"}
+    assert finals == {locked, free}
+
+
+async def test_a_gateway_budget_per_minute_holds_the_rate(sim_factory: SimFactory) -> None:
+    """APIG.0308 naming ``limit:120,time:1 minute`` (2 a second): the limiter keeps to that budget from then
+    on, even after its usual recovery, and never above the configured rate."""
+    sim, _ = await sim_factory(rate_limit=2.0, rate_burst=1, throttle_style="apig-minute", retry_after=False)
+    jobs = [sim.add_job(duration=60) for _ in range(5)]
+    limiter = RateLimiter(20.0)
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, Recorder(), FAST, limiter=limiter)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add_many(jobs)
+        await asyncio.sleep(3.0)
+        scheduler.stop()
+        await task
+    assert limiter.throttled_count >= 1
+    assert limiter.effective_rate <= 2.0, limiter.effective_rate
+
+
+async def test_a_403_on_one_job_fails_that_job_only(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory()
+    refused = sim.add_job(duration=60)
+    others = [sim.add_job(duration=0.8) for _ in range(3)]
+    sim.forbid_job(refused)
+    recorder = Recorder()
+    settings = SchedulerSettings(**{**_fields(FAST), "failure_threshold": 2})
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, recorder, settings)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add_many([refused, *others])
+        async with asyncio.timeout(10):
+            while len([e for e in recorder.of("job.phase_changed") if e.phase == "Success"]) < 3:
+                await asyncio.sleep(0.05)
+        scheduler.stop()
+        await task
+    assert not recorder.of("monitor.auth_failed"), "one job's 403 does not pause all polling"
+    assert [e.job_id for e in recorder.of("job.poll_failed")] == [refused]
+
+
+async def test_403s_on_every_job_pause_everything(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory()
+    jobs = [sim.add_job(duration=60) for _ in range(3)]
+    for job in jobs:
+        sim.forbid_job(job)
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, recorder, FAST)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add_many(jobs)
+        async with asyncio.timeout(10):
+            while not recorder.of("monitor.auth_failed"):
+                await asyncio.sleep(0.05)
+        scheduler.stop()
+        await task
+    assert len(recorder.of("monitor.auth_failed")) == 1
+
+
+def test_a_status_without_a_phase_is_malformed() -> None:
+    with pytest.raises(MalformedResponseError, match="status has no phase"):
+        parse_job(b'{"metadata": {"uid": "j"}, "spec": {"type": "CreateNode"}, "status": {"reason": ""}}')
+    assert parse_job(b'{"metadata": {"uid": "j"}, "spec": {"type": "CreateNode"}}').phase == "Initializing"
+
+
+async def test_sub_job_progress_is_not_a_stall(sim_factory: SimFactory) -> None:
+    """The top job's phase and updateTimestamp may stay put while its sub-jobs move: that is progress."""
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    job_id = sim.create_nodes(cluster, 4, duration=2.5)
+    recorder = Recorder()
+    settings = SchedulerSettings(**{**_fields(FAST), "stall_after": 1.0, "node_check": False})
+    async with client_for(sim) as client:
+        await asyncio.wait_for(watch([job_id], client=client, settings=settings, observers=[recorder]), 20)
+    assert not recorder.of("job.stalled"), [e.type for e in recorder.events]
+
+
+async def test_arrivals_never_exceed_the_rate_in_any_one_second_window(sim_factory: SimFactory) -> None:
+    """The gateway counts arrivals: with admissions paced evenly, no 1-second sliding window of requests as
+    the server saw them holds more than the rate."""
+    arrivals: list[float] = []
+
+    def count(_received: object) -> Reply:
+        arrivals.append(time.monotonic())
+        return Reply.json({"metadata": {"uid": "j"}, "spec": {"type": "X"}, "status": {"phase": "Running"}})
+
+    async with Receiver(count) as server:
+        settings = ClientSettings(endpoint=server.base, project_id=PROJECT, total_timeout=5)
+        limiter = RateLimiter(10.0)
+        async with CCEClient(settings, TokenAuth(Secret("t"))) as client:
+            scheduler = Scheduler(
+                client, Recorder(), SchedulerSettings(rate=10.0, interval=0.05, min_interval=0.05), limiter=limiter
+            )
+            task = asyncio.create_task(scheduler.run(drain=1.0))
+            scheduler.add_many([f"job-{n}" for n in range(40)])
+            await asyncio.sleep(4.0)
+            scheduler.stop()
+            await task
+    assert len(arrivals) >= 30
+    worst = max(sum(1 for b in arrivals if a <= b < a + 1.0) for a in arrivals)
+    assert worst <= 10, worst
+
+
+def _fields(settings: SchedulerSettings) -> dict[str, object]:
+    return {name: getattr(settings, name) for name in SchedulerSettings.__dataclass_fields__}
