@@ -172,10 +172,20 @@ class Job:
     created: Timestamp = _EMPTY_TIME
     updated: Timestamp = _EMPTY_TIME
     sub_jobs: tuple[Job, ...] = ()
+    message: str = ""
+    """``status.message``: what CCE adds to the phase (the golangsdk's JobStatus has it; the docs list only reason)."""
+    owner_job: str = ""
+    """``spec.ownerJob``: the job this one is a sub-job of, when it is read by its own id."""
 
     @property
     def is_terminal(self) -> bool:
         return self.phase.is_terminal
+
+    @property
+    def order_id(self) -> str:
+        """``extendParam.orderID``: a yearly/monthly job waits on this billing order until it is paid."""
+        value = (self.extend_params or {}).get("orderID")
+        return value if isinstance(value, str) else ""
 
     def walk(self) -> list[Job]:
         """Every sub-job below this job, depth first (not the job itself)."""
@@ -215,6 +225,8 @@ def _job_from_dict(d: dict[str, Any]) -> Job:
         created=Timestamp(d.get("created") or ""),
         updated=Timestamp(d.get("updated") or ""),
         sub_jobs=tuple(_job_from_dict(s) for s in d.get("sub_jobs", ())),
+        message=d.get("message", ""),
+        owner_job=d.get("owner_job", ""),
     )
 
 
@@ -296,6 +308,8 @@ def parse_job_object(
         created=Timestamp(text(metadata.get("creationTimestamp"))),
         updated=Timestamp(text(metadata.get("updateTimestamp"))),
         sub_jobs=tuple(subs),
+        message=text(status.get("message")),
+        owner_job=text(spec.get("ownerJob")),
     )
 
 
@@ -446,6 +460,8 @@ def _restamped(job: Job, updated: str) -> Job:
         created=job.created,
         updated=Timestamp(updated),
         sub_jobs=job.sub_jobs,
+        message=job.message,
+        owner_job=job.owner_job,
     )
 
 

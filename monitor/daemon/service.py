@@ -152,8 +152,10 @@ class Daemon:
         return {
             "state": self._state is not None and not self._state.closed,
             "scheduler": self._running,
-            # Nothing to poll yet counts as reachable; otherwise CCE must have answered recently.
-            "cce": not polled or (contact is not None and time.monotonic() - contact < _REACHABLE_WITHIN),
+            # Nothing to poll yet counts as reachable; otherwise CCE must have answered recently — and the endpoint
+            # must be one (a 404 APIGW.0101 stopped polling: see monitor.config_error).
+            "cce": (scheduler is None or scheduler.config_error is None)
+            and (not polled or (contact is not None and time.monotonic() - contact < _REACHABLE_WITHIN)),
         }
 
     def metrics(self) -> tuple[bytes, str]:

@@ -64,6 +64,14 @@ def _reason(job: Job) -> str | None:
     return job.reason or None
 
 
+def _detail(job: Job) -> str | None:
+    """``status.message`` and the billing order a job waits on, shown beside its reason."""
+    parts = [job.message] if job.message else []
+    if job.order_id:
+        parts.append(f"order {job.order_id}")
+    return "; ".join(parts) or None
+
+
 def _node_context(job: Job, inherited: tuple[str, str]) -> tuple[str, str]:
     """(resource name, node id) that events about ``job`` carry: its own, else its nearest ancestor's."""
     name, node = inherited
@@ -117,6 +125,7 @@ def detect(previous: Job | None, current: Job, ctx: JobContext, now: datetime) -
                     subjob_key=key,
                     resource_name=name or current.resource_name,
                     node_id=node,
+                    detail=_detail(sub),
                 )
             )
     job_changed = previous is None or previous.phase != current.phase
@@ -133,6 +142,7 @@ def detect(previous: Job | None, current: Job, ctx: JobContext, now: datetime) -
                 reason=_reason(current),
                 resource_name=current.resource_name,
                 node_id=root[1],
+                detail=_detail(current),
             )
         )
     return events
@@ -151,6 +161,7 @@ def _event(
     subjob_key: str | None = None,
     resource_name: str,
     node_id: str,
+    detail: str | None = None,
 ) -> Event:
     # The reason is part of the id only for Failed: a changed failure reason is a new thing to report.
     id_reason = reason if phase == Phase.FAILED.value else None
@@ -170,5 +181,6 @@ def _event(
         cluster_id=job.cluster_id or None,
         node_id=node_id or None,
         labels=ctx.labels,
+        detail=detail,
         rollout=ctx.labels.get("rollout"),
     )

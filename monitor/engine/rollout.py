@@ -74,6 +74,7 @@ class _Member:
     # has one entry per node job, by sub-job id. A rollout of other jobs counts jobs, as it always did.
     node: _NodeEntry | None = None
     nodes: dict[str, _NodeEntry] | None = None
+    owner: str = ""  # spec.ownerJob: a sub-job tracked by its own id, counted through its parent if it is here
 
     def entries(self) -> list[tuple[str | None, _NodeEntry]]:
         if self.nodes is not None:
@@ -147,11 +148,16 @@ class Rollout:
             "node_check": self.node_check,
         }
 
+    def _counted(self) -> list[tuple[str, _Member]]:
+        """The members, but a sub-job tracked by its own id whose parent is a member too: the same node (or
+        step) is never counted twice."""
+        return [(job_id, m) for job_id, m in self.members.items() if not (m.owner and m.owner in self.members)]
+
     def _count_jobs(self) -> tuple[dict[str, int], list[dict[str, Any]], list[float]]:
         counts: dict[str, int] = {}
         failed: list[dict[str, Any]] = []
         durations: list[float] = []
-        for job_id, m in self.members.items():
+        for job_id, m in self._counted():
             counts[m.phase] = counts.get(m.phase, 0) + 1
             if m.phase in _FAILED_STATES:
                 failed.append(
@@ -165,7 +171,7 @@ class Rollout:
         counts: dict[str, int] = {}
         failed: list[dict[str, Any]] = []
         durations: list[float] = []
-        for job_id, m in self.members.items():
+        for job_id, m in self._counted():
             entries = m.entries()
             if not entries and m.phase in FINAL_STATES - {"Success"}:
                 # A job that ended before it named its nodes (not found, timed out, failed early).
@@ -400,10 +406,13 @@ class RolloutTracker:
         """A tracked job changed (called before its events): a job of per-node sub-jobs (``ScaleupCluster``)
         makes its rollout count those nodes, each with its name, node id and deepest failure reason."""
         name = self._job_rollout.get(job_id)
-        per_node = node_jobs(job)
-        if name is None or not per_node:
+        if name is None:
             return
         member = self._rollouts[name].members[job_id]
+        member.owner = job.owner_job
+        per_node = node_jobs(job)
+        if not per_node:
+            return
         if member.nodes is None:
             member.nodes = {}
         for index, sub in enumerate(per_node):

@@ -499,7 +499,8 @@ class Scheduler:
             tracked.delay = s.interval
         else:
             tracked.delay = min(s.max_interval, tracked.delay * s.backoff)
-            if not tracked.stalled and now - tracked.last_progress >= s.stall_after:
+            # A yearly/monthly job waits on its billing order (extendParam.orderID) until it is paid: not a stall.
+            if not tracked.stalled and now - tracked.last_progress >= s.stall_after and not job.order_id:
                 tracked.stalled = True
                 events.append(
                     self._event(

@@ -224,7 +224,10 @@ class ChatSink(abc.ABC):
             return None, None
         ready = [c for c in candidates if c[2] <= 0]
         if ready:
-            return min(ready)[1], max(0.0, common)
+            # A summary takes everything pending with it (older digests too): when one is ready it goes first,
+            # or an older digest would spend the budget and the summary wait a window behind it.
+            kind = "finished" if any(c[1] == "finished" for c in ready) else min(ready)[1]
+            return kind, max(0.0, common)
         return None, max(min(c[2] for c in candidates), common)
 
     async def _run(self) -> None:

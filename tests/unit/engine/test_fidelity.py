@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 
 from monitor.cce.auth import TokenAuth
 from monitor.cce.client import CCEClient, ClientSettings
 from monitor.cce.throttle import RateLimiter
 from monitor.core.errors import ConfigError, MalformedResponseError
-from monitor.core.model import parse_job
+from monitor.core.model import job_from_json, job_to_json, parse_job
 from monitor.core.secret import Secret
 from monitor.engine.pipeline import watch
 from monitor.engine.scheduler import Scheduler
@@ -186,3 +187,54 @@ async def test_arrivals_never_exceed_the_rate_in_any_one_second_window(sim_facto
 
 def _fields(settings: SchedulerSettings) -> dict[str, object]:
     return {name: getattr(settings, name) for name in SchedulerSettings.__dataclass_fields__}
+
+
+def test_message_owner_and_billing_order_are_read() -> None:
+    body = (
+        b'{"metadata": {"uid": "cn-1"}, "spec": {"type": "CreateNode", "ownerJob": "scaleup-1",'
+        b' "extendParam": {"orderID": "CS2105101234ABCD"}},'
+        b' "status": {"phase": "Running", "reason": "", "message": "waiting for the order to be paid"}}'
+    )
+    job = parse_job(body)
+    assert (job.message, job.owner_job, job.order_id) == (
+        "waiting for the order to be paid",
+        "scaleup-1",
+        "CS2105101234ABCD",
+    )
+    assert job_from_json(job_to_json(job)) == job
+
+
+async def test_a_job_waiting_on_its_billing_order_is_not_stalled(sim_factory: SimFactory) -> None:
+    order = {"metadata": {"uid": "j"}, "spec": {"type": "CreateNode", "extendParam": {"orderID": "CS1"}}}
+    order["status"] = {"phase": "Running", "message": "waiting for payment"}
+    async with Receiver(Reply.json(order)) as server:
+        settings = ClientSettings(endpoint=server.base, project_id=PROJECT, total_timeout=5)
+        recorder = Recorder()
+        async with CCEClient(settings, TokenAuth(Secret("t"))) as client:
+            scheduler = Scheduler(client, recorder, SchedulerSettings(**{**_fields(FAST), "stall_after": 0.3}))
+            task = asyncio.create_task(scheduler.run(drain=1.0))
+            scheduler.add("j")
+            await asyncio.sleep(1.0)
+            scheduler.stop()
+            await task
+    assert not recorder.of("job.stalled")
+    [first] = recorder.of("job.phase_changed")
+    assert first.detail == "waiting for payment; order CS1", "shown beside the reason"
+
+
+async def test_a_sub_job_tracked_by_its_own_id_is_not_counted_twice() -> None:
+    """A user adds a cluster's job and one of its sub-jobs (read by its own id, ``spec.ownerJob`` naming the
+    parent) to one rollout: the sub-job is counted through its parent, once."""
+    from monitor.engine.rollout import RolloutTracker  # noqa: PLC0415
+
+    tracker = RolloutTracker(Recorder(), project_id="p", node_check=False)
+    tracker.add("r", ["cluster-job", "master-job"])
+    running = {"phase": "Running"}
+    master = {"metadata": {"uid": "master-job"}, "spec": {"type": "InstallMaster"}, "status": running}
+    parent = {"metadata": {"uid": "cluster-job"}, "spec": {"type": "CreateCluster", "subJobs": [master]}}
+    tracker.on_snapshot("cluster-job", parse_job(orjson.dumps({**parent, "status": running})))
+    rollout = tracker.get("r")
+    assert rollout is not None and rollout.summary()["total"] == 2, "not known yet to be a sub-job"
+    owned = {**master, "spec": {"type": "InstallMaster", "ownerJob": "cluster-job"}}
+    tracker.on_snapshot("master-job", parse_job(orjson.dumps(owned)))
+    assert rollout.summary()["total"] == 1, rollout.summary()

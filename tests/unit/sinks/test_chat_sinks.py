@@ -1150,3 +1150,17 @@ async def test_acknowledges_events_once_their_message_is_delivered(harness: Harn
     await harness.clock.advance(5)
     assert acked == [success.id, failed.id] and len(receiver.requests) == 2
     await sink.aclose()
+
+
+async def test_a_ready_summary_goes_before_an_older_digest(harness: Harness) -> None:
+    """A failure and the rollout's summary arrive together (a daemon restarted with both in its outbox): the
+    one message the budget allows is the summary, carrying the failure — not the failure alone with the
+    summary a window behind it."""
+    sink, receiver = await harness.start("wecom", rate_per_minute=1, coalesce=0)
+    failed = [{"job_id": "job-001", "resource_name": "node-001", "reason": "Install node failed", "outcome": "Failed"}]
+    await sink.send(job_event(1))
+    await sink.send(rollout_event(Counter(Success=299, Failed=1), 300, finished=True, failed=failed))
+    await harness.clock.advance(1.0)
+    [seen] = receiver.requests
+    assert "Rollout pool-a finished" in text_of(seen) and "node-001" in text_of(seen)
+    await sink.aclose()
