@@ -15,6 +15,10 @@ Any problem — a YAML syntax error, an unknown key, a wrong type, a missing val
 validation (:func:`complete_config`): flags win over the environment, the environment over the file, the file
 over the defaults. A problem is then reported against where the value came from: ``--project-id 'a/b': ...``,
 ``CCE_PROJECT_ID: ...``, ``sinks.yaml: polling.rate: ...``.
+
+A ``region`` stands in for unset endpoints (:mod:`monitor.cce.regions`) and, for ``watch`` and ``get``, the
+project id (:func:`complete_project`). An ``OS_CLOUD`` / ``OS_*`` cloud (:mod:`monitor.cce.clouds`) comes after
+all of ours, for values and for credentials (:meth:`Config.credentials`).
 """
 
 from __future__ import annotations
@@ -32,24 +36,38 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from monitor.cce import regions
 from monitor.cce.auth import AKSKAuth, Auth, PasswordAuth, TokenAuth
 from monitor.cce.client import ClientSettings, HttpSettings
+from monitor.cce.clouds import CloudProfile, choose_auth, cloud_profile
 from monitor.core.errors import ConfigError, InvalidIdError
 from monitor.core.events import EventType
 from monitor.core.model import validate_id, validate_label
 from monitor.core.secret import Secret
 from monitor.engine.settings import SchedulerSettings
 
-__all__ = ["ENV_VARS", "Config", "Flag", "SinkConfig", "complete_config", "config_from", "load_config", "parse_config"]
+__all__ = [
+    "ENV_VARS",
+    "Config",
+    "Flag",
+    "SinkConfig",
+    "complete_config",
+    "complete_project",
+    "config_from",
+    "load_config",
+    "parse_config",
+]
+
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_SECRET_KEYS = {"token", "sk", "password", "secret"}
+_SECRET_KEYS = {"token", "sk", "password", "secret", "security_token"}
 
 
 class _Model(BaseModel):
@@ -65,11 +83,12 @@ class PasswordConfig(_Model):
 
 
 class AuthConfig(_Model):
-    """Exactly one of: ``token``; ``ak`` + ``sk``; ``password``."""
+    """Exactly one of: ``token``; ``ak`` + ``sk`` (+ ``security_token`` for a temporary pair); ``password``."""
 
     token: SecretStr | None = None
     ak: str | None = None
     sk: SecretStr | None = None
+    security_token: SecretStr | None = None
     password: PasswordConfig | None = None
 
     @model_validator(mode="after")
@@ -79,6 +98,8 @@ class AuthConfig(_Model):
             raise ValueError("give exactly one of token, ak+sk, password")
         if (self.ak is None) != (self.sk is None):
             raise ValueError("ak and sk go together")
+        if self.security_token is not None and self.ak is None:
+            raise ValueError("security_token goes with ak and sk")
         return self
 
 
@@ -187,8 +208,11 @@ class Config(_Model):
     """The whole file."""
 
     endpoint: str
-    project_id: str
+    # Required as a key, but None when a region is given without it: watch and get then ask IAM for it.
+    project_id: str | None
     iam_endpoint: str | None = None
+    region: str | None = None
+    cloud: regions.Cloud | None = None
     auth: AuthConfig | None = None
     http: HttpSettings = HttpSettings()
     polling: SchedulerSettings = SchedulerSettings()
@@ -201,17 +225,49 @@ class Config(_Model):
     delivery: DeliveryConfig = DeliveryConfig()
     api: ApiConfig = ApiConfig()
 
+    # The OpenStack-style cloud complete_config found (OS_CLOUD / OS_*), for its credentials.
+    _profile: CloudProfile | None = PrivateAttr(default=None)
+
     @field_validator("project_id")
     @classmethod
-    def _project_id(cls, value: str) -> str:
+    def _project_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             return validate_id(value, "project id")
         except InvalidIdError as exc:
             raise ValueError(exc.message) from None
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else regions.validate_region(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _project_or_region(self) -> Config:
+        if self.project_id is None and self.region is None:
+            raise ValueError("project_id: give a project id, or a region to look it up")
+        return self
+
     def client_settings(self) -> ClientSettings:
         """Where CCE is and how to talk to it; checks the endpoint (raises :class:`ConfigError`)."""
+        if self.project_id is None:
+            raise ConfigError(
+                f"project_id is not set: only watch and get look it up from the region ({self.region}); "
+                "give project_id in the config file"
+            )
         return ClientSettings(endpoint=self.endpoint, project_id=self.project_id, **asdict(self.http))
+
+    def credentials(self, env: Mapping[str, str] | None = None) -> Auth:
+        """The provider for ``watch`` and ``get``: the file's ``auth:``, else our variables, else the
+        OpenStack-style cloud (:func:`monitor.cce.clouds.choose_auth`); raises :class:`ConfigError`."""
+        made = self.make_auth()
+        env = os.environ if env is None else env
+        where = {"project_id": self.project_id, "iam_endpoint": self.iam_endpoint, "region": self.region}
+        return made or choose_auth(env, self._profile, **where)
 
     def make_auth(self) -> Auth | None:
         """The provider the file configures, or ``None`` to take credentials from the environment."""
@@ -221,16 +277,19 @@ class Config(_Model):
         if a.token is not None:
             return TokenAuth(Secret(a.token.get_secret_value()))
         if a.ak is not None and a.sk is not None:
-            return AKSKAuth(a.ak, Secret(a.sk.get_secret_value()), self.project_id)
+            token = None if a.security_token is None else Secret(a.security_token.get_secret_value())
+            return AKSKAuth(a.ak, Secret(a.sk.get_secret_value()), self.project_id, security_token=token)
         assert a.password is not None
         if not self.iam_endpoint:
-            raise ConfigError("iam_endpoint: required for password auth")
+            raise ConfigError("iam_endpoint: required for password auth (or give a region)")
         return PasswordAuth(
             iam_endpoint=self.iam_endpoint,
             username=a.password.user,
             password=Secret(a.password.password.get_secret_value()),
             domain=a.password.domain,
             project_id=self.project_id,
+            # Without a project id the token is scoped by name: a region's main project is named after it.
+            project_name=None if self.project_id else self.region,
         )
 
 
@@ -290,6 +349,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "endpoint": ("CCE_ENDPOINT",),
     "project_id": ("CCE_PROJECT_ID", "HUAWEICLOUD_SDK_PROJECT_ID"),
     "iam_endpoint": ("CCE_IAM_ENDPOINT",),
+    "region": ("HUAWEICLOUD_SDK_REGION", "OS_REGION_NAME"),
 }
 """Keys that :func:`complete_config` takes from the environment over the file; the first variable set wins."""
 
@@ -297,6 +357,8 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
 _URL_KEYS = frozenset({"endpoint", "iam_endpoint"})
 _DEFAULT_POLLING = SchedulerSettings()
 _KEY_AT_START = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+# Placeholder project id for checking the endpoint before the real id is looked up (never sent anywhere).
+_UNKNOWN_PROJECT = "0" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +467,8 @@ def _validate(
     given: Mapping[tuple[str, ...], str] | None = None,
     ways: Mapping[str, Sequence[str]] | None = None,
 ) -> Config:
+    raw = dict(raw)
+    _derive_endpoints(raw, source, given)
     # Raised outside the except block: pydantic's exception quotes the input, which may hold a secret.
     try:
         return Config.model_validate(raw)
@@ -413,6 +477,16 @@ def _validate(
     except ConfigError as exc:  # a section's own cross-field check: "polling.max_interval = 3 must be >= interval"
         problem = _against_origin(exc.message, source, given)
     raise ConfigError(problem)
+
+
+def _derive_endpoints(raw: dict[object, object], source: str, given: Mapping[tuple[str, ...], str] | None) -> None:
+    """A region stands in for what is not given (:func:`monitor.cce.regions.fill_from_region`)."""
+    if "project_id" in raw and raw["project_id"] is None and raw.get("region") is None:
+        raise ConfigError(f"{source}: project_id: give a project id, or a region to look it up")
+    try:
+        regions.fill_from_region(raw, (given or {}).get(("region",)) or f"{source}: region")
+    except ConfigError as exc:
+        raise ConfigError(_against_origin(exc.message, source, given)) from None
 
 
 def _against_origin(problem: str, source: str, given: Mapping[tuple[str, ...], str] | None) -> str:
@@ -480,6 +554,13 @@ def complete_config(
             given[tuple(flag.key.split("."))] = flag.label
     for key, names in ENV_VARS.items():
         ways.setdefault(key, []).extend(names)
+    profile = cloud_profile(env)
+    if profile is not None:
+        # After all of ours: the cloud's values fill only what flags, variables and the file left unset.
+        for key, value in profile.values().items():
+            if raw.get(key) is None:
+                _set(raw, key, value)
+                given[(key,)] = profile.origin
     interval = next((f for f in reversed(flags) if f.key == "polling.interval" and f.value is not None), None)
     section = raw.get("polling")
     if interval is not None and _is_number(interval.value) and isinstance(section, dict):
@@ -494,7 +575,21 @@ def complete_config(
                 raise ConfigError(f"{interval.label} is {side} polling.{name} {_show(bound)} (from {source})")
     cfg = _validate(raw, source, given, ways)
     try:
-        cfg.client_settings()
+        ClientSettings(endpoint=cfg.endpoint, project_id=cfg.project_id or _UNKNOWN_PROJECT, **asdict(cfg.http))
     except (ConfigError, InvalidIdError) as exc:
         raise ConfigError(_against_origin(exc.message, source, given)) from None
+    cfg._profile = profile
     return cfg
+
+
+async def complete_project(cfg: Config, auth: Auth) -> Config:
+    """``cfg`` with its project id: as given, or asked once from IAM (:func:`monitor.cce.regions.complete_project`;
+    raises :class:`MonitorError`)."""
+    if cfg.project_id is not None:
+        return cfg
+    project_id = await regions.lookup_project(
+        auth, cfg.iam_endpoint, cfg.region, request_timeout=cfg.http.total_timeout, ca_bundle=cfg.http.ca_bundle
+    )
+    done = cfg.model_copy(update={"project_id": project_id})
+    done._profile = cfg._profile
+    return done

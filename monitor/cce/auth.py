@@ -10,7 +10,13 @@ exception can show them.
   (``X-Subject-Token``) is cached until ``expires_at`` minus a margin, fetched again after a 401, and concurrent
   fetches collapse into one request.
 * :class:`AKSKAuth` — every request signed ``SDK-HMAC-SHA256`` (:mod:`monitor.cce.signing`), from
-  ``HUAWEICLOUD_SDK_AK`` / ``HUAWEICLOUD_SDK_SK`` as the vendor SDK names them.
+  ``HUAWEICLOUD_SDK_AK`` / ``HUAWEICLOUD_SDK_SK`` as the vendor SDK names them. A temporary AK/SK (an agency's or
+  STS's) comes with ``HUAWEICLOUD_SDK_SECURITY_TOKEN``, sent as ``X-Security-Token`` and signed with the rest, as
+  the vendor signer does (``huaweicloudsdkcore/auth/credentials.py``: ``BasicCredentials.sign_request`` adds the
+  header before signing every header).
+
+An IAM endpoint may be given as Terraform's and openstacksdk's ``auth_url`` is, ending in ``/v3``
+(``https://iam.eu-de.otc.t-systems.com/v3``): :func:`iam_base` drops it, so requests go to ``.../v3/auth/tokens``.
 """
 
 from __future__ import annotations
@@ -39,19 +45,26 @@ from monitor.core.errors import (
 from monitor.core.model import parse_go_time
 from monitor.core.secret import Secret
 
-__all__ = ["AKSKAuth", "Auth", "PasswordAuth", "TokenAuth", "auth_from_env"]
+__all__ = ["AKSKAuth", "Auth", "PasswordAuth", "TokenAuth", "auth_from_env", "iam_base"]
 
 logger = logging.getLogger(__name__)
 
 ENV_TOKEN = "CCE_AUTH_TOKEN"  # noqa: S105 - a variable name
 ENV_AK = "HUAWEICLOUD_SDK_AK"
 ENV_SK = "HUAWEICLOUD_SDK_SK"
+ENV_SECURITY_TOKEN = "HUAWEICLOUD_SDK_SECURITY_TOKEN"  # noqa: S105 - a variable name
 ENV_IAM_ENDPOINT = "CCE_IAM_ENDPOINT"
 ENV_IAM_USER = "CCE_IAM_USER"
 ENV_IAM_PASSWORD = "CCE_IAM_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 ENV_IAM_DOMAIN = "CCE_IAM_DOMAIN"
 
 _DEFAULT_TOKEN_LIFETIME = 24 * 3600.0
+
+
+def iam_base(endpoint: str) -> str:
+    """An IAM endpoint without a trailing ``/`` or ``/v3``: the root the ``/v3/...`` paths are joined to."""
+    base = endpoint.strip().rstrip("/")
+    return base.removesuffix("/v3").rstrip("/") if base.endswith("/v3") else base
 
 
 class Auth(Protocol):
@@ -145,7 +158,7 @@ class PasswordAuth:
             raise ConfigError("IAM password auth needs a user name, a password and a domain")
         if not project_id and not project_name:
             raise ConfigError("IAM password auth needs a project id or name to scope the token")
-        self.iam_endpoint = iam_endpoint.rstrip("/")
+        self.iam_endpoint = iam_base(iam_endpoint)
         warn_plain_http(url, "IAM endpoint")
         self.username = username
         self._password = password
@@ -279,18 +292,27 @@ def _token_lifetime(body: bytes) -> float:
 class AKSKAuth:
     """Signs every request with an access key and secret key (``SDK-HMAC-SHA256``)."""
 
-    __slots__ = ("_sk", "ak", "project_id")
+    __slots__ = ("_security_token", "_sk", "ak", "project_id")
     kind = "aksk"
 
-    def __init__(self, ak: str, sk: Secret, project_id: str | None = None) -> None:
+    def __init__(
+        self, ak: str, sk: Secret, project_id: str | None = None, *, security_token: Secret | None = None
+    ) -> None:
         if not ak or not sk:
             raise ConfigError(f"AK/SK auth needs both {ENV_AK} and {ENV_SK}")
         self.ak = ak
         self._sk = sk
         self.project_id = project_id
+        self._security_token = security_token or None
+
+    @property
+    def temporary(self) -> bool:
+        """Whether this is a temporary AK/SK, sent with its security token."""
+        return self._security_token is not None
 
     def __repr__(self) -> str:
-        return f"AKSKAuth(ak={self.ak!r}, sk=Secret('**********'))"
+        token = ", security_token=Secret('**********')" if self._security_token is not None else ""
+        return f"AKSKAuth(ak={self.ak!r}, sk=Secret('**********'){token})"
 
     async def apply(
         self,
@@ -307,6 +329,8 @@ class AKSKAuth:
         }
         if self.project_id:
             to_sign["X-Project-Id"] = self.project_id
+        if self._security_token is not None:
+            to_sign["X-Security-Token"] = self._security_token.reveal()
         to_sign["Authorization"] = signing.authorization(
             self.ak,
             self._sk.reveal(),
@@ -327,19 +351,23 @@ def auth_from_env(
     *,
     project_id: str | None = None,
     iam_endpoint: str | None = None,
+    project_name: str | None = None,
 ) -> Auth:
     """Pick a provider from environment variables, in this order.
 
-    ``CCE_AUTH_TOKEN``; else ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK``; else ``CCE_IAM_USER`` +
+    ``CCE_AUTH_TOKEN``; else ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK`` (with
+    ``HUAWEICLOUD_SDK_SECURITY_TOKEN`` for a temporary pair); else ``CCE_IAM_USER`` +
     ``CCE_IAM_PASSWORD`` + ``CCE_IAM_DOMAIN`` with ``CCE_IAM_ENDPOINT`` (or ``iam_endpoint``).
-    Raises :class:`ConfigError` naming what is missing.
+    A password token is scoped to ``project_id``, else to ``project_name`` (a region's main project is named
+    after it). Raises :class:`ConfigError` naming what is missing.
     """
     token = env.get(ENV_TOKEN, "").strip()
     if token:
         return TokenAuth(Secret(token))
     ak, sk = env.get(ENV_AK, "").strip(), env.get(ENV_SK, "").strip()
     if ak or sk:
-        return AKSKAuth(ak, Secret(sk), project_id)
+        security_token = env.get(ENV_SECURITY_TOKEN, "").strip()
+        return AKSKAuth(ak, Secret(sk), project_id, security_token=Secret(security_token) if security_token else None)
     user, password = env.get(ENV_IAM_USER, "").strip(), env.get(ENV_IAM_PASSWORD, "")
     domain = env.get(ENV_IAM_DOMAIN, "").strip()
     if user or password or domain:
@@ -355,6 +383,7 @@ def auth_from_env(
             password=Secret(password),
             domain=domain,
             project_id=project_id,
+            project_name=None if project_id else project_name,
         )
     raise ConfigError(
         f"no credentials: set {ENV_TOKEN}, or {ENV_AK} and {ENV_SK}, "

@@ -17,11 +17,11 @@ from typing import Any
 
 import click
 
-from monitor.cce.auth import ENV_IAM_ENDPOINT, Auth, TokenAuth, auth_from_env
+from monitor.cce.auth import Auth, TokenAuth
 from monitor.cce.client import CCEClient
 from monitor.cli.options import log_option, parse_labels, read_ids
 from monitor.cli.runtime import EXIT_INTERRUPTED, fail, run_with_signals, setup_logging
-from monitor.config import Config, Flag, complete_config, config_from
+from monitor.config import Config, Flag, complete_config, complete_project, config_from
 from monitor.core.errors import ConfigError, MonitorError
 from monitor.core.events import Outcome
 from monitor.core.model import job_to_json, validate_id
@@ -35,21 +35,26 @@ from monitor.sinks import Sink, create_sink
 __all__ = ["demo", "get", "watch_cmd"]
 
 
-def _where_flags(endpoint: str | None, project_id: str | None, iam_endpoint: str | None) -> list[Flag]:
+def _where_flags(
+    endpoint: str | None,
+    project_id: str | None,
+    iam_endpoint: str | None,
+    region: str | None = None,
+    cloud: str | None = None,
+) -> list[Flag]:
     """The flags that say where CCE is; with the environment and the file they go through complete_config."""
     return [
         Flag("endpoint", "--endpoint", endpoint),
         Flag("project_id", "--project-id", project_id),
         Flag("iam_endpoint", "--iam-endpoint", iam_endpoint),
+        Flag("region", "--region", region),
+        Flag("cloud", "--cloud", cloud),
     ]
 
 
 def _auth(cfg: Config) -> Auth:
-    """The file's ``auth:`` if it has one, else credentials from the environment."""
-    # cfg.iam_endpoint already holds --iam-endpoint, else CCE_IAM_ENDPOINT, else the file's: hide the variable
-    # so that auth_from_env does not put it back in front of the flag.
-    env = {k: v for k, v in os.environ.items() if k != ENV_IAM_ENDPOINT}
-    return cfg.make_auth() or auth_from_env(env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
+    """The file's ``auth:``, else our variables, else ``OS_CLOUD``/``OS_*`` (:meth:`Config.credentials`)."""
+    return cfg.credentials(os.environ)
 
 
 def _sinks(cfg: Config, specs: Sequence[str], *, plain_log: bool) -> list[SinkBinding]:
@@ -71,6 +76,12 @@ _endpoint_option = click.option(
 )
 _project_option = click.option("--project-id", help="Project id [env CCE_PROJECT_ID or HUAWEICLOUD_SDK_PROJECT_ID]")
 _iam_option = click.option("--iam-endpoint", help="IAM endpoint for password auth [env CCE_IAM_ENDPOINT]")
+_region_option = click.option(
+    "--region", help="Region, e.g. eu-de: sets unset endpoints, finds the project id [env HUAWEICLOUD_SDK_REGION]"
+)
+_cloud_option = click.option(
+    "--cloud", type=click.Choice(["huawei", "otc"]), help="Whose region [otc for eu-de, eu-nl, eu-ch2; else huawei]"
+)
 
 
 @click.command()
@@ -78,6 +89,8 @@ _iam_option = click.option("--iam-endpoint", help="IAM endpoint for password aut
 @_endpoint_option
 @_project_option
 @_iam_option
+@_region_option
+@_cloud_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file")
 @log_option
 def get(
@@ -85,6 +98,8 @@ def get(
     endpoint: str | None,
     project_id: str | None,
     iam_endpoint: str | None,
+    region: str | None,
+    cloud: str | None,
     config_path: str | None,
     log_level: str | None,
 ) -> None:
@@ -92,13 +107,13 @@ def get(
     setup_logging(log_level or "warning")
     try:
         validate_id(job_id, "job id")
-        cfg = complete_config(config_path, _where_flags(endpoint, project_id, iam_endpoint))
-        settings = cfg.client_settings()
+        cfg = complete_config(config_path, _where_flags(endpoint, project_id, iam_endpoint, region, cloud))
         auth = _auth(cfg)
     except MonitorError as exc:
         fail(str(exc))
 
     async def main(stop: asyncio.Event) -> bytes:
+        settings = (await complete_project(cfg, auth)).client_settings()
         async with CCEClient(settings, auth) as client:
             job = await client.fetch(job_id)
         return job_to_json(job, indent=True)
@@ -106,7 +121,7 @@ def get(
     try:
         out, _ = run_with_signals(main)
     except MonitorError as exc:
-        fail(str(exc), 1)
+        fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
     click.echo(out.decode())
 
 
@@ -115,6 +130,8 @@ def get(
 @_endpoint_option
 @_project_option
 @_iam_option
+@_region_option
+@_cloud_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Requests per second to CCE [10]")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between polls of a job [10]")
@@ -133,6 +150,8 @@ def watch_cmd(
     endpoint: str | None,
     project_id: str | None,
     iam_endpoint: str | None,
+    region: str | None,
+    cloud: str | None,
     config_path: str | None,
     rate: float | None,
     interval: float | None,
@@ -157,7 +176,7 @@ def watch_cmd(
     live = sys.stdout.isatty() if live is None else live
     try:
         flags = [
-            *_where_flags(endpoint, project_id, iam_endpoint),
+            *_where_flags(endpoint, project_id, iam_endpoint, region, cloud),
             Flag("polling.rate", "--rate", rate),
             Flag("polling.interval", "--interval", interval),
             Flag("polling.job_timeout", "--timeout", timeout),
@@ -175,9 +194,12 @@ def watch_cmd(
         sinks = _sinks(cfg, sink_specs, plain_log=not live)
     except MonitorError as exc:
         fail(str(exc))
-    result, _ = run_with_signals(
-        lambda stop: _watch(ids, cfg, auth, sinks, labels, live, stop, rollout=rollout, nodepools=pools)
-    )
+    try:
+        result, _ = run_with_signals(
+            lambda stop: _watch(ids, cfg, auth, sinks, labels, live, stop, rollout=rollout, nodepools=pools)
+        )
+    except MonitorError as exc:  # before polling: the project id lookup (config problems exit 2)
+        fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
     _report_unsent(result)
     if result.config_error is not None:
         fail(result.config_error)
@@ -224,6 +246,7 @@ async def _watch(
         "rollout": rollout, "rollout_interval": rollout_interval, "deadline": cfg.shutdown_deadline,
         "nodepools": nodepools,
     }  # fmt: skip
+    cfg = await complete_project(cfg, auth)  # once, before polling starts
     async with CCEClient(cfg.client_settings(), auth) as client:
         common["client"] = client
         if not live:

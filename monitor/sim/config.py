@@ -24,6 +24,8 @@ class SimulatorConfig:
     limit) with a bucket of ``rate_burst`` (default: the rate, at least 1). Default job durations are
     ``job_duration`` times a per-type factor, jittered ±20 %, times ``time_scale``. ``token_length`` is the
     length of the tokens IAM issues (real ones are up to 16 KB; the server accepts request headers that large).
+    ``security_token`` makes the AK/SK a temporary one (an agency's): signed requests must carry it in a signed
+    ``X-Security-Token``. IAM lists ``(project_id, project_name)`` and ``extra_projects`` at ``GET /v3/projects``.
     """
 
     seed: int = 0
@@ -34,6 +36,8 @@ class SimulatorConfig:
     token_length: int = 123
     ak: str | None = None
     sk: str | None = None
+    security_token: str | None = None  # set: the AK/SK is temporary, and requests must sign X-Security-Token
+    extra_projects: tuple[tuple[str, str], ...] = ()  # (id, name) pairs IAM lists besides (project_id, project_name)
     iam_user: str = "monitor"
     iam_password: str = "sim-password"  # noqa: S105 - a fixture value for a loopback test server
     iam_domain: str = "sim-domain"
@@ -58,6 +62,8 @@ class SimulatorConfig:
             raise ValueError("ak and sk go together")
         if self.token_ttl <= 0 or self.time_scale <= 0 or self.job_duration < 0 or self.iam_delay < 0:
             raise ValueError("token_ttl and time_scale must be positive, job_duration and iam_delay >= 0")
+        if self.security_token is not None and self.ak is None:
+            raise ValueError("security_token goes with ak and sk")
         if self.token_length < 4:
             raise ValueError("token_length must be at least 4 (tokens start with 'MII')")
         self.faults()  # validates the fault fields
@@ -81,7 +87,7 @@ class SimulatorConfig:
         fields = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            shown = _mask(value) if f.name in {"token", "sk", "iam_password"} else repr(value)
+            shown = _mask(value) if f.name in {"token", "sk", "iam_password", "security_token"} else repr(value)
             fields.append(f"{f.name}={shown}")
         return f"SimulatorConfig({', '.join(fields)})"
 

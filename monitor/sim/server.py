@@ -1,8 +1,8 @@
 """The simulated region behind one aiohttp application: :class:`Simulator`.
 
 Routes: the job API (``GET /api/v3/projects/{project_id}/jobs/{job_id}``), the node and node pool API
-(:mod:`~monitor.sim.node_api`), IAM tokens
-(``POST /v3/auth/tokens``), and the ``/_sim/`` control endpoints (add jobs, truth, statistics, faults).
+(:mod:`~monitor.sim.node_api`), IAM (:mod:`~monitor.sim.iam`: ``POST /v3/auth/tokens``,
+``GET /v3/projects``), and the ``/_sim/`` control endpoints (add jobs, truth, statistics, faults).
 Requests to the job API are authenticated by token or AK/SK signature, throttled, and put through the
 fault draw; every answer carries an ``X-Request-Id`` and, outside ``/_sim/``, is counted in the statistics.
 """
@@ -18,7 +18,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from aiohttp import web
 from monitor.cce.signing import DATE_FORMAT, parse_authorization, signature
 from monitor.sim.config import FaultSettings, SimulatorConfig
 from monitor.sim.faults import Draw, JobAnswers, TokenBucket, bucket_for, draw_faults, not_found_body
+from monitor.sim.iam import add_iam_routes, security_token_problem
 from monitor.sim.node_api import add_node_routes
 from monitor.sim.nodes import Fleet, NodeTransition
 from monitor.sim.shapes import job_context, new_uid, template
@@ -92,6 +92,7 @@ class Simulator:
         )
         self._token_ttl = self.config.token_ttl
         self._tokens: dict[str, float] = {self.config.token: self._epoch_clock + self._token_ttl}
+        self.project_lookups = 0  # GET /v3/projects requests, answered or refused
         self._faults = self.config.faults()
         self._bucket: TokenBucket | None = bucket_for(self._faults, self._clock)
         self._counters = Counters()
@@ -328,7 +329,7 @@ class Simulator:
         app = web.Application(middlewares=[request_ids])
         app.router.add_get("/api/v3/projects/{project_id}/jobs/{job_id}", self._handle_job)
         add_node_routes(app, self)
-        app.router.add_post("/v3/auth/tokens", self._handle_iam)
+        add_iam_routes(app, self)
         app.router.add_post("/_sim/jobs", self._handle_sim_jobs)
         app.router.add_get("/_sim/truth", self._handle_sim_truth)
         app.router.add_get("/_sim/stats", self._handle_sim_stats)
@@ -440,6 +441,8 @@ class Simulator:
                 return {"error_code": "APIGW.0301", "error_msg": bad + "the request time is out of range"}
             if not {"host", "x-sdk-date"} <= set(parsed.signed_headers):
                 return {"error_code": "APIGW.0301", "error_msg": bad + "host and x-sdk-date must be signed"}
+            if (problem := security_token_problem(self.config, request, parsed.signed_headers)) is not None:
+                return {"error_code": "APIGW.0301", "error_msg": bad + problem}
             expected = signature(
                 self.config.sk,
                 method=request.method,
@@ -460,65 +463,6 @@ class Simulator:
         if self._clock() >= expiry:
             return {"error_code": "APIGW.0307", "error_msg": "The token must be updated."}
         return None
-
-    async def _handle_iam(self, request: web.Request) -> web.Response:
-        self._counters.iam_token_requests += 1
-        if self.config.iam_delay:
-            await asyncio.sleep(self.config.iam_delay)
-        if self.config.faults_on_iam:
-            draw = draw_faults(self._rng_faults, self._faults)
-            if (early := await self._transport_faults(request, draw)) is not None:
-                return early
-            if draw.error_500:
-                return self._json(500, {"error": {"code": 500, "title": "Internal Server Error", "message": "Error"}})
-        try:
-            auth = orjson.loads(await request.read())["auth"]
-            methods = auth["identity"]["methods"]
-            user = auth["identity"]["password"]["user"]
-            name, password, domain = user["name"], user["password"], user["domain"]["name"]
-            project = auth["scope"]["project"]
-            scope = (project.get("id", self.config.project_id), project.get("name", self.config.project_name))
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            message = "The request body is invalid."
-            return self._json(400, {"error": {"code": 400, "title": "Bad Request", "message": message}})
-        cfg = self.config
-        if (
-            "password" not in methods
-            or name != cfg.iam_user
-            or domain != cfg.iam_domain
-            or not isinstance(password, str)
-            or not hmac.compare_digest(password.encode(), cfg.iam_password.encode())
-        ):
-            message = "The username or password is wrong."
-            return self._json(401, {"error": {"code": 401, "title": "Unauthorized", "message": message}})
-        if scope != (cfg.project_id, cfg.project_name):
-            message = "The project in the scope is not found."
-            return self._json(401, {"error": {"code": 401, "title": "Unauthorized", "message": message}})
-        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-        token = "MII" + "".join(self._rng_tokens.choices(alphabet, k=cfg.token_length - 3))
-        issued = self._clock()
-        self._tokens[token] = issued + self._token_ttl
-        self._counters.tokens_issued += 1
-        now = self.now_ns()
-        iam_format = "%Y-%m-%dT%H:%M:%S.%fZ"
-        domain_ref = {"id": uuid.uuid5(uuid.NAMESPACE_DNS, cfg.iam_domain).hex, "name": cfg.iam_domain}
-        body = {
-            "token": {
-                "expires_at": wall_time(now + round(self._token_ttl * NS)).strftime(iam_format),
-                "issued_at": wall_time(now).strftime(iam_format),
-                "methods": ["password"],
-                "catalog": [],
-                "project": {"id": cfg.project_id, "name": cfg.project_name, "domain": domain_ref},
-                "user": {
-                    "id": cfg.project_id[::-1],
-                    "name": cfg.iam_user,
-                    "domain": domain_ref,
-                    "password_expires_at": "",
-                },
-                "roles": [{"id": "0", "name": "op_fine_grained"}],
-            }
-        }
-        return self._json(201, body, {"X-Subject-Token": token})
 
     def issued_tokens(self) -> list[str]:
         """Every token this simulator accepts (the static one and those IAM issued): for leak tests."""

@@ -13,6 +13,7 @@ import socket
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ import pytest
 
 from monitor.cce.auth import AKSKAuth, PasswordAuth, TokenAuth, auth_from_env
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.config import parse_config
+from monitor.config import complete_config, complete_project, parse_config
 from monitor.core.errors import (
     AuthError,
     ConfigError,
@@ -584,3 +585,63 @@ async def test_webhook_config_errors_never_echo_the_secret(logs: pytest.LogCaptu
         create_sink(f"webhook:ftp://user:{PASSWORD}@127.0.0.1/hook?token={TOKEN}", {"secret": HOOK_SECRET})
     assert_error_clean(info.value)
     assert_clean(logs.text)
+
+
+# --- clouds.yaml / OS_* credentials and temporary AK/SK security tokens ------------------------------------------
+
+STS = "sts-SECRET-5555"
+
+
+def _clouds(tmp_path: Path, auth: str) -> dict[str, str]:
+    (tmp_path / "clouds.yaml").write_text(f"clouds:\n  otc:\n    region_name: eu-de\n    auth:\n{auth}")
+    return {"OS_CLOUD": "otc", "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        f"      auth_url: http://127.0.0.1:1/v3\n      username: u\n      password: {PASSWORD}\n"
+        "      user_domain_name: d\n",
+        f"      ak: {AK}\n      sk: {SK}\n",
+    ],
+    ids=["password", "aksk"],
+)
+async def test_clouds_yaml_secrets_never_leak(tmp_path: Path, logs: pytest.LogCaptureFixture, auth: str) -> None:
+    env = {**_clouds(tmp_path, auth), "CCE_ENDPOINT": "http://127.0.0.1:1"}
+    cfg = complete_config(None, env=env)
+    provider = cfg.credentials(env)
+    assert_clean(repr(cfg), str(cfg), repr(provider), repr(cfg._profile))
+    with pytest.raises(MonitorError) as info:  # IAM is down: the lookup fails
+        await complete_project(cfg, provider)
+    assert_error_clean(info.value)
+    assert_clean(logs.text)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        f"      username: u\n      password: {PASSWORD}\n",  # no domain, no auth_url
+        f"      ak: AK\n      password: {PASSWORD}: [\n",  # not YAML
+        f"      sk: {SK}\n",  # sk without ak
+    ],
+)
+def test_broken_clouds_yaml_errors_never_echo(tmp_path: Path, logs: pytest.LogCaptureFixture, auth: str) -> None:
+    env = {**_clouds(tmp_path, auth), "CCE_ENDPOINT": "http://127.0.0.1:1", "CCE_PROJECT_ID": PROJECT}
+    with pytest.raises(ConfigError) as info:
+        complete_config(None, env=env).credentials(env)
+    assert_error_clean(info.value)
+    assert_clean(logs.text)
+
+
+async def test_security_token_never_leaks(sim_factory: SimFactory, logs: pytest.LogCaptureFixture) -> None:
+    sim, endpoint = await sim_factory(ak=AK, sk=SK, security_token="sts-other-token")
+    env = {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK, "HUAWEICLOUD_SDK_SECURITY_TOKEN": STS}
+    auth = auth_from_env(env, project_id=PROJECT)
+    assert_clean(repr(auth), also=(STS,))
+    async with CCEClient(ClientSettings(endpoint=endpoint, project_id=PROJECT, total_timeout=5), auth) as c:
+        with pytest.raises(AuthError) as info:
+            await c.fetch(sim.add_job(duration=10))
+    assert_error_clean(info.value, also=(STS,))
+    assert_clean(logs.text, also=(STS,))
+    config = parse_config(BASE_YAML + 'auth: {ak: A, sk: "${S}", security_token: "${T}"}\n', env={"S": SK, "T": STS})
+    assert_clean(repr(config), repr(config.make_auth()), also=(STS,))
