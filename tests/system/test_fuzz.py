@@ -206,7 +206,7 @@ def test_invalid_utf8_is_malformed() -> None:
     "body",
     [
         b'{"metadata": {"uid": "' + b"u" * 4_000_000 + b'"}, "status": {"phase": "Running"}}',
-        b'{"metadata": {"uid": "a"}, "status": {"reason": "' + "é".encode() * 2_000_000 + b'"}}',
+        b'{"metadata": {"uid": "a"}, "status": {"phase": "Failed", "reason": "' + "é".encode() * 2_000_000 + b'"}}',
         b'{"metadata": {"uid": "a"}, "spec": {"extendParam": {' + b",".join(b'"k%d": 1' % i for i in range(200_000))
         + b"}}}",
         b'{"metadata": {"uid": "a"}, "spec": {"subJobs": [' + b",".join([b'{"metadata": {"uid": "s"}}'] * 30_000)
