@@ -211,6 +211,7 @@ class Config(_Model):
     # Required as a key, but None when a region is given without it: watch and get then ask IAM for it.
     project_id: str | None
     iam_endpoint: str | None = None
+    api_prefix: str = "/api/v3"  # CCE Autopilot serves its jobs under /autopilot/v3
     region: str | None = None
     cloud: regions.Cloud | None = None
     auth: AuthConfig | None = None
@@ -259,7 +260,8 @@ class Config(_Model):
                 f"project_id is not set: only watch and get look it up from the region ({self.region}); "
                 "give project_id in the config file"
             )
-        return ClientSettings(endpoint=self.endpoint, project_id=self.project_id, **asdict(self.http))
+        http = asdict(self.http)
+        return ClientSettings(endpoint=self.endpoint, project_id=self.project_id, api_prefix=self.api_prefix, **http)
 
     def credentials(self, env: Mapping[str, str] | None = None) -> Auth:
         """The provider for ``watch`` and ``get``: the file's ``auth:``, else our variables, else the

@@ -24,6 +24,7 @@ passes the limit too.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -58,6 +59,7 @@ _MAX_BODY = 8 * 1024 * 1024
 MAX_HEADER = 32 * 1024
 _SECRET_HEADERS = ("X-Auth-Token", "Authorization")
 _URL_CACHE = 65_536
+_PREFIX_RE = re.compile(r"(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){1,4}")
 
 
 # The config file's ``http:`` section is this class (pydantic reads its fields and bounds): no other copy.
@@ -82,6 +84,8 @@ class ClientSettings(HttpSettings):
 
     endpoint: str
     project_id: str
+    api_prefix: str = "/api/v3"
+    """The job API's path: ``/api/v3`` for CCE, ``/autopilot/v3`` for CCE Autopilot."""
 
     def __post_init__(self) -> None:
         url = URL(self.endpoint)
@@ -96,6 +100,8 @@ class ClientSettings(HttpSettings):
             base = str(url.with_path("/")).rstrip("/")
             raise ConfigError(f"endpoint {self.endpoint!r} must not have a path ({url.path}): give {base}")
         validate_id(self.project_id, "project id")
+        if not _PREFIX_RE.fullmatch(self.api_prefix):
+            raise ConfigError(f"api_prefix {self.api_prefix!r} must be a path like /api/v3 or /autopilot/v3")
         HttpSettings.__post_init__(self)
 
 
@@ -116,7 +122,7 @@ class CCEClient:
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=settings.total_timeout, sock_connect=settings.connect_timeout)
-        self._base = f"{settings.endpoint.rstrip('/')}/api/v3/projects/{settings.project_id}/jobs/"
+        self._base = f"{settings.endpoint.rstrip('/')}{settings.api_prefix}/projects/{settings.project_id}/jobs/"
         self._urls: dict[str, URL] = {}  # job id (validated) → its URL: a poll builds neither again
 
     def __repr__(self) -> str:
@@ -204,7 +210,8 @@ class CCEClient:
             raise MalformedResponseError(f"{what}: {exc.message}", request_id=request_id) from None
 
     def _cluster_url(self, cluster_id: str, *path: str) -> URL:
-        base = f"{self.settings.endpoint.rstrip('/')}/api/v3/projects/{self.settings.project_id}/clusters/"
+        s = self.settings
+        base = f"{s.endpoint.rstrip('/')}{s.api_prefix}/projects/{s.project_id}/clusters/"
         return URL("/".join([base + validate_id(cluster_id, "cluster id"), *path]), encoded=True)
 
     async def _get(self, url: URL, what: str, permit: Callable[[], Awaitable[None]] | None) -> tuple[bytes, str | None]:

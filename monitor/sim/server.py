@@ -328,6 +328,7 @@ class Simulator:
 
         app = web.Application(middlewares=[request_ids])
         app.router.add_get("/api/v3/projects/{project_id}/jobs/{job_id}", self._handle_job)
+        app.router.add_get("/autopilot/v3/projects/{project_id}/jobs/{job_id}", self._handle_job)  # CCE Autopilot
         add_node_routes(app, self)
         add_iam_routes(app, self)
         app.router.add_post("/_sim/jobs", self._handle_sim_jobs)

@@ -238,3 +238,15 @@ async def test_a_sub_job_tracked_by_its_own_id_is_not_counted_twice() -> None:
     owned = {**master, "spec": {"type": "InstallMaster", "ownerJob": "cluster-job"}}
     tracker.on_snapshot("master-job", parse_job(orjson.dumps(owned)))
     assert rollout.summary()["total"] == 1, rollout.summary()
+
+
+async def test_cce_autopilot_jobs_are_read_under_their_own_prefix(sim_factory: SimFactory) -> None:
+    sim, endpoint = await sim_factory()
+    job_id = sim.add_job(duration=60)
+    settings = ClientSettings(endpoint=endpoint, project_id=sim.config.project_id, api_prefix="/autopilot/v3")
+    async with CCEClient(settings, TokenAuth(Secret(sim.config.token))) as client:
+        assert (await client.fetch(job_id)).id == job_id
+    assert sim.stats.job_requests == 1
+    for bad in ("autopilot/v3", "/", "/api/v3/", "/a b", "/../x"):
+        with pytest.raises(ConfigError, match="api_prefix"):
+            ClientSettings(endpoint=endpoint, project_id=sim.config.project_id, api_prefix=bad)
