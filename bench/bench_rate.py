@@ -12,8 +12,9 @@ Achieved rate (client) = requests over a whole number of limiter windows / their
 limiter where a plain count over a wall-clock span is off by up to one burst. Server-side, the mean of the
 full one-second windows (first and last, partial, excluded) is reported too.
 
-Target: achieved >= 97 % of the configured rate, and no one-second window (server fixed windows, client
-sliding windows) above it.
+Target: achieved >= 88 % of the configured rate, and no one-second window (server fixed windows, client
+sliding windows) above it. Requests are paced one every 1.1/rate s (README "Pacing for arrivals"), so the most
+that can be used is 1/1.1 = 91 %: the tenth is what keeps a request that leaves 100 ms late inside the rate.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from monitor.core.events import Event
 from monitor.core.version import USER_AGENT
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
-TARGET_USED = 0.97
+TARGET_USED = 0.88
 
 
 def sliding_max(times: list[float], window: float = 1.0) -> int:

@@ -250,3 +250,15 @@ async def test_cce_autopilot_jobs_are_read_under_their_own_prefix(sim_factory: S
     for bad in ("autopilot/v3", "/", "/api/v3/", "/a b", "/../x"):
         with pytest.raises(ConfigError, match="api_prefix"):
             ClientSettings(endpoint=endpoint, project_id=sim.config.project_id, api_prefix=bad)
+
+
+async def test_a_mistyped_api_path_is_found_at_once_against_the_simulator(sim_factory: SimFactory) -> None:
+    """The simulator's gateway answers APIGW.0101 for a path with no API, as the real one does."""
+    sim, endpoint = await sim_factory()
+    job_id = sim.add_job(duration=60)
+    settings = ClientSettings(endpoint=endpoint, project_id=sim.config.project_id, api_prefix="/api/v2")
+    recorder = Recorder()
+    async with CCEClient(settings, TokenAuth(Secret(sim.config.token))) as client:
+        result = await asyncio.wait_for(watch([job_id], client=client, settings=FAST, observers=[recorder]), 10)
+    assert result.exit_code == 2 and "APIGW.0101" in (result.config_error or "")
+    assert len(recorder.of("monitor.config_error")) == 1
