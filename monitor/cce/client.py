@@ -181,7 +181,7 @@ class CCEClient:
             if len(self._urls) >= _URL_CACHE:
                 self._urls.clear()
             url = self._urls[job_id] = URL(self._base + job_id, encoded=True)
-        body, request_id = await self._get(url, f"job {job_id}", permit)
+        body, request_id = await self._get(url, ("job", job_id), permit)
         try:
             return memo.parse(body) if memo is not None else parse_job(body)
         except MalformedResponseError as exc:
@@ -191,7 +191,7 @@ class CCEClient:
         """Every node of a cluster (``GET .../clusters/{cluster_id}/nodes``): one request for all of them."""
         what = f"nodes of cluster {cluster_id}"
         url = self._cluster_url(cluster_id, "nodes")
-        body, request_id = await self._get(url, what, permit)
+        body, request_id = await self._get(url, ("nodes of cluster", cluster_id), permit)
         try:
             return parse_node_list(body)
         except MalformedResponseError as exc:
@@ -203,7 +203,7 @@ class CCEClient:
         """One node pool's state (``GET .../clusters/{cluster_id}/nodepools/{nodepool_id}``)."""
         what = f"node pool {nodepool_id}"
         url = self._cluster_url(cluster_id, "nodepools", validate_id(nodepool_id, "node pool id"))
-        body, request_id = await self._get(url, what, permit)
+        body, request_id = await self._get(url, ("node pool", nodepool_id), permit)
         try:
             return parse_nodepool(body)
         except MalformedResponseError as exc:
@@ -214,7 +214,9 @@ class CCEClient:
         base = f"{s.endpoint.rstrip('/')}{s.api_prefix}/projects/{s.project_id}/clusters/"
         return URL("/".join([base + validate_id(cluster_id, "cluster id"), *path]), encoded=True)
 
-    async def _get(self, url: URL, what: str, permit: Callable[[], Awaitable[None]] | None) -> tuple[bytes, str | None]:
+    async def _get(
+        self, url: URL, what: tuple[str, str], permit: Callable[[], Awaitable[None]] | None
+    ) -> tuple[bytes, str | None]:
         """One authenticated GET: the body of a 2xx answer, or an error from the tree. A refused token is
         renewed once (if the provider can) and the request sent again, after ``permit``."""
         session = self._ensure_session()
@@ -232,8 +234,9 @@ class CCEClient:
                     await permit()
 
     async def _request(
-        self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], what: str
+        self, session: aiohttp.ClientSession, url: URL, headers: dict[str, str], about: tuple[str, str]
     ) -> tuple[bytes, str | None]:
+        """One GET; ``about`` (what, id) names it in errors, built only when one happens."""
         try:
             # The timeout is given per request so that it also holds on a session the caller passed in.
             async with session.get(url, headers=headers, timeout=self._timeout) as resp:
@@ -256,12 +259,12 @@ class CCEClient:
                     )
                     raise error
         except TimeoutError:
-            raise RequestTimeoutError(f"{what}: request timed out") from None
+            raise RequestTimeoutError(f"{' '.join(about)}: request timed out") from None
         except aiohttp.ClientPayloadError as exc:
             detail = transport_detail(exc, _secrets(headers))
-            raise ConnectError(f"{what}: response body broken off: {detail}") from None
+            raise ConnectError(f"{' '.join(about)}: response body broken off: {detail}") from None
         except aiohttp.ClientError as exc:
-            raise ConnectError(f"{what}: {transport_detail(exc, _secrets(headers))}") from None
+            raise ConnectError(f"{' '.join(about)}: {transport_detail(exc, _secrets(headers))}") from None
         return body, request_id
 
 

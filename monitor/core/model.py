@@ -308,8 +308,8 @@ def parse_job_object(
         created=Timestamp(text(metadata.get("creationTimestamp"))),
         updated=Timestamp(text(metadata.get("updateTimestamp"))),
         sub_jobs=tuple(subs),
-        message=text(status.get("message")),
-        owner_job=text(spec.get("ownerJob")),
+        message=text(message) if (message := status.get("message")) else "",
+        owner_job=text(owner) if (owner := spec.get("ownerJob")) else "",
     )
 
 

@@ -437,8 +437,8 @@ class Scheduler:
                 tracked.memo = ParseMemo(tracked.last)
             job = await self._client.fetch(tracked.job_id, tracked.memo, permit=self.limiter.acquire)
             self.limiter.succeeded()
-            if job.sub_jobs:
-                job = await self._with_sub_jobs(tracked, job)
+            if job.sub_jobs and (tracked.last is None or job.sub_jobs is not tracked.last.sub_jobs):
+                job = await self._with_sub_jobs(tracked, job)  # only when the sub-jobs changed at all
         except MonitorError as exc:
             if isinstance(exc, ThrottledError):
                 self.limiter.throttled(exc.retry_after, exc.budget)
