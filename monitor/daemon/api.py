@@ -349,12 +349,7 @@ class _API:
             isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= _MAX_TARGET
         ):
             raise _Reject(400, f"target must be a whole number from 0 to {_MAX_TARGET}")
-        labels = self._parse_labels(body.get("labels"))
-        rollout = body.get("rollout")
-        if rollout is not None:
-            if not isinstance(rollout, str):
-                raise _Reject(400, f"rollout must be a string, not {_json_type(rollout)}")
-            _check_id(rollout, "rollout name")
+        labels, rollout = self._parse_labels(body.get("labels")), self._parse_rollout(body.get("rollout"))
         followed = await self._control.add_nodepool(ids[0], ids[1], target, labels, rollout)
         logger.info("api: node pool %s %s", ids[1], "followed" if followed else "already followed")
         return _json({"followed": followed, "rollout": rollout or ids[1]}, 202 if followed else 200)
@@ -423,13 +418,15 @@ class _API:
                 raise _Reject(400, f"job_ids[{i}] must be a string, not {_json_type(job_id)}")
             _check_id(job_id, "job id", f"job_ids[{i}]: ")
         job_ids = list(dict.fromkeys(raw_ids))  # drop repeats, keep order
-        labels = self._parse_labels(body.get("labels"))
-        rollout = body.get("rollout")
-        if rollout is not None:
-            if not isinstance(rollout, str):
-                raise _Reject(400, f"rollout must be a string, not {_json_type(rollout)}")
-            _check_id(rollout, "rollout name")
-        return job_ids, labels, rollout
+        return job_ids, self._parse_labels(body.get("labels")), self._parse_rollout(body.get("rollout"))
+
+    @staticmethod
+    def _parse_rollout(raw: object) -> str | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            raise _Reject(400, f"rollout must be a string, not {_json_type(raw)}")
+        return _check_id(raw, "rollout name")
 
     @staticmethod
     def _parse_labels(raw: object) -> dict[str, str]:

@@ -68,8 +68,11 @@ async def on_endpoint_error(sched: Scheduler, tracked: Tracked, exc: EndpointErr
     job. One ``monitor.config_error``, and polling stops: ``watch`` ends with exit 2, the daemon keeps serving
     its API (``/readyz`` says ``cce: false``) until its configuration is fixed and it is restarted."""
     if sched.config_error is None:
-        endpoint = sched._client.settings.endpoint
-        sched.config_error = f"endpoint {endpoint} has no such API ({exc}): check endpoint (no path such as /api/v3)"
+        endpoint, prefix = sched._client.settings.endpoint, sched._client.settings.api_prefix
+        sched.config_error = (
+            f"endpoint {endpoint} has no such API ({exc}): check endpoint (no path such as /api/v3) "
+            f"and api_prefix ({prefix})"
+        )
         logger.info("%s; polling stops", sched.config_error)
         event = sched._event(tracked, EventType.MONITOR_CONFIG_ERROR, detail=sched.config_error, key=endpoint)
         await sched._commit(tracked, [event])

@@ -114,3 +114,24 @@ async def test_a_daemon_restarted_mid_rollout_resumes_the_pool_and_its_nodes(
 
 def _rollout_done(tmp_path: Path, rollout: str) -> bool:
     return any(e["type"] == "rollout.finished" and e["rollout"] == rollout for e in events(tmp_path))
+
+
+async def test_a_daemon_on_a_wrong_api_path_says_so_once_and_is_not_ready(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """404 APIGW.0101 from the gateway: one monitor.config_error, polling stops, /readyz says cce: false."""
+    sim, _ = await sim_factory()
+    jobs = [sim.add_job(duration=60) for _ in range(3)]
+    cfg = pool_config(sim, tmp_path).model_copy(update={"api_prefix": "/api/v2"})
+    async with running_daemon(cfg, env={"CCE_AUTH_TOKEN": sim.config.token}) as d, aiohttp.ClientSession() as s:
+        assert (await call(s, "POST", f"{d.base}/v1/jobs", {"job_ids": jobs}))[0] == 202
+        async with asyncio.timeout(10):
+            while not any(e["type"] == "monitor.config_error" for e in events(tmp_path)):
+                await asyncio.sleep(0.05)
+        requests = sim.stats.job_requests
+        await asyncio.sleep(1.0)
+        assert sim.stats.job_requests == requests, "polling stopped"
+        status, ready = await call(s, "GET", f"{d.base}/readyz")
+        assert status == 503 and ready["checks"]["cce"] is False
+    errors = [e for e in events(tmp_path) if e["type"] == "monitor.config_error"]
+    assert len(errors) == 1 and "api_prefix (/api/v2)" in errors[0]["detail"] and "APIGW.0101" in errors[0]["detail"]

@@ -9,18 +9,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from huaweicloudsdkcce.v3 import CceClient, ListNodesRequest, ShowJobRequest, ShowNodePoolRequest
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.http.http_config import HttpConfig
+from huaweicloudsdkcce.v3 import ListNodesRequest, ShowJobRequest, ShowNodePoolRequest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.sim import Simulator, SimulatorConfig
 from monitor.testing import FakeClock, Simulators
 
-from .test_simulator import sdk_to_wire
+from .test_simulator import AK, SK, sdk_to_wire, vendor_client
 
-AK, SK = "SIMAKEXAMPLE0000", "sim-secret-key-0123456789"
 ORDER = {"Build": 0, "Installing": 1, "Active": 2, "Abnormal": 2, "Error": 2, "Deleting": 3}
 
 
@@ -249,15 +246,7 @@ async def test_vendor_sdk_reads_nodes_and_pools(clock: FakeClock) -> None:
         pool = sim.add_nodepool(cluster, nodes=2, capacity=1, node_duration=30)
         clock.advance(25)
         started = (sim, endpoint, session)
-        config = HttpConfig.get_default_config()
-        config.retry_times = 0
-        client = (
-            CceClient.new_builder()
-            .with_http_config(config)
-            .with_credentials(BasicCredentials(AK, SK, sim.config.project_id))
-            .with_endpoints([endpoint])
-            .build()
-        )
+        client = vendor_client(endpoint, sim.config.project_id)
         for _ in range(2):
             served_job = await job(started, job_id)
             response = await asyncio.to_thread(client.show_job, ShowJobRequest(job_id=job_id))

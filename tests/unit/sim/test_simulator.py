@@ -577,6 +577,19 @@ def sdk_to_wire(value: Any) -> Any:
     return value
 
 
+def vendor_client(endpoint: str, project_id: str) -> CceClient:
+    """The vendor SDK's CCE client on the simulator (AK/SK, no retries: a failure shows at once)."""
+    config = HttpConfig.get_default_config()
+    config.retry_times = 0
+    return (
+        CceClient.new_builder()
+        .with_http_config(config)
+        .with_credentials(BasicCredentials(AK, SK, project_id))
+        .with_endpoints([endpoint])
+        .build()
+    )
+
+
 async def test_vendor_sdk_reads_the_simulator(
     make_sim: Factory, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
@@ -584,15 +597,7 @@ async def test_vendor_sdk_reads_the_simulator(
     running = sim.add_job("CreateCluster", duration=100)
     failed = sim.add_job("CreateNode", fail=True, duration=10)
     clock.advance(40)  # one Running with sub-jobs in every phase, one Failed with reasons
-    config = HttpConfig.get_default_config()
-    config.retry_times = 0
-    client = (
-        CceClient.new_builder()
-        .with_http_config(config)
-        .with_credentials(BasicCredentials(AK, SK, sim.config.project_id))
-        .with_endpoints([endpoint])
-        .build()
-    )
+    client = vendor_client(endpoint, sim.config.project_id)
     for job_id in (running, failed):
         served = orjson.loads((await get_job(session, endpoint, sim, job_id))[2])
         response = await asyncio.to_thread(client.show_job, ShowJobRequest(job_id=job_id))
