@@ -19,17 +19,20 @@ Per poll outcome:
 
 * a snapshot → :func:`monitor.engine.diff.detect` → events → ``publish``; a terminal phase ends polling. While the job
   is unchanged its interval grows by ``backoff`` up to ``max_interval``; any change resets it to ``interval``.
-  Phase and ``updateTimestamp`` unchanged for ``stall_after`` → one ``job.stalled``.
+  Phase, ``updateTimestamp`` and sub-jobs unchanged for ``stall_after`` → one ``job.stalled`` (not while the job
+  waits on its billing order). Node jobs that succeed have their node awaited (:mod:`monitor.engine.fleet`).
 * past ``job_timeout`` since the job was added → ``job.timed_out``, polling stops.
 * 404 → retried; only ``not_found_count`` consecutive 404s spread over at least ``not_found_grace`` seconds give
-  ``job.not_found`` (CCE can 404 for a moment after creating a job).
+  ``job.not_found`` (CCE can 404 for a moment after creating a job). 404 ``APIGW.0101`` → one
+  ``monitor.config_error`` and polling stops (:mod:`monitor.engine.episodes`).
 * 429 → the scheduler's limiter (it owns the one rate limit; the client only raises ``ThrottledError``) halves
   the rate and honours ``Retry-After`` (see :mod:`monitor.cce.throttle`); the job
   is tried again after at least ``min_interval``. 429s never count as the job's failures.
-* 5xx, timeouts, connection errors, malformed bodies → the job backs off exponentially with full jitter; after
-  ``failure_threshold`` consecutive failures one ``job.poll_failed``, and ``job.recovered`` when it works again.
-* 401/403 → one ``monitor.auth_failed`` per episode and the whole dispatcher pauses, backing off
-  (``auth_backoff`` doubling up to ``auth_backoff_max``) instead of hammering IAM or CCE.
+* 5xx, timeouts, connection errors, malformed bodies, locks (``CCE.01429002``), a 403 on one job → the job backs
+  off exponentially with full jitter; after ``failure_threshold`` consecutive failures one ``job.poll_failed``,
+  and ``job.recovered`` when it works again.
+* 401, or 403 on every job → one ``monitor.auth_failed`` per episode and the whole dispatcher pauses, backing
+  off (``auth_backoff`` doubling up to ``auth_backoff_max``) instead of hammering IAM or CCE.
 
 Shutdown: :meth:`Scheduler.stop` stops intake; :meth:`Scheduler.run` then waits up to ``drain`` seconds for
 polls in flight, cancels the rest and returns.
