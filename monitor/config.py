@@ -577,7 +577,8 @@ def complete_config(
                 raise ConfigError(f"{interval.label} is {side} polling.{name} {_show(bound)} (from {source})")
     cfg = _validate(raw, source, given, ways)
     try:
-        ClientSettings(endpoint=cfg.endpoint, project_id=cfg.project_id or _UNKNOWN_PROJECT, **asdict(cfg.http))
+        project = cfg.project_id or _UNKNOWN_PROJECT
+        ClientSettings(endpoint=cfg.endpoint, project_id=project, api_prefix=cfg.api_prefix, **asdict(cfg.http))
     except (ConfigError, InvalidIdError) as exc:
         raise ConfigError(_against_origin(exc.message, source, given)) from None
     cfg._profile = profile

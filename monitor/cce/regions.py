@@ -135,6 +135,10 @@ def fill_from_region(raw: dict[object, object], origin: str) -> None:
     validate_region(region)
     chosen = cloud_of(region, cloud)
     missing = [k for k in ("endpoint", "iam_endpoint") if raw.get(k) is None]
+    if raw.get("endpoint") is not None and "iam_endpoint" in missing:
+        # A CCE endpoint of one's own (private, a simulator) says nothing about which IAM goes with it: the
+        # region's public IAM is not asked for a token or a project on a guess.
+        missing.remove("iam_endpoint")
     if missing and not is_known(region, chosen):
         logger.warning("%s: %s is not a %s region we know; using the pattern's endpoints", origin, region, chosen)
     raw.update({k: v for k, v in endpoints(region, chosen).items() if k in missing})

@@ -13,9 +13,10 @@ budget once a throttle message has named one (``limit:20,time:1 minute``).
 
 Pacing: the API gateway counts requests as they *arrive*. Admitting a second's worth at once lets a request
 that leaves late land in the next second with the next batch (15-16 arrivals in one second at ``rate: 10``
-were seen). So without a configured ``burst`` admissions are spaced evenly, one every ``1.1 / rate`` seconds
-(GCRA with no burst tolerance): even a request that leaves 100 ms after its admission cannot make any 1-second
-window of arrivals hold more than ``rate`` requests. The price is a tenth of the rate.
+were seen). So without a configured ``burst`` admissions are spaced evenly, one every ``1.101 / rate`` seconds
+(GCRA with no burst tolerance): a request that goes out within 100 ms of its slot cannot make any 1-second
+window of arrivals hold more than ``rate`` requests. The price is a tenth of the rate. (A ``burst`` above 1
+allows that many back to back per ``burst / rate`` seconds instead.)
 """
 
 from __future__ import annotations
@@ -43,8 +44,15 @@ _MIN_SLEEP = 0.001
 
 
 def _spacing(rate: float, burst: int | None) -> float:
-    """Seconds between admissions (0: none, a configured burst is allowed back to back)."""
-    return 0.0 if burst is not None and burst >= 1 else (1.0 + _LATE) / rate
+    """Seconds between admissions (0: none, a configured burst of more than one is allowed back to back).
+
+    At one request a second or more, the window admits ``int(rate)`` a second: the spacing follows that count,
+    so that the window never binds before it (2.5/s paced at 2.5 would come in pairs). The margin covers a
+    request leaving up to ``_LATE`` after its slot, plus the ``_MIN_SLEEP`` an admission may come early."""
+    if burst is not None and burst > 1:
+        return 0.0
+    per_second = float(int(rate)) if rate >= 1 else rate
+    return (1.0 + _LATE + _MIN_SLEEP) / per_second
 
 
 def _window(rate: float, burst: int | None) -> tuple[int, float]:
@@ -58,7 +66,7 @@ def _window(rate: float, burst: int | None) -> tuple[int, float]:
     moment (0.1-2 ms) after its admission, so with zero slack two requests could still land less than a second
     apart on the wire. bench/bench_rate.py measured 21-32 requests in some 1-second sliding windows without it.
     """
-    if burst is not None and burst >= 1:
+    if burst is not None and burst > 1:
         return burst, burst / rate * _SLACK
     if rate >= 1:
         # Always a one-second window at one request per second or more, so that when the rate changes (429s,
@@ -156,9 +164,12 @@ class RateLimiter:
             slot = max(now, self._next_slot)
             self._next_slot = slot + self._spacing
             # Waits under a millisecond are not slept (a timer costs more than the wait): the reservations still
-            # advance, so admissions run at most a millisecond ahead of the even schedule.
+            # advance, so admissions run at most a millisecond ahead of the even schedule (in the spacing).
             if slot - now > _MIN_SLEEP:
                 await asyncio.sleep(slot - now)
+                hold = self._hold_until - self._clock()  # a Retry-After that came while we waited
+                if hold > 0:
+                    await asyncio.sleep(hold)
         await self._throttler.acquire()  # type: ignore[no-untyped-call]
         self.waited_seconds += self._clock() - start
 
@@ -196,7 +207,7 @@ class RateLimiter:
         # flight does not collapse the rate to the floor at once.
         if now - self._last_change >= 1.0 or self.effective_rate == self.configured_rate:
             floor = self.configured_rate * _MIN_FRACTION
-            self._set_rate(max(floor, self.effective_rate / 2))
+            self._set_rate(min(self._ceiling, max(floor, self.effective_rate / 2)))
 
     def succeeded(self) -> None:
         """A request went through: after a quiet period, recover a step toward the configured rate (or the

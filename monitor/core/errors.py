@@ -253,9 +253,14 @@ def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, s
         code = _pick(data, _CODE_KEYS)
         message = _pick(data, _MESSAGE_KEYS)
         detail = _pick(data, ("message",))
-        if message and detail and detail != message and detail not in message:
-            # Two messages (the gateway's "Request body invalid" and CCE's "invalid primary fixedIp"): both.
-            message = f"{message}: {detail}"
+        if message and detail:
+            # Two messages (the gateway's "Request body invalid" and CCE's "invalid primary fixedIp"): both,
+            # unless one already says the other (compared as a reader would: spacing and case aside).
+            first, second = (" ".join(t.split()).casefold() for t in (message, detail))
+            if first in second:
+                message = detail
+            elif second not in first:
+                message = f"{message}: {detail}"
         clean_code = _clip(code) if code else ""
         clean_message = (_clip(message) if message else "") or clean_code
         if clean_code or clean_message:

@@ -274,8 +274,9 @@ def parse_job_object(
     raw_phase = status.get("phase")
     if raw_phase is not None and not isinstance(raw_phase, str):
         raise MalformedResponseError(f"status.phase is {type(raw_phase).__name__}, expected a string")
-    if not raw_phase and job.get("status") is not None:
-        # A status without its phase is not "Initializing": the answer is broken (retry), not news.
+    if not raw_phase and _depth == 0 and job.get("status") is not None:
+        # A job's status without its phase is not "Initializing": the answer is broken (retry), not news. A
+        # sub-job CCE has not started may show an empty status: that one is Initializing.
         raise MalformedResponseError("status has no phase")
     # The enum's own lookup first: ``Phase(value)`` goes through EnumMeta.__call__, a poll's worth of time.
     phase = (_PHASES.get(raw_phase) or Phase(raw_phase)) if raw_phase else Phase.INITIALIZING

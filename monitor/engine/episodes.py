@@ -6,8 +6,9 @@ endpoint that stops polling. :class:`~monitor.engine.scheduler.Scheduler` takes 
   off exponentially with full jitter; after ``failure_threshold`` in a row one ``job.poll_failed``.
 * 404 → retried; ``job.not_found`` only after ``not_found_count`` 404s over ``not_found_grace``. 404 with
   ``APIGW.0101`` → one ``monitor.config_error``: no job can be read at this endpoint.
-* 401, or 403 on every job (as many in a row as jobs tracked, at most 3) → one ``monitor.auth_failed`` and all
-  polling pauses with backoff. A 403 on one job while others are read is that job's failure.
+* 401, or 403s from every job (as many different jobs as are tracked, at most 3, with no successful read
+  between) → one ``monitor.auth_failed`` and all polling pauses with backoff. A 403 on one job while others are
+  read is that job's failure.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def on_poll_error(sched: Scheduler, tracked: Tracked, exc: MonitorError) -
         await on_endpoint_error(sched, tracked, exc)
     elif isinstance(exc, NotFoundError):
         await on_not_found(sched, tracked, exc)
-    elif isinstance(exc, AuthError) and exc.status == 403 and not _forbidden_everywhere(sched):
+    elif isinstance(exc, AuthError) and exc.status == 403 and not _forbidden_everywhere(sched, tracked.job_id):
         # One job refused (CCE.01403001, a cluster that is busy) while others are read: that job's failure.
         await on_error(sched, tracked, exc)
     elif isinstance(exc, AuthError):
@@ -56,11 +57,12 @@ async def on_poll_error(sched: Scheduler, tracked: Tracked, exc: MonitorError) -
         await on_error(sched, tracked, exc)
 
 
-def _forbidden_everywhere(sched: Scheduler) -> bool:
-    """Whether 403s come from every job, not one: as many in a row, with no success between, as there are
-    jobs tracked (at most 3). Counted here, reset by :func:`auth_ok` (every answer that is not a refusal)."""
-    sched._forbidden += 1
-    return sched._forbidden >= min(3, max(1, len(sched)))
+def _forbidden_everywhere(sched: Scheduler, job_id: str) -> bool:
+    """Whether 403s come from every job, not one: from as many different jobs (at most 3) as are tracked,
+    with no successful read between (:func:`auth_ok` forgets them). One job refused again and again — it
+    retries on its own backoff, faster than the others poll — is still one job."""
+    sched._forbidden.add(job_id)
+    return len(sched._forbidden) >= min(3, max(1, len(sched)))
 
 
 async def on_endpoint_error(sched: Scheduler, tracked: Tracked, exc: EndpointError) -> None:
@@ -127,7 +129,7 @@ def episode(sched: Scheduler) -> str:
 
 
 def auth_ok(sched: Scheduler) -> None:
-    sched._forbidden = 0
+    sched._forbidden.clear()
     if sched._auth_episode:
         logger.info("authentication works again; polling resumes")
     sched._auth_episode = False
@@ -135,6 +137,8 @@ def auth_ok(sched: Scheduler) -> None:
 
 
 async def on_auth_failed(sched: Scheduler, tracked: Tracked, exc: AuthError) -> None:
+    if sched.config_error is not None:  # polling has stopped for a wrong endpoint: nothing to resume
+        return
     now = sched._clock()
     s = sched.settings
     first = not sched._auth_episode

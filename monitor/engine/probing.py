@@ -116,7 +116,7 @@ async def poll_probe(sched: Scheduler, tracked: Tracked, probe: Probe) -> None:
             sched.limiter.throttled(exc.retry_after, exc.budget)
         elif isinstance(exc, MalformedResponseError):
             sched.limiter.succeeded()
-        if isinstance(exc, NotFoundError):
+        if isinstance(exc, NotFoundError) and not isinstance(exc, EndpointError):
             tracked.not_found += 1
             if tracked.not_found >= s.not_found_count:
                 result = probe.gone(f"{tracked.not_found} consecutive 404s: {exc}")

@@ -143,7 +143,7 @@ class Scheduler:
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
-        self._forbidden = 0  # 403s in a row, with no other answer between (engine.episodes)
+        self._forbidden: set[str] = set()  # jobs refused (403) since the last successful read (engine.episodes)
         self.config_error: str | None = None  # set when the endpoint has no such API: polling has stopped
         self._halted = asyncio.Event()
         self._last_lag_warning = -_LAG_WARN_EVERY

@@ -49,9 +49,10 @@ def complete(text: str | None, tmp_path: Path, env: dict[str, str], **values: st
         # an explicit cloud
         (None, {}, {"region": "eu-de", "cloud": "huawei"}, DE_ON_HUAWEI),
         # explicit endpoints win, from anywhere
-        ("region: eu-de\nendpoint: https://cce.file\n", {}, {}, ("https://cce.file", "https://iam.eu-de.otc.t-systems.com")),
+        # ... and a CCE endpoint of one's own says nothing about which IAM goes with it: none is guessed
+        ("region: eu-de\nendpoint: https://cce.file\n", {}, {}, ("https://cce.file", None)),
         ("region: eu-de\n", {"CCE_IAM_ENDPOINT": "https://iam.env/v3"}, {}, ("https://cce.eu-de.otc.t-systems.com", "https://iam.env/v3")),
-        (None, {"CCE_ENDPOINT": "https://cce.env"}, {"region": "eu-nl"}, ("https://cce.env", "https://iam.eu-nl.otc.t-systems.com")),
+        (None, {"CCE_ENDPOINT": "https://cce.env"}, {"region": "eu-nl"}, ("https://cce.env", None)),
         # flag > env > file for the region itself
         ("region: eu-nl\n", {"HUAWEICLOUD_SDK_REGION": "eu-de"}, {}, DE),
         ("region: eu-nl\n", {"HUAWEICLOUD_SDK_REGION": "eu-de"}, {"region": "eu-ch2"}, CH2),

@@ -66,7 +66,8 @@ async def test_fractional_rate_never_exceeds_its_floor_in_any_second() -> None:
         stamps.append(time.monotonic())
     for i, start in enumerate(stamps):
         assert sum(1 for t in stamps[i:] if t - start < 1.0) <= 4
-    assert stamps[-1] - stamps[0] < 2.2  # and it does not fall back to one request per 1/rate seconds
+    # Paced evenly at what a second may hold (4), with the margin for late requests: 8 gaps of 1.101/4 s.
+    assert 2.15 < stamps[-1] - stamps[0] < 2.5
 
 
 async def test_sub_one_rate_spaces_requests() -> None:

@@ -584,18 +584,18 @@ def job_dicts(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
     return node
 
 
-def expected_job(node: dict[str, Any]) -> Job | None:
+def expected_job(node: dict[str, Any], depth: int = 0) -> Job | None:
     """What parse_job should build from ``node``; ``None`` when it must refuse it."""
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}
     status = node.get("status") or {}
     if not (metadata or spec or status):
         return None
-    if node.get("status") is not None and not status.get("phase"):
-        return None  # a status without its phase is malformed
+    if depth == 0 and node.get("status") is not None and not status.get("phase"):
+        return None  # a job's status without its phase is malformed (a sub-job's is Initializing)
     subs = []
     for sub in spec.get("subJobs") or []:
-        parsed = expected_job(sub)
+        parsed = expected_job(sub, depth + 1)
         if parsed is None:
             return None
         subs.append(parsed)
