@@ -257,8 +257,8 @@ def parse_error_body(body: bytes, content_type: str = "") -> tuple[str | None, s
             # Two messages (the gateway's "Request body invalid" and CCE's "invalid primary fixedIp"): both,
             # unless one already says the other (compared as a reader would: spacing and case aside).
             first, second = (" ".join(t.split()).casefold() for t in (message, detail))
-            if first in second:
-                message = detail
+            if first != second and first in second:
+                message = detail  # the detail says it all, and more
             elif second not in first:
                 message = f"{message}: {detail}"
         clean_code = _clip(code) if code else ""

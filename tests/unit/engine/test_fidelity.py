@@ -262,3 +262,48 @@ async def test_a_mistyped_api_path_is_found_at_once_against_the_simulator(sim_fa
         result = await asyncio.wait_for(watch([job_id], client=client, settings=FAST, observers=[recorder]), 10)
     assert result.exit_code == 2 and "APIGW.0101" in (result.config_error or "")
     assert len(recorder.of("monitor.config_error")) == 1
+
+
+def test_a_429_never_lifts_the_rate_above_the_gateway_budget() -> None:
+    limiter = RateLimiter(10.0)
+    limiter.throttled(budget=(20, 60.0))
+    assert limiter.effective_rate == pytest.approx(1 / 3)
+    limiter.throttled()  # a later 429 without a budget in its message
+    assert limiter.effective_rate <= 1 / 3 + 1e-9
+
+
+async def test_one_job_refused_again_and_again_is_still_one_job(sim_factory: SimFactory) -> None:
+    """The refused job retries on its own backoff, faster than the others poll: three 403s in a row from it
+    are not "every job"."""
+    sim, _ = await sim_factory()
+    refused = sim.add_job(duration=60)
+    others = [sim.add_job(duration=60) for _ in range(2)]
+    sim.forbid_job(refused)
+    recorder = Recorder()
+    slow = SchedulerSettings(**{**_fields(FAST), "interval": 3.0, "max_interval": 3.0, "error_backoff": 0.05})
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, recorder, slow)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add_many([refused, *others])
+        await asyncio.sleep(1.5)
+        scheduler.stop()
+        await task
+    assert scheduler.stats.outcomes.get("auth_failed", 0) >= 3, scheduler.stats.outcomes
+    assert not recorder.of("monitor.auth_failed")
+
+
+def test_two_messages_are_joined_only_when_neither_says_the_other() -> None:
+    from monitor.core.errors import parse_error_body  # noqa: PLC0415
+
+    assert parse_error_body(b'{"error_msg": "invalid", "message": "invalid primary fixedIp"}')[1] == (
+        "invalid primary fixedIp"
+    )
+    assert parse_error_body(b'{"error_msg": "Request  body invalid\\n", "message": "request body invalid"}')[1] == (
+        "Request body invalid"
+    )
+
+
+def test_a_sub_job_not_started_may_show_an_empty_status() -> None:
+    body = b'{"metadata": {"uid": "j"}, "spec": {"subJobs": [{"metadata": {"uid": "s"}, "status": {}}]},'
+    job = parse_job(body + b' "status": {"phase": "Running"}}')
+    assert job.sub_jobs[0].phase == "Initializing"
