@@ -191,6 +191,8 @@ class DeliveryConfig(_Model):
 
     retry_initial: Annotated[float, Field(gt=0)] = 2.0
     retry_max: Annotated[float, Field(gt=0)] = 120.0
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # per durable sink; never two events of one job at once
+    ordering: Literal["job", "sink"] = "job"  # sink: one event at a time, in the order recorded
 
 
 class RolloutsConfig(_Model):

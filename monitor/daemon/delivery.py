@@ -2,11 +2,14 @@
 
 The scheduler records every event (with an outbox row per matching durable sink) before it publishes anything;
 the deliverer is woken by the publication, reads the due rows oldest first, calls ``sink.send`` and marks each row
-delivered. That gives at-least-once delivery across crashes (see :mod:`monitor.daemon.store`) while keeping the order of
-events per sink:
+delivered. That gives at-least-once delivery across crashes (see :mod:`monitor.daemon.store`) while keeping the order
+receivers need — per job by default (``delivery.ordering: job``: up to ``delivery.concurrency`` rows in flight, never
+two of one job, never a job's event before its earlier ones; a rollout's digests in order too), or per sink
+(``ordering: sink``: one row at a time, in the order recorded):
 
-* a retryable :class:`SinkError` (the receiver is down, 5xx, timeouts — after the sink's own retries) pauses this
-  deliverer with exponential backoff and tries the *same* row again; nothing later overtakes it;
+* a retryable :class:`SinkError` (the receiver is down, 5xx, timeouts — after the sink's own retries) pauses with
+  exponential backoff and tries the *same* row again (the same ``webhook-id``); nothing later of its job (with
+  ``ordering: sink``: nothing later at all) overtakes it;
 * a non-retryable one (the receiver refused the event with a 4xx, or answered 410 and the sink is disabled) marks
   the row rejected with the reason, so a poison event cannot block the queue forever;
 * a cancelled send (shutdown) leaves the row undelivered: it is sent again after the restart, with the same id.
@@ -47,7 +50,10 @@ class Deliverer:
         retry_initial: float = 2.0,
         retry_max: float = 120.0,
         batch: int = 100,
+        concurrency: int = 1,
     ) -> None:
+        """``concurrency`` above 1: up to that many rows in flight at once, never two of one job (see the
+        module docstring); an acknowledging sink always takes its rows one by one."""
         self.sink = sink
         self.name = name or sink.name
         self._state = state
@@ -62,6 +68,9 @@ class Deliverer:
         self._cursor = 0  # acknowledging sinks: the last row handed over
         if self._acks:
             sink.on_delivered = self._acknowledged  # type: ignore[attr-defined]
+        self._concurrency = 1 if self._acks else max(1, concurrency)
+        self._lanes: dict[str, asyncio.Task[None]] = {}  # per-job delivery: ordering key -> its earliest row's task
+        self._in_flight: set[int] = set()
         self.delivered = 0
         self.failed = 0
         self.rejected = 0
@@ -81,6 +90,9 @@ class Deliverer:
         return sum(len(seqs) for seqs in self._handed.values())
 
     async def run(self) -> None:
+        if self._concurrency > 1:
+            await self._run_per_job()
+            return
         while True:
             self._wake.clear()
             rows = await self._state.pending(self.name, limit=self._batch, after=self._cursor)
@@ -93,8 +105,46 @@ class Deliverer:
                 if self._acks:
                     self._handed.setdefault(row.event.id, []).append(row.seq)
                     self._cursor = row.seq
-                if not await self._deliver(row.seq, row.event):
+                delay = await self._deliver(row.seq, row.event, self._failures)
+                if delay is not None:
+                    await asyncio.sleep(delay)
                     break
+
+    async def _run_per_job(self) -> None:
+        """Up to ``concurrency`` rows at once, each the earliest undelivered row of its job (or rollout): a job's
+        events go in order, one at a time, and a failing one holds back only its own job's later events."""
+        try:
+            while True:
+                self._wake.clear()
+                rows = await self._state.pending(self.name, limit=self._batch * 10)
+                for row in rows:
+                    if len(self._lanes) >= self._concurrency:
+                        break
+                    key = _ordering_key(row.event)
+                    if row.seq in self._in_flight or key in self._lanes:
+                        continue  # in flight, or an earlier row of the same job is
+                    self._in_flight.add(row.seq)
+                    self._lanes[key] = asyncio.create_task(self._lane(key, row.seq, row.event), name=f"deliver {key}")
+                if not rows and not self._lanes:
+                    self._idle.set()
+                await self._wake.wait()
+        finally:
+            lanes = list(self._lanes.values())
+            for task in lanes:
+                task.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+
+    async def _lane(self, key: str, seq: int, event: Event) -> None:
+        """One row until it is delivered or rejected, retried with its own backoff (the same ``webhook-id``)."""
+        failures = 0
+        try:
+            while (delay := await self._deliver(seq, event, failures)) is not None:
+                failures += 1
+                await asyncio.sleep(delay)
+        finally:
+            self._in_flight.discard(seq)
+            self._lanes.pop(key, None)
+            self.notify()
 
     async def _acknowledged(self, event_ids: Sequence[str]) -> None:
         """The acknowledging sink delivered a message carrying these events (or needs none for them)."""
@@ -104,8 +154,9 @@ class Deliverer:
             self.delivered += len(seqs)
         self.notify()
 
-    async def _deliver(self, seq: int, event: Event) -> bool:
-        """Send one row; ``False`` means stop this batch (the row will be retried after the pause)."""
+    async def _deliver(self, seq: int, event: Event, failures: int) -> float | None:
+        """Send one row: ``None`` when it is done (delivered or rejected), else the seconds to wait before
+        trying it again (``failures``: how many times it failed before)."""
         try:
             await self.sink.send(event)
         except SinkError as exc:
@@ -115,10 +166,10 @@ class Deliverer:
                 self.rejected += 1
                 logger.error("sink %s rejected event %s (job %s): %s", self.name, event.id, event.job_id, exc)
                 await self._state.rejected(seq, str(exc))
-                return True
+                return None
             self.failed += 1
-            self._failures += 1
-            wait = full_jitter(self._failures - 1, self._retry_initial, self._retry_max, least=0.5)
+            self._failures = failures + 1
+            wait = full_jitter(failures, self._retry_initial, self._retry_max, least=0.5)
             delay = max(exc.retry_after or 0.0, wait)
             logger.warning(
                 "sink %s failed on event %s (job %s), trying again in %.0fs: %s",
@@ -129,8 +180,7 @@ class Deliverer:
                 exc,
             )
             await self._state.attempt_failed(seq, str(exc))
-            await asyncio.sleep(delay)
-            return False
+            return delay
         except Exception:
             # A bug in a (possibly third-party) sink: treat like a retryable failure, loudly.
             logger.exception("sink %s crashed on event %s (job %s)", self.name, event.id, event.job_id)
@@ -138,13 +188,12 @@ class Deliverer:
                 self._forget(event.id, seq)
             self.failed += 1
             await self._state.attempt_failed(seq, "sink crashed")
-            await asyncio.sleep(self._retry_max)
-            return False
+            return self._retry_max
         self._failures = 0
         if not self._acks:
             self.delivered += 1
             await self._state.delivered(seq)
-        return True
+        return None
 
     def _forget(self, event_id: str, seq: int) -> None:
         """A row the acknowledging sink did not take: hand it over again from here."""
@@ -154,3 +203,12 @@ class Deliverer:
         if not seqs:
             self._handed.pop(event_id, None)
         self._cursor = min(self._cursor, seq - 1)
+
+
+def _ordering_key(event: Event) -> str:
+    """What a receiver needs in order: the events of one job; of one rollout (its digests); else each alone."""
+    if event.job_id is not None:
+        return f"job:{event.job_id}"
+    if event.rollout is not None:
+        return f"rollout:{event.rollout}"
+    return f"event:{event.id}"

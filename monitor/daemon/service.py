@@ -183,7 +183,14 @@ class Daemon:
                 state.route(name, event_filter, getattr(sink, "wants", None))
                 d = self.config.delivery
                 self._deliverers.append(
-                    Deliverer(sink, state, name=name, retry_initial=d.retry_initial, retry_max=d.retry_max)
+                    Deliverer(
+                        sink,
+                        state,
+                        name=name,
+                        retry_initial=d.retry_initial,
+                        retry_max=d.retry_max,
+                        concurrency=d.concurrency if d.ordering == "job" else 1,
+                    )
                 )
             else:
                 plain.append(SinkBinding(sink, event_filter))

@@ -29,7 +29,7 @@ from monitor.core.reason import readable_reason
 from monitor.daemon.service import Daemon
 from monitor.daemon.store import State
 from monitor.sim import Simulator
-from monitor.testing import Receiver, Reply, running_daemon
+from monitor.testing import Received, Receiver, Reply, running_daemon
 from tests.conftest import BotReceiver, SimFactory
 
 API_TOKEN = "api-token-for-tests"
@@ -351,9 +351,9 @@ async def test_restart_resumes_unfinished_jobs_and_reports_what_changed_meanwhil
 
 async def test_stop_drains_the_outbox(sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
     recv, url = receiver
-    recv.reply = Reply(204, delay=0.1)  # a slow receiver: events queue up in the outbox
+    recv.reply = Reply(204, delay=0.1)  # a slow receiver: events queue up in the outbox (one at a time)
     jobs = [sim.add_job("CreateNode", duration=3.0) for _ in range(4)]
-    async with running(make_config(sim, tmp_path, url)) as api:
+    async with running(make_config(sim, tmp_path, url, delivery={"ordering": "sink"})) as api:
         assert (await api.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
 
         async def backlog() -> bool:
@@ -567,3 +567,52 @@ async def test_a_summary_the_chat_budget_held_at_sigterm_is_sent_after_the_resta
     assert sum("Rollout pool-x finished" in t for t in bot.texts()) == 1
     assert not any(sink.startswith("wecom:") for sink in await outbox_depth(tmp_path))
     assert bot.violations == 0
+
+
+async def test_delivery_goes_on_for_other_jobs_while_one_jobs_event_fails(
+    sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """Per-job order, parallel across jobs: the receiver refuses every event of one job for a while; the other
+    jobs' events arrive meanwhile, each job's in order, never two of one job at once; then the held-back job's
+    events arrive in their order too, each sent again with its own webhook-id."""
+    recv, url = receiver
+    stuck = sim.add_job("Custom", duration=0.3)
+    others = [sim.add_job("Custom", duration=0.3) for _ in range(3)]
+    healed = asyncio.Event()
+    in_flight: dict[str, int] = {}
+    overlap: list[str] = []
+
+    async def answer(received: Received) -> Reply:
+        job = orjson.loads(received.body).get("job_id")
+        in_flight[job] = in_flight.get(job, 0) + 1
+        if in_flight[job] > 1:
+            overlap.append(job)
+        await asyncio.sleep(0.02)
+        in_flight[job] -= 1
+        return Reply(503) if job == stuck and not healed.is_set() else Reply(204)
+
+    recv.reply = answer
+    cfg = make_config(sim, tmp_path, url, delivery={"retry_initial": 0.1, "retry_max": 0.3})
+    async with running(cfg) as api:
+        assert (await api.call("POST", "/v1/jobs", {"job_ids": [stuck, *others]}))[0] == 202
+
+        def finals_of(jobs: list[str]) -> set[str]:
+            done = {h.json.get("job_id") for h in recv.delivered if h.json.get("phase") == "Success"}
+            return done & set(jobs)
+
+        async def others_done() -> bool:
+            return finals_of(others) == set(others)
+
+        await until(others_done, 10, "the other jobs' events, past the stuck one")
+        assert not finals_of([stuck]), "the stuck job's events are held back"
+        healed.set()
+
+        async def stuck_done() -> bool:
+            return finals_of([stuck]) == {stuck}
+
+        await until(stuck_done, 10, "the stuck job's events once the receiver takes them")
+    assert not overlap, f"two events of one job at once: {overlap}"
+    for job in [stuck, *others]:
+        phases = [h.json["phase"] for h in recv.delivered if h.json.get("job_id") == job]
+        phases = [p for p in phases if p in ("Initializing", "Running", "Success")]
+        assert phases == sorted(phases, key=["Initializing", "Running", "Success"].index), (job, phases)
