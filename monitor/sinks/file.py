@@ -40,7 +40,7 @@ class FileSink:
 
     durable: ClassVar[bool] = True  # fed from the daemon's outbox
 
-    __slots__ = ("_fd", "_pending", "name", "settings")
+    __slots__ = ("_fd", "_pending", "_writing", "name", "settings")
 
     def __init__(self, settings: FileSinkSettings) -> None:
         """Open (or create, mode 0600) the file for appending; raises :class:`ConfigError` if impossible."""
@@ -58,6 +58,7 @@ class FileSink:
         # The write in flight in the worker thread; aclose waits for it so the descriptor is not closed
         # (and possibly reused) under it, even when the sending task was cancelled.
         self._pending: asyncio.Future[None] | None = None
+        self._writing = asyncio.Lock()  # one fsync'd write at a time: the outbox may send several events at once
 
     def __repr__(self) -> str:
         return f"FileSink(path={str(self.settings.path)!r}, fsync={self.settings.fsync})"
@@ -86,15 +87,20 @@ class FileSink:
             except OSError as exc:
                 raise SinkError(f"{self.name}: write failed: {exc.strerror or exc}", retryable=True) from exc
             return
-        future = asyncio.get_running_loop().run_in_executor(None, self._write, fd, data)
-        self._pending = future
-        try:
-            await asyncio.shield(future)
-        except OSError as exc:
-            raise SinkError(f"{self.name}: write failed: {exc.strerror or exc}", retryable=True) from exc
-        finally:
-            if future.done():
-                self._pending = None
+        async with self._writing:
+            await self._settle()
+            fd = self._fd
+            if fd is None:
+                raise SinkError(f"{self.name}: sink is closed", retryable=False)
+            future = asyncio.get_running_loop().run_in_executor(None, self._write, fd, data)
+            self._pending = future
+            try:
+                await asyncio.shield(future)
+            except OSError as exc:
+                raise SinkError(f"{self.name}: write failed: {exc.strerror or exc}", retryable=True) from exc
+            finally:
+                if future.done() and self._pending is future:
+                    self._pending = None
 
     async def _settle(self) -> None:
         """Wait for a write left running by a cancelled ``send``; its outcome was already given up on."""
