@@ -244,3 +244,16 @@ async def test_is_durable_reads_the_attribute_and_defaults_to_false(tmp_path: Pa
     file_sink = create_sink(f"file:{tmp_path / 'e.jsonl'}")
     assert is_durable(file_sink) and not is_durable(create_sink("log"))
     await file_sink.aclose()
+
+
+async def test_fsynced_events_sent_at_once_are_each_one_whole_line(tmp_path: Path) -> None:
+    """The outbox sends several events at once (one per job): with fsync each write still goes alone."""
+    import asyncio  # noqa: PLC0415
+
+    path = tmp_path / "e.jsonl"
+    sink = make_file_sink(str(path), {"fsync": True})
+    events = [make_event(id=f"{n:032x}", job_id=f"job-{n}", reason="x" * 5000) for n in range(40)]
+    await asyncio.gather(*(sink.send(e) for e in events))
+    await sink.aclose()
+    lines = path.read_bytes().splitlines()
+    assert sorted(orjson.loads(line)["id"] for line in lines) == sorted(e.id for e in events)
