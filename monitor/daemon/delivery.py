@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from monitor.core.backoff import full_jitter
 from monitor.core.errors import SinkError
 from monitor.core.events import Event
-from monitor.daemon.storage import Store
+from monitor.daemon.storage import OutboxRow, Store
 from monitor.sinks import Sink
 
 __all__ = ["Deliverer"]
@@ -70,7 +70,6 @@ class Deliverer:
             sink.on_delivered = self._acknowledged  # type: ignore[attr-defined]
         self._concurrency = 1 if self._acks else max(1, concurrency)
         self._lanes: dict[str, asyncio.Task[None]] = {}  # per-job delivery: ordering key -> its earliest row's task
-        self._in_flight: set[int] = set()
         self.delivered = 0
         self.failed = 0
         self.rejected = 0
@@ -112,20 +111,30 @@ class Deliverer:
 
     async def _run_per_job(self) -> None:
         """Up to ``concurrency`` rows at once, each the earliest undelivered row of its job (or rollout): a job's
-        events go in order, one at a time, and a failing one holds back only its own job's later events."""
+        events go in order, one at a time, and a failing one holds back only its own job's later events.
+
+        Rows are read once, in order (after the last seen), and wait here until their job is free: a large
+        backlog is not read again for every delivery."""
+        waiting: list[OutboxRow] = []
+        seen = 0
         try:
             while True:
                 self._wake.clear()
-                rows = await self._state.pending(self.name, limit=self._batch * 10)
-                for row in rows:
-                    if len(self._lanes) >= self._concurrency:
-                        break
+                fresh = await self._state.pending(self.name, limit=self._batch, after=seen)
+                if fresh:
+                    seen = fresh[-1].seq
+                    waiting.extend(fresh)
+                kept: list[OutboxRow] = []
+                for row in waiting:
                     key = _ordering_key(row.event)
-                    if row.seq in self._in_flight or key in self._lanes:
-                        continue  # in flight, or an earlier row of the same job is
-                    self._in_flight.add(row.seq)
-                    self._lanes[key] = asyncio.create_task(self._lane(key, row.seq, row.event), name=f"deliver {key}")
-                if not rows and not self._lanes:
+                    if len(self._lanes) < self._concurrency and key not in self._lanes:
+                        self._lanes[key] = asyncio.create_task(self._lane(key, row.seq, row.event), name=key)
+                    else:
+                        kept.append(row)  # its job's earlier row is in flight, or every lane is busy
+                waiting = kept
+                if len(fresh) == self._batch:
+                    continue  # more rows are there to read
+                if not waiting and not self._lanes:
                     self._idle.set()
                 await self._wake.wait()
         finally:
@@ -142,7 +151,6 @@ class Deliverer:
                 failures += 1
                 await asyncio.sleep(delay)
         finally:
-            self._in_flight.discard(seq)
             self._lanes.pop(key, None)
             self.notify()
 
