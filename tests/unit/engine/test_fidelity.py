@@ -6,6 +6,7 @@ phase, stalls of sub-jobs, and arrivals paced under the rate. Against the simula
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import orjson
@@ -109,7 +110,7 @@ async def test_a_403_on_one_job_fails_that_job_only(sim_factory: SimFactory) -> 
     others = [sim.add_job(duration=0.8) for _ in range(3)]
     sim.forbid_job(refused)
     recorder = Recorder()
-    settings = SchedulerSettings(**{**_fields(FAST), "failure_threshold": 2})
+    settings = dataclasses.replace(FAST, failure_threshold=2)
     async with client_for(sim) as client:
         scheduler = Scheduler(client, recorder, settings)
         task = asyncio.create_task(scheduler.run(drain=1.0))
@@ -153,7 +154,7 @@ async def test_sub_job_progress_is_not_a_stall(sim_factory: SimFactory) -> None:
     cluster = sim.add_cluster()
     job_id = sim.create_nodes(cluster, 4, duration=2.5)
     recorder = Recorder()
-    settings = SchedulerSettings(**{**_fields(FAST), "stall_after": 1.0, "node_check": False})
+    settings = dataclasses.replace(FAST, stall_after=1.0, node_check=False)
     async with client_for(sim) as client:
         await asyncio.wait_for(watch([job_id], client=client, settings=settings, observers=[recorder]), 20)
     assert not recorder.of("job.stalled"), [e.type for e in recorder.events]
@@ -185,10 +186,6 @@ async def test_arrivals_never_exceed_the_rate_in_any_one_second_window(sim_facto
     assert worst <= 10, worst
 
 
-def _fields(settings: SchedulerSettings) -> dict[str, object]:
-    return {name: getattr(settings, name) for name in SchedulerSettings.__dataclass_fields__}
-
-
 def test_message_owner_and_billing_order_are_read() -> None:
     body = (
         b'{"metadata": {"uid": "cn-1"}, "spec": {"type": "CreateNode", "ownerJob": "scaleup-1",'
@@ -211,7 +208,7 @@ async def test_a_job_waiting_on_its_billing_order_is_not_stalled(sim_factory: Si
         settings = ClientSettings(endpoint=server.base, project_id=PROJECT, total_timeout=5)
         recorder = Recorder()
         async with CCEClient(settings, TokenAuth(Secret("t"))) as client:
-            scheduler = Scheduler(client, recorder, SchedulerSettings(**{**_fields(FAST), "stall_after": 0.3}))
+            scheduler = Scheduler(client, recorder, dataclasses.replace(FAST, stall_after=0.3))
             task = asyncio.create_task(scheduler.run(drain=1.0))
             scheduler.add("j")
             await asyncio.sleep(1.0)
@@ -280,7 +277,7 @@ async def test_one_job_refused_again_and_again_is_still_one_job(sim_factory: Sim
     others = [sim.add_job(duration=60) for _ in range(2)]
     sim.forbid_job(refused)
     recorder = Recorder()
-    slow = SchedulerSettings(**{**_fields(FAST), "interval": 3.0, "max_interval": 3.0, "error_backoff": 0.05})
+    slow = dataclasses.replace(FAST, interval=3.0, max_interval=3.0, error_backoff=0.05)
     async with client_for(sim) as client:
         scheduler = Scheduler(client, recorder, slow)
         task = asyncio.create_task(scheduler.run(drain=1.0))

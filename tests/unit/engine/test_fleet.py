@@ -4,6 +4,7 @@ confirmed Active, node pools that scale without a job id (to their target, to So
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from monitor.core.events import Event, EventType, Outcome
@@ -102,7 +103,7 @@ async def test_without_the_node_check_a_succeeded_job_is_the_end(sim_factory: Si
     sim, _ = await sim_factory(time_scale=0.05)
     cluster = sim.add_cluster()
     job_id = sim.create_nodes(cluster, 3, abnormal=1, duration=1.0)
-    settings = SchedulerSettings(**{**_fields(FAST), "node_check": False})
+    settings = dataclasses.replace(FAST, node_check=False)
     result, recorder = await run(sim, [job_id], settings=settings)
     summary = final_summary(recorder)
     assert summary["counts"] == {"Success": 3}
@@ -172,27 +173,16 @@ async def test_node_and_pool_reads_share_the_one_rate_limit(sim_factory: SimFact
     pool = sim.add_nodepool(cluster, node_duration=1.0)
     sim.scale_nodepool(cluster, pool, 3)
     job_id = sim.create_nodes(cluster, 3, duration=1.0)
-    settings = SchedulerSettings(**{**_fields(FAST), "rate": 5.0})
+    settings = dataclasses.replace(FAST, rate=5.0)
     result, _ = await run(sim, [job_id], settings=settings, nodepools=(NodePoolTarget(cluster, pool),))
     assert result.exit_code == 0
     assert max(sim.stats.per_second.values()) <= 5, sim.stats.per_second
-
-
-def _fields(settings: SchedulerSettings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in SchedulerSettings.__dataclass_fields__}
 
 
 async def _until(condition: Any) -> None:
     async with asyncio.timeout(20):
         while not condition():
             await asyncio.sleep(0.05)
-
-
-def _types(events: list[Event]) -> list[str]:
-    return [e.type.value for e in events]
-
-
-__all__ = ["EventType"]
 
 
 async def test_a_node_sub_job_is_read_by_id_once_per_phase(sim_factory: SimFactory) -> None:
@@ -204,7 +194,7 @@ async def test_a_node_sub_job_is_read_by_id_once_per_phase(sim_factory: SimFacto
     cluster = sim.add_cluster()
     job_id = sim.create_nodes(cluster, 2, duration=3.0, omit_nested=True)
     recorder = Recorder()
-    settings = SchedulerSettings(**{**_fields(FAST), "interval": 0.05, "max_interval": 0.05, "jitter": 0.0})
+    settings = dataclasses.replace(FAST, interval=0.05, max_interval=0.05, jitter=0.0)
     async with client_for(sim) as client:
         scheduler = Scheduler(client, recorder, settings)
         task = asyncio.create_task(scheduler.run(drain=1.0))
@@ -239,7 +229,7 @@ async def test_awaited_nodes_time_out_while_the_node_list_cannot_be_read(sim_fac
         if event.type is EventType.JOB_PHASE_CHANGED and event.phase == "Success":
             sim.set_faults(p_500=1.0)  # from now on every read fails: only the node list is still read
 
-    settings = SchedulerSettings(**{**_fields(FAST), "node_timeout": 1.0, "failure_threshold": 100})
+    settings = dataclasses.replace(FAST, node_timeout=1.0, failure_threshold=100)
     async with client_for(sim) as client:
         result = await asyncio.wait_for(
             watch([job_id], client=client, settings=settings, observers=[break_node_reads, recorder], rollout="r"),
