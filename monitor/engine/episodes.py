@@ -8,7 +8,7 @@ endpoint that stops polling. :class:`~monitor.engine.scheduler.Scheduler` takes 
   ``APIGW.0101`` → one ``monitor.config_error``: no job can be read at this endpoint.
 * 401, or 403s from every job (as many different jobs as are tracked, at most 3, with no successful read
   between) → one ``monitor.auth_failed`` and all polling pauses with backoff. A 403 on one job while others are
-  read is that job's failure.
+  read is that job's failure, and stays so when that job is the last one tracked.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ async def on_poll_error(sched: Scheduler, tracked: Tracked, exc: MonitorError) -
         await on_endpoint_error(sched, tracked, exc)
     elif isinstance(exc, NotFoundError):
         await on_not_found(sched, tracked, exc)
-    elif isinstance(exc, AuthError) and exc.status == 403 and not _forbidden_everywhere(sched, tracked.job_id):
+    elif isinstance(exc, AuthError) and exc.status == 403 and not _forbidden_everywhere(sched, tracked):
         # One job refused (CCE.01403001, a cluster that is busy) while others are read: that job's failure.
         await on_error(sched, tracked, exc)
     elif isinstance(exc, AuthError):
@@ -57,11 +57,14 @@ async def on_poll_error(sched: Scheduler, tracked: Tracked, exc: MonitorError) -
         await on_error(sched, tracked, exc)
 
 
-def _forbidden_everywhere(sched: Scheduler, job_id: str) -> bool:
+def _forbidden_everywhere(sched: Scheduler, tracked: Tracked) -> bool:
     """Whether 403s come from every job, not one: from as many different jobs (at most 3) as are tracked,
     with no successful read between (:func:`auth_ok` forgets them). One job refused again and again — it
-    retries on its own backoff, faster than the others poll — is still one job."""
-    sched._forbidden.add(job_id)
+    retries on its own backoff, faster than the others poll — is still one job; and a job refused while
+    another was read stays refused on its own, even once it is the last job tracked."""
+    if tracked.refused_alone:
+        return False
+    sched._forbidden.add(tracked.job_id)
     return len(sched._forbidden) >= min(3, max(1, len(sched)))
 
 
@@ -89,7 +92,7 @@ async def on_not_found(sched: Scheduler, tracked: Tracked, exc: NotFoundError) -
     if tracked.not_found == 0:
         tracked.first_not_found = now
     tracked.not_found += 1
-    sched._auth_ok()
+    sched._auth_ok(tracked)
     if tracked.not_found >= s.not_found_count and now - tracked.first_not_found >= s.not_found_grace:
         sched._finish(tracked)
         detail = f"{tracked.not_found} consecutive 404s over {now - tracked.first_not_found:.0f}s: {exc}"
@@ -128,7 +131,12 @@ def episode(sched: Scheduler) -> str:
     return f"{sched._run_key}.{next(sched._episodes)}"
 
 
-def auth_ok(sched: Scheduler) -> None:
+def auth_ok(sched: Scheduler, read: Tracked) -> None:
+    """``read`` was read: the credentials work, so the other jobs refused since are refused on their own."""
+    read.refused_alone = False
+    for job_id in sched._forbidden:
+        if job_id != read.job_id and (refused := sched._jobs.get(job_id)) is not None:
+            refused.refused_alone = True
     sched._forbidden.clear()
     if sched._auth_episode:
         logger.info("authentication works again; polling resumes")

@@ -132,7 +132,7 @@ async def poll_probe(sched: Scheduler, tracked: Tracked, probe: Probe) -> None:
         await sched._on_error(tracked, exc)
     else:
         sched._count("ok")
-        sched._auth_ok()
+        sched._auth_ok(tracked)
         tracked.failures = tracked.not_found = 0
     if result is None:  # the read failed: awaited nodes still time out, and so does a pool
         result = probe.expire(ProbeResult()) if isinstance(probe, ClusterNodes) else ProbeResult()

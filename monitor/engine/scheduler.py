@@ -470,7 +470,7 @@ class Scheduler:
     async def _on_snapshot(self, tracked: Tracked, job: Job) -> None:
         now = self._clock()
         s = self.settings
-        self._auth_ok()
+        self._auth_ok(tracked)
         events: list[Event] = []
         if tracked.failures >= s.failure_threshold:
             events.append(

@@ -32,6 +32,7 @@ class Tracked:
         "memo",
         "not_found",
         "probe",
+        "refused_alone",
         "removed",
         "stalled",
     )
@@ -53,6 +54,7 @@ class Tracked:
         self._context: JobContext | None = None
         self.expanded: dict[str, Job] | None = None  # node sub-jobs read by id (engine.probing.with_sub_jobs)
         self.probe: Probe | None = None  # a node list or a node pool (engine.fleet) instead of a job
+        self.refused_alone = False  # a 403 on it was followed by another job's good read (engine.episodes)
 
     def context(self, project_id: str) -> JobContext:
         """What every event about this job carries (built once: labels do not change)."""

@@ -116,12 +116,41 @@ async def test_a_403_on_one_job_fails_that_job_only(sim_factory: SimFactory) -> 
         task = asyncio.create_task(scheduler.run(drain=1.0))
         scheduler.add_many([refused, *others])
         async with asyncio.timeout(10):
-            while len([e for e in recorder.of("job.phase_changed") if e.phase == "Success"]) < 3:
+            while (
+                len([e for e in recorder.of("job.phase_changed") if e.phase == "Success"]) < 3
+                or not recorder.of("job.poll_failed")
+            ):
                 await asyncio.sleep(0.05)
         scheduler.stop()
         await task
     assert not recorder.of("monitor.auth_failed"), "one job's 403 does not pause all polling"
     assert [e.job_id for e in recorder.of("job.poll_failed")] == [refused]
+
+
+async def test_a_job_refused_while_others_were_read_stays_refused_alone_once_it_is_the_last(
+    sim_factory: SimFactory,
+) -> None:
+    sim, _ = await sim_factory()
+    refused = sim.add_job(duration=60)
+    other = sim.add_job(duration=0.5)
+    sim.forbid_job(refused)
+    recorder = Recorder()
+    settings = dataclasses.replace(FAST, failure_threshold=1000)  # it retries and never gives up
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, recorder, settings)
+        task = asyncio.create_task(scheduler.run(drain=1.0))
+        scheduler.add_many([refused, other])
+        async with asyncio.timeout(10):
+            while not [e for e in recorder.of("job.phase_changed") if e.phase == "Success"]:
+                await asyncio.sleep(0.05)
+        first = sim.stats.by_status.get(403, 0)
+        async with asyncio.timeout(10):
+            while sim.stats.by_status.get(403, 0) < first + 3:  # refused again, now the only job tracked
+                await asyncio.sleep(0.05)
+        scheduler.stop()
+        await task
+    assert [e.job_id for e in recorder.of("job.phase_changed") if e.phase == "Success"] == [other]
+    assert not recorder.of("monitor.auth_failed"), "the last job's 403 is its own: the credentials worked"
 
 
 async def test_403s_on_every_job_pause_everything(sim_factory: SimFactory) -> None:
