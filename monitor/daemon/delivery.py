@@ -12,7 +12,12 @@ two of one job, never a job's event before its earlier ones; a rollout's digests
   ``ordering: sink``: nothing later at all) overtakes it;
 * a non-retryable one (the receiver refused the event with a 4xx, or answered 410 and the sink is disabled) marks
   the row rejected with the reason, so a poison event cannot block the queue forever;
-* a cancelled send (shutdown) leaves the row undelivered: it is sent again after the restart, with the same id.
+* a cancelled send (shutdown) leaves the row undelivered: it is sent again after the restart, with the same id;
+* after a streak of failures across rows (the receiver was down), the first success ends every other row's
+  backoff at once: the backlog drains at the receiver's pace instead of each row's next retry time;
+* delivered rows are marked in batches (those delivered while the previous batch was written): one transaction
+  for many rows; a crash in between sends those rows again, with the same ids;
+* :meth:`Deliverer.rewind` after a replay: rejected rows made due again are read again, with their event ids.
 
 A sink that ``acknowledges`` (the chat sinks, which merge events into digests sent when a rate budget allows)
 takes each row at once and reports later, through its ``on_delivered`` hook, which events a delivered message
@@ -25,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from monitor.core.backoff import full_jitter
 from monitor.core.errors import SinkError
@@ -36,6 +42,9 @@ from monitor.sinks import Sink
 __all__ = ["Deliverer"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their jobs' earlier rows are in flight
+_OUTAGE_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 
 
 class Deliverer:
@@ -51,9 +60,11 @@ class Deliverer:
         retry_max: float = 120.0,
         batch: int = 100,
         concurrency: int = 1,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         """``concurrency`` above 1: up to that many rows in flight at once, never two of one job (see the
-        module docstring); an acknowledging sink always takes its rows one by one."""
+        module docstring); an acknowledging sink always takes its rows one by one. ``observe`` hears each
+        delivered event's delay in seconds, from its detection (``event.time``) to its delivery."""
         self.sink = sink
         self.name = name or sink.name
         self._state = state
@@ -62,22 +73,38 @@ class Deliverer:
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._batch = batch
+        self._observe = observe
         self._failures = 0
+        self._streak = 0  # failures in a row at this sink, whichever rows they were
+        self._recovered = asyncio.Event()  # set (and replaced) when the receiver answers again after a streak
         self._acks = bool(getattr(sink, "acknowledges", False))
         self._handed: dict[str, list[int]] = {}  # acknowledging sinks: event id -> rows handed over, not yet acked
+        self._handed_at: dict[str, float] = {}  # ... and when their event was detected
         self._cursor = 0  # acknowledging sinks: the last row handed over
         if self._acks:
             sink.on_delivered = self._acknowledged  # type: ignore[attr-defined]
         self._concurrency = 1 if self._acks else max(1, concurrency)
         self._lanes: dict[str, asyncio.Task[None]] = {}  # per-job delivery: ordering key -> its earliest row's task
+        self._held: set[int] = set()  # per-job delivery: rows read and not yet marked done
+        self._seen = 0  # per-job delivery: the last row read
+        self._unread = True  # new rows may be in the outbox
+        self._unmarked: list[int] = []  # delivered rows waiting for the next batch of marks
+        self._marking = asyncio.Lock()
         self.delivered = 0
         self.failed = 0
         self.rejected = 0
 
     def notify(self) -> None:
         """New rows may be waiting."""
+        self._unread = True
         self._idle.clear()
         self._wake.set()
+
+    def rewind(self) -> None:
+        """Rows already passed became due again (a replay of rejected rows): read the outbox from its start."""
+        self._seen = 0
+        self._cursor = 0
+        self.notify()
 
     async def wait_idle(self) -> None:
         """Return once every due row has been delivered or rejected."""
@@ -95,6 +122,9 @@ class Deliverer:
         while True:
             self._wake.clear()
             rows = await self._state.pending(self.name, limit=self._batch, after=self._cursor)
+            if self._acks and self._handed:  # after a rewind: what the sink holds is not handed over twice
+                held = {seq for seqs in self._handed.values() for seq in seqs}
+                rows = [row for row in rows if row.seq not in held]
             if not rows:
                 if not self._handed:
                     self._idle.set()
@@ -103,6 +133,7 @@ class Deliverer:
             for row in rows:
                 if self._acks:
                     self._handed.setdefault(row.event.id, []).append(row.seq)
+                    self._handed_at[row.event.id] = row.event.time.timestamp()
                     self._cursor = row.seq
                 delay = await self._deliver(row.seq, row.event, self._failures)
                 if delay is not None:
@@ -114,16 +145,22 @@ class Deliverer:
         events go in order, one at a time, and a failing one holds back only its own job's later events.
 
         Rows are read once, in order (after the last seen), and wait here until their job is free: a large
-        backlog is not read again for every delivery."""
+        backlog is not read again for every delivery, and a freed lane does not read the outbox again. At most
+        ``_MAX_WAITING`` rows are held: beyond that, reading waits for lanes to free up."""
         waiting: list[OutboxRow] = []
-        seen = 0
         try:
             while True:
                 self._wake.clear()
-                fresh = await self._state.pending(self.name, limit=self._batch, after=seen)
-                if fresh:
-                    seen = fresh[-1].seq
-                    waiting.extend(fresh)
+                if self._unread and len(waiting) < _MAX_WAITING:
+                    self._unread = False  # (a notify() during the read sets it again)
+                    fresh = await self._state.pending(self.name, limit=self._batch, after=self._seen)
+                    if fresh:
+                        self._seen = fresh[-1].seq
+                        if len(fresh) == self._batch:
+                            self._unread = True  # more rows are there to read
+                        fresh = [row for row in fresh if row.seq not in self._held]  # (after a rewind)
+                        self._held.update(row.seq for row in fresh)
+                        waiting.extend(fresh)
                 kept: list[OutboxRow] = []
                 for row in waiting:
                     key = _ordering_key(row.event)
@@ -132,8 +169,8 @@ class Deliverer:
                     else:
                         kept.append(row)  # its job's earlier row is in flight, or every lane is busy
                 waiting = kept
-                if len(fresh) == self._batch:
-                    continue  # more rows are there to read
+                if self._unread and len(waiting) < _MAX_WAITING:
+                    continue
                 if not waiting and not self._lanes:
                     self._idle.set()
                 await self._wake.wait()
@@ -144,19 +181,31 @@ class Deliverer:
             await asyncio.gather(*lanes, return_exceptions=True)
 
     async def _lane(self, key: str, seq: int, event: Event) -> None:
-        """One row until it is delivered or rejected, retried with its own backoff (the same ``webhook-id``)."""
+        """One row until it is delivered or rejected, retried with its own backoff (the same ``webhook-id``) —
+        cut short when the receiver answers another row again after a streak of failures (an outage ended)."""
         failures = 0
         try:
             while (delay := await self._deliver(seq, event, failures)) is not None:
                 failures += 1
-                await asyncio.sleep(delay)
+                recovered = self._recovered
+                try:
+                    async with asyncio.timeout(delay):
+                        await recovered.wait()
+                except TimeoutError:
+                    pass
         finally:
             self._lanes.pop(key, None)
-            self.notify()
+            self._held.discard(seq)
+            self._wake.set()
 
     async def _acknowledged(self, event_ids: Sequence[str]) -> None:
         """The acknowledging sink delivered a message carrying these events (or needs none for them)."""
         seqs = [seq for event_id in event_ids for seq in self._handed.pop(event_id, ())]
+        now = time.time()
+        for event_id in event_ids:
+            detected = self._handed_at.pop(event_id, None)
+            if detected is not None and self._observe is not None:
+                self._observe(now - detected)
         if seqs:
             await self._state.delivered(*seqs)
             self.delivered += len(seqs)
@@ -177,6 +226,7 @@ class Deliverer:
                 return None
             self.failed += 1
             self._failures = failures + 1
+            self._streak += 1
             wait = full_jitter(failures, self._retry_initial, self._retry_max, least=0.5)
             delay = max(exc.retry_after or 0.0, wait)
             logger.warning(
@@ -198,10 +248,26 @@ class Deliverer:
             await self._state.attempt_failed(seq, "sink crashed")
             return self._retry_max
         self._failures = 0
+        if self._streak >= _OUTAGE_STREAK:  # the receiver is back: rows waiting out a backoff go now
+            self._recovered.set()
+            self._recovered = asyncio.Event()
+        self._streak = 0
         if not self._acks:
             self.delivered += 1
-            await self._state.delivered(seq)
+            if self._observe is not None:
+                self._observe(time.time() - event.time.timestamp())
+            await self._mark(seq)
         return None
+
+    async def _mark(self, seq: int) -> None:
+        """Mark a delivered row, batched with the rows delivered while the previous batch was written: one
+        transaction for many (a crash before it sends them again, with the same ids)."""
+        self._unmarked.append(seq)
+        async with self._marking:
+            if not self._unmarked:
+                return  # the batch just written carried this row
+            seqs, self._unmarked = self._unmarked, []
+            await self._state.delivered(*seqs)
 
     def _forget(self, event_id: str, seq: int) -> None:
         """A row the acknowledging sink did not take: hand it over again from here."""
@@ -210,6 +276,7 @@ class Deliverer:
             seqs.remove(seq)
         if not seqs:
             self._handed.pop(event_id, None)
+            self._handed_at.pop(event_id, None)
         self._cursor = min(self._cursor, seq - 1)
 
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
-__all__ = ["OutboxRow", "Store", "StoredJob", "StoredNodePool"]
+__all__ = ["DeliveryRecord", "OutboxRow", "Store", "StoredJob", "StoredNodePool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,21 @@ class OutboxRow:
     sink: str
     event: Event
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """An outbox row as an operator sees it: still ``pending`` (with its failed attempts so far) or ``rejected``
+    for good by the receiver (a dead letter), with the last error."""
+
+    seq: int
+    sink: str
+    event: Event
+    state: Literal["pending", "rejected"]
+    attempts: int
+    last_error: str | None
+    rejected_at: float | None
+    """Unix time the receiver refused it (``None`` while pending)."""
 
 
 class Store(Protocol):
@@ -164,4 +179,26 @@ class Store(Protocol):
 
     async def outbox_depth(self) -> dict[str, int]:
         """Undelivered rows per sink."""
+        ...
+
+    async def outbox_oldest(self) -> dict[str, float]:
+        """Per sink with undelivered rows: when its oldest undelivered event was detected (Unix time)."""
+        ...
+
+    async def deliveries(
+        self,
+        state: Literal["pending", "rejected"],
+        *,
+        sink: str | None = None,
+        job_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """Undelivered or rejected rows, oldest first, optionally of one sink or job."""
+        ...
+
+    async def replay(
+        self, sinks: Sequence[str], *, event_ids: Sequence[str] | None = None, job_id: str | None = None
+    ) -> list[DeliveryRecord]:
+        """Rejected rows of ``sinks`` (all of them, or those of the event ids, or of one job) become due again,
+        the same event with the same id; returns them as they were (one transaction)."""
         ...

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -33,7 +33,7 @@ from monitor.core.errors import ConfigError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
-from monitor.daemon.storage import OutboxRow, StoredJob, StoredNodePool
+from monitor.daemon.storage import DeliveryRecord, OutboxRow, StoredJob, StoredNodePool
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
@@ -458,12 +458,84 @@ class State:
         )
         return {str(r[0]): int(r[1]) for r in rows}
 
+    async def outbox_oldest(self) -> dict[str, float]:
+        """Per sink: when its oldest undelivered event was detected (the event's own time)."""
+        rows = await self._run(
+            self._query,
+            "SELECT o.sink, o.event FROM outbox o JOIN (SELECT MIN(seq) AS seq FROM outbox "
+            "WHERE delivered_at IS NULL GROUP BY sink) m ON o.seq = m.seq",
+        )
+        return {str(sink): Event.from_json(data).time.timestamp() for sink, data in rows}
+
+    async def deliveries(
+        self,
+        state: Literal["pending", "rejected"],
+        *,
+        sink: str | None = None,
+        job_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """Undelivered (``pending``) or ``rejected`` rows, oldest first (a job's are picked from the events)."""
+        where = "delivered_at IS NULL" if state == "pending" else "rejected = 1"
+        args: list[object] = []
+        if sink is not None:
+            where += " AND sink = ?"
+            args.append(sink)
+        rows = await self._run(self._select_deliveries, where, args, None if job_id else limit)
+        found = [_delivery(row) for row in rows]
+        if job_id is not None:
+            found = [d for d in found if d.event.job_id == job_id][:limit]
+        return found
+
+    def _select_deliveries(self, where: str, args: list[object], limit: int | None) -> list[tuple[Any, ...]]:
+        # `where` is built from this module's constant strings and placeholders; values go in as parameters.
+        sql = "SELECT seq, sink, event, attempts, last_error, rejected, delivered_at FROM outbox WHERE " + where  # noqa: S608
+        sql += " ORDER BY seq" + ("" if limit is None else " LIMIT ?")
+        return list(self._conn.execute(sql, [*args] if limit is None else [*args, limit]).fetchall())
+
+    async def replay(
+        self, sinks: Sequence[str], *, event_ids: Sequence[str] | None = None, job_id: str | None = None
+    ) -> list[DeliveryRecord]:
+        """Rejected rows of ``sinks`` (matching the event ids or job, if given) become due again, keeping their
+        event (and so its id), attempts and last error; returns them as they were."""
+        if not sinks or (event_ids is not None and not event_ids):
+            return []
+        return await self._run(self._replay, list(sinks), None if event_ids is None else list(event_ids), job_id)
+
+    def _replay(self, sinks: list[str], event_ids: list[str] | None, job_id: str | None) -> list[DeliveryRecord]:
+        where = f"rejected = 1 AND sink IN ({','.join('?' * len(sinks))})"
+        args: list[object] = list(sinks)
+        if event_ids is not None:
+            where += f" AND event_id IN ({','.join('?' * len(event_ids))})"
+            args += event_ids
+        with self._conn:
+            found = [_delivery(row) for row in self._select_deliveries(where, args, None)]
+            if job_id is not None:
+                found = [d for d in found if d.event.job_id == job_id]
+            self._conn.executemany(
+                "UPDATE outbox SET delivered_at = NULL, rejected = 0 WHERE seq = ?", [(d.seq,) for d in found]
+            )
+        return found
+
     def _exec(self, sql: str, args: Iterable[object]) -> None:
         with self._conn:
             self._conn.execute(sql, tuple(args))
 
     def _query(self, sql: str) -> list[tuple[Any, ...]]:
         return list(self._conn.execute(sql).fetchall())
+
+
+def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
+    seq, sink, data, attempts, last_error, rejected, at = row
+    return DeliveryRecord(
+        seq=int(seq),
+        sink=str(sink),
+        event=Event.from_json(data),
+        state="rejected" if rejected else "pending",
+        attempts=int(attempts),
+        last_error=last_error,
+        rejected_at=float(at) if rejected else None,
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
