@@ -38,13 +38,13 @@ from monitor.core.errors import SinkError
 from monitor.core.events import Event
 from monitor.daemon.storage import OutboxRow, Store
 from monitor.sinks import Sink
+from monitor.sinks.recovery import Recovery
 
 __all__ = ["Deliverer"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their jobs' earlier rows are in flight
-_OUTAGE_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 
 
 class Deliverer:
@@ -57,7 +57,7 @@ class Deliverer:
         *,
         name: str | None = None,
         retry_initial: float = 2.0,
-        retry_max: float = 120.0,
+        retry_max: float = 30.0,
         batch: int = 100,
         concurrency: int = 1,
         observe: Callable[[float], None] | None = None,
@@ -75,8 +75,7 @@ class Deliverer:
         self._batch = batch
         self._observe = observe
         self._failures = 0
-        self._streak = 0  # failures in a row at this sink, whichever rows they were
-        self._recovered = asyncio.Event()  # set (and replaced) when the receiver answers again after a streak
+        self._recovery = Recovery()  # per-job delivery: the first success after an outage ends every backoff
         self._acks = bool(getattr(sink, "acknowledges", False))
         self._handed: dict[str, list[int]] = {}  # acknowledging sinks: event id -> rows handed over, not yet acked
         self._handed_at: dict[str, float] = {}  # ... and when their event was detected
@@ -187,12 +186,7 @@ class Deliverer:
         try:
             while (delay := await self._deliver(seq, event, failures)) is not None:
                 failures += 1
-                recovered = self._recovered
-                try:
-                    async with asyncio.timeout(delay):
-                        await recovered.wait()
-                except TimeoutError:
-                    pass
+                await self._recovery.sleep(delay)
         finally:
             self._lanes.pop(key, None)
             self._held.discard(seq)
@@ -226,7 +220,7 @@ class Deliverer:
                 return None
             self.failed += 1
             self._failures = failures + 1
-            self._streak += 1
+            self._recovery.failed()
             wait = full_jitter(failures, self._retry_initial, self._retry_max, least=0.5)
             delay = max(exc.retry_after or 0.0, wait)
             logger.warning(
@@ -248,10 +242,7 @@ class Deliverer:
             await self._state.attempt_failed(seq, "sink crashed")
             return self._retry_max
         self._failures = 0
-        if self._streak >= _OUTAGE_STREAK:  # the receiver is back: rows waiting out a backoff go now
-            self._recovered.set()
-            self._recovered = asyncio.Event()
-        self._streak = 0
+        self._recovery.succeeded()
         if not self._acks:
             self.delivered += 1
             if self._observe is not None:

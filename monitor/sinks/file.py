@@ -1,6 +1,7 @@
 """The ``file`` sink: events appended to a JSON Lines file, one ``event.to_json()`` per line.
 
-Spec ``file:PATH`` (``~`` is expanded); option ``fsync`` (bool, default false) forces each line to disk.
+Spec ``file:PATH`` (``~`` is expanded); option ``fsync`` (bool, default false) forces the lines to disk: the
+events sent while one write is in flight are written (one ``write``) and fsync'd together next.
 The file is opened by the factory, so a missing directory or a file that cannot be written fails at
 start-up as a :class:`ConfigError`. A new file is created with mode 0600 (events name jobs and clusters);
 an existing file keeps its permissions and is appended to. A line goes to the page cache from the event
@@ -40,7 +41,7 @@ class FileSink:
 
     durable: ClassVar[bool] = True  # fed from the daemon's outbox
 
-    __slots__ = ("_fd", "_pending", "_writing", "name", "settings")
+    __slots__ = ("_fd", "_next", "_pending", "_queue", "_writing", "name", "settings")
 
     def __init__(self, settings: FileSinkSettings) -> None:
         """Open (or create, mode 0600) the file for appending; raises :class:`ConfigError` if impossible."""
@@ -59,6 +60,8 @@ class FileSink:
         # (and possibly reused) under it, even when the sending task was cancelled.
         self._pending: asyncio.Future[None] | None = None
         self._writing = asyncio.Lock()  # one fsync'd write at a time: the outbox may send several events at once
+        self._queue: list[bytes] = []  # lines of the next fsync'd batch
+        self._next: asyncio.Future[None] | None = None  # ... and how its write ends
 
     def __repr__(self) -> str:
         return f"FileSink(path={str(self.settings.path)!r}, fsync={self.settings.fsync})"
@@ -74,11 +77,11 @@ class FileSink:
     async def send(self, event: Event) -> None:
         """Append one line (and fsync it if configured)."""
         data = event.to_json() + b"\n"
-        await self._settle()
-        fd = self._fd  # read after settling: an aclose meanwhile must not leave us a closed descriptor
-        if fd is None:
-            raise SinkError(f"{self.name}: sink is closed", retryable=False)
         if not self.settings.fsync:
+            await self._settle()
+            fd = self._fd  # read after settling: an aclose meanwhile must not leave us a closed descriptor
+            if fd is None:
+                raise SinkError(f"{self.name}: sink is closed", retryable=False)
             # A write to the page cache takes microseconds: done in the loop, like the log sink's. A thread hop
             # per event cost more than the write (9,000 first-sight events took seconds to land while the loop
             # was busy polling). Waiting for the disk (fsync) must not stall polling: that goes to a thread.
@@ -87,20 +90,41 @@ class FileSink:
             except OSError as exc:
                 raise SinkError(f"{self.name}: write failed: {exc.strerror or exc}", retryable=True) from exc
             return
+        # fsync: group commit. Lines sent while a write is in flight join the next batch, written and fsync'd
+        # once for all of them: the outbox sends up to delivery.concurrency events at once.
+        loop = asyncio.get_running_loop()
+        batch = self._next
+        if batch is None:
+            batch = self._next = loop.create_future()
+            batch.add_done_callback(_retrieved)
+        self._queue.append(data)
         async with self._writing:
-            await self._settle()
-            fd = self._fd
-            if fd is None:
-                raise SinkError(f"{self.name}: sink is closed", retryable=False)
-            future = asyncio.get_running_loop().run_in_executor(None, self._write, fd, data)
-            self._pending = future
-            try:
-                await asyncio.shield(future)
-            except OSError as exc:
-                raise SinkError(f"{self.name}: write failed: {exc.strerror or exc}", retryable=True) from exc
-            finally:
-                if future.done() and self._pending is future:
-                    self._pending = None
+            if batch is self._next:  # not written yet: this send writes the whole batch
+                lines, self._queue, self._next = self._queue, [], None
+                await self._settle()
+                fd = self._fd
+                if fd is None:
+                    batch.set_exception(SinkError(f"{self.name}: sink is closed", retryable=False))
+                else:
+                    future = loop.run_in_executor(None, self._write, fd, b"".join(lines))
+                    self._pending = future
+                    future.add_done_callback(lambda done: self._finished(done, batch))
+                    with contextlib.suppress(OSError):
+                        await asyncio.shield(future)  # (cancelled: the batch still ends, for the other senders)
+        await asyncio.shield(batch)
+
+    def _finished(self, write: asyncio.Future[None], batch: asyncio.Future[None]) -> None:
+        """A batch's write ended: every send in it hears how."""
+        if self._pending is write:
+            self._pending = None
+        if batch.done():
+            return
+        exc = None if write.cancelled() else write.exception()
+        if exc is None and not write.cancelled():
+            batch.set_result(None)
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc or "cancelled"
+            batch.set_exception(SinkError(f"{self.name}: write failed: {reason}", retryable=True))
 
     async def _settle(self) -> None:
         """Wait for a write left running by a cancelled ``send``; its outcome was already given up on."""
@@ -116,6 +140,12 @@ class FileSink:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _retrieved(batch: asyncio.Future[None]) -> None:
+    """A batch's failure is raised to its senders; if they were all cancelled, nobody is left to be told."""
+    if not batch.cancelled():
+        batch.exception()
 
 
 def _parse(target: str | None, options: Mapping[str, object]) -> FileSinkSettings:

@@ -12,9 +12,12 @@ Spec ``webhook:URL`` (http or https). Options (all optional):
     Tries per event, the first included (default 8).
 ``backoff_initial``, ``backoff_max``
     Seconds. Before retry *n* (0-based) the sink sleeps ``uniform(0, min(backoff_max, backoff_initial * 2**n))``
-    (full jitter), or the server's ``Retry-After`` if that is longer (defaults 1 and 60).
+    (full jitter), or the server's ``Retry-After`` if that is longer (defaults 1 and 30). The first success
+    after a streak of failures (the receiver was down) ends the other sends' waits at once.
 ``rate``
-    Requests per second to this endpoint, through :class:`monitor.cce.throttle.RateLimiter` (default 5).
+    Requests per second to this endpoint, through :class:`monitor.cce.throttle.RateLimiter`, retries included
+    (default: none — what bounds a receiver by default is the requests in flight: one at a time from ``watch``,
+    up to ``delivery.concurrency`` from the daemon; set it for a receiver with a published limit).
 ``headers``
     Extra static headers, e.g. ``Authorization``; their values are treated like the secret.
 ``ca_bundle``
@@ -33,7 +36,6 @@ The sink's name and messages show the URL without userinfo, query or fragment, w
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -57,6 +59,7 @@ from monitor.core.events import Event
 from monitor.core.secret import Secret
 from monitor.core.version import USER_AGENT
 from monitor.sinks import register
+from monitor.sinks.recovery import Recovery
 
 __all__ = ["SigningKey", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
@@ -126,8 +129,8 @@ class WebhookSinkSettings:
     timeout: float = 10.0
     max_attempts: int = 8
     backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    rate: float = 5.0
+    backoff_max: float = 30.0
+    rate: float | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     ca_bundle: str | None = None
     """Extra CA file (PEM) trusted for this endpoint; verification itself is always on."""
@@ -146,14 +149,15 @@ class WebhookSink:
 
     durable: ClassVar[bool] = True  # fed from the daemon's outbox; receivers dedupe by webhook-id
 
-    __slots__ = ("_closed", "_gone", "_limiter", "_scrub", "_session", "_url_text", "name", "settings")
+    __slots__ = ("_closed", "_gone", "_limiter", "_recovery", "_scrub", "_session", "_url_text", "name", "settings")
 
     def __init__(self, settings: WebhookSinkSettings) -> None:
         self.settings = settings
         public = redact_url(settings.url)
         self._url_text = str(public)
         self.name = f"webhook:{public}"
-        self._limiter = RateLimiter(settings.rate)
+        self._limiter = RateLimiter(settings.rate) if settings.rate is not None else None
+        self._recovery = Recovery()  # several sends at once (parallel delivery): one success after an outage wakes all
         self._session: aiohttp.ClientSession | None = None
         self._gone = False
         self._closed = False
@@ -174,8 +178,8 @@ class WebhookSink:
         return f"WebhookSink(name={self.name!r}, gone={self._gone}, settings={self.settings!r})"
 
     @property
-    def limiter(self) -> RateLimiter:
-        """This endpoint's rate limiter (for statistics)."""
+    def limiter(self) -> RateLimiter | None:
+        """This endpoint's rate limiter (for statistics), if it has a ``rate``."""
         return self._limiter
 
     @property
@@ -227,8 +231,10 @@ class WebhookSink:
         attempts = self.settings.max_attempts
         last = "no attempt made"
         retry_after: float | None = None
+        limiter = self._limiter
         for attempt in range(attempts):
-            await self._limiter.acquire()
+            if limiter is not None:
+                await limiter.acquire()
             retry_after = None
             try:
                 async with session.post(
@@ -236,7 +242,9 @@ class WebhookSink:
                 ) as response:
                     status = response.status
                     if 200 <= status < 300:
-                        self._limiter.succeeded()
+                        if limiter is not None:
+                            limiter.succeeded()
+                        self._recovery.succeeded()
                         return
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     detail = await self._detail(response)
@@ -253,9 +261,11 @@ class WebhookSink:
                     )
                     raise SinkError(f"{self.name}: {last}; endpoint disabled", retryable=False)
                 if status == 429:
-                    self._limiter.throttled(retry_after)
+                    if limiter is not None:
+                        limiter.throttled(retry_after)
                 elif status < 500:
                     raise SinkError(f"{self.name}: {last}", retryable=False)
+            self._recovery.failed()
             if attempt + 1 >= attempts:
                 break
             delay = max(retry_after or 0.0, self._backoff(attempt))
@@ -269,7 +279,7 @@ class WebhookSink:
                 last,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._recovery.sleep(delay)
         raise SinkError(
             f"{self.name}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; last: {last}",
             retryable=True,
@@ -342,7 +352,7 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ConfigError(f"webhook sink: option 'max_attempts' must be an integer of at least 1, got {max_attempts!r}")
     backoff_initial = _number(options, "backoff_initial", 1.0, minimum=0, strict=False)
-    backoff_max = _number(options, "backoff_max", 60.0, minimum=0, strict=False)
+    backoff_max = _number(options, "backoff_max", 30.0, minimum=0, strict=False)
     if backoff_max < backoff_initial:
         raise ConfigError("webhook sink: option 'backoff_max' must be at least 'backoff_initial'")
     headers = _headers(options.get("headers", {}))
@@ -357,7 +367,7 @@ def _parse(target: str | None, options: Mapping[str, object]) -> WebhookSinkSett
         max_attempts=max_attempts,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
-        rate=_number(options, "rate", 5.0, minimum=0, strict=True),
+        rate=None if options.get("rate") is None else _number(options, "rate", 0.0, minimum=0, strict=True),
         headers=headers,
         ca_bundle=ca_bundle,
     )

@@ -246,14 +246,34 @@ async def test_is_durable_reads_the_attribute_and_defaults_to_false(tmp_path: Pa
     await file_sink.aclose()
 
 
-async def test_fsynced_events_sent_at_once_are_each_one_whole_line(tmp_path: Path) -> None:
-    """The outbox sends several events at once (one per job): with fsync each write still goes alone."""
+async def test_fsynced_events_sent_at_once_are_whole_lines_written_and_fsynced_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox sends several events at once (one per job): with fsync they are written in batches, each
+    line whole, one fsync per batch, and every send returns only once its line is on disk."""
     import asyncio  # noqa: PLC0415
 
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(len(path.read_bytes().splitlines()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
     path = tmp_path / "e.jsonl"
     sink = make_file_sink(str(path), {"fsync": True})
     events = [make_event(id=f"{n:032x}", job_id=f"job-{n}", reason="x" * 5000) for n in range(40)]
-    await asyncio.gather(*(sink.send(e) for e in events))
+
+    async def send(event: Event) -> int:
+        await sink.send(event)
+        return fsyncs[-1] if fsyncs else 0  # lines on disk when the last fsync before this return began
+
+    on_disk = await asyncio.gather(*(send(e) for e in events))
     await sink.aclose()
     lines = path.read_bytes().splitlines()
     assert sorted(orjson.loads(line)["id"] for line in lines) == sorted(e.id for e in events)
+    assert 1 < len(fsyncs) < len(events) / 4, fsyncs  # the first alone, then the rest together
+    for line_count, event in zip(on_disk, events, strict=True):
+        index = next(i for i, line in enumerate(lines) if orjson.loads(line)["id"] == event.id)
+        assert index < line_count, "a send returned before its line was fsync'd"
