@@ -65,7 +65,6 @@ __all__ = [
     "parse_config",
 ]
 
-
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_KEYS = {"token", "sk", "password", "secret", "security_token"}
 
@@ -193,6 +192,7 @@ class DeliveryConfig(_Model):
     retry_max: Annotated[float, Field(gt=0)] = 30.0
     concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # per durable sink; never two events of one job at once
     ordering: Literal["job", "sink"] = "job"  # sink: one event at a time, in the order recorded
+    behind_after: Annotated[float, Field(gt=0)] = 60.0  # /readyz names a sink whose oldest event waits longer
 
 
 class RolloutsConfig(_Model):

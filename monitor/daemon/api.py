@@ -153,6 +153,11 @@ class Control(Protocol):
         """One rollout's summary, or ``None``; must not block."""
         ...
 
+    def delivery_lag(self) -> dict[str, dict[str, Any]]:
+        """Per durable sink: ``depth`` (undelivered events), ``oldest_age_s`` (how long the oldest has waited
+        since its detection) and ``behind`` (longer than ``delivery.behind_after``); must not block."""
+        ...
+
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition body and its content type; must not block."""
         ...
@@ -375,7 +380,10 @@ class _API:
     async def readyz(self, request: web.Request) -> web.Response:
         checks = {str(name): bool(ok) for name, ok in self._control.readiness().items()}
         ready = all(checks.values())
-        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+        # A sink behind is shown, not a reason to be unready: the API and polling work; the receiver is slow.
+        sinks = self._control.delivery_lag()
+        behind = sorted(name for name, lag in sinks.items() if lag.get("behind"))
+        return _json({"ready": ready, "checks": checks, "sinks": sinks, "behind": behind}, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = self._control.metrics()

@@ -33,6 +33,8 @@ class MetricsSources:
         self.queue_depth: Callable[[], Mapping[str, int]] = dict
         self.deliveries: Callable[[], Mapping[tuple[str, str], int]] = dict
         """(sink, result) -> count, result in delivered / failed / rejected."""
+        self.outbox_age: Callable[[], Mapping[str, float]] = dict
+        """Per durable sink: seconds since its oldest undelivered event was detected (0: none waiting)."""
         self.loop_lag: Callable[[], float] = lambda: 0.0
         self.schedule_lag: Callable[[], float] = lambda: 0.0
         """How late the latest poll started: above zero when demand exceeds the rate."""
@@ -64,6 +66,14 @@ class _Collector(Collector):
         for sink, n in sorted(self._s.queue_depth().items()):
             depth.add_metric([sink], n)
         yield depth
+        age = GaugeMetricFamily(
+            "cce_monitor_outbox_oldest_age_seconds",
+            "Seconds since the oldest undelivered event of a durable sink was detected (0: none waiting)",
+            labels=["sink"],
+        )
+        for sink, seconds in sorted(self._s.outbox_age().items()):
+            age.add_metric([sink], seconds)
+        yield age
         deliveries = CounterMetricFamily("cce_monitor_deliveries", "Deliveries per sink", labels=["sink", "result"])
         for (sink, result), n in sorted(self._s.deliveries().items()):
             deliveries.add_metric([sink, result], n)
@@ -91,6 +101,13 @@ class Metrics:
             "cce_monitor_poll_duration_seconds",
             "Latency of one poll (HTTP request, parse, change detection)",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.delivery_latency = Histogram(
+            "cce_monitor_delivery_latency_seconds",
+            "From a transition's detection to its delivery by a durable sink",
+            ["sink"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
             registry=self.registry,
         )
         self.events = PromCounter("cce_monitor_events", "Events emitted by type", ["type"], registry=self.registry)

@@ -44,6 +44,7 @@ __all__ = ["Daemon"]
 logger = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 3600.0
+_REFRESH_EVERY = 5.0  # seconds between reads of the outbox depth and age (metrics, /readyz)
 _REACHABLE_WITHIN = 300.0
 
 
@@ -56,6 +57,7 @@ class Daemon:
         self._auth = auth
         self._metrics = Metrics()
         self._outbox_depth: dict[str, int] = {}
+        self._outbox_oldest: dict[str, float] = {}  # sink -> Unix time its oldest undelivered event was detected
         self.endpoint: str | None = None
         """``http://host:port`` of the control API once it listens."""
         self.started = asyncio.Event()
@@ -158,6 +160,19 @@ class Daemon:
             and (not polled or (contact is not None and time.monotonic() - contact < _REACHABLE_WITHIN)),
         }
 
+    def delivery_lag(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        lags: dict[str, dict[str, Any]] = {}
+        for d in self._deliverers:
+            oldest = self._outbox_oldest.get(d.name)
+            age = round(max(0.0, now - oldest), 3) if oldest is not None else 0.0
+            lags[d.name] = {
+                "depth": self._outbox_depth.get(d.name, 0),
+                "oldest_age_s": age,
+                "behind": age > self.config.delivery.behind_after,
+            }
+        return lags
+
     def metrics(self) -> tuple[bytes, str]:
         return self._metrics.render()
 
@@ -190,6 +205,7 @@ class Daemon:
                         retry_initial=d.retry_initial,
                         retry_max=d.retry_max,
                         concurrency=d.concurrency if d.ordering == "job" else 1,
+                        observe=self._metrics.delivery_latency.labels(name).observe,
                     )
                 )
             else:
@@ -207,6 +223,7 @@ class Daemon:
         )
         sources.queue_depth = lambda: {s.name: s.depth for s in bus.subscriptions} | self._outbox_depth
         sources.deliveries = self._delivery_counts
+        sources.outbox_age = lambda: {name: lag["oldest_age_s"] for name, lag in self.delivery_lag().items()}
         sources.loop_lag = lambda: probe.lag
         sources.schedule_lag = lambda: scheduler.stats.lag
 
@@ -223,7 +240,7 @@ class Daemon:
         return counts
 
     async def _housekeeping(self, state: Store) -> None:
-        """Prune finished jobs past retention; refresh the outbox depth for metrics."""
+        """Prune finished jobs past retention; refresh the outbox depth and age for metrics and /readyz."""
         last_prune = -math.inf  # prune once at start-up too
         while True:
             if time.monotonic() - last_prune >= _PRUNE_EVERY:
@@ -232,7 +249,8 @@ class Daemon:
                 if pruned:
                     logger.info("pruned %d finished jobs older than the retention", pruned)
             self._outbox_depth = await state.outbox_depth()
-            await asyncio.sleep(5.0)
+            self._outbox_oldest = await state.outbox_oldest()
+            await asyncio.sleep(_REFRESH_EVERY)
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[str], Any] | None = None) -> None:
         """Run until ``stop`` is set; then shut down in order (see the module docstring)."""

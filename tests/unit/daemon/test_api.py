@@ -39,6 +39,7 @@ class FakeControl:
     def __init__(self, state: State) -> None:
         self.state = state
         self.ready = {"state": True, "scheduler": True, "cce": True}
+        self.lag: dict[str, dict[str, Any]] = {}
         self.fail: Exception | None = None
         self.calls: list[str] = []
 
@@ -71,6 +72,9 @@ class FakeControl:
     def readiness(self) -> dict[str, bool]:
         self._enter("readiness")
         return dict(self.ready)
+
+    def delivery_lag(self) -> dict[str, dict[str, Any]]:
+        return dict(self.lag)
 
     def metrics(self) -> tuple[bytes, str]:
         self._enter("metrics")
@@ -550,14 +554,27 @@ async def test_healthz(api: Api) -> None:
 
 
 async def test_readyz_200_when_all_checks_pass_else_503(api: Api) -> None:
+    checks = {"state": True, "scheduler": True, "cce": True}
     status, body, _ = await api.call("GET", "/readyz")
-    assert (status, body) == (200, {"ready": True, "checks": {"state": True, "scheduler": True, "cce": True}})
+    assert (status, body) == (200, {"ready": True, "checks": checks, "sinks": {}, "behind": []})
     api.control.ready["cce"] = False
     status, body, _ = await api.call("GET", "/readyz")
-    assert (status, body) == (503, {"ready": False, "checks": {"state": True, "scheduler": True, "cce": False}})
+    assert (status, body["ready"], body["checks"]["cce"]) == (503, False, False)
     api.control.ready["cce"] = True
     status, _, _ = await api.call("GET", "/readyz")
     assert status == 200
+
+
+async def test_readyz_names_the_sinks_behind_without_failing(api: Api) -> None:
+    slow = {"depth": 120, "oldest_age_s": 95.5, "behind": True}
+    api.control.lag = {
+        "webhook:https://hooks.example.com/cce": slow,
+        "file:/tmp/e.jsonl": {"depth": 0, "oldest_age_s": 0.0, "behind": False},
+    }
+    status, body, _ = await api.call("GET", "/readyz")
+    assert status == 200 and body["ready"] is True, "a slow receiver does not take the daemon out of service"
+    assert body["behind"] == ["webhook:https://hooks.example.com/cce"]
+    assert body["sinks"]["webhook:https://hooks.example.com/cce"] == slow
 
 
 async def test_metrics_passes_body_and_content_type_through(api: Api) -> None:

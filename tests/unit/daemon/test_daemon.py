@@ -616,3 +616,44 @@ async def test_delivery_goes_on_for_other_jobs_while_one_jobs_event_fails(
         phases = [h.json["phase"] for h in recv.delivered if h.json.get("job_id") == job]
         phases = [p for p in phases if p in ("Initializing", "Running", "Success")]
         assert phases == sorted(phases, key=["Initializing", "Running", "Success"].index), (job, phases)
+
+
+async def test_a_sink_behind_shows_in_readyz_and_metrics_and_delivery_latency_is_measured(
+    sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.daemon import service  # noqa: PLC0415
+
+    monkeypatch.setattr(service, "_REFRESH_EVERY", 0.1)
+    recv, url = receiver
+    recv.reply = Reply(503)  # the webhook receiver is down; the file sink keeps up
+    job = sim.add_job("Custom", duration=0.3)
+    cfg = make_config(sim, tmp_path, url, delivery={"retry_initial": 0.1, "retry_max": 0.2, "behind_after": 0.5})
+    async with running(cfg) as api:
+        assert (await api.call("POST", "/v1/jobs", {"job_ids": [job]}))[0] == 202
+        hook = next(name for name in api.daemon.delivery_lag() if name.startswith("webhook:"))
+
+        async def hook_behind() -> bool:
+            _, ready = await api.call("GET", "/readyz", auth=False)
+            return ready["behind"] == [hook]
+
+        await until(hook_behind, 10, "the webhook sink to be named behind")
+        status, ready = await api.call("GET", "/readyz", auth=False)
+        assert status == 200 and ready["ready"] is True, ready
+        lag = ready["sinks"][hook]
+        assert lag["depth"] >= 1 and lag["oldest_age_s"] > 0.5, lag
+        assert not any(v["behind"] for k, v in ready["sinks"].items() if k != hook), ready
+        _, text = await api.call("GET", "/metrics", auth=False)
+        age = re.search(r'cce_monitor_outbox_oldest_age_seconds\{sink="webhook:[^"]*"\} ([0-9.e+-]+)', text)
+        assert age and float(age.group(1)) > 0.5, text
+        recv.reply = UP
+
+        async def caught_up() -> bool:
+            _, ready = await api.call("GET", "/readyz", auth=False)
+            return not ready["behind"] and ready["sinks"][hook]["depth"] == 0
+
+        await until(caught_up, 10, "the webhook sink to catch up")
+        _, text = await api.call("GET", "/metrics", auth=False)
+    counts = dict(re.findall(r'cce_monitor_delivery_latency_seconds_count\{sink="([^"]*)"\} ([0-9.e+]+)', text))
+    assert float(counts[hook]) >= 1 and float(counts[f"file:{tmp_path / 'events.jsonl'}"]) >= 1, counts
+    slow = re.search(r'cce_monitor_delivery_latency_seconds_bucket\{le="0.5",sink="webhook:[^"]*"\} ([0-9.e+]+)', text)
+    assert slow and float(slow.group(1)) < float(counts[hook]), "events held through the outage waited > 0.5 s"
