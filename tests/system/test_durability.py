@@ -1,4 +1,5 @@
-"""Crash test with real processes: ``cce-monitor run`` is killed with SIGKILL mid-rollout and restarted.
+"""Crash test with real processes: ``cce-monitor run`` is killed with SIGKILL mid-rollout, with several deliveries
+in flight at once (per-job parallel delivery), and restarted.
 
 The simulator and a flaky webhook receiver run in the test process; the daemon is a subprocess, as in production.
 Afterwards, against the simulator's ground truth and the daemon's state file: nothing lost, duplicates only as
@@ -33,6 +34,7 @@ API_TOKEN = "durability-api-token"
 JOBS = 30
 START_DELAY = 1.5  # the jobs sit in Initializing while the daemon starts and the jobs are added
 DURATION = 6.0
+HELD = 3  # deliveries in flight together when the daemon is killed
 
 pytestmark = pytest.mark.slow
 
@@ -40,22 +42,34 @@ pytestmark = pytest.mark.slow
 class FlakyReceiver(Receiver):
     """Answers 500 to every fifth request (20 %, deterministic by arrival order) and 204 to the rest.
 
-    With ``hold`` set, the next request to be accepted is recorded (it counts as received) and then its answer is
-    held back and ``holding`` is set: the test kills the daemon while it waits for that answer.
+    With ``hold`` set to N, the next N requests to be accepted are recorded (they count as received) and their
+    answers held back; ``holding`` is set once N are held at once: the test kills the daemon while it waits for
+    them — N deliveries in flight together, which only parallel delivery (per job) does. ``let_go()`` lets the
+    held answers go (to a daemon that is gone).
     """
 
     def __init__(self) -> None:
         super().__init__(self._flaky)
-        self.hold = False
+        self.hold = 0
+        self.held: list[Received] = []
         self.holding = asyncio.Event()
+        self._let_go = asyncio.Event()
 
-    def _flaky(self, received: Received) -> Reply:
+    async def _flaky(self, received: Received) -> Reply:
         status = 500 if len(self.requests) % 5 == 0 else 204  # this request is the last recorded
         if self.hold and status == 204:
-            self.hold = False
-            self.holding.set()
-            return Reply(status, delay=1.0)
+            self.hold -= 1
+            self.held.append(received)
+            if not self.hold:
+                self.holding.set()
+            let_go = self._let_go
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(let_go.wait(), 30)
         return Reply(status)
+
+    def let_go(self) -> None:
+        self._let_go.set()
+        self._let_go = asyncio.Event()
 
 
 @pytest.fixture
@@ -201,11 +215,15 @@ async def test_kill_9_mid_rollout_loses_nothing(
         for at in (START_DELAY + 0.3 * DURATION, START_DELAY + 0.7 * DURATION):
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
             assert events_file.read_bytes(), "the daemon had seen the jobs before the kill"
-            # Kill while a delivery is in flight: the receiver has it, the daemon never hears back.
+            # Kill while deliveries are in flight: the receiver has them, the daemon never hears back.
             recv.holding.clear()
-            recv.hold = True
+            recv.held.clear()
+            recv.hold = HELD
             await asyncio.wait_for(recv.holding.wait(), 10)
+            in_flight = [orjson.loads(r.body) for r in recv.held]
+            assert len({(e["job_id"], e["rollout"]) for e in in_flight}) == HELD, "never two of one job at once"
             assert await daemon.kill(signal.SIGKILL) == -signal.SIGKILL
+            recv.let_go()
             kills += 1
             daemon = await start()  # the same config, nothing added again
             assert re.search(r"tracking \d+ unfinished jobs", daemon.log.read_text()), daemon.log.read_text()
@@ -267,8 +285,8 @@ async def test_kill_9_mid_rollout_loses_nothing(
     for line in file_lines:
         lines_by_id.setdefault(orjson.loads(line)["id"], set()).add(line)
     assert {i: b for i, b in lines_by_id.items() if len(b) > 1} == {}
-    # Each kill cut off one accepted delivery: that event was sent again after the restart, with the same id.
-    assert webhook_dups >= kills
+    # Each kill cut off HELD accepted deliveries: those events were sent again after the restart, same ids.
+    assert webhook_dups >= HELD * kills
     assert all(orjson.loads(next(iter(bodies[i]))) == e.to_dict() for i, e in expected.items())
 
     # Against the simulator's ground truth: the final phase, and the final event received by both sinks.

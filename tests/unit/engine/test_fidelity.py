@@ -116,9 +116,8 @@ async def test_a_403_on_one_job_fails_that_job_only(sim_factory: SimFactory) -> 
         task = asyncio.create_task(scheduler.run(drain=1.0))
         scheduler.add_many([refused, *others])
         async with asyncio.timeout(10):
-            while (
-                len([e for e in recorder.of("job.phase_changed") if e.phase == "Success"]) < 3
-                or not recorder.of("job.poll_failed")
+            while len([e for e in recorder.of("job.phase_changed") if e.phase == "Success"]) < 3 or not recorder.of(
+                "job.poll_failed"
             ):
                 await asyncio.sleep(0.05)
         scheduler.stop()
