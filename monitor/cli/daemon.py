@@ -1,5 +1,5 @@
 """The daemon's commands: ``run`` (the daemon itself), ``check-config`` (is its file usable) and the API clients
-``add``, ``ls`` and ``status``, which talk to a running daemon.
+``add``, ``ls``, ``status`` and ``deliveries ls|replay`` (dead letters), which talk to a running daemon.
 
 A signal is how a daemon is told to stop: ``run`` then exits 0, after draining the sinks.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from monitor.core.text import printable
 from monitor.engine.rollout import describe
 from monitor.sinks import create_sink
 
-__all__ = ["add", "check_config", "ls_cmd", "run", "status"]
+__all__ = ["add", "check_config", "deliveries", "ls_cmd", "run", "status"]
 
 
 @click.command()
@@ -218,3 +219,66 @@ def status(rollout: str | None, as_json: bool, api_url: str) -> None:
         hidden = summary.get("failed_count", 0) - len(summary.get("failed", []))
         if hidden > 0:
             click.echo(f"  ... and {hidden} more failures")
+
+
+@click.group()
+def deliveries() -> None:
+    """Events a receiver refused for good (dead letters) or that still wait: list them, send them again."""
+
+
+@deliveries.command("ls")
+@click.option("--state", type=click.Choice(["rejected", "pending"]), default="rejected", show_default=True)
+@click.option("--sink", default=None, help="Only this sink's rows (its name, e.g. webhook:https://host/path)")
+@click.option("--job", "job_id", default=None, help="Only this job's events")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")
+@_api_option
+def deliveries_ls(state: str, sink: str | None, job_id: str | None, limit: int, as_json: bool, api_url: str) -> None:
+    """List dead letters (or, with --state pending, events not yet delivered), oldest first."""
+    from urllib.parse import urlencode  # noqa: PLC0415
+
+    _check_job(job_id)
+    params = {"state": state, "sink": sink, "job_id": job_id, "limit": str(limit)}
+    query = urlencode({k: v for k, v in params.items() if v is not None})  # sink names hold ':' and '/'
+    data = _api_call("GET", f"{api_url.rstrip('/')}/v1/deliveries?{query}")
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = data.get("deliveries", [])
+    if not rows:
+        click.echo(f"no {state} deliveries")
+    for row in rows:  # errors quote what receivers answered: printable() keeps escape sequences out
+        event = row.get("event") or {}
+        line = (
+            f"{row.get('seq'):>6}  {row.get('sink')}  {event.get('type', '-'):<22} {event.get('job_id') or '-'}  "
+            f"{row.get('attempts')}  {row.get('last_error') or '-'}"
+        )
+        click.echo(printable(line))
+
+
+@deliveries.command("replay")
+@click.argument("event_ids", nargs=-1)
+@click.option("--sink", default=None, help="Only this sink's dead letters (without it: every durable sink)")
+@click.option("--job", "job_id", default=None, help="Only this job's dead letters")
+@_api_option
+def deliveries_replay(event_ids: tuple[str, ...], sink: str | None, job_id: str | None, api_url: str) -> None:
+    """Send dead letters again, with their event ids: EVENT_ID..., or those of --sink and/or --job."""
+    _check_job(job_id)
+    if not event_ids and sink is None and job_id is None:
+        fail("give EVENT_ID..., --sink or --job; to replay every dead letter of a sink, name it with --sink")
+    body: dict[str, object] = {"ids": list(event_ids)} if event_ids else {}
+    body.update({k: v for k, v in {"sink": sink, "job_id": job_id}.items() if v is not None})
+    data = _api_call("POST", f"{api_url.rstrip('/')}/v1/deliveries/replay", body)
+    per_sink = Counter(str(r.get("sink")) for r in data.get("replayed", []))
+    if not per_sink:
+        click.echo("nothing to replay")
+    for name, count in per_sink.items():
+        click.echo(printable(f"replayed {count} to {name}"))
+
+
+def _check_job(job_id: str | None) -> None:
+    if job_id is not None:
+        try:
+            validate_id(job_id, "job id")
+        except MonitorError as exc:
+            fail(str(exc))

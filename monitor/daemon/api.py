@@ -15,6 +15,10 @@ which the daemon implements::
                             labels: Mapping[str, str]) -> list[StoredJob]: ...
         async def get_job(self, job_id: str) -> tuple[StoredJob, list[Event]] | None: ...
         async def remove_job(self, job_id: str) -> bool: ...
+        async def deliveries(self, state: Literal["pending", "rejected"], *, sink: str | None,
+                             job_id: str | None, limit: int) -> list[DeliveryRecord]: ...
+        async def replay(self, *, sink: str | None, event_ids: Sequence[str] | None,
+                         job_id: str | None) -> list[DeliveryRecord]: ...   # ConfigError: not a durable sink
         def readiness(self) -> dict[str, bool]: ...   # e.g. {"state": True, "scheduler": True, "cce": False}
         def metrics(self) -> tuple[bytes, str]: ...   # Prometheus exposition body and its content type
 
@@ -33,6 +37,9 @@ Routes (every body is JSON, every error is ``{"error": "<one line>"}``)::
     POST   /v1/nodepools       {"cluster_id", "nodepool_id", "target": N, "labels": {...}, "rollout": "name"}
                                -> 202 {"followed": true, "rollout": ...} | 200 {"followed": false, ...}
     GET    /v1/nodepools       -> 200 {"nodepools": [pool, ...]}
+    GET    /v1/deliveries      ?state=rejected|pending&sink=NAME&job_id=ID&limit=N     (see api_deliveries)
+                               -> 200 {"deliveries": [delivery, ...]}
+    POST   /v1/deliveries/replay  {"ids": [...], "sink": NAME, "job_id": ID}  -> 200 {"replayed": [...]}
     GET    /healthz            -> 200 {"status": "ok"}                     (the process is up)
     GET    /readyz             -> 200 | 503 {"ready": bool, "checks": {...}}
     GET    /metrics            -> control.metrics() as it is
@@ -74,7 +81,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from aiohttp import hdrs, web
@@ -84,7 +91,7 @@ from monitor.core.errors import ConfigError, InvalidIdError
 from monitor.core.events import Event
 from monitor.core.model import job_to_json, validate_id, validate_label
 from monitor.core.secret import Secret
-from monitor.daemon.storage import StoredJob
+from monitor.daemon.storage import DeliveryRecord, StoredJob
 
 __all__ = ["AddResult", "Control", "make_app", "serve"]
 
@@ -129,6 +136,19 @@ class Control(Protocol):
 
     async def remove_job(self, job_id: str) -> bool:
         """Stop tracking and forget the job; ``False`` if it was not known."""
+        ...
+
+    async def deliveries(
+        self, state: Literal["pending", "rejected"], *, sink: str | None, job_id: str | None, limit: int
+    ) -> list[DeliveryRecord]:
+        """Outbox rows still ``pending`` or ``rejected`` for good (dead letters), oldest first."""
+        ...
+
+    async def replay(
+        self, *, sink: str | None, event_ids: Sequence[str] | None, job_id: str | None
+    ) -> list[DeliveryRecord]:
+        """Dead letters of ``sink`` (``None``: every durable sink), filtered by event ids or job, become due again;
+        raises :class:`~monitor.core.errors.ConfigError` for a sink that is not a configured durable sink."""
         ...
 
     async def add_nodepool(
@@ -488,6 +508,10 @@ def make_app(
     app.router.add_get("/v1/nodepools", api.list_nodepools)
     app.router.add_get("/v1/rollouts", api.list_rollouts)
     app.router.add_get("/v1/rollouts/{name}", api.get_rollout)
+    # Imported here: the dead-letter routes are built on this module's errors and helpers.
+    from monitor.daemon.api_deliveries import add_routes  # noqa: PLC0415
+
+    add_routes(app, control, api._read_json, max_jobs_per_request)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

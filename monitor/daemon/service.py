@@ -19,19 +19,20 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from monitor.cce.auth import Auth, auth_from_env
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import RateLimiter
 from monitor.config import Config
+from monitor.core.errors import ConfigError
 from monitor.core.events import Event, EventType
 from monitor.core.nodes import node_jobs
 from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
-from monitor.daemon.storage import Store, StoredJob
+from monitor.daemon.storage import DeliveryRecord, Store, StoredJob
 from monitor.daemon.store import State
 from monitor.engine.bus import Bus, EventFilter
 from monitor.engine.pipeline import Pipeline, SinkBinding
@@ -138,6 +139,35 @@ class Daemon:
         if self._rollouts is not None:
             self._rollouts.forget(job_id)
         return tracked or stored
+
+    async def deliveries(
+        self, state: Literal["pending", "rejected"], *, sink: str | None, job_id: str | None, limit: int
+    ) -> list[DeliveryRecord]:
+        """Outbox rows still ``pending`` or ``rejected`` for good (dead letters), oldest first."""
+        store, _ = self._parts()
+        return await store.deliveries(state, sink=sink, job_id=job_id, limit=limit)
+
+    async def replay(
+        self, *, sink: str | None, event_ids: Sequence[str] | None, job_id: str | None
+    ) -> list[DeliveryRecord]:
+        """Dead letters of ``sink`` (``None``: every configured durable sink), optionally only those of the event
+        ids or the job, become due again with their event ids; each affected deliverer reads its outbox again.
+
+        Raises :class:`~monitor.core.errors.ConfigError` if ``sink`` is not a configured durable sink: its rows
+        would have no deliverer to send them."""
+        store, _ = self._parts()
+        deliverers = {d.name: d for d in self._deliverers}
+        if sink is not None and sink not in deliverers:
+            shown = repr(sink) if len(sink) <= 100 else repr(sink[:97]) + "..."
+            known = ", ".join(deliverers) or "none"
+            raise ConfigError(f"sink {shown} is not a configured durable sink; those are: {known}")
+        sinks = [sink] if sink is not None else list(deliverers)
+        replayed = await store.replay(sinks, event_ids=event_ids, job_id=job_id)
+        for name in dict.fromkeys(r.sink for r in replayed):
+            deliverers[name].rewind()
+        if replayed:
+            logger.info("replayed %d rejected events: %s", len(replayed), dict(Counter(r.sink for r in replayed)))
+        return replayed
 
     def rollouts(self) -> list[dict[str, Any]]:
         tracker = self._rollouts

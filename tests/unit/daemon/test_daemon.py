@@ -657,3 +657,53 @@ async def test_a_sink_behind_shows_in_readyz_and_metrics_and_delivery_latency_is
     assert float(counts[hook]) >= 1 and float(counts[f"file:{tmp_path / 'events.jsonl'}"]) >= 1, counts
     slow = re.search(r'cce_monitor_delivery_latency_seconds_bucket\{le="0.5",sink="webhook:[^"]*"\} ([0-9.e+]+)', text)
     assert slow and float(slow.group(1)) < float(counts[hook]), "events held through the outage waited > 0.5 s"
+
+
+async def test_deliveries_commands_list_and_replay_dead_letters(sim: Simulator, tmp_path: Path) -> None:
+    """``deliveries ls`` shows what the receiver refused (the sink named on the command line, URL-encoded in the
+    query: its path holds a '+'), never the URL's token; ``deliveries replay --sink`` sends it again."""
+    async with Receiver(Reply(422, "schema mismatch"), secret=HOOK_SECRET, path="/a+b/hook?token=s3cret") as recv:
+        name = f"webhook:{recv.base}/a+b/hook"
+        job = sim.add_job("Custom", duration=0.3)
+        async with running(make_config(sim, tmp_path, recv.url)) as api:
+            assert (await api.call("POST", "/v1/jobs", {"job_ids": [job]}))[0] == 202
+            await until(lambda: all_finished(api, [job]), 15, "the job to finish")
+            ids = {e["id"] for e in file_events(tmp_path) if e["job_id"] == job}
+
+            async def all_rejected() -> bool:
+                _, body = await api.call("GET", "/v1/deliveries")
+                return {r["event"]["id"] for r in body["deliveries"]} == ids
+
+            await until(all_rejected, 10, "every event of the job to be rejected")
+
+            async def cli(*args: str) -> tuple[int, str, str]:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "monitor.cli", "deliveries", *args, "--api", api.base,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    env={**os.environ, "CCE_MONITOR_API_TOKEN": API_TOKEN},
+                )  # fmt: skip
+                out, err = await asyncio.wait_for(proc.communicate(), 20)
+                assert proc.returncode is not None
+                return proc.returncode, out.decode(), err.decode()
+
+            code, out, err = await cli("ls", "--sink", name, "--job", job)
+            assert code == 0, err
+            lines = out.splitlines()
+            assert len(lines) == len(ids) and all(f"{name}  " in line and f"  {job}  1  " in line for line in lines)
+            assert all(line.endswith(f"{name}: HTTP 422: schema mismatch") for line in lines), out
+            assert "s3cret" not in out
+            code, out, err = await cli("ls", "--json", "--state", "pending")
+            assert code == 0 and orjson.loads(out) == {"deliveries": []}, err
+            code, out, err = await cli("replay")
+            assert code == 2 and out == "" and err.count("\n") == 1 and "--sink" in err, (out, err)
+
+            recv.reply = UP
+            code, out, err = await cli("replay", "--sink", name)
+            assert (code, out) == (0, f"replayed {len(ids)} to {name}\n"), err
+
+            async def all_delivered() -> bool:
+                return {r.webhook_id for r in recv.delivered} == ids
+
+            await until(all_delivered, 10, "the replayed events, with their ids")
+            code, out, err = await cli("ls")
+            assert (code, out) == (0, "no rejected deliveries\n"), err
