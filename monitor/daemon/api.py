@@ -80,17 +80,28 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from monitor.core.errors import ConfigError, InvalidIdError
+from monitor.core.errors import ConfigError
 from monitor.core.events import Event
-from monitor.core.model import job_to_json, validate_id, validate_label
+from monitor.core.model import job_to_json
 from monitor.core.secret import Secret
+from monitor.daemon import api_deliveries
+from monitor.daemon.replies import (
+    Reject,
+    check_id,
+    check_label,
+    error_reply,
+    json_reply,
+    json_type,
+    one_line,
+    rfc3339,
+    shown,
+)
 from monitor.daemon.storage import DeliveryRecord, StoredJob
 
 __all__ = ["AddResult", "Control", "make_app", "serve"]
@@ -183,78 +194,15 @@ class Control(Protocol):
         ...
 
 
-class _Reject(Exception):
-    """A request we answer with a JSON error; the message is shown to the client, so it holds no secret."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
-
-
-def _json(data: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
-
-
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return _json({"error": message}, status, headers)
-
-
-def _shown(value: object, limit: int = 60) -> str:
-    """``repr`` clipped: escapes control characters, so the text stays on one line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _check_label(key: str, value: str) -> None:
-    try:
-        validate_label(key, value)
-    except InvalidIdError as exc:
-        raise _Reject(400, exc.message) from None
-
-
-def _check_id(value: str, what: str, where: str = "") -> str:
-    try:
-        return validate_id(value, what)
-    except InvalidIdError as exc:
-        raise _Reject(400, where + exc.message) from None
-
-
-def _time(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _job_dict(job: StoredJob, *, snapshot: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "job_id": job.job_id,
         "labels": dict(job.labels),
         "rollout": job.rollout,
-        "added_at": _time(job.added_at),
+        "added_at": rfc3339(job.added_at),
         "phase": job.phase,
         "outcome": job.outcome,
-        "finished_at": _time(job.finished_at),
+        "finished_at": rfc3339(job.finished_at),
     }
     if snapshot:
         out["snapshot"] = orjson.loads(job_to_json(job.snapshot)) if job.snapshot is not None else None
@@ -266,15 +214,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every exception into a JSON error; only unexpected ones are logged, and never shown."""
     try:
         return await handler(request)
-    except _Reject as exc:
-        return _error(exc.status, exc.message, exc.headers)
+    except Reject as exc:
+        return error_reply(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413 from request.read(), ...
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
-        return _error(exc.status, exc.reason, headers)
+        return error_reply(exc.status, exc.reason, headers)
     except Exception:
         # The raw path is percent-encoded (no control characters); the query is left out.
-        logger.exception("api: %s %s failed", request.method, _shown(request.rel_url.raw_path, 200))
-        return _error(500, "internal error")
+        logger.exception("api: %s %s failed", request.method, shown(request.rel_url.raw_path, 200))
+        return error_reply(500, "internal error")
 
 
 def _bearer_guard(token: Secret) -> Middleware:
@@ -285,13 +233,13 @@ def _bearer_guard(token: Secret) -> Middleware:
         if request.path not in _OPEN_PATHS:
             header = request.headers.get(hdrs.AUTHORIZATION)
             if header is None:
-                raise _Reject(401, "missing bearer token", {hdrs.WWW_AUTHENTICATE: _REALM})
+                raise Reject(401, "missing bearer token", {hdrs.WWW_AUTHENTICATE: _REALM})
             scheme, _, given = header.strip().partition(" ")
             # surrogatepass: a header that is not valid UTF-8 compares unequal instead of raising.
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 given.strip().encode("utf-8", "surrogatepass"), expected
             ):
-                raise _Reject(401, "invalid bearer token", {hdrs.WWW_AUTHENTICATE: _REALM + ', error="invalid_token"'})
+                raise Reject(401, "invalid bearer token", {hdrs.WWW_AUTHENTICATE: _REALM + ', error="invalid_token"'})
         return await handler(request)
 
     return guard
@@ -314,88 +262,88 @@ class _API:
         logger.info(
             "api: %d jobs added, %d already known (rollout %s)", len(result.accepted), len(result.known), rollout
         )
-        return _json({"accepted": list(result.accepted), "known": list(result.known)}, 202)
+        return json_reply({"accepted": list(result.accepted), "known": list(result.known)}, 202)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         query = request.query
         for key in query:
             if key not in _QUERY_KEYS:
-                raise _Reject(400, f"unknown query parameter {_shown(key)}; use phase, rollout, label")
+                raise Reject(400, f"unknown query parameter {shown(key)}; use phase, rollout, label")
         phase = self._single(request, "phase")
         if phase is not None and not _PHASE_RE.fullmatch(phase):
-            raise _Reject(400, f"invalid phase {_shown(phase)}: use 1-64 letters, digits, '_', '.' or '-'")
+            raise Reject(400, f"invalid phase {shown(phase)}: use 1-64 letters, digits, '_', '.' or '-'")
         rollout = self._single(request, "rollout")
         if rollout is not None:
-            _check_id(rollout, "rollout name")
+            check_id(rollout, "rollout name")
         labels: dict[str, str] = {}
         for item in query.getall("label", []):
             key, sep, value = item.partition("=")
             if not sep:
-                raise _Reject(400, f"invalid label filter {_shown(item)}: use label=key=value")
-            _check_label(key, value)
+                raise Reject(400, f"invalid label filter {shown(item)}: use label=key=value")
+            check_label(key, value)
             if key in labels:
-                raise _Reject(400, f"label {key} given more than once")
+                raise Reject(400, f"label {key} given more than once")
             labels[key] = value
         jobs = await self._control.list_jobs(phase=phase, rollout=rollout, labels=labels)
-        return _json({"jobs": [_job_dict(job) for job in jobs]})
+        return json_reply({"jobs": [_job_dict(job) for job in jobs]})
 
     async def get_job(self, request: web.Request) -> web.Response:
-        job_id = _check_id(request.match_info["job_id"], "job id")
+        job_id = check_id(request.match_info["job_id"], "job id")
         found = await self._control.get_job(job_id)
         if found is None:
-            raise _Reject(404, f"job {job_id} is not tracked")
+            raise Reject(404, f"job {job_id} is not tracked")
         job, history = found
-        return _json({"job": _job_dict(job, snapshot=True), "history": [event.to_dict() for event in history]})
+        return json_reply({"job": _job_dict(job, snapshot=True), "history": [event.to_dict() for event in history]})
 
     async def remove_job(self, request: web.Request) -> web.Response:
-        job_id = _check_id(request.match_info["job_id"], "job id")
+        job_id = check_id(request.match_info["job_id"], "job id")
         if not await self._control.remove_job(job_id):
-            raise _Reject(404, f"job {job_id} is not tracked")
+            raise Reject(404, f"job {job_id} is not tracked")
         logger.info("api: job %s removed", job_id)
-        return _json({"removed": True})
+        return json_reply({"removed": True})
 
     # ------------------------------------------------------------------------------ /v1/nodepools
 
     async def add_nodepool(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         if not isinstance(body, dict):
-            raise _Reject(400, f"body must be a JSON object, not {_json_type(body)}")
+            raise Reject(400, f"body must be a JSON object, not {json_type(body)}")
         for key in body:
             if key not in _POOL_KEYS:
-                raise _Reject(400, f"unknown key {_shown(key)} in body; use {', '.join(sorted(_POOL_KEYS))}")
+                raise Reject(400, f"unknown key {shown(key)} in body; use {', '.join(sorted(_POOL_KEYS))}")
         ids = []
         for key, what in (("cluster_id", "cluster id"), ("nodepool_id", "node pool id")):
             value = body.get(key)
             if not isinstance(value, str):
-                raise _Reject(400, f"{key} is required (a string)")
-            ids.append(_check_id(value, what, f"{key}: "))
+                raise Reject(400, f"{key} is required (a string)")
+            ids.append(check_id(value, what, f"{key}: "))
         target = body.get("target")
         if target is not None and (
             isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= _MAX_TARGET
         ):
-            raise _Reject(400, f"target must be a whole number from 0 to {_MAX_TARGET}")
+            raise Reject(400, f"target must be a whole number from 0 to {_MAX_TARGET}")
         labels, rollout = self._parse_labels(body.get("labels")), self._parse_rollout(body.get("rollout"))
         followed = await self._control.add_nodepool(ids[0], ids[1], target, labels, rollout)
         logger.info("api: node pool %s %s", ids[1], "followed" if followed else "already followed")
-        return _json({"followed": followed, "rollout": rollout or ids[1]}, 202 if followed else 200)
+        return json_reply({"followed": followed, "rollout": rollout or ids[1]}, 202 if followed else 200)
 
     async def list_nodepools(self, request: web.Request) -> web.Response:
-        return _json({"nodepools": await self._control.list_nodepools()})
+        return json_reply({"nodepools": await self._control.list_nodepools()})
 
     async def list_rollouts(self, request: web.Request) -> web.Response:
-        return _json({"rollouts": self._control.rollouts()})
+        return json_reply({"rollouts": self._control.rollouts()})
 
     async def get_rollout(self, request: web.Request) -> web.Response:
-        name = _check_id(request.match_info["name"], "rollout name")
+        name = check_id(request.match_info["name"], "rollout name")
         summary = self._control.rollout(name)
         if summary is None:
-            raise _Reject(404, f"rollout {name} is not known")
-        return _json({"rollout": summary})
+            raise Reject(404, f"rollout {name} is not known")
+        return json_reply({"rollout": summary})
 
     # ------------------------------------------------------------------------------------- probes
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return json_reply({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         checks = {str(name): bool(ok) for name, ok in self._control.readiness().items()}
@@ -403,7 +351,7 @@ class _API:
         # A sink behind is shown, not a reason to be unready: the API and polling work; the receiver is slow.
         sinks = self._control.delivery_lag()
         behind = sorted(name for name, lag in sinks.items() if lag.get("behind"))
-        return _json({"ready": ready, "checks": checks, "sinks": sinks, "behind": behind}, 200 if ready else 503)
+        return json_reply({"ready": ready, "checks": checks, "sinks": sinks, "behind": behind}, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = self._control.metrics()
@@ -413,8 +361,8 @@ class _API:
 
     async def _read_json(self, request: web.Request) -> object:
         if request.content_type != "application/json":
-            raise _Reject(415, "Content-Type must be application/json")
-        too_large = _Reject(413, f"request body is larger than {self._max_body} bytes")
+            raise Reject(415, "Content-Type must be application/json")
+        too_large = Reject(413, f"request body is larger than {self._max_body} bytes")
         if request.content_length is not None and request.content_length > self._max_body:
             raise too_large
         try:
@@ -424,27 +372,27 @@ class _API:
         try:
             return orjson.loads(raw)
         except (orjson.JSONDecodeError, RecursionError) as exc:
-            raise _Reject(400, f"body is not valid JSON: {_one_line(str(exc))}") from None
+            raise Reject(400, f"body is not valid JSON: {one_line(str(exc))}") from None
 
     def _parse_add(self, body: object) -> tuple[list[str], dict[str, str], str | None]:
         if not isinstance(body, dict):
-            raise _Reject(400, f"body must be a JSON object, not {_json_type(body)}")
+            raise Reject(400, f"body must be a JSON object, not {json_type(body)}")
         for key in body:
             if key not in _BODY_KEYS:
-                raise _Reject(400, f"unknown key {_shown(key)} in body; use job_ids, labels, rollout")
+                raise Reject(400, f"unknown key {shown(key)} in body; use job_ids, labels, rollout")
         if "job_ids" not in body:
-            raise _Reject(400, "job_ids is required")
+            raise Reject(400, "job_ids is required")
         raw_ids = body["job_ids"]
         if not isinstance(raw_ids, list):
-            raise _Reject(400, f"job_ids must be an array of strings, not {_json_type(raw_ids)}")
+            raise Reject(400, f"job_ids must be an array of strings, not {json_type(raw_ids)}")
         if not raw_ids:
-            raise _Reject(400, "job_ids must not be empty")
+            raise Reject(400, "job_ids must not be empty")
         if len(raw_ids) > self._max_jobs:
-            raise _Reject(400, f"job_ids has {len(raw_ids)} ids; at most {self._max_jobs} per request")
+            raise Reject(400, f"job_ids has {len(raw_ids)} ids; at most {self._max_jobs} per request")
         for i, job_id in enumerate(raw_ids):
             if not isinstance(job_id, str):
-                raise _Reject(400, f"job_ids[{i}] must be a string, not {_json_type(job_id)}")
-            _check_id(job_id, "job id", f"job_ids[{i}]: ")
+                raise Reject(400, f"job_ids[{i}] must be a string, not {json_type(job_id)}")
+            check_id(job_id, "job id", f"job_ids[{i}]: ")
         job_ids = list(dict.fromkeys(raw_ids))  # drop repeats, keep order
         return job_ids, self._parse_labels(body.get("labels")), self._parse_rollout(body.get("rollout"))
 
@@ -453,28 +401,28 @@ class _API:
         if raw is None:
             return None
         if not isinstance(raw, str):
-            raise _Reject(400, f"rollout must be a string, not {_json_type(raw)}")
-        return _check_id(raw, "rollout name")
+            raise Reject(400, f"rollout must be a string, not {json_type(raw)}")
+        return check_id(raw, "rollout name")
 
     @staticmethod
     def _parse_labels(raw: object) -> dict[str, str]:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            raise _Reject(400, f"labels must be an object of string to string, not {_json_type(raw)}")
+            raise Reject(400, f"labels must be an object of string to string, not {json_type(raw)}")
         if len(raw) > _MAX_LABELS:
-            raise _Reject(400, f"labels has {len(raw)} entries; at most {_MAX_LABELS}")
+            raise Reject(400, f"labels has {len(raw)} entries; at most {_MAX_LABELS}")
         for key, value in raw.items():
             if not isinstance(value, str):
-                raise _Reject(400, f"label {_shown(key)}: value must be a string, not {_json_type(value)}")
-            _check_label(key, value)
+                raise Reject(400, f"label {shown(key)}: value must be a string, not {json_type(value)}")
+            check_label(key, value)
         return dict(raw)
 
     @staticmethod
     def _single(request: web.Request, name: str) -> str | None:
         values = request.query.getall(name, [])
         if len(values) > 1:
-            raise _Reject(400, f"query parameter {name} given more than once")
+            raise Reject(400, f"query parameter {name} given more than once")
         return values[0] if values else None
 
 
@@ -508,10 +456,7 @@ def make_app(
     app.router.add_get("/v1/nodepools", api.list_nodepools)
     app.router.add_get("/v1/rollouts", api.list_rollouts)
     app.router.add_get("/v1/rollouts/{name}", api.get_rollout)
-    # Imported here: the dead-letter routes are built on this module's errors and helpers.
-    from monitor.daemon.api_deliveries import add_routes  # noqa: PLC0415
-
-    add_routes(app, control, api._read_json, max_jobs_per_request)
+    api_deliveries.add_routes(app, control, api._read_json, max_jobs_per_request)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

@@ -1,6 +1,7 @@
 """The control API's dead-letter routes: list outbox rows a receiver refused for good (or that still wait), and
-send refused ones again. Part of :mod:`monitor.daemon.api` (its errors, validation, token guard and
-:class:`~monitor.daemon.api.Control`), kept apart for size; ``make_app`` serves them::
+send refused ones again. Part of :mod:`monitor.daemon.api` (its error middleware, token guard and
+:class:`~monitor.daemon.api.Control`), kept apart for size, with the replies and checks of
+:mod:`monitor.daemon.replies`; ``make_app`` serves them::
 
     GET  /v1/deliveries         ?state=rejected|pending&sink=NAME&job_id=ID&limit=N
                                 -> 200 {"deliveries": [delivery, ...]}
@@ -24,14 +25,17 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
 from monitor.core.errors import ConfigError
 from monitor.core.text import has_control
-from monitor.daemon.api import Control, _check_id, _json, _json_type, _Reject, _shown, _time
+from monitor.daemon.replies import Reject, check_id, json_reply, json_type, rfc3339, shown
 from monitor.daemon.storage import DeliveryRecord
+
+if TYPE_CHECKING:
+    from monitor.daemon.api import Control  # (api imports this module to serve its routes)
 
 __all__ = ["add_routes"]
 
@@ -54,16 +58,16 @@ def _delivery(record: DeliveryRecord) -> dict[str, Any]:
         "state": record.state,
         "attempts": record.attempts,
         "last_error": record.last_error,
-        "rejected_at": _time(record.rejected_at),
+        "rejected_at": rfc3339(record.rejected_at),
         "event": record.event.to_dict(),
     }
 
 
 def _check_sink(value: object) -> str:
     if not isinstance(value, str):
-        raise _Reject(400, f"sink must be a string, not {_json_type(value)}")
+        raise Reject(400, f"sink must be a string, not {json_type(value)}")
     if not value or len(value) > _MAX_SINK or has_control(value):
-        raise _Reject(400, f"invalid sink {_shown(value)}: use a sink's name, e.g. webhook:https://host/path")
+        raise Reject(400, f"invalid sink {shown(value)}: use a sink's name, e.g. webhook:https://host/path")
     return value
 
 
@@ -79,54 +83,54 @@ class _Deliveries:
         query = request.query
         for key in query:
             if key not in _QUERY_KEYS:
-                raise _Reject(400, f"unknown query parameter {_shown(key)}; use {', '.join(_QUERY_KEYS)}")
+                raise Reject(400, f"unknown query parameter {shown(key)}; use {', '.join(_QUERY_KEYS)}")
             if len(query.getall(key)) > 1:
-                raise _Reject(400, f"query parameter {key} given more than once")
+                raise Reject(400, f"query parameter {key} given more than once")
         raw_state = query.get("state", "rejected")
         state = next((s for s in _STATES if s == raw_state), None)
         if state is None:
-            raise _Reject(400, f"invalid state {_shown(raw_state)}: use rejected or pending")
+            raise Reject(400, f"invalid state {shown(raw_state)}: use rejected or pending")
         sink = _check_sink(query["sink"]) if "sink" in query else None
-        job_id = _check_id(query["job_id"], "job id") if "job_id" in query else None
+        job_id = check_id(query["job_id"], "job id") if "job_id" in query else None
         raw_limit = query.get("limit", "100")
         if not _LIMIT_RE.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= _MAX_LIMIT:
-            raise _Reject(400, f"invalid limit {_shown(raw_limit)}: use a whole number from 1 to {_MAX_LIMIT}")
+            raise Reject(400, f"invalid limit {shown(raw_limit)}: use a whole number from 1 to {_MAX_LIMIT}")
         found = await self._control.deliveries(state, sink=sink, job_id=job_id, limit=int(raw_limit))
-        return _json({"deliveries": [_delivery(record) for record in found]})
+        return json_reply({"deliveries": [_delivery(record) for record in found]})
 
     async def replay(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         if not isinstance(body, dict):
-            raise _Reject(400, f"body must be a JSON object, not {_json_type(body)}")
+            raise Reject(400, f"body must be a JSON object, not {json_type(body)}")
         for key in body:
             if key not in _BODY_KEYS:
-                raise _Reject(400, f"unknown key {_shown(key)} in body; use {', '.join(_BODY_KEYS)}")
+                raise Reject(400, f"unknown key {shown(key)} in body; use {', '.join(_BODY_KEYS)}")
         ids, sink, job_id = body.get("ids"), body.get("sink"), body.get("job_id")
         if ids is None and sink is None and job_id is None:
-            raise _Reject(400, "give ids, sink or job_id; to replay every dead letter of a sink, name the sink")
+            raise Reject(400, "give ids, sink or job_id; to replay every dead letter of a sink, name the sink")
         if ids is not None:
             if not isinstance(ids, list):
-                raise _Reject(400, f"ids must be an array of event ids, not {_json_type(ids)}")
+                raise Reject(400, f"ids must be an array of event ids, not {json_type(ids)}")
             if not ids:
-                raise _Reject(400, "ids must not be empty")
+                raise Reject(400, "ids must not be empty")
             if len(ids) > self._max_ids:
-                raise _Reject(400, f"ids has {len(ids)} ids; at most {self._max_ids} per request")
+                raise Reject(400, f"ids has {len(ids)} ids; at most {self._max_ids} per request")
             for i, event_id in enumerate(ids):
                 if not isinstance(event_id, str):
-                    raise _Reject(400, f"ids[{i}] must be a string, not {_json_type(event_id)}")
-                _check_id(event_id, "event id", f"ids[{i}]: ")
+                    raise Reject(400, f"ids[{i}] must be a string, not {json_type(event_id)}")
+                check_id(event_id, "event id", f"ids[{i}]: ")
         if sink is not None:
             sink = _check_sink(sink)
         if job_id is not None:
             if not isinstance(job_id, str):
-                raise _Reject(400, f"job_id must be a string, not {_json_type(job_id)}")
-            job_id = _check_id(job_id, "job id")
+                raise Reject(400, f"job_id must be a string, not {json_type(job_id)}")
+            job_id = check_id(job_id, "job id")
         try:
             replayed = await self._control.replay(sink=sink, event_ids=ids, job_id=job_id)
         except ConfigError as exc:
-            raise _Reject(400, str(exc)) from None
+            raise Reject(400, str(exc)) from None
         logger.info("api: %d rejected events replayed", len(replayed))
-        return _json({"replayed": [{"seq": r.seq, "sink": r.sink, "event_id": r.event.id} for r in replayed]})
+        return json_reply({"replayed": [{"seq": r.seq, "sink": r.sink, "event_id": r.event.id} for r in replayed]})
 
 
 def add_routes(app: web.Application, control: Control, read_json: _ReadJSON, max_ids: int) -> None:

@@ -123,7 +123,11 @@ class Deliverer:
             rows = await self._state.pending(self.name, limit=self._batch, after=self._cursor)
             if self._acks and self._handed:  # after a rewind: what the sink holds is not handed over twice
                 held = {seq for seqs in self._handed.values() for seq in seqs}
-                rows = [row for row in rows if row.seq not in held]
+                fresh = [row for row in rows if row.seq not in held]
+                if not fresh and len(rows) == self._batch:
+                    self._cursor = rows[-1].seq  # a whole batch it holds: read on past it
+                    continue
+                rows = fresh
             if not rows:
                 if not self._handed:
                     self._idle.set()
