@@ -186,9 +186,9 @@ class ApiConfig(_Model):
 
 
 class DeliveryConfig(_Model):
-    """How a durable sink's outbox is retried after the sink itself gave up (receiver down)."""
+    """How a durable sink's outbox sends: per-job order, parallel, and its retries (see monitor.daemon.delivery)."""
 
-    retry_initial: Annotated[float, Field(gt=0)] = 2.0
+    retry_initial: Annotated[float, Field(gt=0)] = 1.0
     retry_max: Annotated[float, Field(gt=0)] = 30.0
     concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # per durable sink; never two events of one job at once
     ordering: Literal["job", "sink"] = "job"  # sink: one event at a time, in the order recorded

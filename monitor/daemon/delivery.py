@@ -7,9 +7,10 @@ receivers need — per job by default (``delivery.ordering: job``: up to ``deliv
 two of one job, never a job's event before its earlier ones; a rollout's digests in order too), or per sink
 (``ordering: sink``: one row at a time, in the order recorded):
 
-* a retryable :class:`SinkError` (the receiver is down, 5xx, timeouts — after the sink's own retries) pauses with
-  exponential backoff and tries the *same* row again (the same ``webhook-id``); nothing later of its job (with
-  ``ordering: sink``: nothing later at all) overtakes it;
+* a retryable :class:`SinkError` (the receiver is down, 5xx, timeouts — one try of a sink that offers
+  ``send_once``, else after the sink's own retries) pauses with exponential backoff and tries the *same* row
+  again (the same ``webhook-id``); nothing later of its job (with ``ordering: sink``: nothing later at all)
+  overtakes it, and while it waits its slot sends another job's row;
 * a non-retryable one (the receiver refused the event with a 4xx, or answered 410 and the sink is disabled) marks
   the row rejected with the reason, so a poison event cannot block the queue forever;
 * a cancelled send (shutdown) leaves the row undelivered: it is sent again after the restart, with the same id;
@@ -29,22 +30,26 @@ allow before a SIGTERM is sent after the restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 
 from monitor.core.backoff import full_jitter
 from monitor.core.errors import SinkError
 from monitor.core.events import Event
 from monitor.daemon.storage import OutboxRow, Store
 from monitor.sinks import Sink
-from monitor.sinks.recovery import Recovery
 
 __all__ = ["Deliverer"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their jobs' earlier rows are in flight
+_LANES_PER_SLOT = 4  # lanes (rows sending or waiting out a backoff) per slot, while the receiver answers
+_DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 
 
 class Deliverer:
@@ -56,7 +61,7 @@ class Deliverer:
         state: Store,
         *,
         name: str | None = None,
-        retry_initial: float = 2.0,
+        retry_initial: float = 1.0,
         retry_max: float = 30.0,
         batch: int = 100,
         concurrency: int = 1,
@@ -75,7 +80,11 @@ class Deliverer:
         self._batch = batch
         self._observe = observe
         self._failures = 0
-        self._recovery = Recovery()  # per-job delivery: the first success after an outage ends every backoff
+        self._recovery = _Recovery()  # per-job delivery: the first success after an outage ends every backoff
+        send_once = getattr(sink, "send_once", None)  # one try: this deliverer retries (see monitor.sinks)
+        self._send: Callable[[Event], Awaitable[None]] = (
+            send_once if callable(send_once) and not getattr(sink, "acknowledges", False) else sink.send
+        )
         self._acks = bool(getattr(sink, "acknowledges", False))
         self._handed: dict[str, list[int]] = {}  # acknowledging sinks: event id -> rows handed over, not yet acked
         self._handed_at: dict[str, float] = {}  # ... and when their event was detected
@@ -83,8 +92,16 @@ class Deliverer:
         if self._acks:
             sink.on_delivered = self._acknowledged  # type: ignore[attr-defined]
         self._concurrency = 1 if self._acks else max(1, concurrency)
-        self._lanes: dict[str, asyncio.Task[None]] = {}  # per-job delivery: ordering key -> its earliest row's task
-        self._held: set[int] = set()  # per-job delivery: rows read and not yet marked done
+        # Per-job delivery: ordering key -> the task sending its earliest row; later rows read, per key; keys
+        # with rows and no lane, by their earliest row; rows held (queued or in a lane); slots in use.
+        self._lanes: dict[str, asyncio.Task[None]] = {}
+        self._queues: dict[str, deque[OutboxRow]] = {}
+        self._ready: list[tuple[int, str]] = []
+        self._queued = 0
+        self._held: set[int] = set()
+        self._sending = 0  # lanes sending now (a lane waiting out a backoff holds no slot)
+        self._returning = 0  # lanes back from a backoff, waiting for a slot
+        self._slot_freed = asyncio.Event()
         self._seen = 0  # per-job delivery: the last row read
         self._unread = True  # new rows may be in the outbox
         self._unmarked: list[int] = []  # delivered rows waiting for the next batch of marks
@@ -144,37 +161,32 @@ class Deliverer:
                     break
 
     async def _run_per_job(self) -> None:
-        """Up to ``concurrency`` rows at once, each the earliest undelivered row of its job (or rollout): a job's
-        events go in order, one at a time, and a failing one holds back only its own job's later events.
+        """Up to ``concurrency`` rows sent at once, each the earliest undelivered row of its job (or rollout): a
+        job's events go in order, one at a time, and a failing one holds back only its own job's later events.
 
-        Rows are read once, in order (after the last seen), and wait here until their job is free: a large
-        backlog is not read again for every delivery, and a freed lane does not read the outbox again. At most
-        ``_MAX_WAITING`` rows are held: beyond that, reading waits for lanes to free up."""
-        waiting: list[OutboxRow] = []
+        Rows are read once, in order (after the last seen), into a queue per job; a job whose lane is free waits
+        in a heap by its earliest row. So a delivery costs O(log n) whatever the backlog, and a freed lane does
+        not read the outbox again. A row waiting out a backoff gives up its slot to another job's row (it takes
+        one again, before new rows, when its wait ends): a receiver that fails now and then slows only the jobs
+        it failed. While the receiver looks down (a streak of failures) no new lanes start: the rows already
+        trying probe it. At most ``_MAX_WAITING`` rows are held in memory: beyond that, reading waits."""
         try:
             while True:
                 self._wake.clear()
-                if self._unread and len(waiting) < _MAX_WAITING:
+                if self._unread and self._queued < _MAX_WAITING:
                     self._unread = False  # (a notify() during the read sets it again)
                     fresh = await self._state.pending(self.name, limit=self._batch, after=self._seen)
                     if fresh:
                         self._seen = fresh[-1].seq
                         if len(fresh) == self._batch:
                             self._unread = True  # more rows are there to read
-                        fresh = [row for row in fresh if row.seq not in self._held]  # (after a rewind)
-                        self._held.update(row.seq for row in fresh)
-                        waiting.extend(fresh)
-                kept: list[OutboxRow] = []
-                for row in waiting:
-                    key = _ordering_key(row.event)
-                    if len(self._lanes) < self._concurrency and key not in self._lanes:
-                        self._lanes[key] = asyncio.create_task(self._lane(key, row.seq, row.event), name=key)
-                    else:
-                        kept.append(row)  # its job's earlier row is in flight, or every lane is busy
-                waiting = kept
-                if self._unread and len(waiting) < _MAX_WAITING:
+                        for row in fresh:
+                            if row.seq not in self._held:  # (it may be, after a rewind)
+                                self._enqueue(row)
+                self._dispatch()
+                if self._unread and self._queued < _MAX_WAITING:
                     continue
-                if not waiting and not self._lanes:
+                if not self._queues and not self._lanes:
                     self._idle.set()
                 await self._wake.wait()
         finally:
@@ -183,18 +195,68 @@ class Deliverer:
                 task.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
 
+    def _enqueue(self, row: OutboxRow) -> None:
+        key = _ordering_key(row.event)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            if key not in self._lanes:
+                heapq.heappush(self._ready, (row.seq, key))
+        queue.append(row)
+        self._held.add(row.seq)
+        self._queued += 1
+
+    def _dispatch(self) -> None:
+        """Start the earliest free jobs' rows while slots are free (rows back from a backoff go first)."""
+        lanes = self._concurrency * _LANES_PER_SLOT if self._recovery.streak < _DOWN_STREAK else self._concurrency
+        while self._ready and self._sending + self._returning < self._concurrency and len(self._lanes) < lanes:
+            _, key = heapq.heappop(self._ready)
+            queue = self._queues[key]
+            row = queue.popleft()
+            self._queued -= 1
+            if not queue:
+                del self._queues[key]
+            self._sending += 1
+            self._lanes[key] = asyncio.create_task(self._lane(key, row.seq, row.event), name=key)
+
     async def _lane(self, key: str, seq: int, event: Event) -> None:
         """One row until it is delivered or rejected, retried with its own backoff (the same ``webhook-id``) —
         cut short when the receiver answers another row again after a streak of failures (an outage ended)."""
         failures = 0
+        holding = True  # a slot: taken by _dispatch for this lane
         try:
             while (delay := await self._deliver(seq, event, failures)) is not None:
                 failures += 1
+                holding = False
+                self._free_slot()
                 await self._recovery.sleep(delay)
+                await self._take_slot()
+                holding = True
         finally:
+            if holding:
+                self._free_slot()
             self._lanes.pop(key, None)
             self._held.discard(seq)
+            queue = self._queues.get(key)
+            if queue:
+                heapq.heappush(self._ready, (queue[0].seq, key))
             self._wake.set()
+
+    def _free_slot(self) -> None:
+        self._sending -= 1
+        freed, self._slot_freed = self._slot_freed, asyncio.Event()
+        freed.set()
+        self._wake.set()
+
+    async def _take_slot(self) -> None:
+        """A slot again after a backoff; rows returning from one go before rows not yet sent."""
+        self._returning += 1
+        try:
+            while self._sending >= self._concurrency:
+                await self._slot_freed.wait()
+        finally:
+            self._returning -= 1
+        self._sending += 1
 
     async def _acknowledged(self, event_ids: Sequence[str]) -> None:
         """The acknowledging sink delivered a message carrying these events (or needs none for them)."""
@@ -213,7 +275,7 @@ class Deliverer:
         """Send one row: ``None`` when it is done (delivered or rejected), else the seconds to wait before
         trying it again (``failures``: how many times it failed before)."""
         try:
-            await self.sink.send(event)
+            await self._send(event)
         except SinkError as exc:
             if self._acks:  # handed over again after the pause
                 self._forget(event.id, seq)
@@ -282,3 +344,32 @@ def _ordering_key(event: Event) -> str:
     if event.rollout is not None:
         return f"rollout:{event.rollout}"
     return f"event:{event.id}"
+
+
+class _Recovery:
+    """Failures in a row at one receiver across concurrent tries, and the wake-up when it answers again: after a
+    streak, the first success wakes every try waiting out its backoff, so a backlog drains at the receiver's pace
+    instead of at each retry's next time. One event that keeps failing among others that succeed builds no
+    streak and wakes nobody."""
+
+    __slots__ = ("_back", "streak")
+
+    def __init__(self) -> None:
+        self.streak = 0
+        self._back = asyncio.Event()  # set, then replaced, at the first success after a streak
+
+    def failed(self) -> None:
+        self.streak += 1
+
+    def succeeded(self) -> None:
+        if self.streak >= _DOWN_STREAK:
+            self._back.set()
+            self._back = asyncio.Event()
+        self.streak = 0
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if the receiver answers again meanwhile."""
+        back = self._back
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await back.wait()

@@ -20,6 +20,14 @@ is gone. Every built-in sink declares it (``log``: False; ``file``, ``webhook`` 
 ``isinstance(obj, Sink)`` would then reject every third-party sink written before it. Read it with
 :func:`is_durable`, which treats a sink without the attribute as not durable.
 
+A durable sink that retries inside ``send`` may also offer one try without its own retries::
+
+    async def send_once(self, event: Event) -> None   # one attempt; SinkError(retryable=...) as send raises
+
+The daemon's outbox then calls ``send_once`` and retries each event itself, with its own backoff, giving up its
+delivery slot to other jobs' events while it waits (the ``webhook`` sink has it). Like ``durable``, it is not a
+Protocol member: a sink without it is called through ``send``.
+
 A sink is built by a factory ``factory(target, options) -> Sink``: ``target`` is the part after ``name:`` in a
 spec such as ``file:/var/log/cce.jsonl`` (``None`` when absent) and ``options`` the sink's settings from the
 config file. Factories validate both at start-up and raise :class:`ConfigError` with one clear line.

@@ -9,11 +9,11 @@ Spec ``webhook:URL`` (http or https). Options (all optional):
 ``timeout``
     Seconds for one whole request (default 10).
 ``max_attempts``
-    Tries per event, the first included (default 8).
+    Tries per event, the first included (default 8; the daemon's outbox retries on its own, without end).
 ``backoff_initial``, ``backoff_max``
     Seconds. Before retry *n* (0-based) the sink sleeps ``uniform(0, min(backoff_max, backoff_initial * 2**n))``
-    (full jitter), or the server's ``Retry-After`` if that is longer (defaults 1 and 30). The first success
-    after a streak of failures (the receiver was down) ends the other sends' waits at once.
+    (full jitter), or the server's ``Retry-After`` if that is longer (defaults 1 and 30). The daemon's outbox
+    calls :meth:`WebhookSink.send_once` instead: one request per try, its own backoff between them.
 ``rate``
     Requests per second to this endpoint, through :class:`monitor.cce.throttle.RateLimiter`, retries included
     (default: none — what bounds a receiver by default is the requests in flight: one at a time from ``watch``,
@@ -36,6 +36,7 @@ The sink's name and messages show the URL without userinfo, query or fragment, w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -59,7 +60,6 @@ from monitor.core.events import Event
 from monitor.core.secret import Secret
 from monitor.core.version import USER_AGENT
 from monitor.sinks import register
-from monitor.sinks.recovery import Recovery
 
 __all__ = ["SigningKey", "WebhookSink", "WebhookSinkSettings", "make_webhook_sink", "sign"]
 
@@ -149,7 +149,7 @@ class WebhookSink:
 
     durable: ClassVar[bool] = True  # fed from the daemon's outbox; receivers dedupe by webhook-id
 
-    __slots__ = ("_closed", "_gone", "_limiter", "_recovery", "_scrub", "_session", "_url_text", "name", "settings")
+    __slots__ = ("_closed", "_gone", "_limiter", "_scrub", "_session", "_url_text", "name", "settings")
 
     def __init__(self, settings: WebhookSinkSettings) -> None:
         self.settings = settings
@@ -157,7 +157,6 @@ class WebhookSink:
         self._url_text = str(public)
         self.name = f"webhook:{public}"
         self._limiter = RateLimiter(settings.rate) if settings.rate is not None else None
-        self._recovery = Recovery()  # several sends at once (parallel delivery): one success after an outage wakes all
         self._session: aiohttp.ClientSession | None = None
         self._gone = False
         self._closed = False
@@ -222,50 +221,14 @@ class WebhookSink:
 
     async def send(self, event: Event) -> None:
         """Deliver ``event``, retrying as the module docstring describes; raise :class:`SinkError` if not."""
-        if self._closed:
-            raise SinkError(f"{self.name}: sink is closed", retryable=False)
-        if self._gone:
-            raise SinkError(f"{self.name}: endpoint is gone (HTTP 410); event {event.id} dropped", retryable=False)
-        session = self._session_for_send()
-        body = event.to_json()
+        session, body = self._prepare(event)
         attempts = self.settings.max_attempts
-        last = "no attempt made"
-        retry_after: float | None = None
-        limiter = self._limiter
+        last, retry_after = "no attempt made", None
         for attempt in range(attempts):
-            if limiter is not None:
-                await limiter.acquire()
-            retry_after = None
-            try:
-                async with session.post(
-                    self.settings.url, data=body, headers=self._headers(event.id, body), allow_redirects=False
-                ) as response:
-                    status = response.status
-                    if 200 <= status < 300:
-                        if limiter is not None:
-                            limiter.succeeded()
-                        self._recovery.succeeded()
-                        return
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    detail = await self._detail(response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = self._describe(exc)
-            else:
-                last = f"HTTP {status}: {detail}"
-                if status == 410:
-                    self._gone = True
-                    logger.warning(
-                        "%s: endpoint answered 410 Gone; disabling it, later events are dropped (job %s)",
-                        self.name,
-                        event.job_id,
-                    )
-                    raise SinkError(f"{self.name}: {last}; endpoint disabled", retryable=False)
-                if status == 429:
-                    if limiter is not None:
-                        limiter.throttled(retry_after)
-                elif status < 500:
-                    raise SinkError(f"{self.name}: {last}", retryable=False)
-            self._recovery.failed()
+            failed = await self._try(session, event, body)
+            if failed is None:
+                return
+            last, retry_after = failed
             if attempt + 1 >= attempts:
                 break
             delay = max(retry_after or 0.0, self._backoff(attempt))
@@ -279,12 +242,64 @@ class WebhookSink:
                 last,
                 delay,
             )
-            await self._recovery.sleep(delay)
+            await asyncio.sleep(delay)
         raise SinkError(
             f"{self.name}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; last: {last}",
             retryable=True,
             retry_after=retry_after,
         )
+
+    async def send_once(self, event: Event) -> None:
+        """One request, no retries of its own: the daemon's outbox, which retries each event itself (without
+        holding a delivery slot while it waits), calls this. Raises :class:`SinkError` as :meth:`send` does,
+        retryable (with the server's ``Retry-After``) for 5xx, 429, timeouts and connection errors."""
+        session, body = self._prepare(event)
+        failed = await self._try(session, event, body)
+        if failed is not None:
+            last, retry_after = failed
+            raise SinkError(f"{self.name}: {last}", retryable=True, retry_after=retry_after)
+
+    def _prepare(self, event: Event) -> tuple[aiohttp.ClientSession, bytes]:
+        if self._closed:
+            raise SinkError(f"{self.name}: sink is closed", retryable=False)
+        if self._gone:
+            raise SinkError(f"{self.name}: endpoint is gone (HTTP 410); event {event.id} dropped", retryable=False)
+        return self._session_for_send(), event.to_json()
+
+    async def _try(self, session: aiohttp.ClientSession, event: Event, body: bytes) -> tuple[str, float | None] | None:
+        """One request: ``None`` if delivered, ``(what went wrong, Retry-After)`` if worth trying again; raises
+        a non-retryable :class:`SinkError` for an answer that will not change (4xx but 429, 3xx, 410)."""
+        limiter = self._limiter
+        if limiter is not None:
+            await limiter.acquire()
+        try:
+            async with session.post(
+                self.settings.url, data=body, headers=self._headers(event.id, body), allow_redirects=False
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    if limiter is not None:
+                        limiter.succeeded()
+                    return None
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                detail = await self._detail(response)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._describe(exc), None
+        last = f"HTTP {status}: {detail}"
+        if status == 410:
+            self._gone = True
+            logger.warning(
+                "%s: endpoint answered 410 Gone; disabling it, later events are dropped (job %s)",
+                self.name,
+                event.job_id,
+            )
+            raise SinkError(f"{self.name}: {last}; endpoint disabled", retryable=False)
+        if status == 429:
+            if limiter is not None:
+                limiter.throttled(retry_after)
+        elif status < 500:
+            raise SinkError(f"{self.name}: {last}", retryable=False)
+        return last, retry_after
 
     async def _detail(self, response: aiohttp.ClientResponse) -> str:
         """A short description of an error response's body; never fails."""
