@@ -82,7 +82,7 @@ def simulator(
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
         try:
-            line = _first_line(proc, start_timeout)
+            line = first_line(proc, start_timeout)
             if not line:
                 errors.seek(0)
                 tail = errors.read()[-2000:].decode(errors="replace")
@@ -96,10 +96,10 @@ def simulator(
                 print(f"simulator exited with {proc.returncode} during the run:\n{tail}", file=sys.stderr)
             raise
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
-def _first_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+def first_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     """The first stdout line of ``proc`` within ``timeout`` seconds (b"" if it exits or times out)."""
     assert proc.stdout is not None
     buffer = b""
@@ -117,7 +117,7 @@ def _first_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     return buffer.split(b"\n", 1)[0]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -193,6 +193,20 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))
     return ordered[int(rank) - 1]
+
+
+def distribution(
+    values: Sequence[float], percentiles: Sequence[int] = (50, 99), *, digits: int = 3, minimum: bool = False
+) -> dict[str, float | int]:
+    """``{"count", "p50", ..., "max"}`` (and ``"min"``) of ``values``, rounded; ``{"count": 0}`` when empty."""
+    if not values:
+        return {"count": 0}
+    out: dict[str, float | int] = {"count": len(values)}
+    out |= {f"p{p}": round(percentile(values, p), digits) for p in percentiles}
+    out["max"] = round(max(values), digits)
+    if minimum:
+        out["min"] = round(min(values), digits)
+    return out
 
 
 def median(values: Sequence[float]) -> float:

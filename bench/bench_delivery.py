@@ -64,7 +64,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from _common import HOST, ROOT, _first_line, _stop, percentile, report, run
+from _common import HOST, ROOT, distribution, first_line, report, run, stop_process
 from aiohttp import web
 
 from monitor.config import DeliveryConfig
@@ -205,7 +205,7 @@ def receiver_process(secret: str, seed: int) -> Iterator[ReceiverProcess]:
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, env=env)
         try:
-            line = _first_line(proc, 30.0)
+            line = first_line(proc, 30.0)
             if not line:
                 errors.seek(0)
                 tail = errors.read()[-2000:].decode(errors="replace")
@@ -213,7 +213,7 @@ def receiver_process(secret: str, seed: int) -> Iterator[ReceiverProcess]:
             ports = orjson.loads(line)
             yield ReceiverProcess(proc, f"http://{HOST}:{ports['hook']}/hook", f"http://{HOST}:{ports['control']}")
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
 # --- events and one design's delivery ----------------------------------------------------------------------------
@@ -418,15 +418,8 @@ def analyse(
 
 
 def delay_summary(values: list[float], *, censored: bool) -> dict[str, Any]:
-    if not values:
-        return {"count": 0}
-    return {
-        "count": len(values),
-        "p50": round(percentile(values, 50), 3),
-        "p99": round(percentile(values, 99), 3),
-        "max": round(max(values), 3),
-        "lower_bound": censored,  # some events were still waiting: their delay is at least the figure
-    }
+    # censored: some events were still waiting; their delay is at least the figure
+    return distribution(values) | ({"lower_bound": censored} if values else {})
 
 
 def delays_text(d: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import aiohttp
-from _common import make_client, percentile, report, run, sim_add_jobs, sim_truth, simulator
+from _common import distribution, make_client, report, run, sim_add_jobs, sim_truth, simulator
 
 from monitor.core.events import Event, EventType
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
@@ -35,19 +35,6 @@ def durations(jobs: int, low: float, high: float, batches: int) -> list[tuple[in
         count = jobs // batches + (1 if i < jobs % batches else 0)
         out.append((count, low + (high - low) * i / max(1, batches - 1)))
     return out
-
-
-def summary(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"count": 0}
-    return {
-        "count": len(values),
-        "p50": round(percentile(values, 50), 3),
-        "p90": round(percentile(values, 90), 3),
-        "p99": round(percentile(values, 99), 3),
-        "max": round(max(values), 3),
-        "min": round(min(values), 3),
-    }
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -120,12 +107,12 @@ def analyse(
             transitions.append(latency)
             delivered.append(received - at_ns / 1e9)
     skipped = sum(1 for key in truth if key[1] != "Initializing" and key not in matched)
-    stats = summary(transitions)
+    stats = distribution(transitions, (50, 90, 99), minimum=True)
     bound = settings.interval + 1.0
     ok = bool(transitions) and stats["p99"] <= bound and unfinished == 0 and unmatched == 0
     other = sum(1 for e, _ in seen if e.type not in PHASE_EVENTS)
-    disc = summary(discovery)
-    deliv = summary(delivered)
+    disc = distribution(discovery, (50, 90, 99), minimum=True)
+    deliv = distribution(delivered, (50, 90, 99), minimum=True)
     return {
         "bench": "latency",
         "target": f"p99 detection latency <= interval + 1 s = {bound:g} s",

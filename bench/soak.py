@@ -64,13 +64,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import yaml
-from _common import HOST, ROOT, percentile, report
+from _common import HOST, ROOT, distribution, report
 from aiohttp import web
 
 CLI = [sys.executable, "-m", "monitor.cli"]
@@ -718,11 +719,13 @@ async def conduct(
         return f"429 storm over: server limit {plan.server_rate:g}/s again"
 
     async def outage_on() -> str:
+        run.marks["outage_on_ns"] = time.time_ns()
         await receiver.go_down()
         return f"receiver down for {plan.outage_for:g}s"
 
     async def outage_off() -> str:
         await receiver.come_up()
+        run.marks["outage_off_ns"] = time.time_ns()
         return "receiver up again"
 
     async def expire() -> str:
@@ -814,15 +817,8 @@ def _uid(event: dict[str, Any]) -> str:
     return event["subjob_id"] or event["job_id"]
 
 
-def _delays(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"count": 0}
-    return {
-        "count": len(values),
-        "p50": round(percentile(values, 50), 2),
-        "p99": round(percentile(values, 99), 2),
-        "max": round(max(values), 2),
-    }
+def _delay_row(d: dict[str, Any]) -> str:
+    return f"p50 {d['p50']} s, p99 {d['p99']} s, max {d['max']} s ({d['count']} transitions)" if d["count"] else "-"
 
 
 def _file_lines(path: Path) -> tuple[list[tuple[str, bytes]], int]:
@@ -947,13 +943,19 @@ def analyse(
     throttled = stats["throttled"]
     in_storm = run.marks.get("storm_end", 0) - run.marks.get("storm_start", 0)
 
-    # Delay: true transition -> first successful delivery at the receiver.
-    delays = []
+    # Delay: true transition -> first successful delivery at the receiver; outside the outage window: transitions
+    # that happened before the receiver went down or after it came back; delivery alone: detection -> delivery.
+    delays, outside, delivery = [], [], []
+    down = (run.marks.get("outage_on_ns", 0), run.marks.get("outage_off_ns", 0))
     for _, eid, e, _ in history:
         if e["type"] in PHASE_TYPES and eid in receiver.first_ok:
+            ok = receiver.first_ok[eid]
+            delivery.append((ok - datetime.fromisoformat(e["time"]).timestamp() * 1e9) / 1e9)
             at = true_at.get((_uid(e), e["phase"]))
             if at is not None:
-                delays.append((receiver.first_ok[eid] - at) / 1e9)
+                delays.append((ok - at) / 1e9)
+                if not down[0] <= at <= down[1]:
+                    outside.append((ok - at) / 1e9)
 
     restarts_not_resumed = [life.pid for life in lives[1:] if life.unfinished_before and not life.resumed]
     logs = _log_scan(lives)
@@ -1040,7 +1042,9 @@ def analyse(
             "dropped": stats["dropped"],
             "iam_token_requests": stats["iam_token_requests"],
         },
-        "delay_s": _delays(delays),
+        "delay_s": distribution(delays, digits=2),
+        "delay_outside_outage_s": distribution(outside, digits=2),
+        "delivery_delay_s": distribution(delivery, digits=2),
         "daemon": {
             "lifetimes": [
                 {
@@ -1087,7 +1091,7 @@ def analyse(
 
 def rows(r: dict[str, Any]) -> list[tuple[str, object]]:
     t, w, f, c, d, m = r["transitions"], r["webhook"], r["file"], r["cce"], r["delay_s"], r["daemon"]
-    delay = f"p50 {d['p50']} s, p99 {d['p99']} s, max {d['max']} s ({d['count']} transitions)" if d["count"] else "-"
+    delay = _delay_row(d)
     return [
         ("jobs", f"{r['jobs']['added']} added; outcomes {r['jobs']['outcomes']}"),
         ("final phase = truth", f"{r['jobs']['final_phase_matches_truth']}/{r['jobs']['added']}"),
@@ -1113,6 +1117,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, object]]:
         ("daemon peak RSS", f"{m['peak_rss_mb']} MB (max VmHWM over {len(m['lifetimes'])} lifetimes)"),
         ("daemon CPU", f"{m['cpu_s']} s (summed over lifetimes)"),
         ("delay truth -> webhook", delay),
+        ("... outside the outage window", _delay_row(r["delay_outside_outage_s"])),
+        ("delay detection -> webhook", _delay_row(r["delivery_delay_s"])),
         ("daemon log", f"{m['log_tracebacks']} tracebacks; errors {sum(m['log_errors'].values())}"),
         ("wall time", f"{r['wall_s']} s; work directory {r['workdir']}"),
         ("problems", "; ".join(r["problems"]) or "none"),
