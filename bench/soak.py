@@ -37,7 +37,10 @@ Figures (one JSON line on stdout, then a table; a copy in ``bench/results/soak.j
 * the daemon's peak RSS (max of VmHWM over its lifetimes) and CPU seconds (utime + stime summed over them),
   read from /proc just before each kill and before the final SIGTERM;
 * p50/p99/max delay from a true transition (simulator truth time of that uid + phase) to the first successful
-  delivery of its event at the receiver.
+  delivery of its event at the receiver, and from its detection (``event.time``) to that delivery; each also
+  outside the outage window (events that did not wait through it: detected after the receiver came back or
+  delivered before it went down). The first includes polling (intervals grow to 6x while a job is unchanged),
+  the second is what delivery adds.
 
 Exit status 1 if any must-be-zero figure is not zero (lost, differing bodies, over-rate requests, wrong final
 phases, phantom transitions, rows left or rejected in an outbox, bad signatures, a non-zero exit on SIGTERM, a
@@ -943,18 +946,23 @@ def analyse(
     throttled = stats["throttled"]
     in_storm = run.marks.get("storm_end", 0) - run.marks.get("storm_start", 0)
 
-    # Delay: true transition -> first successful delivery at the receiver; outside the outage window: transitions
-    # that happened before the receiver went down or after it came back; delivery alone: detection -> delivery.
-    delays, outside, delivery = [], [], []
+    # Delay: true transition -> first successful delivery at the receiver, and detection (event.time) -> that
+    # delivery. "Outside the outage window": events that did not wait through it — detected after the receiver
+    # came back, or delivered before it went down.
+    delays, outside, delivery, delivery_outside = [], [], [], []
     down = (run.marks.get("outage_on_ns", 0), run.marks.get("outage_off_ns", 0))
     for _, eid, e, _ in history:
         if e["type"] in PHASE_TYPES and eid in receiver.first_ok:
             ok = receiver.first_ok[eid]
-            delivery.append((ok - datetime.fromisoformat(e["time"]).timestamp() * 1e9) / 1e9)
+            detected = datetime.fromisoformat(e["time"]).timestamp() * 1e9
+            clear = detected > down[1] or ok < down[0]
+            delivery.append((ok - detected) / 1e9)
+            if clear:
+                delivery_outside.append((ok - detected) / 1e9)
             at = true_at.get((_uid(e), e["phase"]))
             if at is not None:
                 delays.append((ok - at) / 1e9)
-                if not down[0] <= at <= down[1]:
+                if clear:
                     outside.append((ok - at) / 1e9)
 
     restarts_not_resumed = [life.pid for life in lives[1:] if life.unfinished_before and not life.resumed]
@@ -1045,6 +1053,7 @@ def analyse(
         "delay_s": distribution(delays, digits=2),
         "delay_outside_outage_s": distribution(outside, digits=2),
         "delivery_delay_s": distribution(delivery, digits=2),
+        "delivery_delay_outside_outage_s": distribution(delivery_outside, digits=2),
         "daemon": {
             "lifetimes": [
                 {
@@ -1119,6 +1128,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, object]]:
         ("delay truth -> webhook", delay),
         ("... outside the outage window", _delay_row(r["delay_outside_outage_s"])),
         ("delay detection -> webhook", _delay_row(r["delivery_delay_s"])),
+        ("... outside the outage window", _delay_row(r["delivery_delay_outside_outage_s"])),
         ("daemon log", f"{m['log_tracebacks']} tracebacks; errors {sum(m['log_errors'].values())}"),
         ("wall time", f"{r['wall_s']} s; work directory {r['workdir']}"),
         ("problems", "; ".join(r["problems"]) or "none"),
