@@ -14,8 +14,9 @@ two of one job, never a job's event before its earlier ones; a rollout's digests
 * a non-retryable one (the receiver refused the event with a 4xx, or answered 410 and the sink is disabled) marks
   the row rejected with the reason, so a poison event cannot block the queue forever;
 * a cancelled send (shutdown) leaves the row undelivered: it is sent again after the restart, with the same id;
-* after a streak of failures across rows (the receiver was down), the first success ends every other row's
-  backoff at once: the backlog drains at the receiver's pace instead of each row's next retry time;
+* after a streak of failures across rows (the receiver is down), one waiting row tries every 2 s and the first
+  success ends every other row's backoff at once: the backlog drains at the receiver's pace within seconds of
+  its return, instead of at each row's next retry time;
 * delivered rows are marked in batches (those delivered while the previous batch was written): one transaction
   for many rows; a crash in between sends those rows again, with the same ids;
 * :meth:`Deliverer.rewind` after a replay: rejected rows made due again are read again, with their event ids.
@@ -36,6 +37,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from monitor.core.backoff import full_jitter
 from monitor.core.errors import SinkError
@@ -47,9 +49,16 @@ __all__ = ["Deliverer"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their jobs' earlier rows are in flight
-_LANES_PER_SLOT = 4  # lanes (rows sending or waiting out a backoff) per slot, while the receiver answers
+# Lanes (rows sending, or waiting out a backoff) per slot while the receiver answers: a failed row waits ~1 s, so
+# with 20 % of requests failing a slot carries ~0.2 waiting rows per request per second it sends — 4 per slot
+# capped a receiver answering at once near 130 deliveries/s (the soak); 16 lets it reach its own pace. While it
+# looks down, no new lanes start, so a down receiver sees at most these lanes' retries, each on its backoff.
+_LANES_PER_SLOT = 16
 _DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
+_PROBE_EVERY = 2.0  # seconds between tries of the one probing row while the receiver looks down
 
 
 class Deliverer:
@@ -137,7 +146,7 @@ class Deliverer:
             return
         while True:
             self._wake.clear()
-            rows = await self._state.pending(self.name, limit=self._batch, after=self._cursor)
+            rows = await self._stored(lambda: self._state.pending(self.name, limit=self._batch, after=self._cursor))
             if self._acks and self._handed:  # after a rewind: what the sink holds is not handed over twice
                 held = {seq for seqs in self._handed.values() for seq in seqs}
                 fresh = [row for row in rows if row.seq not in held]
@@ -175,7 +184,9 @@ class Deliverer:
                 self._wake.clear()
                 if self._unread and self._queued < _MAX_WAITING:
                     self._unread = False  # (a notify() during the read sets it again)
-                    fresh = await self._state.pending(self.name, limit=self._batch, after=self._seen)
+                    fresh = await self._stored(
+                        lambda: self._state.pending(self.name, limit=self._batch, after=self._seen)
+                    )
                     if fresh:
                         self._seen = fresh[-1].seq
                         if len(fresh) == self._batch:
@@ -267,7 +278,7 @@ class Deliverer:
             if detected is not None and self._observe is not None:
                 self._observe(now - detected)
         if seqs:
-            await self._state.delivered(*seqs)
+            await self._stored(lambda: self._state.delivered(*seqs))
             self.delivered += len(seqs)
         self.notify()
 
@@ -282,7 +293,8 @@ class Deliverer:
             if not exc.retryable:
                 self.rejected += 1
                 logger.error("sink %s rejected event %s (job %s): %s", self.name, event.id, event.job_id, exc)
-                await self._state.rejected(seq, str(exc))
+                why = str(exc)
+                await self._stored(lambda: self._state.rejected(seq, why))
                 return None
             self.failed += 1
             self._failures = failures + 1
@@ -297,7 +309,8 @@ class Deliverer:
                 delay,
                 exc,
             )
-            await self._state.attempt_failed(seq, str(exc))
+            why = str(exc)
+            await self._stored(lambda: self._state.attempt_failed(seq, why))
             return delay
         except Exception:
             # A bug in a (possibly third-party) sink: treat like a retryable failure, loudly.
@@ -305,7 +318,7 @@ class Deliverer:
             if self._acks:
                 self._forget(event.id, seq)
             self.failed += 1
-            await self._state.attempt_failed(seq, "sink crashed")
+            await self._stored(lambda: self._state.attempt_failed(seq, "sink crashed"))
             return self._retry_max
         self._failures = 0
         self._recovery.succeeded()
@@ -324,7 +337,25 @@ class Deliverer:
             if not self._unmarked:
                 return  # the batch just written carried this row
             seqs, self._unmarked = self._unmarked, []
-            await self._state.delivered(*seqs)
+            await self._stored(lambda: self._state.delivered(*seqs))
+
+    async def _stored(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A state operation, tried until it works: while the database is down (PostgreSQL restarting, a full
+        disk) delivery waits — what is delivered meanwhile is marked once it is back, and nothing is dropped."""
+        failures = 0
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:  # the engine's own errors, whichever engine (sqlite3, StateError)
+                if failures == 0:
+                    logger.warning("sink %s: the state database failed (%s); delivery waits for it", self.name, exc)
+                delay = full_jitter(failures, 0.5, 10.0, least=0.5)
+                failures += 1
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                logger.info("sink %s: the state database answers again", self.name)
+            return result
 
     def _forget(self, event_id: str, seq: int) -> None:
         """A row the acknowledging sink did not take: hand it over again from here."""
@@ -352,11 +383,12 @@ class _Recovery:
     instead of at each retry's next time. One event that keeps failing among others that succeed builds no
     streak and wakes nobody."""
 
-    __slots__ = ("_back", "streak")
+    __slots__ = ("_back", "_probing", "streak")
 
     def __init__(self) -> None:
         self.streak = 0
         self._back = asyncio.Event()  # set, then replaced, at the first success after a streak
+        self._probing = False  # one waiting try, while the receiver looks down, retries every _PROBE_EVERY
 
     def failed(self) -> None:
         self.streak += 1
@@ -368,8 +400,17 @@ class _Recovery:
         self.streak = 0
 
     async def sleep(self, delay: float) -> None:
-        """Wait ``delay`` seconds, or less if the receiver answers again meanwhile."""
+        """Wait ``delay`` seconds, or less if the receiver answers again meanwhile. While it looks down, one
+        waiter at a time waits at most ``_PROBE_EVERY``: its try tells, within seconds, that it is back."""
         back = self._back
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await back.wait()
+        probe = self.streak >= _DOWN_STREAK and not self._probing
+        if probe:
+            self._probing = True
+            delay = min(delay, _PROBE_EVERY)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await back.wait()
+        finally:
+            if probe:
+                self._probing = False
