@@ -16,6 +16,7 @@ tests::
 * :class:`Receiver`: an HTTP server on 127.0.0.1 that records every request and answers from a script of
   :class:`Reply` objects, a fixed reply or a function; it can check Standard Webhooks signatures.
 * :func:`running_daemon`: a :class:`~monitor.daemon.service.Daemon` run in process until the block ends.
+* :class:`PostgresServer`: a throwaway PostgreSQL server on 127.0.0.1 (the distribution's binaries).
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ import dataclasses
 import hashlib
 import hmac
 import inspect
+import os
+import pwd
+import secrets
+import shutil
+import socket
 import ssl
+import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -48,6 +57,8 @@ __all__ = [
     "JOB_ID",
     "PROJECT_ID",
     "FakeClock",
+    "PostgresServer",
+    "PostgresUnavailable",
     "Received",
     "Receiver",
     "Reply",
@@ -55,6 +66,7 @@ __all__ = [
     "RunningDaemon",
     "Simulators",
     "make_event",
+    "postgres_bindir",
     "running_daemon",
     "webhook_signature",
 ]
@@ -413,3 +425,108 @@ async def running_daemon(
     finally:
         stop.set()
         await asyncio.wait_for(task, stop_timeout)
+
+
+# ------------------------------------------------------------------------------ a throwaway PostgreSQL
+
+
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL server binaries on this machine (``.ci/run`` installs them)."""
+
+
+def postgres_bindir() -> Path:
+    """Where ``initdb`` and ``pg_ctl`` are: ``$PG_BINDIR``, else the newest ``/usr/lib/postgresql/*/bin``, else
+    the ``PATH``; raises :class:`PostgresUnavailable` when there are none."""
+    given = os.environ.get("PG_BINDIR")
+    candidates = [Path(given)] if given else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: _version(p.parent.name), reverse=True)
+    found = shutil.which("initdb")
+    if found:
+        candidates.append(Path(found).parent)
+    for bindir in candidates:
+        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
+            return bindir
+    raise PostgresUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql")
+
+
+def _version(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+class PostgresServer:
+    """A PostgreSQL server of its own on 127.0.0.1, for tests and benchmarks: ``initdb`` into a temporary
+    directory (as the unprivileged user ``nobody`` when run as root: initdb refuses root), ``pg_ctl start`` on a
+    free port with durability off (``fsync``, ``synchronous_commit``: nothing here must survive a power cut), and
+    password (SCRAM) authentication, so that the DSN carries a secret as a real one does.
+
+    ``with PostgresServer() as pg:`` starts it (a few seconds) and removes it all at the end;
+    :meth:`create_database` gives each test its own database.
+    """
+
+    user = "cce"
+
+    def __init__(self, *, password: str | None = None, run_as: str = "nobody") -> None:
+        self.password = password or "pg-" + secrets.token_urlsafe(18)
+        self.bindir = postgres_bindir()
+        self.port = 0
+        self._run_as = run_as if os.geteuid() == 0 else None
+        self._root: Path | None = None
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, *args: str, timeout: float = 60.0) -> None:
+        result = subprocess.run(  # noqa: S603 (our own arguments)
+            [str(self.bindir / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            user=self._run_as,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {(result.stderr or result.stdout)[-2000:]}")
+
+    def start(self) -> None:
+        root = self._root = Path(tempfile.mkdtemp(prefix="cce-pg-"))
+        (root / "pwfile").write_text(self.password + "\n")
+        if self._run_as is not None:
+            owner = pwd.getpwnam(self._run_as)
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+            os.chown(root / "pwfile", owner.pw_uid, owner.pw_gid)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._run(
+            "initdb", "-D", str(root / "data"), "-U", self.user, "--pwfile", str(root / "pwfile"),
+            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions",
+        )  # fmt: skip
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run("pg_ctl", "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        root, self._root = self._root, None
+        if root is None:
+            return
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "-w", "stop", timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new, empty database; returns its DSN."""
+        import psycopg  # noqa: PLC0415 (only tests and benchmarks that use PostgreSQL need the driver)
+
+        name = name or "t_" + secrets.token_hex(6)
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        return self.dsn(name)

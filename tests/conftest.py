@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from monitor.cce.client import CCEClient, ClientSettings
 from monitor.core.events import Event
 from monitor.core.secret import Secret
 from monitor.sim import Simulator
-from monitor.testing import Received, Receiver, Reply, Simulators
+from monitor.testing import PostgresServer, PostgresUnavailable, Received, Receiver, Reply, Simulators
 
 SimFactory = Simulators
 
@@ -98,3 +99,27 @@ class BotReceiver(Receiver):
 async def bot() -> AsyncIterator[BotReceiver]:
     async with BotReceiver() as receiver:
         yield receiver
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run (a few seconds to start); tests take a database of their
+    own from :func:`pg_dsn`. Without the server binaries the tests that need it are skipped — except in CI
+    (``CI=true``), where ``.ci/run`` installs them and a missing server is a failure."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(postgres: PostgresServer) -> str:
+    """The DSN (with its password) of a new, empty database on the session's server."""
+    return postgres.create_database()

@@ -18,11 +18,12 @@ import orjson
 from monitor.cce.auth import auth_from_env
 from monitor.cli.options import log_option, parse_labels, read_ids
 from monitor.cli.runtime import fail, run_with_signals, setup_logging
-from monitor.config import load_config
+from monitor.config import Config, load_config
 from monitor.core.errors import ConfigError, MonitorError
 from monitor.core.model import validate_id
 from monitor.core.reason import readable_reason
 from monitor.core.text import printable
+from monitor.daemon.storage import open_store
 from monitor.engine.rollout import describe
 from monitor.sinks import create_sink
 
@@ -68,15 +69,23 @@ def check_config(config_path: str) -> None:
             auth_from_env(os.environ, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
         else:
             cfg.make_auth()
-        state_dir = Path(cfg.state.path).expanduser().resolve().parent
-        if not state_dir.is_dir():
-            raise ConfigError(f"state.path: directory {state_dir} does not exist")
+        if cfg.state.backend == "sqlite":
+            state_dir = Path(cfg.state.path).expanduser().resolve().parent
+            if not state_dir.is_dir():
+                raise ConfigError(f"state.path: directory {state_dir} does not exist")
+        else:  # reach the server and bring its schema up to date, as `run` would
+            asyncio.run(_check_store(cfg))
         for entry in cfg.sinks:
             sink = create_sink(entry.spec, entry.options)
             asyncio.run(sink.aclose())
     except MonitorError as exc:
         fail(str(exc))
     click.echo(f"{config_path}: ok")
+
+
+async def _check_store(cfg: Config) -> None:
+    store = await open_store(cfg.state)
+    await store.close()
 
 
 _api_option = click.option(

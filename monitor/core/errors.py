@@ -53,6 +53,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServerError",
     "SinkError",
+    "StateError",
     "ThrottledError",
     "TransportError",
     "api_error",
@@ -192,6 +193,11 @@ class SinkError(MonitorError):
     def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.retryable = retryable
+
+
+class StateError(MonitorError):
+    """The state database failed an operation (PostgreSQL down, a lost connection); the message names where, never
+    a password."""
 
 
 _CODE_KEYS = ("errorCode", "error_code", "code")

@@ -64,6 +64,8 @@ Statuses:
 * 415: a ``POST`` whose ``Content-Type`` is not ``application/json``. This also makes every cross-site ``POST``
   from a browser need a CORS preflight, which this API never grants, so a web page cannot add jobs to a daemon
   that listens on loopback without a token.
+* 503 ``{"error": "state database unavailable; try again"}`` with ``Retry-After``: the state database failed
+  (PostgreSQL down); the reason is logged.
 * 500 ``{"error": "internal error"}``: anything else raised, logged here with its traceback; the exception's
   text never reaches the client.
 
@@ -86,7 +88,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from monitor.core.errors import ConfigError
+from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event
 from monitor.core.model import job_to_json
 from monitor.core.secret import Secret
@@ -216,6 +218,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except Reject as exc:
         return error_reply(exc.status, exc.message, exc.headers)
+    except StateError as exc:  # the database is down or failed: say so, try again later (no secret in it)
+        logger.warning("api: %s %s: %s", request.method, shown(request.rel_url.raw_path, 200), exc)
+        return error_reply(503, "state database unavailable; try again", {"Retry-After": "5"})
     except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413 from request.read(), ...
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
         return error_reply(exc.status, exc.reason, headers)

@@ -25,15 +25,14 @@ from monitor.cce.auth import Auth, auth_from_env
 from monitor.cce.client import CCEClient
 from monitor.cce.throttle import RateLimiter
 from monitor.config import Config
-from monitor.core.errors import ConfigError
+from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event, EventType
 from monitor.core.nodes import node_jobs
 from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
-from monitor.daemon.storage import DeliveryRecord, Store, StoredJob
-from monitor.daemon.store import State
+from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, open_store
 from monitor.engine.bus import Bus, EventFilter
 from monitor.engine.pipeline import Pipeline, SinkBinding
 from monitor.engine.rollout import RolloutTracker
@@ -59,6 +58,7 @@ class Daemon:
         self._metrics = Metrics()
         self._outbox_depth: dict[str, int] = {}
         self._outbox_oldest: dict[str, float] = {}  # sink -> Unix time its oldest undelivered event was detected
+        self._state_ok = True  # the state database answered the last housekeeping round
         self.endpoint: str | None = None
         """``http://host:port`` of the control API once it listens."""
         self.started = asyncio.Event()
@@ -182,7 +182,7 @@ class Daemon:
         contact = scheduler.stats.last_contact if scheduler else None
         polled = bool(scheduler and scheduler.stats.polls)
         return {
-            "state": self._state is not None and not self._state.closed,
+            "state": self._state is not None and not self._state.closed and self._state_ok,
             "scheduler": self._running,
             # Nothing to poll yet counts as reachable; otherwise CCE must have answered recently — and the endpoint
             # must be one (a 404 APIGW.0101 stopped polling: see monitor.config_error).
@@ -272,20 +272,29 @@ class Daemon:
     async def _housekeeping(self, state: Store) -> None:
         """Prune finished jobs past retention; refresh the outbox depth and age for metrics and /readyz."""
         last_prune = -math.inf  # prune once at start-up too
+        failing = False
         while True:
-            if time.monotonic() - last_prune >= _PRUNE_EVERY:
-                pruned = await state.prune(self.config.state.retention)
-                last_prune = time.monotonic()
-                if pruned:
-                    logger.info("pruned %d finished jobs older than the retention", pruned)
-            self._outbox_depth = await state.outbox_depth()
-            self._outbox_oldest = await state.outbox_oldest()
+            try:
+                if time.monotonic() - last_prune >= _PRUNE_EVERY:
+                    pruned = await state.prune(self.config.state.retention)
+                    last_prune = time.monotonic()
+                    if pruned:
+                        logger.info("pruned %d finished jobs older than the retention", pruned)
+                self._outbox_depth = await state.outbox_depth()
+                self._outbox_oldest = await state.outbox_oldest()
+                self._state_ok = True
+                failing = False
+            except StateError as exc:  # the database is down: polling holds its news, delivery waits; try again
+                self._state_ok = False
+                if not failing:
+                    logger.warning("the state database failed: %s", exc)
+                failing = True
             await asyncio.sleep(_REFRESH_EVERY)
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[str], Any] | None = None) -> None:
         """Run until ``stop`` is set; then shut down in order (see the module docstring)."""
         cfg = self.config
-        state = await State.open(cfg.state.path)
+        state = await open_store(cfg.state)
         self._state = state
         try:
             await self._serve(state, stop, on_ready)
@@ -348,7 +357,7 @@ class Daemon:
                 await self._restore(state, pipeline)
                 await self._warn_stranded(state)
                 if restored:
-                    logger.info("tracking %d unfinished jobs from %s again", restored, cfg.state.path)
+                    logger.info("tracking %d unfinished jobs from %s again", restored, state.where)
                 token = Secret(cfg.api.token.get_secret_value()) if cfg.api.token is not None else None
                 app = make_app(self, token=token, max_body=cfg.api.max_body)
                 runner, endpoint = await serve(app, cfg.api.host, cfg.api.port)

@@ -1,8 +1,9 @@
 """What the daemon keeps across restarts, as one protocol: the :class:`Store` every storage engine implements.
 
-The daemon, the outbox deliverer and the API call only what is here, so that a second engine (PostgreSQL, for
-replicas) can be added beside the embedded SQLite one (:class:`monitor.daemon.store.State`) without touching
-them. The scheduler's :class:`~monitor.engine.scheduler.JobStore` (``record``) is a subset.
+The daemon, the outbox deliverer and the API call only what is here: the embedded SQLite engine
+(:class:`monitor.daemon.store.State`) and the PostgreSQL one (:class:`monitor.daemon.pgstore.PgState`, for
+replicas) implement it, and :func:`open_store` picks one from ``state.backend``. The scheduler's
+:class:`~monitor.engine.scheduler.JobStore` (``record``) is a subset.
 
 Guarantees every engine gives (the tests in ``tests/unit/daemon/test_store.py`` state them):
 
@@ -17,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Protocol
 
+from monitor.config import StateConfig
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job
+from monitor.core.secret import Secret
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
-__all__ = ["DeliveryRecord", "OutboxRow", "Store", "StoredJob", "StoredNodePool"]
+__all__ = ["DeliveryRecord", "OutboxRow", "Store", "StoredJob", "StoredNodePool", "open_store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,8 @@ class DeliveryRecord:
 class Store(Protocol):
     """Tracked jobs, their last snapshot and history, a per-sink delivery outbox, and a digest log."""
 
-    path: Path
+    where: str
+    """Where the state lives, as it may be shown: a file path, or a DSN without its password."""
     closed: bool
 
     async def close(self) -> None:
@@ -202,3 +205,15 @@ class Store(Protocol):
         """Rejected rows of ``sinks`` (all of them, or those of the event ids, or of one job) become due again,
         the same event with the same id; returns them as they were (one transaction)."""
         ...
+
+
+async def open_store(config: StateConfig) -> Store:
+    """The engine ``config.backend`` names, open (the PostgreSQL driver is imported only when it is used)."""
+    if config.backend == "postgres":
+        from monitor.daemon.pgstore import PgState  # noqa: PLC0415 (psycopg only for its users)
+
+        assert config.dsn is not None  # (StateConfig requires one with this backend)
+        return await PgState.open(Secret(config.dsn.get_secret_value()), max_size=config.pool_size)
+    from monitor.daemon.store import State  # noqa: PLC0415 (and the engines import this module)
+
+    return await State.open(config.path)

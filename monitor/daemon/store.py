@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from monitor.core.errors import ConfigError
+from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
@@ -110,6 +110,7 @@ class State:
 
     def __init__(self, path: Path, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
         self.path = path
+        self.where = str(path)
         self._conn = conn
         self._executor = executor
         self._routes: list[tuple[str, Callable[[Event], bool]]] = []
@@ -139,7 +140,10 @@ class State:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:  # a full disk, a file gone read-only: the engine's failure, in our tree
+            raise StateError(f"state at {self.where}: {exc}") from exc
 
     def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
         """Give durable sink ``sink`` an outbox: :meth:`record` queues events that match the filter (and that

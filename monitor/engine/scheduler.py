@@ -79,6 +79,10 @@ _LAG_WARN_EVERY = 60.0
 _EMPTY_LABELS: Mapping[str, str] = {}
 
 
+class _NotStored(Exception):
+    """The store failed to record a job's news (see :meth:`Scheduler._commit`)."""
+
+
 @dataclass(slots=True)
 class SchedulerStats:
     """Counters for logs, metrics and benchmarks."""
@@ -90,6 +94,8 @@ class SchedulerStats:
     events: int = 0
     last_contact: float | None = None
     """Clock time of the last answer from CCE (any HTTP status), for readiness checks."""
+    not_stored: int = 0
+    """Polls whose news the store refused (held back and detected again later)."""
 
 
 class Scheduler:
@@ -143,6 +149,7 @@ class Scheduler:
         self._paused_until = 0.0
         self._auth_delay = self.settings.auth_backoff
         self._auth_episode = False
+        self._store_down = False  # the store failed to record a job's news; not yet recovered
         self._forbidden: set[str] = set()  # jobs refused (403) since the last successful read (engine.episodes)
         self.config_error: str | None = None  # set when the endpoint has no such API: polling has stopped
         self._halted = asyncio.Event()
@@ -391,8 +398,14 @@ class Scheduler:
         *,
         snapshot: Job | None = None,
         outcome: Outcome | None = None,
+        hold: bool = False,
     ) -> None:
-        """Persist (when a store is set) and then publish: the store sees every event before any sink does."""
+        """Persist (when a store is set) and then publish: the store sees every event before any sink does.
+
+        With ``hold`` (a job's snapshot path), a store that fails raises :class:`_NotStored` and nothing is
+        published: the caller keeps the job's previous state, so the next poll detects the same transition again
+        (the same event ids) and stores it once the store works. Elsewhere a failure is logged and the events are
+        published to the non-durable sinks all the same."""
         if tracked.dropped:  # removed while this poll was in flight
             return
         if self._store is not None and (events or snapshot is not None or outcome is not None):
@@ -401,9 +414,14 @@ class Scheduler:
                     await self._store.record_events(events)
                 else:
                     await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
-            except Exception:
-                # Keep monitoring: the non-durable sinks still get the events; durable ones will miss them.
+            except Exception as exc:
+                if hold:
+                    raise _NotStored(str(exc)) from exc
                 logger.exception("job %s: could not persist %d events", tracked.job_id, len(events))
+            else:
+                if self._store_down:
+                    self._store_down = False
+                    logger.info("the state store answers again; held-back transitions are stored as detected")
         if outcome is not None and self._on_outcome is not None:
             self._on_outcome(tracked.job_id, outcome)
         for event in events:
@@ -464,6 +482,21 @@ class Scheduler:
             event = self._event(tracked, EventType.JOB_TIMED_OUT, detail=self._timeout_detail())
             await self._commit(tracked, [event], outcome=Outcome.TIMED_OUT)
 
+    def _not_stored(self, tracked: Tracked, kept: tuple[int, int, Job | None, float, bool], why: str) -> None:
+        """The store refused this poll's news: the job goes back to what was stored and is polled again (a
+        finished one is tracked again, on the error backoff), to detect — and store — the same transition."""
+        tracked.failures, tracked.not_found, tracked.last, tracked.last_progress, tracked.stalled = kept
+        tracked.memo = None
+        if tracked.removed and not tracked.dropped and tracked.job_id not in self._jobs:
+            tracked.removed = False
+            self._jobs[tracked.job_id] = tracked
+            self._idle.clear()
+            self._push(tracked, self._clock() + self.settings.error_backoff)
+        self.stats.not_stored += 1
+        if not self._store_down:
+            self._store_down = True
+            logger.warning("the state store failed (%s); events wait until it answers (job %s)", why, tracked.job_id)
+
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"
 
@@ -481,6 +514,7 @@ class Scheduler:
                     key=str(tracked.failures) + ":" + job.updated.raw,
                 )
             )
+        kept = (tracked.failures, tracked.not_found, tracked.last, tracked.last_progress, tracked.stalled)
         tracked.failures = 0
         tracked.not_found = 0
         previous = tracked.last
@@ -521,9 +555,13 @@ class Scheduler:
         if self.fleet.awaited:  # nodes of this job now awaited: kept (by the daemon) before the job's outcome
             await self._record_fleet()
         if events or moved or terminal:
-            await self._commit(
-                tracked,
-                events,
-                snapshot=job if moved or changes else None,
-                outcome=Outcome(job.phase.value) if terminal else None,
-            )
+            try:
+                await self._commit(
+                    tracked,
+                    events,
+                    snapshot=job if moved or changes else None,
+                    outcome=Outcome(job.phase.value) if terminal else None,
+                    hold=True,
+                )
+            except _NotStored as exc:
+                self._not_stored(tracked, kept, str(exc))

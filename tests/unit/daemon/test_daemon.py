@@ -51,8 +51,11 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 # ---------------------------------------------------------------------------------------- the daemon
 
 
-def make_config(sim: Simulator, tmp_path: Path, hook_url: str, **overrides: Any) -> Config:
-    """A fast-polling config: token via ``${TOK}``, file + webhook sinks, state in ``tmp_path``, API on port 0."""
+def make_config(
+    sim: Simulator, tmp_path: Path, hook_url: str, *, env: dict[str, str] | None = None, **overrides: Any
+) -> Config:
+    """A fast-polling config: token via ``${TOK}``, file + webhook sinks, state in ``tmp_path``, API on port 0;
+    ``env``: more variables for ``${...}`` references in ``overrides``."""
     assert sim.endpoint is not None
     raw: dict[str, Any] = {
         "endpoint": sim.endpoint,
@@ -87,8 +90,8 @@ def make_config(sim: Simulator, tmp_path: Path, hook_url: str, **overrides: Any)
         "logging": {"level": "debug"},
     }
     raw.update(overrides)
-    env = {"TOK": sim.config.token, "HOOK_SECRET": HOOK_SECRET, "API_TOK": API_TOKEN}
-    return parse_config(yaml.safe_dump(raw), env=env)
+    variables = {"TOK": sim.config.token, "HOOK_SECRET": HOOK_SECRET, "API_TOK": API_TOKEN, **(env or {})}
+    return parse_config(yaml.safe_dump(raw), env=variables)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The durable state (``monitor.daemon.store``) against a real SQLite file in ``tmp_path``."""
+"""The durable state against both engines: a real SQLite file in ``tmp_path`` (``monitor.daemon.store``) and a
+database of its own on a throwaway PostgreSQL server (``monitor.daemon.pgstore``). Every test that takes
+``state`` or ``backend`` runs on both; the ones about the SQLite file itself take ``db_path``."""
 
 from __future__ import annotations
 
@@ -8,13 +10,18 @@ import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from monitor.core.errors import ConfigError
+from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event, EventType, event_id
 from monitor.core.model import Job, Phase, job_from_json, job_to_json, parse_job
+from monitor.daemon.pgstore import PgState
+from monitor.daemon.storage import Store
 from monitor.daemon.store import State
 from monitor.engine.bus import EventFilter
 
@@ -68,24 +75,55 @@ def event(
 
 
 @pytest.fixture
-async def db_path(tmp_path: Path) -> Path:
+def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state.db"
 
 
+@dataclass
+class Backend:
+    """One storage engine under test: open it (again), and read or change its database behind its back."""
+
+    name: str
+    db_path: Path
+    dsn: str | None = None
+
+    async def open(self) -> Store:
+        if self.dsn is not None:
+            return await PgState.open(self.dsn)
+        return await State.open(self.db_path)
+
+    async def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        """One statement on another connection (committed at once); its rows, if it returns any."""
+        if self.dsn is None:
+            conn = sqlite3.connect(self.db_path)
+            try:
+                with conn:
+                    return list(conn.execute(statement).fetchall())
+            finally:
+                conn.close()
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as pg:
+            cur = await pg.execute(statement.encode())
+            return list(await cur.fetchall()) if cur.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, db_path: Path) -> Backend:
+    if request.param == "postgres":
+        return Backend("postgres", db_path, request.getfixturevalue("pg_dsn"))
+    return Backend("sqlite", db_path)
+
+
 @pytest.fixture
-async def state(db_path: Path) -> AsyncIterator[State]:
-    st = await State.open(db_path)
+async def state(backend: Backend) -> AsyncIterator[Store]:
+    st = await backend.open()
     yield st
     await st.close()
 
 
-def outbox_rows(path: Path) -> list[tuple[str, str, int, int, float | None]]:
-    """(sink, event_id, attempts, rejected, delivered_at) straight from the file, in queue order."""
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.execute("SELECT sink, event_id, attempts, rejected, delivered_at FROM outbox ORDER BY seq"))
-    finally:
-        conn.close()
+async def outbox_rows(backend: Backend) -> list[tuple[str, str, int, int, float | None]]:
+    """(sink, event_id, attempts, rejected, delivered_at) straight from the database, in queue order."""
+    rows = await backend.sql("SELECT sink, event_id, attempts, rejected, delivered_at FROM outbox ORDER BY seq")
+    return [(s, i, a, int(r), d) for s, i, a, r, d in rows]
 
 
 # ------------------------------------------------------------------------------------------- opening
@@ -125,7 +163,7 @@ async def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -
         await State.open(path)
 
 
-async def test_close_is_idempotent(state: State) -> None:
+async def test_close_is_idempotent(state: Store) -> None:
     await state.close()
     await state.close()
     assert state.closed
@@ -134,7 +172,7 @@ async def test_close_is_idempotent(state: State) -> None:
 # ----------------------------------------------------------------------------------------------- jobs
 
 
-async def test_add_jobs_returns_only_new_ids(state: State) -> None:
+async def test_add_jobs_returns_only_new_ids(state: Store) -> None:
     assert await state.add_jobs(["a", "b"], {"team": "x"}, "r1") == ["a", "b"]
     assert await state.add_jobs(["b", "c", "a"], {"team": "other"}, "r2") == ["c"]
     assert await state.add_jobs(["c"], {}, None) == []
@@ -148,7 +186,7 @@ async def test_add_jobs_returns_only_new_ids(state: State) -> None:
     assert [j.job_id for j in await state.unfinished()] == ["a", "b", "c"]
 
 
-async def test_record_routes_events_only_to_sinks_whose_filter_matches(state: State) -> None:
+async def test_record_routes_events_only_to_sinks_whose_filter_matches(state: Store) -> None:
     state.route("file:/x", EventFilter())  # everything
     state.route("webhook:http://h/", EventFilter.of(types=["job.phase_changed"], phases=["Failed", "Success"]))
     state.route("labels-only", EventFilter.of(labels={"team": "b"}))
@@ -169,14 +207,14 @@ async def test_record_routes_events_only_to_sinks_whose_filter_matches(state: St
     assert await state.outbox_depth() == {"file:/x": 3, "webhook:http://h/": 1}
 
 
-async def test_record_without_routes_keeps_history_but_no_outbox(state: State) -> None:
+async def test_record_without_routes_keeps_history_but_no_outbox(state: Store) -> None:
     await state.add_jobs(["j"], {}, None)
     await state.record("j", snapshot("j"), [event("j", "Running")])
     assert len(await state.history("j")) == 1
     assert await state.outbox_depth() == {}
 
 
-async def test_record_with_outcome_finishes_the_job(state: State) -> None:
+async def test_record_with_outcome_finishes_the_job(state: Store) -> None:
     await state.add_jobs(["done", "busy"], {}, None)
     await state.record("done", snapshot("done", "Failed"), [event("done", "Failed", "Running")], outcome="Failed")
     await state.record("busy", snapshot("busy", "Running"), [event("busy", "Running")])
@@ -192,22 +230,24 @@ async def test_record_with_outcome_finishes_the_job(state: State) -> None:
     assert await state.unfinished() == []
 
 
-async def test_record_is_all_or_nothing(state: State, db_path: Path) -> None:
+async def test_record_is_all_or_nothing(state: Store, backend: Backend) -> None:
     """A failure in the middle of the transaction (a trigger refuses the outbox row) changes nothing."""
     state.route("s", EventFilter())
     await state.add_jobs(["j"], {}, None)
     await state.record("j", snapshot("j", "Initializing"), [event("j", "Initializing")])
     poison = event("j", "Running", "Initializing")
-    other = sqlite3.connect(db_path)
-    try:
-        with other:
-            other.execute(
-                f"CREATE TRIGGER refuse BEFORE INSERT ON outbox WHEN NEW.event_id = '{poison.id}' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
-            )
-    finally:
-        other.close()
-    with pytest.raises(sqlite3.DatabaseError, match="refused by test"):
+    if backend.name == "sqlite":
+        await backend.sql(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON outbox WHEN NEW.event_id = '{poison.id}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+        )
+    else:
+        await backend.sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.event_id = '{poison.id}' THEN RAISE EXCEPTION 'refused by test'; END IF; RETURN NEW; END $$"
+        )
+        await backend.sql("CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with pytest.raises(StateError, match="refused by test"):
         await state.record("j", snapshot("j", "Running"), [poison], outcome="Failed")
     stored = await state.get("j")
     assert stored is not None and (stored.phase, stored.outcome) == ("Initializing", None)
@@ -218,7 +258,7 @@ async def test_record_is_all_or_nothing(state: State, db_path: Path) -> None:
     assert [e.phase for e in await state.history("j")] == ["Initializing", "Success"]
 
 
-async def test_duplicate_event_ids_are_stored_once(state: State) -> None:
+async def test_duplicate_event_ids_are_stored_once(state: Store) -> None:
     state.route("s", EventFilter())
     await state.add_jobs(["j"], {}, None)
     e = event("j", "Running", "Initializing")
@@ -232,7 +272,7 @@ async def test_duplicate_event_ids_are_stored_once(state: State) -> None:
     assert await state.outbox_depth() == {"s": 1}
 
 
-async def test_jobs_filters(state: State) -> None:
+async def test_jobs_filters(state: Store) -> None:
     await state.add_jobs(["a1", "a2"], {"team": "a", "env": "prod"}, "r1")
     await state.add_jobs(["b1"], {"team": "b", "env": "prod"}, "r2")
     await state.add_jobs(["c1"], {}, None)
@@ -257,7 +297,7 @@ async def test_jobs_filters(state: State) -> None:
     assert await ids(labels={"team": "zzz"}) == []
 
 
-async def test_history_round_trips_events(state: State) -> None:
+async def test_history_round_trips_events(state: Store) -> None:
     await state.add_jobs(["j"], {}, None)
     events = [
         event("j", "Initializing", labels={"team": "a", "rollout": "r1"}),
@@ -291,7 +331,7 @@ async def test_history_round_trips_events(state: State) -> None:
     assert await state.history("unknown") == []
 
 
-async def test_delete_forgets_job_and_history(state: State) -> None:
+async def test_delete_forgets_job_and_history(state: Store) -> None:
     await state.add_jobs(["a", "b"], {}, None)
     await state.record("a", snapshot("a"), [event("a", "Running")])
     await state.record("b", snapshot("b"), [event("b", "Running")])
@@ -308,7 +348,7 @@ async def test_delete_forgets_job_and_history(state: State) -> None:
 # --------------------------------------------------------------------------------------------- outbox
 
 
-async def test_pending_is_oldest_first_and_limited(state: State) -> None:
+async def test_pending_is_oldest_first_and_limited(state: Store) -> None:
     state.route("s", EventFilter())
     await state.add_jobs(["a", "b"], {}, None)
     order = [event("a", "Initializing"), event("b", "Initializing"), event("a", "Running", "Initializing")]
@@ -322,7 +362,7 @@ async def test_pending_is_oldest_first_and_limited(state: State) -> None:
     assert await state.pending("other") == []
 
 
-async def test_delivered_failed_and_rejected_rows(state: State, db_path: Path) -> None:
+async def test_delivered_failed_and_rejected_rows(state: Store, backend: Backend) -> None:
     state.route("s", EventFilter())
     await state.add_jobs(["j"], {}, None)
     e1, e2, e3 = event("j", "Initializing"), event("j", "Running", "Initializing"), event("j", "Success", "Running")
@@ -346,22 +386,18 @@ async def test_delivered_failed_and_rejected_rows(state: State, db_path: Path) -
     assert await state.pending("s") == []
     assert await state.outbox_depth() == {}
 
-    rows_on_disk = outbox_rows(db_path)
+    rows_on_disk = await outbox_rows(backend)
     assert [(s, i, a, r) for s, i, a, r, _ in rows_on_disk] == [
         ("s", e1.id, 0, 0),
         ("s", e2.id, 3, 1),
         ("s", e3.id, 0, 0),
     ]
     assert all(delivered_at is not None for *_, delivered_at in rows_on_disk)
-    conn = sqlite3.connect(db_path)
-    try:
-        errors = [r[0] for r in conn.execute("SELECT last_error FROM outbox ORDER BY seq")]
-    finally:
-        conn.close()
+    errors = [r[0] for r in await backend.sql("SELECT last_error FROM outbox ORDER BY seq")]
     assert errors == [None, "HTTP 400: bad event", None]
 
 
-async def test_outbox_depth_counts_per_sink(state: State) -> None:
+async def test_outbox_depth_counts_per_sink(state: Store) -> None:
     state.route("a", EventFilter())
     state.route("b", EventFilter.of(types=["job.phase_changed"]))
     await state.add_jobs(["j"], {}, None)
@@ -376,7 +412,7 @@ async def test_outbox_depth_counts_per_sink(state: State) -> None:
 # ---------------------------------------------------------------------------------------------- prune
 
 
-async def test_prune_forgets_old_finished_jobs_and_delivered_rows(state: State, db_path: Path) -> None:
+async def test_prune_forgets_old_finished_jobs_and_delivered_rows(state: Store, backend: Backend) -> None:
     state.route("s", EventFilter())
     await state.add_jobs(["old", "busy"], {}, None)
     e_old = event("old", "Success", "Running")
@@ -398,15 +434,15 @@ async def test_prune_forgets_old_finished_jobs_and_delivered_rows(state: State, 
     assert busy is not None and busy.outcome is None
     assert [e.id for e in await state.history("busy")] == [e_busy.id]
     # The delivered row is gone; the undelivered one is kept, however old.
-    assert [i for _, i, *_ in outbox_rows(db_path)] == [e_busy.id]
+    assert [i for _, i, *_ in await outbox_rows(backend)] == [e_busy.id]
     assert [r.seq for r in await state.pending("s")] == [row_busy.seq]
 
 
 # --------------------------------------------------------------------------------------------- reopen
 
 
-async def test_close_and_reopen_keeps_everything(db_path: Path) -> None:
-    st = await State.open(db_path)
+async def test_close_and_reopen_keeps_everything(backend: Backend) -> None:
+    st = await backend.open()
     st.route("s", EventFilter())
     await st.add_jobs(["a", "b"], {"team": "a"}, "r1")
     snap = snapshot("a", "Running")
@@ -418,7 +454,7 @@ async def test_close_and_reopen_keeps_everything(db_path: Path) -> None:
     await st.attempt_failed(_rest[0].seq, "down")
     await st.close()
 
-    st = await State.open(db_path)
+    st = await backend.open()
     try:
         a = await st.get("a")
         assert a is not None
@@ -438,19 +474,15 @@ async def test_close_and_reopen_keeps_everything(db_path: Path) -> None:
         await st.close()
 
 
-async def test_committed_rows_survive_a_process_that_never_closed(db_path: Path, tmp_path: Path) -> None:
+async def test_committed_rows_survive_a_process_that_never_closed(backend: Backend) -> None:
     """Each method commits: another connection sees the rows at once (what a kill -9 leaves behind)."""
-    st = await State.open(db_path)
+    st = await backend.open()
     try:
         st.route("s", EventFilter())
         await st.add_jobs(["a"], {}, None)
         await st.record("a", snapshot("a"), [event("a", "Running")])
-        conn = sqlite3.connect(db_path)
-        try:
-            assert conn.execute("SELECT job_id, phase FROM jobs").fetchall() == [("a", "Running")]
-            assert conn.execute("SELECT COUNT(*) FROM history").fetchone() == (1,)
-            assert conn.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone() == (1,)
-        finally:
-            conn.close()
+        assert await backend.sql("SELECT job_id, phase FROM jobs") == [("a", "Running")]
+        assert await backend.sql("SELECT COUNT(*) FROM history") == [(1,)]
+        assert await backend.sql("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == [(1,)]
     finally:
         await st.close()

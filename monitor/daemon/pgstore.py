@@ -1,0 +1,617 @@
+"""Durable state in PostgreSQL: the :class:`~monitor.daemon.storage.Store` of the SQLite engine
+(:mod:`monitor.daemon.store`), on a server that several daemon replicas can share (``state.backend: postgres``).
+
+The same guarantees, by the same means: :meth:`PgState.record` is one transaction (snapshot, history, one outbox
+row per routed sink, outcome); an event id is stored once per job (history) and once per sink (outbox); outbox
+rows are handed out per sink in the order recorded. The tables mirror SQLite's, with PostgreSQL types (``bytea``
+for orjson bodies, so both engines store the very same bytes; ``bigint`` identity sequences).
+
+Connections come from a :class:`psycopg_pool.AsyncConnectionPool` (psycopg 3, async, typed): the event loop never
+blocks on the database. The schema is versioned (``schema_migrations``) and brought up to date at :meth:`open`
+under an advisory lock, so replicas starting together apply each migration once; applying is idempotent.
+
+The DSN may hold a password: it is never logged, never in an error or a repr — :attr:`where` is the DSN without
+it, and errors from the driver pass through :func:`~monitor.core.secret.redact` with the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from monitor.core.errors import ConfigError, StateError
+from monitor.core.events import Event, Outcome
+from monitor.core.model import Job, job_from_json, job_to_json
+from monitor.core.nodes import Node
+from monitor.core.secret import Secret, redact
+from monitor.daemon.storage import DeliveryRecord, OutboxRow, StoredJob, StoredNodePool
+from monitor.engine.bus import EventFilter
+from monitor.engine.fleet import AwaitedNode, PoolNode
+
+__all__ = ["PgState", "describe_dsn"]
+
+logger = logging.getLogger(__name__)
+# The pool logs each failed reconnection (every second or two while the server is down); the daemon says once
+# that the database failed, and once that it answers again.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+_LOCK = 0x63636D6F  # "ccmo": the advisory lock that serialises migrations across replicas
+
+# Each migration once, in order; every statement idempotent, so a half-applied one (not possible within its
+# transaction, but cheap to promise) applies again cleanly.
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id      text PRIMARY KEY,
+    labels      bytea NOT NULL,
+    rollout     text,
+    added_at    double precision NOT NULL,
+    phase       text,
+    snapshot    bytea,
+    outcome     text,
+    finished_at double precision,
+    updated_at  double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (added_at) WHERE finished_at IS NULL;
+CREATE TABLE IF NOT EXISTS history (
+    seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id   text NOT NULL,
+    event_id text NOT NULL,
+    event    bytea NOT NULL,
+    UNIQUE (job_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sink         text NOT NULL,
+    event_id     text NOT NULL,
+    event        bytea NOT NULL,
+    attempts     integer NOT NULL DEFAULT 0,
+    last_error   text,
+    delivered_at double precision,
+    rejected     boolean NOT NULL DEFAULT false,
+    UNIQUE (sink, event_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, seq) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS digests (
+    event_id text PRIMARY KEY,
+    at       double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodepools (
+    cluster_id  text NOT NULL,
+    nodepool_id text NOT NULL,
+    target      integer,
+    labels      bytea NOT NULL,
+    rollout     text,
+    added_at    double precision NOT NULL,
+    outcome     text,
+    finished_at double precision,
+    PRIMARY KEY (cluster_id, nodepool_id)
+);
+CREATE TABLE IF NOT EXISTS pool_nodes (
+    job_id      text PRIMARY KEY,
+    cluster_id  text NOT NULL,
+    nodepool_id text NOT NULL,
+    node        bytea NOT NULL,
+    labels      bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS awaited_nodes (
+    cluster_id text NOT NULL,
+    node_id    text NOT NULL,
+    awaited    bytea NOT NULL,
+    PRIMARY KEY (cluster_id, node_id)
+);
+""",
+    ),
+)
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+_JOB_COLUMNS = "job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at"
+_DELIVERY_COLUMNS = "seq, sink, event, attempts, last_error, rejected, delivered_at"
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN as it may be shown: ``postgresql://user@host:port/dbname`` — never its password."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable DSN)"
+    user = parts.get("user")
+    host = parts.get("host") or "localhost"
+    port = parts.get("port")
+    where = f"{host}:{port}" if port else str(host)
+    return f"postgresql://{f'{user}@' if user else ''}{where}/{parts.get('dbname') or ''}"
+
+
+class PgState:
+    """The PostgreSQL :class:`~monitor.daemon.storage.Store`. Open with ``await PgState.open(dsn)``."""
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], where: str, secrets: tuple[str, ...]):
+        self.where = where
+        self._pool = pool
+        self._secrets = secrets
+        self._routes: list[tuple[str, Callable[[Event], bool]]] = []
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"PgState(where={self.where!r}, closed={self.closed})"
+
+    # ----------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(cls, dsn: Secret | str, *, min_size: int = 1, max_size: int = 4, wait: float = 10.0) -> PgState:
+        """Connect, and create or migrate the schema. A server that cannot be reached, refuses the credentials or
+        is not PostgreSQL raises :class:`ConfigError` naming the DSN without its password."""
+        text = dsn.reveal() if isinstance(dsn, Secret) else dsn
+        where = describe_dsn(text)
+        try:
+            parts = conninfo_to_dict(text)
+        except psycopg.ProgrammingError:
+            raise ConfigError("state.dsn: not a PostgreSQL connection string or URL") from None
+        password = str(parts.get("password") or "")
+        secrets = (password,) if password else ()
+        conninfo = make_conninfo(text, application_name=parts.get("application_name") or "cce-monitor")
+        try:
+            # One connection first, for the migrations and for a clear answer: the pool would retry a wrong
+            # password or a server that is not there until its timeout, and then say only that it timed out.
+            async with await AsyncConnection.connect(conninfo, connect_timeout=max(1, round(wait))) as conn:
+                await _migrate(conn, where)
+        except psycopg.Error as exc:
+            detail = redact(_first_line(exc), secrets)
+            raise ConfigError(f"state.dsn: cannot use PostgreSQL at {where}: {detail}") from None
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            conninfo, min_size=min_size, max_size=max_size, open=False, timeout=min(wait, 5.0), name="cce-monitor-state"
+        )
+        try:
+            await pool.open(wait=True, timeout=wait)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, psycopg.Error | TimeoutError) or type(exc).__name__ == "PoolTimeout":
+                detail = redact(_first_line(exc), secrets)
+                raise ConfigError(f"state.dsn: cannot use PostgreSQL at {where}: {detail}") from None
+            raise
+        return cls(pool, where, secrets)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self._pool.close()
+
+    def _failed(self, exc: psycopg.Error) -> StateError:
+        return StateError(f"state at {self.where}: {redact(_first_line(exc), self._secrets)}")
+
+    async def _write(self, statements: Iterable[tuple[str, Sequence[object]]]) -> list[int]:
+        """Statements in one transaction; the row count of each."""
+        counts: list[int] = []
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                for sql, args in statements:
+                    cur = await conn.execute(sql.encode(), args)
+                    counts.append(cur.rowcount)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        return counts
+
+    async def _many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        try:
+            async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(sql.encode(), rows)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+
+    async def _fetch(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(sql.encode(), args)
+                return list(await cur.fetchall())
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+
+    def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
+        """Give durable sink ``sink`` an outbox fed by :meth:`record` with the events it selects."""
+        if wants is None:
+            self._routes.append((sink, event_filter.matches))
+        else:
+            self._routes.append((sink, lambda e: event_filter.matches(e) and wants(e)))
+
+    # ---------------------------------------------------------------------------------------- jobs
+
+    async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> list[str]:
+        """Insert jobs not yet known; returns the ids that were new, in order."""
+        blob, now = orjson.dumps(dict(labels)), time.time()
+        sql = (
+            "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) VALUES (%s,%s,%s,%s,%s) "
+            "ON CONFLICT (job_id) DO NOTHING"
+        )
+        counts = await self._write((sql, (job_id, blob, rollout, now, now)) for job_id in job_ids)
+        return [job_id for job_id, n in zip(job_ids, counts, strict=True) if n]
+
+    async def record(
+        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
+    ) -> None:
+        """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
+        now = time.time()
+        statements: list[tuple[str, Sequence[object]]] = []
+        if snapshot is not None:
+            statements.append(
+                (
+                    "UPDATE jobs SET snapshot = %s, phase = %s, updated_at = %s WHERE job_id = %s",
+                    (job_to_json(snapshot), snapshot.phase.value, now, job_id),
+                )
+            )
+        if outcome is not None:
+            statements.append(
+                (
+                    "UPDATE jobs SET outcome = %s, finished_at = %s, updated_at = %s WHERE job_id = %s",
+                    (str(outcome), now, now, job_id),
+                )
+            )
+        for event_id, data, sinks in self._rows(events):
+            statements.append(
+                (
+                    "INSERT INTO history (job_id, event_id, event) VALUES (%s,%s,%s) "
+                    "ON CONFLICT (job_id, event_id) DO NOTHING",
+                    (job_id, event_id, data),
+                )
+            )
+            statements += self._queue(event_id, data, sinks)
+        await self._write(statements)
+
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        """Store events that belong to no job (rollout digests) with their outbox rows; returns the new ones."""
+        new: set[str] = set()
+        now = time.time()
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                for event_id, data, sinks in self._rows(events):
+                    cur = await conn.execute(
+                        b"INSERT INTO digests (event_id, at) VALUES (%s,%s) ON CONFLICT (event_id) DO NOTHING",
+                        (event_id, now),
+                    )
+                    if not cur.rowcount:
+                        continue
+                    new.add(event_id)
+                    for sql, args in self._queue(event_id, data, sinks):
+                        await conn.execute(sql.encode(), args)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        return [e for e in events if e.id in new]
+
+    def _rows(self, events: Sequence[Event]) -> list[tuple[str, bytes, list[str]]]:
+        return [(e.id, e.to_json(), [name for name, f in self._routes if f(e)]) for e in events]
+
+    @staticmethod
+    def _queue(event_id: str, data: bytes, sinks: list[str]) -> list[tuple[str, Sequence[object]]]:
+        sql = "INSERT INTO outbox (sink, event_id, event) VALUES (%s,%s,%s) ON CONFLICT (sink, event_id) DO NOTHING"
+        return [(sql, (sink, event_id, data)) for sink in sinks]
+
+    async def unfinished(self) -> list[StoredJob]:
+        """Jobs to track again after a restart, oldest first."""
+        return await self._select("WHERE finished_at IS NULL ORDER BY added_at", ())
+
+    async def get(self, job_id: str) -> StoredJob | None:
+        rows = await self._select("WHERE job_id = %s", (job_id,))
+        return rows[0] if rows else None
+
+    async def jobs(
+        self, *, phase: str | None = None, rollout: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[StoredJob]:
+        """Every known job, optionally filtered (``phase`` also matches outcomes like ``timed_out``)."""
+        where: list[str] = []
+        args: list[object] = []
+        if phase:
+            where.append("(phase = %s OR outcome = %s)")
+            args += [phase, phase]
+        if rollout:
+            where.append("rollout = %s")
+            args.append(rollout)
+        clause = ("WHERE " + " AND ".join(where) + " " if where else "") + "ORDER BY added_at, job_id"
+        found = await self._select(clause, tuple(args))
+        if labels:
+            found = [j for j in found if all(j.labels.get(k) == v for k, v in labels.items())]
+        return found
+
+    async def _select(self, clause: str, args: tuple[object, ...]) -> list[StoredJob]:
+        # `clause` is always one of this module's constant strings; values go in as parameters.
+        rows = await self._fetch(f"SELECT {_JOB_COLUMNS} FROM jobs " + clause, args)  # noqa: S608
+        return [
+            StoredJob(
+                job_id=r[0],
+                labels=orjson.loads(r[1]),
+                rollout=r[2],
+                added_at=r[3],
+                phase=r[4],
+                snapshot=job_from_json(bytes(r[5])) if r[5] is not None else None,
+                outcome=r[6],
+                finished_at=r[7],
+            )
+            for r in rows
+        ]
+
+    async def history(self, job_id: str) -> list[Event]:
+        """A job's events, oldest first."""
+        rows = await self._fetch("SELECT event FROM history WHERE job_id = %s ORDER BY seq", (job_id,))
+        return [Event.from_json(bytes(r[0])) for r in rows]
+
+    async def delete(self, job_id: str) -> bool:
+        """Forget a job and its history; whether it was known."""
+        counts = await self._write(
+            [
+                ("DELETE FROM jobs WHERE job_id = %s", (job_id,)),
+                ("DELETE FROM history WHERE job_id = %s", (job_id,)),
+                ("DELETE FROM pool_nodes WHERE job_id = %s", (job_id,)),
+            ]
+        )
+        return counts[0] > 0
+
+    async def prune(self, retention: float) -> int:
+        """Forget jobs finished more than ``retention`` seconds ago, and delivered outbox rows as old."""
+        cutoff = time.time() - retention
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    b"DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < %s RETURNING job_id", (cutoff,)
+                )
+                old = [r[0] for r in await cur.fetchall()]
+                await conn.execute(b"DELETE FROM history WHERE job_id = ANY(%s)", (old,))
+                await conn.execute(b"DELETE FROM pool_nodes WHERE job_id = ANY(%s)", (old,))
+                for sql in (
+                    b"DELETE FROM nodepools WHERE finished_at IS NOT NULL AND finished_at < %s",
+                    b"DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < %s",
+                    b"DELETE FROM digests WHERE at < %s",
+                ):
+                    await conn.execute(sql, (cutoff,))
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        return len(old)
+
+    # ------------------------------------------------------------------------- node pools and nodes
+
+    async def record_fleet(
+        self,
+        discovered: Sequence[PoolNode],
+        awaited: Sequence[AwaitedNode],
+        resolved: Sequence[AwaitedNode],
+        outcomes: Sequence[tuple[str, Outcome]],
+    ) -> None:
+        """One transaction: discovered node jobs tracked, awaited nodes kept, resolved ones dropped, pools ended."""
+        now = time.time()
+        statements: list[tuple[str, Sequence[object]]] = []
+        for f in discovered:
+            labels = orjson.dumps(dict(f.labels))
+            statements.append(
+                (
+                    "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) VALUES (%s,%s,%s,%s,%s) "
+                    "ON CONFLICT (job_id) DO NOTHING",
+                    (f.node.job_id, labels, f.labels.get("rollout"), now, now),
+                )
+            )
+            statements.append(
+                (
+                    "INSERT INTO pool_nodes (job_id, cluster_id, nodepool_id, node, labels) VALUES (%s,%s,%s,%s,%s) "
+                    "ON CONFLICT (job_id) DO UPDATE SET cluster_id = excluded.cluster_id, "
+                    "nodepool_id = excluded.nodepool_id, node = excluded.node, labels = excluded.labels",
+                    (f.node.job_id, f.cluster_id, f.nodepool_id, orjson.dumps(f.node), labels),
+                )
+            )
+        for a in awaited:
+            statements.append(
+                (
+                    "INSERT INTO awaited_nodes (cluster_id, node_id, awaited) VALUES (%s,%s,%s) "
+                    "ON CONFLICT (cluster_id, node_id) DO UPDATE SET awaited = excluded.awaited",
+                    (a.cluster_id, a.node_id, orjson.dumps(a)),
+                )
+            )
+        for a in resolved:
+            statements.append(
+                ("DELETE FROM awaited_nodes WHERE cluster_id = %s AND node_id = %s", (a.cluster_id, a.node_id))
+            )
+        for key, outcome in outcomes:
+            if key.startswith("nodepool/"):
+                _, cluster_id, nodepool_id = key.split("/", 2)
+                statements.append(
+                    (
+                        "UPDATE nodepools SET outcome = %s, finished_at = %s "
+                        "WHERE cluster_id = %s AND nodepool_id = %s",
+                        (str(outcome), now, cluster_id, nodepool_id),
+                    )
+                )
+        if statements:
+            await self._write(statements)
+
+    async def add_nodepool(
+        self,
+        cluster_id: str,
+        nodepool_id: str,
+        target: int | None,
+        labels: Mapping[str, str],
+        rollout: str | None,
+        added_at: float,
+    ) -> bool:
+        """Follow a pool from ``added_at``; ``False`` if it is followed already (a finished one anew)."""
+        counts = await self._write(
+            [
+                (
+                    "INSERT INTO nodepools (cluster_id, nodepool_id, target, labels, rollout, added_at) "
+                    "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (cluster_id, nodepool_id) DO UPDATE SET "
+                    "target = excluded.target, labels = excluded.labels, rollout = excluded.rollout, "
+                    "added_at = excluded.added_at, outcome = NULL, finished_at = NULL "
+                    "WHERE nodepools.finished_at IS NOT NULL",
+                    (cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout, added_at),
+                )
+            ]
+        )
+        return counts[0] > 0
+
+    async def nodepools(self, *, unfinished: bool = False) -> list[StoredNodePool]:
+        rows = await self._fetch(
+            "SELECT cluster_id, nodepool_id, target, labels, rollout, added_at, outcome, finished_at FROM nodepools "
+            "WHERE finished_at IS NULL OR NOT %s ORDER BY added_at",
+            (unfinished,),
+        )
+        return [StoredNodePool(c, p, t, orjson.loads(lab), r, a, o, f) for c, p, t, lab, r, a, o, f in rows]
+
+    async def fleet_state(self) -> tuple[list[PoolNode], list[AwaitedNode]]:
+        nodes = [
+            PoolNode(cluster_id, nodepool_id, Node(**orjson.loads(node)), orjson.loads(labels))
+            for cluster_id, nodepool_id, node, labels in await self._fetch(
+                "SELECT cluster_id, nodepool_id, node, labels FROM pool_nodes ORDER BY job_id"
+            )
+        ]
+        awaited = [
+            AwaitedNode(**orjson.loads(blob))
+            for (blob,) in await self._fetch("SELECT awaited FROM awaited_nodes ORDER BY cluster_id, node_id")
+        ]
+        return nodes, awaited
+
+    # -------------------------------------------------------------------------------------- outbox
+
+    async def pending(self, sink: str, *, limit: int = 100, after: int = 0) -> list[OutboxRow]:
+        """Undelivered rows for ``sink`` (with ``seq`` above ``after``), oldest first."""
+        rows = await self._fetch(
+            "SELECT seq, event, attempts FROM outbox WHERE sink = %s AND delivered_at IS NULL AND seq > %s "
+            "ORDER BY seq LIMIT %s",
+            (sink, after, limit),
+        )
+        return [OutboxRow(int(seq), sink, Event.from_json(bytes(data)), attempts) for seq, data, attempts in rows]
+
+    async def delivered(self, *seqs: int) -> None:
+        """Mark rows delivered (one statement, one transaction)."""
+        if seqs:
+            await self._write([("UPDATE outbox SET delivered_at = %s WHERE seq = ANY(%s)", (time.time(), list(seqs)))])
+
+    async def attempt_failed(self, seq: int, error: str) -> None:
+        """A retryable failure: count it; the row stays first in line."""
+        await self._write(
+            [("UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE seq = %s", (error[:500], seq))]
+        )
+
+    async def rejected(self, seq: int, error: str) -> None:
+        """The sink refused the event for good: take the row out of the queue, keeping why."""
+        await self._write(
+            [
+                (
+                    "UPDATE outbox SET attempts = attempts + 1, delivered_at = %s, rejected = true, last_error = %s "
+                    "WHERE seq = %s",
+                    (time.time(), error[:500], seq),
+                )
+            ]
+        )
+
+    async def outbox_depth(self) -> dict[str, int]:
+        """Undelivered rows per sink."""
+        rows = await self._fetch("SELECT sink, count(*) FROM outbox WHERE delivered_at IS NULL GROUP BY sink")
+        return {str(sink): int(n) for sink, n in rows}
+
+    async def outbox_oldest(self) -> dict[str, float]:
+        """Per sink: when its oldest undelivered event was detected (the event's own time)."""
+        rows = await self._fetch(
+            "SELECT DISTINCT ON (sink) sink, event FROM outbox WHERE delivered_at IS NULL ORDER BY sink, seq"
+        )
+        return {str(sink): Event.from_json(bytes(data)).time.timestamp() for sink, data in rows}
+
+    async def deliveries(
+        self,
+        state: Literal["pending", "rejected"],
+        *,
+        sink: str | None = None,
+        job_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """Undelivered (``pending``) or ``rejected`` rows, oldest first (a job's are picked from the events)."""
+        where = "delivered_at IS NULL" if state == "pending" else "rejected"
+        args: list[object] = []
+        if sink is not None:
+            where += " AND sink = %s"
+            args.append(sink)
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE {where} ORDER BY seq"  # noqa: S608 (constants only)
+        if job_id is None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        found = [_delivery(row) for row in await self._fetch(sql, args)]
+        if job_id is not None:
+            found = [d for d in found if d.event.job_id == job_id][:limit]
+        return found
+
+    async def replay(
+        self, sinks: Sequence[str], *, event_ids: Sequence[str] | None = None, job_id: str | None = None
+    ) -> list[DeliveryRecord]:
+        """Rejected rows of ``sinks`` (matching the event ids or job, if given) become due again, keeping their
+        event (and so its id), attempts and last error; returns them as they were (one transaction)."""
+        if not sinks or (event_ids is not None and not event_ids):
+            return []
+        where = "rejected AND sink = ANY(%s)"
+        args: list[object] = [list(sinks)]
+        if event_ids is not None:
+            where += " AND event_id = ANY(%s)"
+            args.append(list(event_ids))
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE {where} ORDER BY seq FOR UPDATE".encode(),  # noqa: S608
+                    args,
+                )
+                found = [_delivery(row) for row in await cur.fetchall()]
+                if job_id is not None:
+                    found = [d for d in found if d.event.job_id == job_id]
+                await conn.execute(
+                    b"UPDATE outbox SET delivered_at = NULL, rejected = false WHERE seq = ANY(%s)",
+                    ([d.seq for d in found],),
+                )
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        return found
+
+
+async def _migrate(conn: AsyncConnection[Any], where: str) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`: each migration once, under an advisory lock held for the
+    transaction, so that replicas starting together wait for each other instead of applying twice."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise ConfigError(
+                f"state.dsn: the database at {where} has schema version {current}, newer than this cce-monitor "
+                f"knows ({SCHEMA_VERSION}); upgrade cce-monitor"
+            )
+        for version, sql in _MIGRATIONS:
+            if version > current:
+                await conn.execute(sql.encode())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                logger.info("state: schema migrated to version %d at %s", version, where)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
+    seq, sink, data, attempts, last_error, rejected, at = row
+    return DeliveryRecord(
+        seq=int(seq),
+        sink=str(sink),
+        event=Event.from_json(bytes(data)),
+        state="rejected" if rejected else "pending",
+        attempts=int(attempts),
+        last_error=last_error,
+        rejected_at=float(at) if rejected else None,
+    )
