@@ -53,6 +53,7 @@ _MIGRATIONS: tuple[tuple[int, str], ...] = (
         """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id      text PRIMARY KEY,
+    seq         bigint GENERATED ALWAYS AS IDENTITY,
     labels      bytea NOT NULL,
     rollout     text,
     added_at    double precision NOT NULL,
@@ -62,7 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at double precision,
     updated_at  double precision NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (added_at) WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (added_at, seq) WHERE finished_at IS NULL;
 CREATE TABLE IF NOT EXISTS history (
     seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id   text NOT NULL,
@@ -145,6 +146,11 @@ class PgState:
     def __repr__(self) -> str:
         return f"PgState(where={self.where!r}, closed={self.closed})"
 
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        """The connection pool, for what else the daemon keeps in this database (the shared rate limit)."""
+        return self._pool
+
     # ----------------------------------------------------------------------------------- lifecycle
 
     @classmethod
@@ -190,17 +196,23 @@ class PgState:
     def _failed(self, exc: psycopg.Error) -> StateError:
         return StateError(f"state at {self.where}: {redact(_first_line(exc), self._secrets)}")
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence[object]]]) -> list[int]:
-        """Statements in one transaction; the row count of each."""
-        counts: list[int] = []
+    async def _write(self, statements: Iterable[tuple[str, Sequence[object]]], *, counts: bool = False) -> list[int]:
+        """Statements in one transaction, sent in one round trip (pipeline mode) unless ``counts`` asks for the
+        row count of each."""
+        found: list[int] = []
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                for sql, args in statements:
-                    cur = await conn.execute(sql.encode(), args)
-                    counts.append(cur.rowcount)
+                if counts:
+                    for sql, args in statements:
+                        cur = await conn.execute(sql.encode(), args)
+                        found.append(cur.rowcount)
+                else:
+                    async with conn.pipeline():
+                        for sql, args in statements:
+                            await conn.execute(sql.encode(), args)
         except psycopg.Error as exc:
             raise self._failed(exc) from None
-        return counts
+        return found
 
     async def _many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         if not rows:
@@ -211,9 +223,14 @@ class PgState:
         except psycopg.Error as exc:
             raise self._failed(exc) from None
 
-    async def _fetch(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    async def _fetch(self, sql: str, args: Sequence[object] = (), *, write: bool = False) -> list[tuple[Any, ...]]:
+        """One statement's rows (``write``: in a transaction of its own, committed)."""
         try:
             async with self._pool.connection() as conn:
+                if write:
+                    async with conn.transaction():
+                        cur = await conn.execute(sql.encode(), args)
+                        return list(await cur.fetchall())
                 cur = await conn.execute(sql.encode(), args)
                 return list(await cur.fetchall())
         except psycopg.Error as exc:
@@ -229,14 +246,17 @@ class PgState:
     # ---------------------------------------------------------------------------------------- jobs
 
     async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> list[str]:
-        """Insert jobs not yet known; returns the ids that were new, in order."""
+        """Insert jobs not yet known (one statement, however many); returns the ids that were new, in order."""
         blob, now = orjson.dumps(dict(labels)), time.time()
-        sql = (
-            "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) VALUES (%s,%s,%s,%s,%s) "
-            "ON CONFLICT (job_id) DO NOTHING"
+        rows = await self._fetch(
+            "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) "
+            "SELECT id, %s, %s, %s, %s FROM unnest(%s::text[]) WITH ORDINALITY AS given(id, n) ORDER BY n "
+            "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+            (blob, rollout, now, now, list(job_ids)),
+            write=True,
         )
-        counts = await self._write((sql, (job_id, blob, rollout, now, now)) for job_id in job_ids)
-        return [job_id for job_id, n in zip(job_ids, counts, strict=True) if n]
+        new = {r[0] for r in rows}
+        return [job_id for job_id in job_ids if job_id in new]
 
     async def record(
         self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
@@ -299,7 +319,7 @@ class PgState:
 
     async def unfinished(self) -> list[StoredJob]:
         """Jobs to track again after a restart, oldest first."""
-        return await self._select("WHERE finished_at IS NULL ORDER BY added_at", ())
+        return await self._select("WHERE finished_at IS NULL ORDER BY added_at, seq", ())
 
     async def get(self, job_id: str) -> StoredJob | None:
         rows = await self._select("WHERE job_id = %s", (job_id,))
@@ -317,7 +337,7 @@ class PgState:
         if rollout:
             where.append("rollout = %s")
             args.append(rollout)
-        clause = ("WHERE " + " AND ".join(where) + " " if where else "") + "ORDER BY added_at, job_id"
+        clause = ("WHERE " + " AND ".join(where) + " " if where else "") + "ORDER BY added_at, seq"
         found = await self._select(clause, tuple(args))
         if labels:
             found = [j for j in found if all(j.labels.get(k) == v for k, v in labels.items())]
@@ -352,7 +372,8 @@ class PgState:
                 ("DELETE FROM jobs WHERE job_id = %s", (job_id,)),
                 ("DELETE FROM history WHERE job_id = %s", (job_id,)),
                 ("DELETE FROM pool_nodes WHERE job_id = %s", (job_id,)),
-            ]
+            ],
+            counts=True,
         )
         return counts[0] > 0
 
@@ -451,7 +472,8 @@ class PgState:
                     "WHERE nodepools.finished_at IS NOT NULL",
                     (cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout, added_at),
                 )
-            ]
+            ],
+            counts=True,
         )
         return counts[0] > 0
 
