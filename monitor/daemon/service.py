@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from monitor.cce.auth import Auth, auth_from_env
 from monitor.cce.client import CCEClient
-from monitor.cce.throttle import RateLimiter
+from monitor.cce.throttle import Limiter, RateLimiter
 from monitor.config import Config
 from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event, EventType
@@ -59,6 +59,7 @@ class Daemon:
         self._outbox_depth: dict[str, int] = {}
         self._outbox_oldest: dict[str, float] = {}  # sink -> Unix time its oldest undelivered event was detected
         self._state_ok = True  # the state database answered the last housekeeping round
+        self._closing: list[Callable[[], Awaitable[None]]] = []  # before the state closes
         self.endpoint: str | None = None
         """``http://host:port`` of the control API once it listens."""
         self.started = asyncio.Event()
@@ -242,7 +243,24 @@ class Daemon:
                 plain.append(SinkBinding(sink, event_filter))
         return plain
 
-    def _wire_metrics(self, scheduler: Scheduler, limiter: RateLimiter, bus: Bus, probe: LoopLagProbe) -> None:
+    async def _limiter(self, state: Store) -> Limiter:
+        """The one rate limit over every request to CCE: shared by every daemon on the same PostgreSQL database
+        (the quota is the tenant's), else this process's own."""
+        settings = self.config.polling
+        if self.config.state.backend == "postgres":
+            from monitor.daemon.pglimiter import SharedLimiter, limit_name  # noqa: PLC0415 (psycopg users only)
+            from monitor.daemon.pgstore import PgState  # noqa: PLC0415
+
+            assert isinstance(state, PgState)  # (open_store made it from the same setting)
+            where = self.config.client_settings()
+            shared = await SharedLimiter.open(state.pool, limit_name(where.endpoint, where.project_id), settings.rate)
+            self._closing.append(shared.aclose)  # its last update, before the pool closes
+            return shared
+        # Held for one window at start: a daemon restarted right after a crash must not add a full window of
+        # requests to what the previous process sent in its last second.
+        return RateLimiter(settings.rate, burst=settings.burst, hold_first_window=True)
+
+    def _wire_metrics(self, scheduler: Scheduler, limiter: Limiter, bus: Bus, probe: LoopLagProbe) -> None:
         sources = self._metrics.sources
         sources.jobs_by_phase = scheduler.phase_counts
         sources.rate = lambda: (
@@ -310,9 +328,7 @@ class Daemon:
             or cfg.make_auth()
             or auth_from_env(self._env, project_id=cfg.project_id, iam_endpoint=cfg.iam_endpoint)
         )
-        # Held for one window at start: a daemon restarted right after a crash must not add a full window of
-        # requests to what the previous process sent in its last second.
-        limiter = RateLimiter(settings.rate, burst=settings.burst, hold_first_window=True)
+        limiter = await self._limiter(state)
         probe = LoopLagProbe()
         async with CCEClient(cfg.client_settings(), auth) as client:
             plain = self._build_sinks(state)
@@ -387,6 +403,8 @@ class Daemon:
                     )
                 finally:
                     await close_api()
+                    for close in self._closing:
+                        await close()
                     stats = scheduler.stats
                     logger.info(
                         "stopped: %d polls %s, %d events; deliveries %s",

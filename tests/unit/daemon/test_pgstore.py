@@ -215,3 +215,36 @@ async def test_postgres_down_while_the_daemon_runs_loses_nothing(
 async def _seen_running(api: Running, jobs: list[str]) -> bool:
     listed = await api.jobs()
     return all(listed[j]["phase"] == "Running" for j in jobs)
+
+
+async def test_two_daemons_on_one_database_share_the_tenants_rate(
+    sim: Simulator, receiver: Receiver, tmp_path: Path, pg_dsn: str
+) -> None:
+    """The quota is the tenant's: two daemons polling the same jobs through one database send at most ``rate``
+    requests in any second at CCE between them — not twice that."""
+    rate = 10
+    polling = {"rate": rate, "interval": 0.1, "min_interval": 0.05, "max_interval": 0.1, "job_timeout": 60}
+    state = {"backend": "postgres", "dsn": "${DSN}"}
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        configs.append(
+            make_config(sim, tmp_path / name, receiver.url, env={"DSN": pg_dsn}, state=state, polling=polling)
+        )
+    jobs = [sim.add_job("Custom", duration=60) for _ in range(40)]  # always due: demand far above the rate
+    async with running(configs[0]) as first:
+        assert (await first.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
+        async with running(configs[1]) as second:  # it takes the unfinished jobs from the database
+            await until(lambda: _polled_by_both(first, second), 10, "both daemons to poll")
+            before = dict(sim.stats.per_second)
+            await asyncio.sleep(4.0)
+            after = dict(sim.stats.per_second)
+    seconds = sorted(k for k in after if k not in before)[1:-1]  # whole seconds inside the window
+    counts = [after[k] for k in seconds]
+    assert counts and max(counts) <= rate, counts
+    assert sum(counts) >= 0.8 * rate * len(counts), f"the shared rate is used: {counts}"
+
+
+async def _polled_by_both(first: Running, second: Running) -> bool:
+    polled = [d.daemon._scheduler.stats.polls if d.daemon._scheduler else 0 for d in (first, second)]
+    return all(p >= 3 for p in polled)
