@@ -132,16 +132,19 @@ def episode(sched: Scheduler) -> str:
 
 
 def auth_ok(sched: Scheduler, read: Tracked) -> None:
-    """``read`` was read: the credentials work, so the other jobs refused since are refused on their own."""
-    read.refused_alone = False
-    for job_id in sched._forbidden:
-        if job_id != read.job_id and (refused := sched._jobs.get(job_id)) is not None:
-            refused.refused_alone = True
-    sched._forbidden.clear()
+    """``read`` was read: the credentials work, so the other jobs refused since are refused on their own.
+    (On every good read: the usual case — nothing refused, no episode — costs two tests.)"""
+    if read.refused_alone:
+        read.refused_alone = False
+    if sched._forbidden:
+        for job_id in sched._forbidden:
+            if job_id != read.job_id and (refused := sched._jobs.get(job_id)) is not None:
+                refused.refused_alone = True
+        sched._forbidden.clear()
     if sched._auth_episode:
         logger.info("authentication works again; polling resumes")
-    sched._auth_episode = False
-    sched._auth_delay = sched.settings.auth_backoff
+        sched._auth_episode = False
+        sched._auth_delay = sched.settings.auth_backoff
 
 
 async def on_auth_failed(sched: Scheduler, tracked: Tracked, exc: AuthError) -> None:

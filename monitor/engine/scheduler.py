@@ -514,7 +514,12 @@ class Scheduler:
                     key=str(tracked.failures) + ":" + job.updated.raw,
                 )
             )
-        kept = (tracked.failures, tracked.not_found, tracked.last, tracked.last_progress, tracked.stalled)
+        # What to go back to if the store refuses this poll's news (see _not_stored); no store, nothing to keep.
+        kept = (
+            (tracked.failures, tracked.not_found, tracked.last, tracked.last_progress, tracked.stalled)
+            if self._store is not None
+            else None
+        )
         tracked.failures = 0
         tracked.not_found = 0
         previous = tracked.last
@@ -564,4 +569,5 @@ class Scheduler:
                     hold=True,
                 )
             except _NotStored as exc:
+                assert kept is not None  # (only a store refuses)
                 self._not_stored(tracked, kept, str(exc))
