@@ -32,7 +32,7 @@ from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
 from monitor.core.secret import Secret, redact
-from monitor.daemon.storage import DeliveryRecord, OutboxRow, StoredJob, StoredNodePool
+from monitor.daemon.storage import DeliveryRecord, OutboxRow, Routes, StoredJob, StoredNodePool, delivery_record
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
@@ -140,7 +140,7 @@ class PgState:
         self.where = where
         self._pool = pool
         self._secrets = secrets
-        self._routes: list[tuple[str, Callable[[Event], bool]]] = []
+        self._routes = Routes()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -238,10 +238,7 @@ class PgState:
 
     def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
         """Give durable sink ``sink`` an outbox fed by :meth:`record` with the events it selects."""
-        if wants is None:
-            self._routes.append((sink, event_filter.matches))
-        else:
-            self._routes.append((sink, lambda e: event_filter.matches(e) and wants(e)))
+        self._routes.add(sink, event_filter, wants)
 
     # ---------------------------------------------------------------------------------------- jobs
 
@@ -278,7 +275,7 @@ class PgState:
                     (str(outcome), now, now, job_id),
                 )
             )
-        for event_id, data, sinks in self._rows(events):
+        for event_id, data, sinks in self._routes.rows(events):
             statements.append(
                 (
                     "INSERT INTO history (job_id, event_id, event) VALUES (%s,%s,%s) "
@@ -295,7 +292,7 @@ class PgState:
         now = time.time()
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                for event_id, data, sinks in self._rows(events):
+                for event_id, data, sinks in self._routes.rows(events):
                     cur = await conn.execute(
                         b"INSERT INTO digests (event_id, at) VALUES (%s,%s) ON CONFLICT (event_id) DO NOTHING",
                         (event_id, now),
@@ -308,9 +305,6 @@ class PgState:
         except psycopg.Error as exc:
             raise self._failed(exc) from None
         return [e for e in events if e.id in new]
-
-    def _rows(self, events: Sequence[Event]) -> list[tuple[str, bytes, list[str]]]:
-        return [(e.id, e.to_json(), [name for name, f in self._routes if f(e)]) for e in events]
 
     @staticmethod
     def _queue(event_id: str, data: bytes, sinks: list[str]) -> list[tuple[str, Sequence[object]]]:
@@ -562,7 +556,7 @@ class PgState:
         if job_id is None:
             sql += " LIMIT %s"
             args.append(limit)
-        found = [_delivery(row) for row in await self._fetch(sql, args)]
+        found = [delivery_record(row) for row in await self._fetch(sql, args)]
         if job_id is not None:
             found = [d for d in found if d.event.job_id == job_id][:limit]
         return found
@@ -585,7 +579,7 @@ class PgState:
                     f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE {where} ORDER BY seq FOR UPDATE".encode(),  # noqa: S608
                     args,
                 )
-                found = [_delivery(row) for row in await cur.fetchall()]
+                found = [delivery_record(row) for row in await cur.fetchall()]
                 if job_id is not None:
                     found = [d for d in found if d.event.job_id == job_id]
                 await conn.execute(
@@ -624,16 +618,3 @@ async def _migrate(conn: AsyncConnection[Any], where: str) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
-    seq, sink, data, attempts, last_error, rejected, at = row
-    return DeliveryRecord(
-        seq=int(seq),
-        sink=str(sink),
-        event=Event.from_json(bytes(data)),
-        state="rejected" if rejected else "pending",
-        attempts=int(attempts),
-        last_error=last_error,
-        rejected_at=float(at) if rejected else None,
-    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from monitor.config import StateConfig
 from monitor.core.events import Event, Outcome
@@ -27,7 +27,16 @@ from monitor.core.secret import Secret
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
-__all__ = ["DeliveryRecord", "OutboxRow", "Store", "StoredJob", "StoredNodePool", "open_store"]
+__all__ = [
+    "DeliveryRecord",
+    "OutboxRow",
+    "Routes",
+    "Store",
+    "StoredJob",
+    "StoredNodePool",
+    "delivery_record",
+    "open_store",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,39 @@ class DeliveryRecord:
     last_error: str | None
     rejected_at: float | None
     """Unix time the receiver refused it (``None`` while pending)."""
+
+
+class Routes:
+    """Which durable sinks an event gets an outbox row for — what every engine's ``route`` and ``record`` share."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, Callable[[Event], bool]]] = []
+
+    def add(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
+        if wants is None:
+            self._routes.append((sink, event_filter.matches))
+        else:
+            self._routes.append((sink, lambda e: event_filter.matches(e) and wants(e)))
+
+    def rows(self, events: Sequence[Event]) -> list[tuple[str, bytes, list[str]]]:
+        """``(id, JSON, durable sinks whose filter matches)`` per event, built on the loop before the commit."""
+        return [(e.id, e.to_json(), [name for name, f in self._routes if f(e)]) for e in events]
+
+
+def delivery_record(row: Sequence[Any]) -> DeliveryRecord:
+    """A ``(seq, sink, event, attempts, last_error, rejected, delivered_at)`` outbox row, from either engine."""
+    seq, sink, data, attempts, last_error, rejected, at = row
+    return DeliveryRecord(
+        seq=int(seq),
+        sink=str(sink),
+        event=Event.from_json(bytes(data)),
+        state="rejected" if rejected else "pending",
+        attempts=int(attempts),
+        last_error=last_error,
+        rejected_at=float(at) if rejected else None,
+    )
 
 
 class Store(Protocol):

@@ -33,7 +33,7 @@ from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
-from monitor.daemon.storage import DeliveryRecord, OutboxRow, StoredJob, StoredNodePool
+from monitor.daemon.storage import DeliveryRecord, OutboxRow, Routes, StoredJob, StoredNodePool, delivery_record
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
@@ -113,7 +113,7 @@ class State:
         self.where = str(path)
         self._conn = conn
         self._executor = executor
-        self._routes: list[tuple[str, Callable[[Event], bool]]] = []
+        self._routes = Routes()
         self.closed = False
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -148,10 +148,7 @@ class State:
     def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
         """Give durable sink ``sink`` an outbox: :meth:`record` queues events that match the filter (and that
         the sink ``wants``, e.g. a chat sink's own event selection) for it."""
-        if wants is None:
-            self._routes.append((sink, event_filter.matches))
-        else:
-            self._routes.append((sink, lambda e: event_filter.matches(e) and wants(e)))
+        self._routes.add(sink, event_filter, wants)
 
     # ---------------------------------------------------------------------------------------- jobs
 
@@ -184,7 +181,7 @@ class State:
 
         ``outcome`` (``Success``, ``Failed``, ``timed_out``, ``not_found``) marks the job finished.
         """
-        rows = self._rows(events)
+        rows = self._routes.rows(events)
         blob = job_to_json(snapshot) if snapshot is not None else None
         phase = snapshot.phase.value if snapshot is not None else None
         await self._run(self._record, job_id, blob, phase, rows, str(outcome) if outcome is not None else None)
@@ -218,7 +215,7 @@ class State:
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Record events that belong to no single job (rollout digests) and queue them for the routed durable
         sinks; returns those not recorded before (an event id is recorded once)."""
-        rows = self._rows(events)
+        rows = self._routes.rows(events)
         new_ids = await self._run(self._record_outbox, rows)
         return [e for e in events if e.id in new_ids]
 
@@ -233,10 +230,6 @@ class State:
                 new.add(event_id)
                 self._queue(event_id, data, sinks)
         return new
-
-    def _rows(self, events: Sequence[Event]) -> list[tuple[str, bytes, list[str]]]:
-        """``(id, JSON, durable sinks whose filter matches)`` per event, built on the loop before the commit."""
-        return [(e.id, e.to_json(), [name for name, f in self._routes if f(e)]) for e in events]
 
     def _queue(self, event_id: str, data: bytes, sinks: list[str]) -> None:
         """One outbox row per routed sink (inside the caller's transaction); a repeat of an event id is ignored."""
@@ -486,7 +479,7 @@ class State:
             where += " AND sink = ?"
             args.append(sink)
         rows = await self._run(self._select_deliveries, where, args, None if job_id else limit)
-        found = [_delivery(row) for row in rows]
+        found = [delivery_record(row) for row in rows]
         if job_id is not None:
             found = [d for d in found if d.event.job_id == job_id][:limit]
         return found
@@ -513,7 +506,7 @@ class State:
             where += f" AND event_id IN ({','.join('?' * len(event_ids))})"
             args += event_ids
         with self._conn:
-            found = [_delivery(row) for row in self._select_deliveries(where, args, None)]
+            found = [delivery_record(row) for row in self._select_deliveries(where, args, None)]
             if job_id is not None:
                 found = [d for d in found if d.event.job_id == job_id]
             self._conn.executemany(
@@ -527,19 +520,6 @@ class State:
 
     def _query(self, sql: str) -> list[tuple[Any, ...]]:
         return list(self._conn.execute(sql).fetchall())
-
-
-def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
-    seq, sink, data, attempts, last_error, rejected, at = row
-    return DeliveryRecord(
-        seq=int(seq),
-        sink=str(sink),
-        event=Event.from_json(data),
-        state="rejected" if rejected else "pending",
-        attempts=int(attempts),
-        last_error=last_error,
-        rejected_at=float(at) if rejected else None,
-    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
