@@ -34,6 +34,8 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,10 +77,13 @@ class Deliverer:
         batch: int = 100,
         concurrency: int = 1,
         observe: Callable[[float], None] | None = None,
+        holder: str = "",
+        lease_ttl: float = 15.0,
     ) -> None:
         """``concurrency`` above 1: up to that many rows in flight at once, never two of one job (see the
         module docstring); an acknowledging sink always takes its rows one by one. ``observe`` hears each
-        delivered event's delay in seconds, from its detection (``event.time``) to its delivery."""
+        delivered event's delay in seconds, from its detection (``event.time``) to its delivery. ``holder``
+        names this daemon for the sink's delivery lease (``lease_ttl`` seconds; see :meth:`_keep_lease`)."""
         self.sink = sink
         self.name = name or sink.name
         self._state = state
@@ -115,6 +120,11 @@ class Deliverer:
         self._unread = True  # new rows may be in the outbox
         self._unmarked: list[int] = []  # delivered rows waiting for the next batch of marks
         self._marking = asyncio.Lock()
+        self._lease = f"delivery:{self.name}"
+        self._holder = holder or f"pid-{os.getpid()}"
+        self._lease_ttl = lease_ttl
+        self._leased = asyncio.Event()
+        self._standing_by = False  # another daemon holds the lease
         self.delivered = 0
         self.failed = 0
         self.rejected = 0
@@ -122,7 +132,8 @@ class Deliverer:
     def notify(self) -> None:
         """New rows may be waiting."""
         self._unread = True
-        self._idle.clear()
+        if not self._standing_by:  # (standing by, another daemon delivers them)
+            self._idle.clear()
         self._wake.set()
 
     def rewind(self) -> None:
@@ -141,10 +152,63 @@ class Deliverer:
         return sum(len(seqs) for seqs in self._handed.values())
 
     async def run(self) -> None:
-        if self._concurrency > 1:
-            await self._run_per_job()
-            return
+        keeper = asyncio.create_task(self._keep_lease(), name=f"lease:{self.name}")
+        try:
+            if self._concurrency > 1:
+                await self._run_per_job()
+            else:
+                await self._run_in_order()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            with contextlib.suppress(Exception):  # a clean stop: another daemon takes the sink over at once
+                await self._state.release_lease(self._lease, self._holder)
+
+    async def _leased_wait(self) -> None:
+        """Deliver only while this daemon holds the sink's lease (standing by, nothing here is due: idle)."""
+        if not self._leased.is_set():
+            await self._leased.wait()
+
+    async def _keep_lease(self) -> None:
+        """Hold the sink's delivery lease (renewed every third of its TTL): with several daemons on one database,
+        one delivers each sink; another takes over once the lease expires (at once after a clean stop)."""
+        renewed = -math.inf
         while True:
+            try:
+                held: bool | None = await self._state.hold_lease(self._lease, self._holder, self._lease_ttl)
+            except Exception:  # the database is down: keep what we have until the lease would have run out
+                held = None
+            now = time.monotonic()
+            if held:
+                renewed = now
+            keep = bool(held) or (held is None and now - renewed < self._lease_ttl * 2 / 3)
+            if keep and not self._leased.is_set():
+                self._forget_unsent()  # another daemon may have sent them meanwhile: read the outbox anew
+                if self._standing_by:
+                    logger.info("sink %s: this daemon delivers it now", self.name)
+                self._standing_by = False
+                self._leased.set()
+                self.notify()
+            elif not keep and not self._standing_by:
+                self._leased.clear()
+                self._standing_by = True
+                self._idle.set()
+                logger.info("sink %s: another daemon delivers it; standing by", self.name)
+            await asyncio.sleep(self._lease_ttl / 3)
+
+    def _forget_unsent(self) -> None:
+        for queue in self._queues.values():
+            for row in queue:
+                self._held.discard(row.seq)
+        self._queues.clear()
+        self._ready.clear()
+        self._queued = 0
+        self._seen = 0
+        self._cursor = 0
+
+    async def _run_in_order(self) -> None:
+        while True:
+            await self._leased_wait()
             self._wake.clear()
             rows = await self._stored(lambda: self._state.pending(self.name, limit=self._batch, after=self._cursor))
             if self._acks and self._handed:  # after a rewind: what the sink holds is not handed over twice
@@ -181,6 +245,7 @@ class Deliverer:
         trying probe it. At most ``_MAX_WAITING`` rows are held in memory: beyond that, reading waits."""
         try:
             while True:
+                await self._leased_wait()
                 self._wake.clear()
                 if self._unread and self._queued < _MAX_WAITING:
                     self._unread = False  # (a notify() during the read sets it again)

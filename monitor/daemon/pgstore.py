@@ -113,6 +113,17 @@ CREATE TABLE IF NOT EXISTS awaited_nodes (
 );
 """,
     ),
+    (
+        2,
+        """
+CREATE TABLE IF NOT EXISTS leases (
+    name       text PRIMARY KEY,
+    holder     text NOT NULL,
+    epoch      bigint NOT NULL DEFAULT 1,
+    expires_at double precision NOT NULL
+);
+""",
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -491,6 +502,26 @@ class PgState:
             for (blob,) in await self._fetch("SELECT awaited FROM awaited_nodes ORDER BY cluster_id, node_id")
         ]
         return nodes, awaited
+
+    # -------------------------------------------------------------------------------------- leases
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew lease ``name`` for ``holder`` until ``ttl`` seconds from now (the database's clock);
+        ``False`` while another holder's lease has not expired. A new holder bumps the lease's epoch."""
+        rows = await self._fetch(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (%s, %s, extract(epoch from clock_timestamp()) + %s) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
+            "epoch = leases.epoch + CASE WHEN leases.holder = excluded.holder THEN 0 ELSE 1 END "
+            "WHERE leases.holder = excluded.holder OR leases.expires_at < extract(epoch from clock_timestamp()) "
+            "RETURNING holder",
+            (name, holder, ttl),
+            write=True,
+        )
+        return bool(rows)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give lease ``name`` up at once (a clean stop: another holder takes over without waiting it out)."""
+        await self._write([("UPDATE leases SET expires_at = 0 WHERE name = %s AND holder = %s", (name, holder))])
 
     # -------------------------------------------------------------------------------------- outbox
 

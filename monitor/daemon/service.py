@@ -16,6 +16,8 @@ import asyncio
 import logging
 import math
 import os
+import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 3600.0
 _REFRESH_EVERY = 5.0  # seconds between reads of the outbox depth and age (metrics, /readyz)
+_LEASE_TTL = 15.0  # a sink's delivery lease: renewed every 5 s; another daemon takes over 15 s after a crash
 _REACHABLE_WITHIN = 300.0
 
 
@@ -60,6 +63,7 @@ class Daemon:
         self._outbox_oldest: dict[str, float] = {}  # sink -> Unix time its oldest undelivered event was detected
         self._state_ok = True  # the state database answered the last housekeeping round
         self._closing: list[Callable[[], Awaitable[None]]] = []  # before the state closes
+        self._replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this process, in leases
         self.endpoint: str | None = None
         """``http://host:port`` of the control API once it listens."""
         self.started = asyncio.Event()
@@ -237,6 +241,8 @@ class Daemon:
                         retry_max=d.retry_max,
                         concurrency=d.concurrency if d.ordering == "job" else 1,
                         observe=self._metrics.delivery_latency.labels(name).observe,
+                        holder=self._replica,
+                        lease_ttl=_LEASE_TTL,
                     )
                 )
             else:

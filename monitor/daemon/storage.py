@@ -205,6 +205,15 @@ class Store(Protocol):
         """Forget jobs finished more than ``retention`` seconds ago; how many."""
         ...
 
+    # leases (one holder at a time across daemons sharing the database, e.g. a sink's delivery)
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew lease ``name`` for ``holder`` for ``ttl`` seconds; ``False`` while another holds it."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up now, if ``holder`` has it."""
+        ...
+
     # the outbox
     def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
         """Give durable sink ``sink`` an outbox fed by :meth:`record` with the events it selects."""

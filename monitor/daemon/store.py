@@ -410,6 +410,15 @@ class State:
             self._conn.execute("DELETE FROM digests WHERE at < ?", (cutoff,))
         return len(old)
 
+    # -------------------------------------------------------------------------------------- leases
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Always ``True``: an SQLite file belongs to one daemon (its outbox, its jobs)."""
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        return None
+
     # -------------------------------------------------------------------------------------- outbox
 
     async def pending(self, sink: str, *, limit: int = 100, after: int = 0) -> list[OutboxRow]:

@@ -248,3 +248,55 @@ async def test_two_daemons_on_one_database_share_the_tenants_rate(
 async def _polled_by_both(first: Running, second: Running) -> bool:
     polled = [d.daemon._scheduler.stats.polls if d.daemon._scheduler else 0 for d in (first, second)]
     return all(p >= 3 for p in polled)
+
+
+async def test_one_daemon_at_a_time_delivers_a_sink_and_another_takes_over(pg_dsn: str, receiver: Receiver) -> None:
+    """Daemons on one database deliver each sink from one outbox: the lease holder sends, the other stands by,
+    and takes over when the holder stops (at once: a clean stop gives the lease up) — each event sent once."""
+    from monitor.daemon.delivery import Deliverer  # noqa: PLC0415
+    from monitor.engine.bus import EventFilter  # noqa: PLC0415
+    from monitor.sinks import create_sink  # noqa: PLC0415
+    from monitor.testing import make_event  # noqa: PLC0415
+
+    states = [await PgState.open(pg_dsn) for _ in range(2)]
+    sinks = [create_sink(f"webhook:{receiver.url}") for _ in range(2)]
+    try:
+        for state, sink in zip(states, sinks, strict=True):
+            state.route(sink.name, EventFilter())
+        deliverers = [
+            Deliverer(st, state, holder=f"replica-{i}", lease_ttl=0.6, concurrency=4)
+            for i, (st, state) in enumerate(zip(sinks, states, strict=True))
+        ]
+        tasks = [asyncio.create_task(d.run()) for d in deliverers]
+        first = [make_event(id=f"{n:032x}", job_id=f"job-{n % 3}", reason=str(n)) for n in range(30)]
+        for n, event in enumerate(first):  # recorded by either daemon: one outbox
+            await states[n % 2].record(event.job_id or "", None, [event])
+            for d in deliverers:
+                d.notify()
+        async with asyncio.timeout(10):
+            while len({r.webhook_id for r in receiver.delivered}) < len(first):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # a standby that delivered too would have by now
+        assert sorted(r.webhook_id for r in receiver.delivered) == sorted(e.id for e in first), "each once"
+        holder = next(i for i, d in enumerate(deliverers) if d.delivered)
+        assert deliverers[1 - holder].delivered == 0, "the other stood by"
+
+        tasks[holder].cancel()  # a clean stop of the holder
+        await asyncio.gather(tasks[holder], return_exceptions=True)
+        later = [make_event(id=f"{n:032x}", job_id="job-late", reason=str(n)) for n in range(100, 110)]
+        for event in later:
+            await states[holder].record(event.job_id or "", None, [event])
+        deliverers[1 - holder].notify()
+        async with asyncio.timeout(10):
+            while len({r.webhook_id for r in receiver.delivered}) < len(first) + len(later):
+                await asyncio.sleep(0.05)
+        assert deliverers[1 - holder].delivered == len(later), "the standby took over, from where it was"
+        ids = [r.webhook_id for r in receiver.delivered]
+        assert len(ids) == len(set(ids))
+        tasks[1 - holder].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for sink in sinks:
+            await sink.aclose()
+        for state in states:
+            await state.close()
