@@ -244,6 +244,20 @@ class Config(_Model):
             raise ValueError("project_id: give a project id, or a region to look it up")
         return self
 
+    @model_validator(mode="after")
+    def _file_sinks_shared_by_replicas(self) -> Config:
+        # Daemons on one PostgreSQL state take turns delivering each sink (a lease): a file of each daemon's own
+        # would hold only the events delivered while that daemon held it. Say so rather than split the stream.
+        if self.state.backend == "postgres":
+            for i, sink in enumerate(self.sinks):
+                if sink.type == "file" and (sink.model_extra or {}).get("shared") is not True:
+                    raise ValueError(
+                        f"sinks.{i}: a file sink with state.backend: postgres must be a path every daemon on the "
+                        "database writes (shared storage) and say so with shared: true; replicas take turns "
+                        "delivering it — or use a webhook sink"
+                    )
+        return self
+
     def client_settings(self) -> ClientSettings:
         """Where CCE is and how to talk to it; checks the endpoint (raises :class:`ConfigError`)."""
         if self.project_id is None:

@@ -1,7 +1,9 @@
 """The ``file`` sink: events appended to a JSON Lines file, one ``event.to_json()`` per line.
 
 Spec ``file:PATH`` (``~`` is expanded); option ``fsync`` (bool, default false) forces the lines to disk: the
-events sent while one write is in flight are written (one ``write``) and fsync'd together next.
+events sent while one write is in flight are written (one ``write``) and fsync'd together next. Option
+``shared`` (bool) says that every daemon on one PostgreSQL state writes this very path; required there (see
+:class:`FileSinkSettings`).
 The file is opened by the factory, so a missing directory or a file that cannot be written fails at
 start-up as a :class:`ConfigError`. A new file is created with mode 0600 (events name jobs and clusters);
 an existing file keeps its permissions and is appended to. A line goes to the page cache from the event
@@ -34,6 +36,9 @@ class FileSinkSettings:
 
     path: Path
     fsync: bool = False
+    shared: bool = False
+    """Daemons sharing one PostgreSQL state write this same file (a path they all see): they take turns
+    delivering it (one lease holder at a time), so a file of each one's own would hold only part of the events."""
 
 
 class FileSink:
@@ -151,13 +156,15 @@ def _retrieved(batch: asyncio.Future[None]) -> None:
 def _parse(target: str | None, options: Mapping[str, object]) -> FileSinkSettings:
     if not target or not target.strip():
         raise ConfigError("file sink: a path is required, e.g. file:/var/log/cce-monitor.jsonl")
-    unknown = sorted(set(options) - {"fsync"})
+    unknown = sorted(set(options) - {"fsync", "shared"})
     if unknown:
-        raise ConfigError(f"file sink: unknown option {unknown[0]!r} (known: fsync)")
-    fsync = options.get("fsync", False)
-    if not isinstance(fsync, bool):
-        raise ConfigError(f"file sink: option 'fsync' must be true or false, got {fsync!r}")
-    return FileSinkSettings(path=Path(target).expanduser(), fsync=fsync)
+        raise ConfigError(f"file sink: unknown option {unknown[0]!r} (known: fsync, shared)")
+    for key in ("fsync", "shared"):
+        if not isinstance(options.get(key, False), bool):
+            raise ConfigError(f"file sink: option {key!r} must be true or false, got {options[key]!r}")
+    return FileSinkSettings(
+        path=Path(target).expanduser(), fsync=bool(options.get("fsync", False)), shared=bool(options.get("shared"))
+    )
 
 
 @register("file")

@@ -52,10 +52,17 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 
 def make_config(
-    sim: Simulator, tmp_path: Path, hook_url: str, *, env: dict[str, str] | None = None, **overrides: Any
+    sim: Simulator,
+    tmp_path: Path,
+    hook_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    postgres: str | None = None,
+    **overrides: Any,
 ) -> Config:
     """A fast-polling config: token via ``${TOK}``, file + webhook sinks, state in ``tmp_path``, API on port 0;
-    ``env``: more variables for ``${...}`` references in ``overrides``."""
+    ``env``: more variables for ``${...}`` references in ``overrides``; ``postgres``: a DSN to keep the state in
+    (the file sink then says it is shared, as replicas need)."""
     assert sim.endpoint is not None
     raw: dict[str, Any] = {
         "endpoint": sim.endpoint,
@@ -89,6 +96,10 @@ def make_config(
         "api": {"listen": "127.0.0.1:0", "token": "${API_TOK}"},
         "logging": {"level": "debug"},
     }
+    if postgres is not None:
+        raw["state"] = {"backend": "postgres", "dsn": "${CCE_MONITOR_DSN}"}
+        raw["sinks"][0]["shared"] = True
+        env = {**(env or {}), "CCE_MONITOR_DSN": postgres}
     raw.update(overrides)
     variables = {"TOK": sim.config.token, "HOOK_SECRET": HOOK_SECRET, "API_TOK": API_TOKEN, **(env or {})}
     return parse_config(yaml.safe_dump(raw), env=variables)

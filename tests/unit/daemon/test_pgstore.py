@@ -41,8 +41,7 @@ async def test_the_daemon_keeps_its_state_in_postgres_across_a_restart(
     sim: Simulator, receiver: Receiver, tmp_path: Path, pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    state = {"backend": "postgres", "dsn": "${DSN}"}
-    config = make_config(sim, tmp_path, receiver.url, env={"DSN": pg_dsn}, state=state)
+    config = make_config(sim, tmp_path, receiver.url, postgres=pg_dsn)
     first = sim.add_job("Custom", duration=0.3)
     later = sim.add_job("Custom", duration=3.0)
     async with running(config) as api:
@@ -135,6 +134,18 @@ def test_the_config_takes_the_dsn_only_from_the_environment_and_never_shows_it(p
     assert password_of(pg_dsn) not in repr(config) and password_of(pg_dsn) not in str(config)
 
 
+def test_a_file_sink_on_postgres_must_be_a_path_every_replica_shares() -> None:
+    """Replicas take turns delivering a sink: a file of each one's own would hold part of the events."""
+    base = {"endpoint": "https://cce.example.com", "project_id": "0" * 32, "auth": {"token": "${TOK}"}}
+    env = {"TOK": "a-token", "DSN": "postgresql://cce@db.example.com/cce"}
+    state = {"backend": "postgres", "dsn": "${DSN}"}
+    file = {"type": "file", "path": "/shared/events.jsonl"}
+    with pytest.raises(ConfigError, match=r"sinks\.0: a file sink with state\.backend: postgres .* shared: true"):
+        parse_config(yaml.safe_dump({**base, "state": state, "sinks": [file]}), env=env)
+    parse_config(yaml.safe_dump({**base, "state": state, "sinks": [{**file, "shared": True}]}), env=env)
+    parse_config(yaml.safe_dump({**base, "sinks": [file]}), env=env)  # SQLite: one daemon, its own file
+
+
 def test_check_config_reaches_postgres_and_says_why_not_in_one_line(
     sim: Simulator, tmp_path: Path, postgres: PostgresServer, pg_dsn: str
 ) -> None:
@@ -170,9 +181,7 @@ async def test_postgres_down_while_the_daemon_runs_loses_nothing(
     their transitions are held back and detected again, then stored and delivered once, with the same ids."""
     dbname = str(conninfo_to_dict(pg_dsn)["dbname"])
     admin = pg_dsn.rsplit("/", 1)[0] + "/postgres"
-    config = make_config(
-        sim, tmp_path, receiver.url, env={"DSN": pg_dsn}, state={"backend": "postgres", "dsn": "${DSN}"}
-    )
+    config = make_config(sim, tmp_path, receiver.url, postgres=pg_dsn)
     jobs = [sim.add_job("Custom", duration=d) for d in (2.0, 3.0, 4.0)]
 
     async def outage(down: bool) -> None:
@@ -224,13 +233,10 @@ async def test_two_daemons_on_one_database_share_the_tenants_rate(
     requests in any second at CCE between them — not twice that."""
     rate = 10
     polling = {"rate": rate, "interval": 0.1, "min_interval": 0.05, "max_interval": 0.1, "job_timeout": 60}
-    state = {"backend": "postgres", "dsn": "${DSN}"}
     configs = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        configs.append(
-            make_config(sim, tmp_path / name, receiver.url, env={"DSN": pg_dsn}, state=state, polling=polling)
-        )
+        configs.append(make_config(sim, tmp_path / name, receiver.url, postgres=pg_dsn, polling=polling))
     jobs = [sim.add_job("Custom", duration=60) for _ in range(40)]  # always due: demand far above the rate
     async with running(configs[0]) as first:
         assert (await first.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
