@@ -188,7 +188,8 @@ class Control(Protocol):
 
     def delivery_lag(self) -> dict[str, dict[str, Any]]:
         """Per durable sink: ``depth`` (undelivered events), ``oldest_age_s`` (how long the oldest has waited
-        since its detection) and ``behind`` (longer than ``delivery.behind_after``); must not block."""
+        since its detection), ``behind`` (longer than ``delivery.behind_after``) and ``delivering`` (this daemon
+        delivers it: with daemons sharing a database, one at a time does); must not block."""
         ...
 
     def metrics(self) -> tuple[bytes, str]:

@@ -142,6 +142,11 @@ class Deliverer:
         self._cursor = 0
         self.notify()
 
+    @property
+    def delivering(self) -> bool:
+        """Whether this daemon delivers the sink now (holds its lease; always, on SQLite)."""
+        return self._leased.is_set()
+
     async def wait_idle(self) -> None:
         """Return once every due row has been delivered or rejected."""
         await self._idle.wait()

@@ -205,6 +205,7 @@ class Daemon:
                 "depth": self._outbox_depth.get(d.name, 0),
                 "oldest_age_s": age,
                 "behind": age > self.config.delivery.behind_after,
+                "delivering": d.delivering,  # this daemon holds the sink's lease (one daemon per database does)
             }
         return lags
 

@@ -655,6 +655,7 @@ async def test_a_sink_behind_shows_in_readyz_and_metrics_and_delivery_latency_is
         assert status == 200 and ready["ready"] is True, ready
         lag = ready["sinks"][hook]
         assert lag["depth"] >= 1 and lag["oldest_age_s"] > 0.5, lag
+        assert lag["delivering"] is True, "one daemon, its own SQLite outbox: it delivers"
         assert not any(v["behind"] for k, v in ready["sinks"].items() if k != hook), ready
         _, text = await api.call("GET", "/metrics", auth=False)
         age = re.search(r'cce_monitor_outbox_oldest_age_seconds\{sink="webhook:[^"]*"\} ([0-9.e+-]+)', text)

@@ -286,6 +286,7 @@ async def test_one_daemon_at_a_time_delivers_a_sink_and_another_takes_over(pg_ds
         assert sorted(r.webhook_id for r in receiver.delivered) == sorted(e.id for e in first), "each once"
         holder = next(i for i, d in enumerate(deliverers) if d.delivered)
         assert deliverers[1 - holder].delivered == 0, "the other stood by"
+        assert deliverers[holder].delivering and not deliverers[1 - holder].delivering
 
         tasks[holder].cancel()  # a clean stop of the holder
         await asyncio.gather(tasks[holder], return_exceptions=True)
