@@ -95,11 +95,11 @@ class Deliverer:
         self._observe = observe
         self._failures = 0
         self._recovery = _Recovery()  # per-job delivery: the first success after an outage ends every backoff
+        self._acks = bool(getattr(sink, "acknowledges", False))
         send_once = getattr(sink, "send_once", None)  # one try: this deliverer retries (see monitor.sinks)
         self._send: Callable[[Event], Awaitable[None]] = (
-            send_once if callable(send_once) and not getattr(sink, "acknowledges", False) else sink.send
+            send_once if callable(send_once) and not self._acks else sink.send
         )
-        self._acks = bool(getattr(sink, "acknowledges", False))
         self._handed: dict[str, list[int]] = {}  # acknowledging sinks: event id -> rows handed over, not yet acked
         self._handed_at: dict[str, float] = {}  # ... and when their event was detected
         self._cursor = 0  # acknowledging sinks: the last row handed over
