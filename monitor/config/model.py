@@ -138,6 +138,9 @@ class StateConfig(_Model):
     path: str = "cce-monitor-state.db"
     dsn: SecretStr | None = None  # libpq URL or key=value string; may hold a password: ${CCE_MONITOR_DSN}
     pool_size: Annotated[int, Field(ge=1, le=64)] = 4  # PostgreSQL connections per daemon
+    # Replicas (postgres): a replica not heard from for this long loses its jobs and sink leases to the others;
+    # it renews every third of it, and stops polling on its own once two renewals have failed.
+    replica_ttl: Annotated[float, Field(ge=1.5, le=300)] = 15.0
     retention: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
 
     @model_validator(mode="after")

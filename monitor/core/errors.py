@@ -49,6 +49,7 @@ __all__ = [
     "MalformedResponseError",
     "MonitorError",
     "NotFoundError",
+    "NotOwnerError",
     "RequestError",
     "RequestTimeoutError",
     "ServerError",
@@ -198,6 +199,12 @@ class SinkError(MonitorError):
 class StateError(MonitorError):
     """The state database failed an operation (PostgreSQL down, a lost connection); the message names where, never
     a password."""
+
+
+class NotOwnerError(StateError):
+    """A write for a job refused because this replica no longer owns it (another replica claimed it after this
+    one's membership lapsed, or it was handed over): the poll's news is dropped — the new owner detects it
+    again, with the same event ids."""
 
 
 _CODE_KEYS = ("errorCode", "error_code", "code")

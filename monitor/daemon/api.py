@@ -196,6 +196,10 @@ class Control(Protocol):
         """The Prometheus exposition body and its content type; must not block."""
         ...
 
+    def cluster(self) -> dict[str, Any] | None:
+        """Replicas sharing the jobs: this replica, the live members, the jobs it owns (``None`` on its own)."""
+        ...
+
 
 def _job_dict(job: StoredJob, *, snapshot: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
@@ -357,7 +361,11 @@ class _API:
         # A sink behind is shown, not a reason to be unready: the API and polling work; the receiver is slow.
         sinks = self._control.delivery_lag()
         behind = sorted(name for name, lag in sinks.items() if lag.get("behind"))
-        return json_reply({"ready": ready, "checks": checks, "sinks": sinks, "behind": behind}, 200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "checks": checks, "sinks": sinks, "behind": behind}
+        cluster = self._control.cluster()
+        if cluster is not None:
+            body["cluster"] = cluster
+        return json_reply(body, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = self._control.metrics()

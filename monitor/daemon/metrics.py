@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
@@ -38,6 +39,8 @@ class MetricsSources:
         self.loop_lag: Callable[[], float] = lambda: 0.0
         self.schedule_lag: Callable[[], float] = lambda: 0.0
         """How late the latest poll started: above zero when demand exceeds the rate."""
+        self.cluster: Callable[[], Mapping[str, Any] | None] = lambda: None
+        """Replicas sharing the jobs (PostgreSQL): this replica's membership, or ``None`` on its own."""
 
 
 class _Collector(Collector):
@@ -86,6 +89,35 @@ class _Collector(Collector):
             "How late the latest poll started after its due time (demand above the rate stretches intervals)",
             value=self._s.schedule_lag(),
         )
+        cluster = self._s.cluster()
+        if cluster is not None:
+            yield GaugeMetricFamily(
+                "cce_monitor_cluster_members", "Live replicas sharing the jobs", value=cluster["members"]
+            )
+            yield GaugeMetricFamily(
+                "cce_monitor_cluster_member", "1 while this replica's membership is renewed", value=cluster["member"]
+            )
+            yield GaugeMetricFamily(
+                "cce_monitor_owned_jobs", "Unfinished jobs this replica owns and polls", value=cluster["owned_jobs"]
+            )
+            yield GaugeMetricFamily(
+                "cce_monitor_fair_share_jobs", "This replica's fair share of the jobs", value=cluster["fair_share"]
+            )
+            yield GaugeMetricFamily(
+                "cce_monitor_publishes_digests",
+                "1 on the replica that publishes rollout digests",
+                value=cluster["publishes_digests"],
+            )
+            yield CounterMetricFamily(
+                "cce_monitor_jobs_claimed",
+                "Jobs this replica claimed (new, handed back, or of a lost replica)",
+                value=cluster["claimed"],
+            )
+            yield CounterMetricFamily(
+                "cce_monitor_jobs_lost",
+                "Writes refused because another replica owned the job by then",
+                value=cluster["lost"],
+            )
 
 
 class Metrics:

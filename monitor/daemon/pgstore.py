@@ -27,105 +27,25 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from monitor.core.errors import ConfigError, StateError
+from monitor.core.errors import ConfigError, NotOwnerError, StateError
 from monitor.core.events import Event, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
 from monitor.core.secret import Secret, redact
+from monitor.daemon.pgschema import FENCED, migrate
 from monitor.daemon.storage import DeliveryRecord, OutboxRow, Routes, StoredJob, StoredNodePool, delivery_record
 from monitor.engine.bus import EventFilter
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
-__all__ = ["PgState", "describe_dsn"]
+__all__ = ["CHANNEL", "PgState", "describe_dsn"]
+
+CHANNEL = "cce_monitor"
+"""The NOTIFY channel replicas listen on: ``jobs`` (new or released jobs to claim), ``removed:<job id>``."""
 
 logger = logging.getLogger(__name__)
 # The pool logs each failed reconnection (every second or two while the server is down); the daemon says once
 # that the database failed, and once that it answers again.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-
-_LOCK = 0x63636D6F  # "ccmo": the advisory lock that serialises migrations across replicas
-
-# Each migration once, in order; every statement idempotent, so a half-applied one (not possible within its
-# transaction, but cheap to promise) applies again cleanly.
-_MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (
-        1,
-        """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id      text PRIMARY KEY,
-    seq         bigint GENERATED ALWAYS AS IDENTITY,
-    labels      bytea NOT NULL,
-    rollout     text,
-    added_at    double precision NOT NULL,
-    phase       text,
-    snapshot    bytea,
-    outcome     text,
-    finished_at double precision,
-    updated_at  double precision NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (added_at, seq) WHERE finished_at IS NULL;
-CREATE TABLE IF NOT EXISTS history (
-    seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id   text NOT NULL,
-    event_id text NOT NULL,
-    event    bytea NOT NULL,
-    UNIQUE (job_id, event_id)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    sink         text NOT NULL,
-    event_id     text NOT NULL,
-    event        bytea NOT NULL,
-    attempts     integer NOT NULL DEFAULT 0,
-    last_error   text,
-    delivered_at double precision,
-    rejected     boolean NOT NULL DEFAULT false,
-    UNIQUE (sink, event_id)
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, seq) WHERE delivered_at IS NULL;
-CREATE TABLE IF NOT EXISTS digests (
-    event_id text PRIMARY KEY,
-    at       double precision NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodepools (
-    cluster_id  text NOT NULL,
-    nodepool_id text NOT NULL,
-    target      integer,
-    labels      bytea NOT NULL,
-    rollout     text,
-    added_at    double precision NOT NULL,
-    outcome     text,
-    finished_at double precision,
-    PRIMARY KEY (cluster_id, nodepool_id)
-);
-CREATE TABLE IF NOT EXISTS pool_nodes (
-    job_id      text PRIMARY KEY,
-    cluster_id  text NOT NULL,
-    nodepool_id text NOT NULL,
-    node        bytea NOT NULL,
-    labels      bytea NOT NULL
-);
-CREATE TABLE IF NOT EXISTS awaited_nodes (
-    cluster_id text NOT NULL,
-    node_id    text NOT NULL,
-    awaited    bytea NOT NULL,
-    PRIMARY KEY (cluster_id, node_id)
-);
-""",
-    ),
-    (
-        2,
-        """
-CREATE TABLE IF NOT EXISTS leases (
-    name       text PRIMARY KEY,
-    holder     text NOT NULL,
-    epoch      bigint NOT NULL DEFAULT 1,
-    expires_at double precision NOT NULL
-);
-""",
-    ),
-)
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _JOB_COLUMNS = "job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at"
 _DELIVERY_COLUMNS = "seq, sink, event, attempts, last_error, rejected, delivered_at"
@@ -147,12 +67,19 @@ def describe_dsn(dsn: str) -> str:
 class PgState:
     """The PostgreSQL :class:`~monitor.daemon.storage.Store`. Open with ``await PgState.open(dsn)``."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], where: str, secrets: tuple[str, ...]):
+    def __init__(
+        self, pool: AsyncConnectionPool[AsyncConnection[Any]], where: str, secrets: tuple[str, ...], conninfo: str
+    ):
         self.where = where
+        self._conninfo = conninfo  # (holds the password: never shown)
         self._pool = pool
         self._secrets = secrets
         self._routes = Routes()
         self.closed = False
+        self.owner: str | None = None
+        """The replica this process is, once it shares the jobs (:mod:`monitor.daemon.pgcluster`): from then on
+        every write for a job is fenced by the epoch this replica claimed it at (:attr:`epochs`)."""
+        self.epochs: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"PgState(where={self.where!r}, closed={self.closed})"
@@ -181,7 +108,7 @@ class PgState:
             # One connection first, for the migrations and for a clear answer: the pool would retry a wrong
             # password or a server that is not there until its timeout, and then say only that it timed out.
             async with await AsyncConnection.connect(conninfo, connect_timeout=max(1, round(wait))) as conn:
-                await _migrate(conn, where)
+                await migrate(conn, where)
         except psycopg.Error as exc:
             detail = redact(_first_line(exc), secrets)
             raise ConfigError(f"state.dsn: cannot use PostgreSQL at {where}: {detail}") from None
@@ -196,7 +123,11 @@ class PgState:
                 detail = redact(_first_line(exc), secrets)
                 raise ConfigError(f"state.dsn: cannot use PostgreSQL at {where}: {detail}") from None
             raise
-        return cls(pool, where, secrets)
+        return cls(pool, where, secrets, conninfo)
+
+    async def connect(self, *, autocommit: bool = False) -> AsyncConnection[Any]:
+        """A connection of its own, outside the pool (to LISTEN on)."""
+        return await AsyncConnection.connect(self._conninfo, autocommit=autocommit, connect_timeout=5)
 
     async def close(self) -> None:
         if self.closed:
@@ -204,7 +135,10 @@ class PgState:
         self.closed = True
         await self._pool.close()
 
-    def _failed(self, exc: psycopg.Error) -> StateError:
+    def failed(self, exc: psycopg.Error) -> StateError:
+        """The driver's error as a :class:`StateError` naming where, without the password."""
+        if exc.sqlstate == FENCED:
+            return NotOwnerError(_first_line(exc).removeprefix("ERROR:").strip())
         return StateError(f"state at {self.where}: {redact(_first_line(exc), self._secrets)}")
 
     async def _write(self, statements: Iterable[tuple[str, Sequence[object]]], *, counts: bool = False) -> list[int]:
@@ -222,7 +156,7 @@ class PgState:
                         for sql, args in statements:
                             await conn.execute(sql.encode(), args)
         except psycopg.Error as exc:
-            raise self._failed(exc) from None
+            raise self.failed(exc) from None
         return found
 
     async def _many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
@@ -232,7 +166,7 @@ class PgState:
             async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(sql.encode(), rows)
         except psycopg.Error as exc:
-            raise self._failed(exc) from None
+            raise self.failed(exc) from None
 
     async def _fetch(self, sql: str, args: Sequence[object] = (), *, write: bool = False) -> list[tuple[Any, ...]]:
         """One statement's rows (``write``: in a transaction of its own, committed)."""
@@ -245,7 +179,7 @@ class PgState:
                 cur = await conn.execute(sql.encode(), args)
                 return list(await cur.fetchall())
         except psycopg.Error as exc:
-            raise self._failed(exc) from None
+            raise self.failed(exc) from None
 
     def route(self, sink: str, event_filter: EventFilter, wants: Callable[[Event], bool] | None = None) -> None:
         """Give durable sink ``sink`` an outbox fed by :meth:`record` with the events it selects."""
@@ -256,14 +190,19 @@ class PgState:
     async def add_jobs(self, job_ids: Sequence[str], labels: Mapping[str, str], rollout: str | None) -> list[str]:
         """Insert jobs not yet known (one statement, however many); returns the ids that were new, in order."""
         blob, now = orjson.dumps(dict(labels)), time.time()
-        rows = await self._fetch(
-            "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) "
-            "SELECT id, %s, %s, %s, %s FROM unnest(%s::text[]) WITH ORDINALITY AS given(id, n) ORDER BY n "
-            "ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-            (blob, rollout, now, now, list(job_ids)),
-            write=True,
-        )
-        new = {r[0] for r in rows}
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    b"INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) "
+                    b"SELECT id, %s, %s, %s, %s FROM unnest(%s::text[]) WITH ORDINALITY AS given(id, n) ORDER BY n "
+                    b"ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+                    (blob, rollout, now, now, list(job_ids)),
+                )
+                new = {r[0] for r in await cur.fetchall()}
+                if new:  # replicas claim them at once (monitor.daemon.pgcluster listens)
+                    await conn.execute(b"SELECT pg_notify(%s, 'jobs')", (CHANNEL,))
+        except psycopg.Error as exc:
+            raise self.failed(exc) from None
         return [job_id for job_id in job_ids if job_id in new]
 
     async def record(
@@ -272,30 +211,43 @@ class PgState:
         """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
         now = time.time()
         statements: list[tuple[str, Sequence[object]]] = []
+        if self.owner is not None:  # shared jobs: only as the owner, at the epoch claimed (see pgschema)
+            epoch = self.epochs.get(job_id)
+            if epoch is None:
+                raise NotOwnerError(f"job {job_id} is not owned by this replica")
+            statements.append(("SELECT cce_monitor_fence(%s, %s, %s)", (job_id, self.owner, epoch)))
         if snapshot is not None:
             statements.append(
                 (
-                    "UPDATE jobs SET snapshot = %s, phase = %s, updated_at = %s WHERE job_id = %s",
+                    "UPDATE jobs SET snapshot = %s, phase = %s, updated_at = %s, changed = nextval('changes') "
+                    "WHERE job_id = %s",
                     (job_to_json(snapshot), snapshot.phase.value, now, job_id),
                 )
             )
         if outcome is not None:
             statements.append(
                 (
-                    "UPDATE jobs SET outcome = %s, finished_at = %s, updated_at = %s WHERE job_id = %s",
+                    "UPDATE jobs SET outcome = %s, finished_at = %s, updated_at = %s, changed = nextval('changes') "
+                    "WHERE job_id = %s",
                     (str(outcome), now, now, job_id),
                 )
             )
-        for event_id, data, sinks in self._routes.rows(events):
+        for event, (event_id, data, sinks) in zip(events, self._routes.rows(events), strict=True):
             statements.append(
                 (
-                    "INSERT INTO history (job_id, event_id, event) VALUES (%s,%s,%s) "
+                    "INSERT INTO history (job_id, event_id, event, type) VALUES (%s,%s,%s,%s) "
                     "ON CONFLICT (job_id, event_id) DO NOTHING",
-                    (job_id, event_id, data),
+                    (job_id, event_id, data, event.type.value),
                 )
             )
             statements += self._queue(event_id, data, sinks)
-        await self._write(statements)
+        try:
+            await self._write(statements)
+        except NotOwnerError:
+            self.epochs.pop(job_id, None)
+            raise
+        if outcome is not None:
+            self.epochs.pop(job_id, None)  # finished: nothing more is written for it
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Store events that belong to no job (rollout digests) with their outbox rows; returns the new ones."""
@@ -314,7 +266,7 @@ class PgState:
                     for sql, args in self._queue(event_id, data, sinks):
                         await conn.execute(sql.encode(), args)
         except psycopg.Error as exc:
-            raise self._failed(exc) from None
+            raise self.failed(exc) from None
         return [e for e in events if e.id in new]
 
     @staticmethod
@@ -377,6 +329,7 @@ class PgState:
                 ("DELETE FROM jobs WHERE job_id = %s", (job_id,)),
                 ("DELETE FROM history WHERE job_id = %s", (job_id,)),
                 ("DELETE FROM pool_nodes WHERE job_id = %s", (job_id,)),
+                ("SELECT pg_notify(%s, %s)", (CHANNEL, "removed:" + job_id)),  # its owner stops polling it
             ],
             counts=True,
         )
@@ -400,7 +353,7 @@ class PgState:
                 ):
                     await conn.execute(sql, (cutoff,))
         except psycopg.Error as exc:
-            raise self._failed(exc) from None
+            raise self.failed(exc) from None
         return len(old)
 
     # ------------------------------------------------------------------------- node pools and nodes
@@ -415,13 +368,14 @@ class PgState:
         """One transaction: discovered node jobs tracked, awaited nodes kept, resolved ones dropped, pools ended."""
         now = time.time()
         statements: list[tuple[str, Sequence[object]]] = []
+        owned = 1 if self.owner is not None else 0  # a replica's pool's node jobs are its own, at epoch 1
         for f in discovered:
             labels = orjson.dumps(dict(f.labels))
             statements.append(
                 (
-                    "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at) VALUES (%s,%s,%s,%s,%s) "
-                    "ON CONFLICT (job_id) DO NOTHING",
-                    (f.node.job_id, labels, f.labels.get("rollout"), now, now),
+                    "INSERT INTO jobs (job_id, labels, rollout, added_at, updated_at, owner, epoch) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (job_id) DO NOTHING",
+                    (f.node.job_id, labels, f.labels.get("rollout"), now, now, self.owner, owned),
                 )
             )
             statements.append(
@@ -435,9 +389,10 @@ class PgState:
         for a in awaited:
             statements.append(
                 (
-                    "INSERT INTO awaited_nodes (cluster_id, node_id, awaited) VALUES (%s,%s,%s) "
-                    "ON CONFLICT (cluster_id, node_id) DO UPDATE SET awaited = excluded.awaited",
-                    (a.cluster_id, a.node_id, orjson.dumps(a)),
+                    "INSERT INTO awaited_nodes (cluster_id, node_id, awaited, owner) VALUES (%s,%s,%s,%s) "
+                    "ON CONFLICT (cluster_id, node_id) DO UPDATE SET awaited = excluded.awaited, "
+                    "owner = excluded.owner",
+                    (a.cluster_id, a.node_id, orjson.dumps(a), self.owner),
                 )
             )
         for a in resolved:
@@ -454,8 +409,16 @@ class PgState:
                         (str(outcome), now, cluster_id, nodepool_id),
                     )
                 )
-        if statements:
+        if not statements:
+            return
+        if self.owner is None:
             await self._write(statements)
+            return
+        counts = await self._write(statements, counts=True)
+        inserted = iter(counts[::2])  # each discovered node's job row, then its pool_nodes row
+        for f in discovered:
+            if next(inserted) > 0:
+                self.epochs[f.node.job_id] = 1
 
     async def add_nodepool(
         self,
@@ -470,12 +433,12 @@ class PgState:
         counts = await self._write(
             [
                 (
-                    "INSERT INTO nodepools (cluster_id, nodepool_id, target, labels, rollout, added_at) "
-                    "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (cluster_id, nodepool_id) DO UPDATE SET "
+                    "INSERT INTO nodepools (cluster_id, nodepool_id, target, labels, rollout, added_at, owner) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (cluster_id, nodepool_id) DO UPDATE SET "
                     "target = excluded.target, labels = excluded.labels, rollout = excluded.rollout, "
-                    "added_at = excluded.added_at, outcome = NULL, finished_at = NULL "
+                    "added_at = excluded.added_at, outcome = NULL, finished_at = NULL, owner = excluded.owner "
                     "WHERE nodepools.finished_at IS NOT NULL",
-                    (cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout, added_at),
+                    (cluster_id, nodepool_id, target, orjson.dumps(dict(labels)), rollout, added_at, self.owner),
                 )
             ],
             counts=True,
@@ -618,32 +581,8 @@ class PgState:
                     ([d.seq for d in found],),
                 )
         except psycopg.Error as exc:
-            raise self._failed(exc) from None
+            raise self.failed(exc) from None
         return found
-
-
-async def _migrate(conn: AsyncConnection[Any], where: str) -> None:
-    """Bring the schema to :data:`SCHEMA_VERSION`: each migration once, under an advisory lock held for the
-    transaction, so that replicas starting together wait for each other instead of applying twice."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise ConfigError(
-                f"state.dsn: the database at {where} has schema version {current}, newer than this cce-monitor "
-                f"knows ({SCHEMA_VERSION}); upgrade cce-monitor"
-            )
-        for version, sql in _MIGRATIONS:
-            if version > current:
-                await conn.execute(sql.encode())
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
-                logger.info("state: schema migrated to version %d at %s", version, where)
 
 
 def _first_line(exc: BaseException) -> str:

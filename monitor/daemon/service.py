@@ -21,7 +21,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from monitor.cce.auth import Auth, auth_from_env
 from monitor.cce.client import CCEClient
@@ -34,12 +34,16 @@ from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
-from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, open_store
+from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, StoredNodePool, open_store
 from monitor.engine.bus import Bus, EventFilter
+from monitor.engine.fleet import AwaitedNode, PoolNode
 from monitor.engine.pipeline import Pipeline, SinkBinding
 from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import Scheduler
 from monitor.sinks import create_sink, is_durable
+
+if TYPE_CHECKING:
+    from monitor.daemon.pgcluster import Cluster, RolloutChange
 
 __all__ = ["Daemon"]
 
@@ -47,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 3600.0
 _REFRESH_EVERY = 5.0  # seconds between reads of the outbox depth and age (metrics, /readyz)
-_LEASE_TTL = 15.0  # a sink's delivery lease: renewed every 5 s; another daemon takes over 15 s after a crash
 _REACHABLE_WITHIN = 300.0
 
 
@@ -73,6 +76,7 @@ class Daemon:
         self._deliverers: list[Deliverer] = []
         self._running = False
         self._rollouts: RolloutTracker | None = None
+        self._cluster: Cluster | None = None  # replicas sharing the jobs (state.backend: postgres)
 
     # ------------------------------------------------------------------------------------ Control
 
@@ -83,8 +87,11 @@ class Daemon:
         shared = dict(labels)
         if rollout and self._rollouts is not None and new:
             self._rollouts.add(rollout, new)
-        for job_id in new:
-            scheduler.add(job_id, shared)
+        if self._cluster is not None:
+            self._cluster.wake()  # replicas claim them (this one too): notified by the database as well
+        else:
+            for job_id in new:
+                scheduler.add(job_id, shared)
         fresh = set(new)
         return AddResult(accepted=new, known=[j for j in job_ids if j not in fresh])
 
@@ -182,11 +189,19 @@ class Daemon:
         found = self._rollouts.get(name) if self._rollouts else None
         return found.summary() if found else None
 
+    def cluster(self) -> dict[str, Any] | None:
+        """This replica's membership when replicas share the jobs, else ``None``."""
+        if self._cluster is None:
+            return None
+        lost = self._scheduler.stats.lost if self._scheduler is not None else 0
+        return self._cluster.summary() | {"lost": lost}
+
     def readiness(self) -> dict[str, bool]:
         scheduler = self._scheduler
         contact = scheduler.stats.last_contact if scheduler else None
         polled = bool(scheduler and scheduler.stats.polls)
-        return {
+        checks = {"cluster": self._cluster.member} if self._cluster is not None else {}
+        return checks | {
             "state": self._state is not None and not self._state.closed and self._state_ok,
             "scheduler": self._running,
             # Nothing to poll yet counts as reachable; otherwise CCE must have answered recently — and the endpoint
@@ -243,7 +258,7 @@ class Daemon:
                         concurrency=d.concurrency if d.ordering == "job" else 1,
                         observe=self._metrics.delivery_latency.labels(name).observe,
                         holder=self._replica,
-                        lease_ttl=_LEASE_TTL,
+                        lease_ttl=self.config.state.replica_ttl,
                     )
                 )
             else:
@@ -281,6 +296,7 @@ class Daemon:
         sources.outbox_age = lambda: {name: lag["oldest_age_s"] for name, lag in self.delivery_lag().items()}
         sources.loop_lag = lambda: probe.lag
         sources.schedule_lag = lambda: scheduler.stats.lag
+        sources.cluster = self.cluster
 
     def _delivery_counts(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
@@ -350,8 +366,10 @@ class Daemon:
 
             def publish_digest(bus: Bus) -> Callable[[Event], Awaitable[None]]:
                 async def publish(event: Event) -> None:
+                    if self._cluster is not None and not self._cluster.coordinator:
+                        return  # one replica publishes the digests (the others keep the view for the API)
                     # Durable sinks get digests through their outbox; a digest recorded before (a finished
-                    # rollout announced again after a restart) is not published twice.
+                    # rollout announced again after a restart, or by another replica) is not published twice.
                     for new in await state.record_events([event]):
                         await bus.publish(new)
 
@@ -374,10 +392,17 @@ class Daemon:
                 scheduler = pipeline.scheduler
                 self._wire_metrics(scheduler, limiter, pipeline.bus, probe)
                 restored = 0
-                now = time.time()
-                for job in await state.unfinished():
-                    restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
-                await self._restore(state, pipeline)
+                chores = [self._housekeeping(state), probe.run()]
+                if cfg.state.backend == "postgres":  # replicas: the jobs polled here are those claimed
+                    cluster = await self._join(state, pipeline)
+                    chores.append(cluster.run())
+                else:
+                    now = time.time()
+                    for job in await state.unfinished():
+                        restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
+                await self._restore(state, pipeline, follow=self._cluster is None)
+                if self._cluster is not None:
+                    await self._cluster.start_tail()
                 await self._warn_stranded(state)
                 if restored:
                     logger.info("tracking %d unfinished jobs from %s again", restored, state.where)
@@ -400,12 +425,14 @@ class Daemon:
                 async def close_api() -> None:
                     self._running = False
                     await runner.cleanup()  # no new jobs
+                    if self._cluster is not None:
+                        await self._cluster.leave()  # the other replicas take over now, not after the TTL
 
                 try:
                     await pipeline.run(
                         ready_then_stop(),
                         deadline=cfg.shutdown_deadline,
-                        chores=[self._housekeeping(state), probe.run()],
+                        chores=chores,
                         on_stopping=close_api,
                     )
                 finally:
@@ -433,11 +460,68 @@ class Daemon:
                     sink,
                 )
 
+    async def _join(self, state: Store, pipeline: Pipeline) -> Cluster:
+        """Become a replica sharing the jobs with every daemon on the same database (monitor.daemon.pgcluster)."""
+        from monitor.daemon.pgcluster import Cluster, ClusterHooks  # noqa: PLC0415 (psycopg users only)
+        from monitor.daemon.pgstore import PgState  # noqa: PLC0415
+
+        assert isinstance(state, PgState)  # (open_store made it from the same setting)
+        scheduler, rollouts = pipeline.scheduler, pipeline.rollouts
+
+        def adopt(jobs: list[StoredJob]) -> None:
+            now = time.time()
+            for job in jobs:
+                scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
+                if job.rollout:
+                    rollouts.add(job.rollout, [job.job_id])
+
+        def drop(job_ids: list[str]) -> None:
+            for job_id in job_ids:
+                scheduler.remove(job_id)
+
+        def adopt_pool(pool: StoredNodePool, nodes: list[PoolNode]) -> None:
+            for found in nodes:
+                scheduler.fleet.remember(found)
+            seen = [(f.node.id, f.node.job_id) for f in nodes]
+            labels = pool.labels
+            scheduler.follow_nodepool(
+                pool.cluster_id, pool.nodepool_id, target=pool.target, labels=labels, since=pool.added_at, seen=seen
+            )
+            if pool.rollout:
+                rollouts.add_pool(pool.rollout, pool.nodepool_id)
+
+        def adopt_awaited(awaited: list[AwaitedNode]) -> None:
+            for waited in awaited:
+                scheduler.fleet.restore(waited)
+
+        def rollout_changes(changes: list[RolloutChange], confirmations: list[Event]) -> None:
+            for c in changes:
+                rollouts.merge(
+                    c.rollout,
+                    c.job_id,
+                    added_at=c.added_at,
+                    phase=c.outcome or c.phase,
+                    ended=c.finished_at,
+                    snapshot=c.snapshot,
+                )
+            for event in confirmations:
+                rollouts.on_event(event)
+
+        def coordinating() -> None:
+            for rollout in rollouts.rollouts():  # announce what finished while nobody published (ids dedupe)
+                rollouts.recheck(rollout.name)
+
+        hooks = ClusterHooks(adopt, drop, adopt_pool, adopt_awaited, rollout_changes, coordinating)
+        ttl = self.config.state.replica_ttl
+        self._cluster = Cluster(state, self._replica, hooks, heartbeat=ttl / 3, ttl=ttl)
+        return self._cluster
+
     @staticmethod
-    async def _restore(state: Store, pipeline: Pipeline) -> None:
+    async def _restore(state: Store, pipeline: Pipeline, *, follow: bool = True) -> None:
         """Rebuild rollout aggregates from the database (jobs of every rollout still kept), and follow again
-        what was followed: the pools not settled, their nodes' jobs, the nodes still awaited. A rollout is
-        judged finished only once all of it is back (its nodes, their confirmations, its pools)."""
+        what was followed: the pools not settled, their nodes' jobs, the nodes still awaited (``follow``: on its
+        own; replicas sharing the jobs follow what they claim). A rollout is judged finished only once all of
+        it is back (its nodes, their confirmations, its pools)."""
         scheduler, rollouts = pipeline.scheduler, pipeline.rollouts
         members: dict[str, list[StoredJob]] = {}
         for job in await state.jobs():
@@ -461,7 +545,8 @@ class Daemon:
         pools = await state.nodepools(unfinished=True)
         nodes, awaited = await state.fleet_state()
         for found in nodes:
-            scheduler.fleet.remember(found)
+            if follow:
+                scheduler.fleet.remember(found)
             node, rollout = found.node, found.labels.get("rollout")
             if rollout:
                 rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
@@ -471,6 +556,10 @@ class Daemon:
                     if event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):
                         rollouts.on_event(event)
         for pool in pools:
+            if pool.rollout:
+                rollouts.add_pool(pool.rollout, pool.nodepool_id)
+            if not follow:
+                continue
             seen = [(f.node.id, f.node.job_id) for f in nodes if f.nodepool_id == pool.nodepool_id]
             scheduler.follow_nodepool(
                 pool.cluster_id,
@@ -480,9 +569,7 @@ class Daemon:
                 since=pool.added_at,
                 seen=seen,
             )
-            if pool.rollout:
-                rollouts.add_pool(pool.rollout, pool.nodepool_id)
-        for waited in awaited:
+        for waited in awaited if follow else ():
             scheduler.fleet.restore(waited)
         for name in {*members, *(p.rollout for p in pools if p.rollout)}:
             rollouts.recheck(name)

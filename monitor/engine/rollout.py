@@ -306,6 +306,34 @@ class RolloutTracker:
         member.subjobs = dict(subjobs or {})
         self.recheck(name)
 
+    def merge(
+        self,
+        name: str,
+        job_id: str,
+        *,
+        added_at: float,
+        phase: str | None,
+        ended: float | None,
+        snapshot: Job | None,
+    ) -> None:
+        """A member's state as another replica recorded it (replicas sharing jobs): joins the rollout if new,
+        takes the recorded phase (an outcome such as ``timed_out`` included) and the nodes of its snapshot."""
+        rollout = self._rollouts.get(name)
+        if rollout is None or job_id not in rollout.members:
+            self.add(name, [job_id], started=added_at if rollout is None else None)
+            rollout = self._rollouts[name]
+        member = rollout.members[job_id]
+        if snapshot is not None:
+            self.on_snapshot(job_id, snapshot)
+            member.reason = snapshot.reason or None
+            member.resource_name = snapshot.resource_name or member.resource_name
+            member.subjobs = {s.id: s.phase.value for s in snapshot.walk()}
+        member.phase = phase or "waiting"
+        member.ended = ended
+        if member.node is not None and member.nodes is None:
+            self._follow(member.node, member.phase, member.reason, member.resource_name)
+        self._changed(name, rollout)
+
     def recheck(self, name: str) -> None:
         """After restoring a rollout (its members, nodes, node events, pools): whether it has finished."""
         rollout = self._rollouts.get(name)

@@ -56,6 +56,7 @@ from monitor.cce.throttle import Limiter, RateLimiter
 from monitor.core.errors import (
     MalformedResponseError,
     MonitorError,
+    NotOwnerError,
     ThrottledError,
 )
 from monitor.core.events import Event, EventType, Outcome, event_id
@@ -96,6 +97,8 @@ class SchedulerStats:
     """Clock time of the last answer from CCE (any HTTP status), for readiness checks."""
     not_stored: int = 0
     """Polls whose news the store refused (held back and detected again later)."""
+    lost: int = 0
+    """Jobs dropped because the store said another replica owns them now (their news was not recorded)."""
 
 
 class Scheduler:
@@ -414,6 +417,9 @@ class Scheduler:
                     await self._store.record_events(events)
                 else:
                     await self._store.record(tracked.job_id, snapshot, events, outcome=outcome)
+            except NotOwnerError as exc:  # another replica polls it now and detects the same news again
+                self._lost(tracked, str(exc))
+                return
             except Exception as exc:
                 if hold:
                     raise _NotStored(str(exc)) from exc
@@ -496,6 +502,13 @@ class Scheduler:
         if not self._store_down:
             self._store_down = True
             logger.warning("the state store failed (%s); events wait until it answers (job %s)", why, tracked.job_id)
+
+    def _lost(self, tracked: Tracked, why: str) -> None:
+        self._jobs.pop(tracked.job_id, None)
+        tracked.removed = tracked.dropped = True
+        self._check_idle()
+        self.stats.lost += 1
+        logger.info("job %s: %s; no longer polled here", tracked.job_id, why)
 
     def _timeout_detail(self) -> str:
         return f"not finished after {self.settings.job_timeout:g}s"

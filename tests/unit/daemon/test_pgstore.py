@@ -17,7 +17,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from monitor.config import parse_config
 from monitor.core.errors import ConfigError, StateError
-from monitor.daemon.pgstore import SCHEMA_VERSION, PgState, describe_dsn
+from monitor.daemon.pgschema import SCHEMA_VERSION
+from monitor.daemon.pgstore import PgState, describe_dsn
 from monitor.sim import Simulator
 from monitor.testing import PostgresServer, Receiver
 from tests.unit.daemon.test_daemon import Running, all_finished, file_events, make_config, running, until

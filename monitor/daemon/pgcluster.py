@@ -1,0 +1,415 @@
+"""Replicas sharing the jobs on one PostgreSQL database: membership, claims with fencing, handover, pick-up.
+
+The way Airflow's HA scheduler, procrastinate and River share work, on the schema of :mod:`monitor.daemon.pgschema`:
+
+* **Membership.** Every replica upserts its ``members`` row every ``heartbeat`` seconds with an expiry ``ttl``
+  seconds ahead on the *database's* clock (no replica's clock matters). A replica whose last renewal is older
+  than ``ttl - heartbeat`` stops polling everything it owns (:meth:`Cluster.owned` empties) *before* its row
+  expires, so it is never polling a job another replica has taken over.
+* **Claims.** Each round, in one transaction: the fair share is ``ceil(unfinished jobs / live members)``; a
+  replica below it claims unowned jobs and jobs of expired members with ``FOR UPDATE SKIP LOCKED`` (replicas
+  claiming at once never block each other nor take the same job); every claim bumps the job's ``epoch``. A
+  replica more than ``_SLACK`` above it hands the excess back (owner ``NULL``) and notifies, so a replica that
+  joins gets its share within a round. Node pools and awaited nodes are claimed when their owner is gone.
+* **Fencing.** Every write for a job runs ``cce_monitor_fence(job, replica, epoch)`` first, in the same
+  transaction (:meth:`~monitor.daemon.pgstore.PgState.record`): a replica that lost a job cannot record for it,
+  it gets :class:`~monitor.core.errors.NotOwnerError` and drops the job.
+* **Pick-up.** ``LISTEN cce_monitor``: jobs added through any replica's API, or handed back, wake every replica's
+  claim round at once; a job removed through any replica stops being polled by its owner. A round every
+  ``heartbeat`` seconds is the safety net for a lost notification.
+* **Leaving.** On a clean stop the replica hands back everything it owns and deletes its row (and notifies):
+  the others claim it within the next notification round, not after the TTL.
+* **Rollouts.** Each replica reads what other replicas recorded for rollouts (jobs whose ``changed`` moved,
+  node confirmations) so its rollout view — ``/v1/rollouts`` — is the cluster's; one replica at a time (a
+  lease, ``rollouts``) publishes the digests, and a digest id recorded before is never published again, so a
+  rollout finishes once cluster-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+
+from monitor.core.errors import StateError
+from monitor.core.events import Event
+from monitor.core.model import Job, job_from_json
+from monitor.core.nodes import Node
+from monitor.daemon.pgstore import CHANNEL, PgState
+from monitor.daemon.storage import StoredJob, StoredNodePool
+from monitor.engine.fleet import AwaitedNode, PoolNode
+
+__all__ = ["Cluster", "ClusterHooks", "RolloutChange"]
+
+logger = logging.getLogger(__name__)
+
+_SLACK = 0.05  # a replica hands jobs back only when it holds more than 5 % (and 2 jobs) over its fair share
+_CLAIM_BATCH = 5_000  # jobs claimed per round at most (a big backlog is spread over rounds, not one long lock)
+_TAIL_BATCH = 10_000
+_DIGEST_LEASE = "rollouts"
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutChange:
+    """A rollout member as another replica recorded it."""
+
+    rollout: str
+    job_id: str
+    added_at: float
+    phase: str | None
+    outcome: str | None
+    finished_at: float | None
+    snapshot: Job | None
+
+
+@dataclass(slots=True)
+class ClusterHooks:
+    """What the daemon does when ownership changes (all called on the event loop, none may block)."""
+
+    adopt: Callable[[list[StoredJob]], None]
+    """Start polling jobs just claimed (from their stored snapshot)."""
+    drop: Callable[[list[str]], None]
+    """Stop polling jobs no longer owned (handed back, removed, or membership lapsed)."""
+    adopt_pool: Callable[[StoredNodePool, list[PoolNode]], None]
+    adopt_awaited: Callable[[list[AwaitedNode]], None]
+    rollout_changes: Callable[[list[RolloutChange], list[Event]], None]
+    """Other replicas' news of rollout members (and node confirmations) for the rollout view."""
+    coordinating: Callable[[], None]
+    """This replica has just become the one that publishes rollout digests."""
+
+
+class Cluster:
+    """This replica's membership. ``await cluster.run()`` as a task; :meth:`leave` on a clean stop."""
+
+    def __init__(
+        self,
+        state: PgState,
+        replica: str,
+        hooks: ClusterHooks,
+        *,
+        heartbeat: float = 5.0,
+        ttl: float = 15.0,
+    ) -> None:
+        self._state = state
+        self.replica = replica
+        self._hooks = hooks
+        self.heartbeat = heartbeat
+        self.ttl = ttl
+        self.members = 0
+        """Live replicas at the last round (this one included)."""
+        self.share = 0
+        """This replica's fair share of the unfinished jobs at the last round."""
+        self.coordinator = False
+        """This replica publishes the rollout digests (holds the ``rollouts`` lease)."""
+        self.claimed = 0
+        self.released = 0
+        self._renewed = -math.inf  # monotonic time of the last committed heartbeat
+        self._lapsed = True  # not a member (yet, or any more): owns nothing
+        self._wake = asyncio.Event()
+        # The rollout view reads rows whose `changed` (and history rows whose seq) passed the mark of the round
+        # before last: a value drawn by a transaction that commits late (within a round) is not missed.
+        self._changed = (0, 0)
+        self._history = (0, 0)
+        self._left = False
+        state.owner = replica
+
+    @property
+    def owned(self) -> int:
+        """Jobs this replica owns (and polls) now."""
+        return len(self._state.epochs)
+
+    @property
+    def member(self) -> bool:
+        """This replica renewed its membership recently enough to poll (see the module docstring)."""
+        return not self._lapsed
+
+    def wake(self) -> None:
+        """Run a round now (jobs were added or handed back)."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        """Rounds every ``heartbeat`` seconds or when notified, until cancelled."""
+        listener = asyncio.create_task(self._listen(), name="cluster-listen")
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._round()
+                except StateError as exc:
+                    self._check_lapse(exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.heartbeat):
+                        await self._wake.wait()
+                await asyncio.sleep(0.05)  # notifications come in bursts (a bulk add): one round for them
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    def _check_lapse(self, exc: StateError) -> None:
+        if self._lapsed or time.monotonic() - self._renewed < self.ttl - self.heartbeat:
+            return
+        self._lapsed = True
+        dropped = list(self._state.epochs)
+        self._state.epochs.clear()
+        self._hooks.drop(dropped)
+        self.coordinator = False
+        logger.warning(
+            "cluster: membership not renewed for %.0fs (%s); stopped polling %d jobs until the database answers",
+            time.monotonic() - self._renewed,
+            exc,
+            len(dropped),
+        )
+
+    async def _round(self) -> None:
+        state = self._state
+        claimed: list[_Claimed] = []
+        released: list[str] = []
+        pools: list[tuple[StoredNodePool, list[PoolNode]]] = []
+        awaited: list[AwaitedNode] = []
+        try:
+            async with state.pool.connection() as conn:
+                async with conn.transaction():
+                    await conn.execute(
+                        b"INSERT INTO members (replica, started_at, expires_at) VALUES (%s, "
+                        b"extract(epoch from clock_timestamp()), extract(epoch from clock_timestamp()) + %s) "
+                        b"ON CONFLICT (replica) DO UPDATE SET expires_at = excluded.expires_at",
+                        (self.replica, self.ttl),
+                    )
+                    if self._lapsed:  # back after a lapse: what it owned may be someone else's — start afresh
+                        await conn.execute(
+                            b"UPDATE jobs SET owner = NULL WHERE owner = %s AND finished_at IS NULL", (self.replica,)
+                        )
+                    cur = await conn.execute(
+                        b"SELECT (SELECT count(*) FROM live_members), "
+                        b"(SELECT count(*) FROM jobs WHERE finished_at IS NULL), "
+                        b"(SELECT count(*) FROM jobs WHERE finished_at IS NULL AND owner = %s)",
+                        (self.replica,),
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    members, total, mine = int(row[0]), int(row[1]), int(row[2])
+                    share = math.ceil(total / max(1, members))
+                    if mine < share:
+                        claimed = await self._claim(conn, min(share - mine, _CLAIM_BATCH))
+                    elif mine > share + max(2, math.ceil(share * _SLACK)):
+                        released = await self._release(conn, mine - share)
+                    pools = await self._claim_pools(conn)
+                    awaited = await self._claim_awaited(conn)
+                self._renewed = time.monotonic()
+                if self._lapsed:
+                    self._lapsed = False
+                    logger.info("cluster: replica %s is a member (%d live)", self.replica, members)
+                self.members, self.share = members, share
+                changes, confirmations = await self._tail(conn)
+        except psycopg.Error as exc:
+            raise state.failed(exc) from None
+        for job in claimed:
+            state.epochs[job.job_id] = job.epoch
+        if released:
+            for job_id in released:
+                state.epochs.pop(job_id, None)
+            self._hooks.drop(released)
+            self.released += len(released)
+        if claimed:
+            self.claimed += len(claimed)
+            self._hooks.adopt([job.stored for job in claimed])
+        for pool, nodes in pools:
+            self._hooks.adopt_pool(pool, nodes)
+        if awaited:
+            self._hooks.adopt_awaited(awaited)
+        if changes or confirmations:
+            self._hooks.rollout_changes(changes, confirmations)
+        await self._coordinate()
+
+    async def _claim(self, conn: AsyncConnection[Any], limit: int) -> list[_Claimed]:
+        cur = await conn.execute(
+            b"UPDATE jobs SET owner = %s, epoch = epoch + 1 WHERE job_id IN (SELECT job_id FROM jobs "
+            b"WHERE finished_at IS NULL AND (owner IS NULL OR owner NOT IN (SELECT replica FROM live_members)) "
+            b"ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+            b"RETURNING job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at, epoch",
+            (self.replica, limit),
+        )
+        return [_Claimed.of(row) for row in await cur.fetchall()]
+
+    async def _release(self, conn: AsyncConnection[Any], count: int) -> list[str]:
+        cur = await conn.execute(
+            b"UPDATE jobs SET owner = NULL WHERE job_id IN (SELECT job_id FROM jobs WHERE owner = %s "
+            b"AND finished_at IS NULL ORDER BY seq DESC LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING job_id",
+            (self.replica, count),
+        )
+        released = [str(r[0]) for r in await cur.fetchall()]
+        if released:
+            await conn.execute(b"SELECT pg_notify(%s, 'jobs')", (CHANNEL,))
+        return released
+
+    async def _claim_pools(self, conn: AsyncConnection[Any]) -> list[tuple[StoredNodePool, list[PoolNode]]]:
+        cur = await conn.execute(
+            b"UPDATE nodepools SET owner = %s WHERE finished_at IS NULL "
+            b"AND (owner IS NULL OR owner NOT IN (SELECT replica FROM live_members)) "
+            b"RETURNING cluster_id, nodepool_id, target, labels, rollout, added_at, outcome, finished_at",
+            (self.replica,),
+        )
+        found = []
+        for c, p, t, lab, r, a, o, f in await cur.fetchall():
+            nodes = await conn.execute(
+                b"SELECT node, labels FROM pool_nodes WHERE cluster_id = %s AND nodepool_id = %s", (c, p)
+            )
+            seen = [PoolNode(c, p, Node(**orjson.loads(n)), orjson.loads(lb)) for n, lb in await nodes.fetchall()]
+            found.append((StoredNodePool(c, p, t, orjson.loads(lab), r, a, o, f), seen))
+        return found
+
+    async def _claim_awaited(self, conn: AsyncConnection[Any]) -> list[AwaitedNode]:
+        cur = await conn.execute(
+            b"UPDATE awaited_nodes SET owner = %s WHERE owner IS NULL "
+            b"OR owner NOT IN (SELECT replica FROM live_members) RETURNING awaited",
+            (self.replica,),
+        )
+        return [AwaitedNode(**orjson.loads(blob)) for (blob,) in await cur.fetchall()]
+
+    async def _tail(self, conn: AsyncConnection[Any]) -> tuple[list[RolloutChange], list[Event]]:
+        """Rollout members other replicas wrote since the last round, and node confirmations."""
+        cur = await conn.execute(
+            b"SELECT changed, rollout, job_id, added_at, phase, outcome, finished_at, snapshot FROM jobs "
+            b"WHERE rollout IS NOT NULL AND changed > %s AND owner IS DISTINCT FROM %s ORDER BY changed LIMIT %s",
+            (self._changed[0], self.replica, _TAIL_BATCH),
+        )
+        changes = []
+        top = self._changed[1]
+        for changed, rollout, job_id, added, phase, outcome, finished, snap in await cur.fetchall():
+            top = max(top, int(changed))
+            snapshot = job_from_json(bytes(snap)) if snap is not None else None
+            changes.append(RolloutChange(rollout, job_id, added, phase, outcome, finished, snapshot))
+        self._changed = (self._changed[1], top)
+        cur = await conn.execute(
+            b"SELECT h.seq, h.event FROM history h JOIN jobs j ON j.job_id = h.job_id "
+            b"WHERE h.seq > %s AND h.type IN ('node.active', 'node.failed') AND j.owner IS DISTINCT FROM %s "
+            b"ORDER BY h.seq LIMIT %s",
+            (self._history[0], self.replica, _TAIL_BATCH),
+        )
+        confirmations = []
+        top = self._history[1]
+        for seq, blob in await cur.fetchall():
+            top = max(top, int(seq))
+            confirmations.append(Event.from_json(bytes(blob)))
+        self._history = (self._history[1], top)
+        return changes, confirmations
+
+    async def start_tail(self) -> None:
+        """Read the rollout view from now on (the daemon restored it from the database just before)."""
+        try:
+            async with self._state.pool.connection() as conn:
+                cur = await conn.execute(
+                    b"SELECT (SELECT coalesce(max(changed), 0) FROM jobs), (SELECT coalesce(max(seq), 0) FROM history)"
+                )
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise self._state.failed(exc) from None
+        assert row is not None
+        self._changed, self._history = (int(row[0]),) * 2, (int(row[1]),) * 2
+
+    async def _coordinate(self) -> None:
+        if self._lapsed:
+            return
+        held = await self._state.hold_lease(_DIGEST_LEASE, self.replica, self.ttl)
+        if held and not self.coordinator:
+            self.coordinator = True
+            logger.info("cluster: this replica publishes rollout digests")
+            self._hooks.coordinating()
+        elif not held:
+            self.coordinator = False
+
+    async def _listen(self) -> None:
+        """Wake a round on ``jobs``; drop a job removed through another replica's API at once."""
+        while True:
+            try:
+                async with await self._state.connect(autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}".encode())
+                    self.wake()  # what was notified while not listening
+                    async for note in conn.notifies():
+                        if note.payload.startswith("removed:"):
+                            job_id = note.payload.removeprefix("removed:")
+                            if self._state.epochs.pop(job_id, None) is not None:
+                                self._hooks.drop([job_id])
+                        else:
+                            self.wake()
+            except psycopg.Error:
+                await asyncio.sleep(self.heartbeat)  # the database is down: the rounds say so
+
+    async def leave(self) -> None:
+        """Hand back everything this replica owns and leave (a clean stop): the others claim it at once."""
+        if self._left:
+            return
+        self._left = True
+        owned = list(self._state.epochs)
+        self._state.epochs.clear()  # writes still in flight are refused from here on
+        try:
+            async with self._state.pool.connection() as conn, conn.transaction():
+                await conn.execute(
+                    b"UPDATE jobs SET owner = NULL WHERE owner = %s AND finished_at IS NULL", (self.replica,)
+                )
+                await conn.execute(b"UPDATE nodepools SET owner = NULL WHERE owner = %s", (self.replica,))
+                await conn.execute(b"UPDATE awaited_nodes SET owner = NULL WHERE owner = %s", (self.replica,))
+                await conn.execute(b"DELETE FROM members WHERE replica = %s", (self.replica,))
+                await conn.execute(
+                    b"UPDATE leases SET expires_at = 0 WHERE name = %s AND holder = %s", (_DIGEST_LEASE, self.replica)
+                )
+                await conn.execute(b"SELECT pg_notify(%s, 'jobs')", (CHANNEL,))
+        except psycopg.Error as exc:
+            logger.warning(
+                "cluster: could not hand back %d jobs (%s); they are claimed once this replica's membership expires",
+                len(owned),
+                self._state.failed(exc),
+            )
+            return
+        self._hooks.drop(owned)
+        logger.info("cluster: handed back %d jobs and left", len(owned))
+
+    def summary(self) -> dict[str, Any]:
+        """For ``/readyz`` and the metrics."""
+        return {
+            "replica": self.replica,
+            "member": self.member,
+            "members": self.members,
+            "owned_jobs": self.owned,
+            "fair_share": self.share,
+            "publishes_digests": self.coordinator,
+            "claimed": self.claimed,
+            "released": self.released,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    stored: StoredJob
+    epoch: int
+
+    @property
+    def job_id(self) -> str:
+        return self.stored.job_id
+
+    @classmethod
+    def of(cls, row: Sequence[Any]) -> _Claimed:
+        job_id, labels, rollout, added, phase, snap, outcome, finished, epoch = row
+        stored = StoredJob(
+            job_id=job_id,
+            labels=orjson.loads(labels),
+            rollout=rollout,
+            added_at=added,
+            phase=phase,
+            snapshot=job_from_json(bytes(snap)) if snap is not None else None,
+            outcome=outcome,
+            finished_at=finished,
+        )
+        return cls(stored, int(epoch))
