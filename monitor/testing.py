@@ -475,6 +475,13 @@ class PostgresServer:
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory (``postmaster.pid`` in it names the server process)."""
+        if self._root is None:
+            raise RuntimeError("the server is not running")
+        return self._root / "data"
+
     def __enter__(self) -> Self:
         self.start()
         return self

@@ -9,7 +9,9 @@ On top of it, :class:`RateLimiter` adapts to the server: :meth:`throttled` (a 42
 (down to a floor) and, with a ``Retry-After``, holds every acquisition until it has passed; each
 :meth:`succeeded` call after a quiet period raises the rate again by a tenth of the configured rate
 (additive increase, multiplicative decrease), never above what was configured — nor above the gateway's own
-budget once a throttle message has named one (``limit:20,time:1 minute``).
+budget once a throttle message has named one (``limit:20,time:1 minute``), for :func:`budget_hold` seconds after
+the last 429 that named it (10 windows, at least a minute): a budget cut for a while (a storm, a quota changed)
+does not cap the rate for good; if it still holds, the next 429 names it again.
 
 Pacing: the API gateway counts requests as they *arrive*. Admitting a second's worth at once lets a request
 that leaves late land in the next second with the next batch (15-16 arrivals in one second at ``rate: 10``
@@ -100,12 +102,18 @@ class Limiter(Protocol):
         ...
 
 
+def budget_hold(window: float) -> float:
+    """How long a budget named by the gateway (``window`` seconds) caps the rate after the last 429 naming it."""
+    return max(60.0, 10.0 * window)
+
+
 class RateLimiter:
     """An adaptive rate limit over one resource (all requests to CCE, or one webhook endpoint)."""
 
     __slots__ = (
         "_burst",
         "_ceiling",
+        "_ceiling_until",
         "_clock",
         "_hold_until",
         "_last_change",
@@ -142,6 +150,7 @@ class RateLimiter:
         self._spacing = _spacing(rate, burst)
         self._next_slot = 0.0
         self._ceiling = float(rate)  # the gateway's budget, once it named one
+        self._ceiling_until = 0.0
         self._clock = clock
         self._hold_until = clock() + hold if hold > 0 else 0.0
         self._last_change = clock()
@@ -191,6 +200,7 @@ class RateLimiter:
             self._hold_until = max(self._hold_until, now + retry_after)
         if budget is not None:
             ceiling = min(self.configured_rate, budget[0] / budget[1])
+            self._ceiling_until = max(self._ceiling_until, now + budget_hold(budget[1]))
             if ceiling < self._ceiling:
                 self._ceiling = ceiling
                 logger.warning(
@@ -212,9 +222,11 @@ class RateLimiter:
     def succeeded(self) -> None:
         """A request went through: after a quiet period, recover a step toward the configured rate (or the
         gateway's budget)."""
+        now = self._clock()
+        if self._ceiling < self.configured_rate and now >= self._ceiling_until:
+            self._ceiling = self.configured_rate  # no 429 has named the budget for a while: probe upward again
         if self.effective_rate >= self._ceiling:
             return
-        now = self._clock()
         quiet = max(1.0, 1.0 / self.effective_rate)
         if now - self._last_change >= quiet and now >= self._hold_until:
             step = self.configured_rate * _RECOVER_STEP

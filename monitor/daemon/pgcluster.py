@@ -15,7 +15,8 @@ The way Airflow's HA scheduler, procrastinate and River share work, on the schem
   transaction (:meth:`~monitor.daemon.pgstore.PgState.record`): a replica that lost a job cannot record for it,
   it gets :class:`~monitor.core.errors.NotOwnerError` and drops the job.
 * **Pick-up.** ``LISTEN cce_monitor``: jobs added through any replica's API, or handed back, wake every replica's
-  claim round at once; a job removed through any replica stops being polled by its owner. A round every
+  claim round at once; a job removed through any replica stops being polled by its owner; outbox rows queued by
+  any replica wake the deliverers of the replica holding their sink's lease. A round every
   ``heartbeat`` seconds is the safety net for a lost notification.
 * **Leaving.** On a clean stop the replica hands back everything it owns and deletes its row (and notifies):
   the others claim it within the next notification round, not after the TTL.
@@ -85,6 +86,8 @@ class ClusterHooks:
     """Other replicas' news of rollout members (and node confirmations) for the rollout view."""
     coordinating: Callable[[], None]
     """This replica has just become the one that publishes rollout digests."""
+    outbox: Callable[[], None]
+    """Another replica queued outbox rows (this one may be delivering their sink)."""
 
 
 class Cluster:
@@ -235,10 +238,13 @@ class Cluster:
 
     async def _claim(self, conn: AsyncConnection[Any], limit: int) -> list[_Claimed]:
         cur = await conn.execute(
-            b"UPDATE jobs SET owner = %s, epoch = epoch + 1 WHERE job_id IN (SELECT job_id FROM jobs "
+            b"WITH claimed AS (UPDATE jobs SET owner = %s, epoch = epoch + 1 WHERE job_id IN (SELECT job_id FROM jobs "
             b"WHERE finished_at IS NULL AND (owner IS NULL OR owner NOT IN (SELECT replica FROM live_members)) "
             b"ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) "
-            b"RETURNING job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at, epoch",
+            b"RETURNING job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at, epoch, owner), "
+            b"audit AS (INSERT INTO claims (job_id, epoch, owner, at) "
+            b"SELECT job_id, epoch, owner, extract(epoch from clock_timestamp()) FROM claimed) "
+            b"SELECT job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at, epoch FROM claimed",
             (self.replica, limit),
         )
         return [_Claimed.of(row) for row in await cur.fetchall()]
@@ -338,7 +344,9 @@ class Cluster:
                     await conn.execute(f"LISTEN {CHANNEL}".encode())
                     self.wake()  # what was notified while not listening
                     async for note in conn.notifies():
-                        if note.payload.startswith("removed:"):
+                        if note.payload == "outbox":
+                            self._hooks.outbox()
+                        elif note.payload.startswith("removed:"):
                             job_id = note.payload.removeprefix("removed:")
                             if self._state.epochs.pop(job_id, None) is not None:
                                 self._hooks.drop([job_id])

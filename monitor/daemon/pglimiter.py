@@ -7,8 +7,11 @@ The CCE quota is the tenant's, not a process's: two daemons each paced at ``rate
 * :meth:`~SharedLimiter.acquire` is one round trip: ``UPDATE ... SET tat = greatest(tat, now, hold_until) +
   spacing RETURNING`` the slot and the server's clock, then a sleep until the slot. The theoretical arrival time
   (``tat``) of the next request is the database's, on the database's clock, so replicas share one even schedule
-  whatever their own clocks say. The spacing is the local limiter's (``1.101 / int(rate)`` seconds): no
-  1-second window of arrivals at CCE holds more than ``rate`` requests, whichever replica sent them.
+  whatever their own clocks say. The spacing is ``1.025 / int(rate)`` seconds, and a replica that would send
+  more than 15 ms after its slot (a busy event loop, a slow answer from the database: measured from before the
+  query, so it is an upper bound) forfeits the slot and takes another: no 1-second window of arrivals at CCE
+  holds more than ``rate`` requests, whichever replica sent them, and 97.5 % of the rate is used when demand
+  exceeds it (the local limiter, which cannot forfeit a slot, keeps 100 ms of slack: 91 %).
 * :meth:`~SharedLimiter.throttled` (a 429) halves the shared rate (once per second at most), holds every
   replica for ``Retry-After``, and keeps a budget the gateway named as a ceiling; :meth:`~SharedLimiter.succeeded`
   recovers a tenth of the configured rate after a quiet second — both on the row, so every replica slows and
@@ -32,6 +35,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from monitor.cce.throttle import budget_hold
 from monitor.core.backoff import full_jitter
 
 __all__ = ["SharedLimiter", "limit_name"]
@@ -40,19 +44,10 @@ logger = logging.getLogger("monitor.daemon.limiter")
 
 _MIN_FRACTION = 0.05  # as the local limiter: never below a twentieth of the configured rate
 _RECOVER_STEP = 0.1
-_MARGIN = 1.0 + 0.1 + 0.001  # the local limiter's: a request may leave 100 ms after its slot (cce.throttle)
+_LATE = 0.015  # a slot this replica would use later than this is forfeited: it takes the next one instead
+_MARGIN = 1.0 + _LATE + 0.01  # spacing: any `rate` + 1 slots span 1 s + 25 ms, so no 1-s window of arrivals
+# holds more than `rate` requests while each leaves at most 25 ms after its slot (15 ms of them checked here)
 
-_TABLE = """
-CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
-    name        text PRIMARY KEY,
-    configured  double precision NOT NULL,
-    rate        double precision NOT NULL,
-    ceiling     double precision NOT NULL,
-    tat         double precision NOT NULL DEFAULT 0,
-    hold_until  double precision NOT NULL DEFAULT 0,
-    last_change double precision NOT NULL DEFAULT 0
-)
-"""
 # The statements are built from this module's constants only; values go in as parameters.
 _NOW = "extract(epoch from clock_timestamp())"
 _SPACING = f"(CASE WHEN rate >= 1 THEN {_MARGIN} / floor(rate) ELSE {_MARGIN} / rate END)"
@@ -60,19 +55,24 @@ _ACQUIRE = (
     f"UPDATE rate_limits SET tat = greatest(tat, {_NOW}, hold_until) + {_SPACING} WHERE name = %s "  # noqa: S608
     f"RETURNING tat - {_SPACING}, {_NOW}, rate"
 )
+# A budget the gateway named caps the rate until `ceiling_until` (cce.throttle.budget_hold after the last 429
+# naming it); past that the ceiling is the configured rate again.
+_CEILING = f"(CASE WHEN {_NOW} >= ceiling_until THEN configured ELSE ceiling END)"
 _THROTTLED = f"""
 UPDATE rate_limits SET
     hold_until = greatest(hold_until, {_NOW} + %(hold)s),
-    ceiling = least(ceiling, %(ceiling)s),
+    ceiling = least({_CEILING}, %(ceiling)s),
+    ceiling_until = CASE WHEN %(named)s THEN greatest(ceiling_until, {_NOW} + %(keep)s) ELSE ceiling_until END,
     rate = CASE WHEN {_NOW} - last_change >= 1 OR rate = configured
-                THEN least(least(ceiling, %(ceiling)s), greatest(configured * {_MIN_FRACTION}, rate / 2))
-                ELSE least(rate, least(ceiling, %(ceiling)s)) END,
+                THEN least(least({_CEILING}, %(ceiling)s), greatest(configured * {_MIN_FRACTION}, rate / 2))
+                ELSE least(rate, least({_CEILING}, %(ceiling)s)) END,
     last_change = CASE WHEN {_NOW} - last_change >= 1 OR rate = configured THEN {_NOW} ELSE last_change END
 WHERE name = %(name)s RETURNING rate
 """  # noqa: S608
 _RECOVERED = f"""
-UPDATE rate_limits SET rate = least(ceiling, rate + configured * {_RECOVER_STEP}), last_change = {_NOW}
-WHERE name = %s AND rate < ceiling AND {_NOW} - last_change >= greatest(1, 1 / rate) AND {_NOW} >= hold_until
+UPDATE rate_limits SET rate = least({_CEILING}, rate + configured * {_RECOVER_STEP}), ceiling = {_CEILING},
+    last_change = {_NOW}
+WHERE name = %s AND rate < {_CEILING} AND {_NOW} - last_change >= greatest(1, 1 / rate) AND {_NOW} >= hold_until
 RETURNING rate
 """  # noqa: S608
 
@@ -93,6 +93,8 @@ class SharedLimiter:
         self.effective_rate = float(rate)
         self.throttled_count = 0
         self.waited_seconds = 0.0
+        self.forfeited = 0
+        """Slots given up because this replica would have used them too late (see :data:`_LATE`)."""
         self._background: asyncio.Task[None] | None = None
         self._last_recovery_try = 0.0
         self._down = False
@@ -105,8 +107,7 @@ class SharedLimiter:
         """The limiter of ``name`` at ``rate`` (the row is created, or takes this configured rate)."""
         if not rate > 0:
             raise ValueError(f"rate must be a positive number, got {rate!r}")
-        async with pool.connection() as conn, conn.transaction():
-            await conn.execute(_TABLE.encode())
+        async with pool.connection() as conn, conn.transaction():  # (the table: monitor.daemon.pgschema)
             await conn.execute(
                 b"INSERT INTO rate_limits (name, configured, rate, ceiling) VALUES (%s, %s, %s, %s) "
                 b"ON CONFLICT (name) DO UPDATE SET configured = excluded.configured, "
@@ -123,31 +124,44 @@ class SharedLimiter:
         while True:
             try:
                 async with self._pool.connection() as conn:
+                    sent = time.monotonic()
                     cur = await conn.execute(_ACQUIRE.encode(), (self._name,))
                     row = await cur.fetchone()
-                break
             except psycopg.Error as exc:
                 if not self._down:
                     self._down = True
                     logger.warning("shared rate limit: the database failed (%s); no requests until it answers", exc)
                 await asyncio.sleep(full_jitter(failures, 0.5, 5.0, least=0.5))
                 failures += 1
-        if self._down:
-            self._down = False
-            logger.info("shared rate limit: the database answers again")
-        if row is None:
-            raise RuntimeError(f"rate limit row {self._name} is missing")  # only if someone deleted it
-        slot, now, rate = float(row[0]), float(row[1]), float(row[2])
-        self.effective_rate = rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+                continue
+            if self._down:
+                self._down = False
+                logger.info("shared rate limit: the database answers again")
+            if row is None:
+                raise RuntimeError(f"rate limit row {self._name} is missing")  # only if someone deleted it
+            slot, now, rate = float(row[0]), float(row[1]), float(row[2])
+            self.effective_rate = rate
+            wait = max(0.0, slot - now)
+            if wait:
+                await asyncio.sleep(wait)
+            # The slot, on this clock, is no earlier than `sent + wait` (the database ran the query after `sent`).
+            if time.monotonic() - (sent + wait) <= _LATE:
+                break
+            self.forfeited += 1
         self.waited_seconds += time.monotonic() - start
 
     def throttled(self, retry_after: float | None = None, budget: tuple[int, float] | None = None) -> None:
         """A 429: halve the shared rate, hold every replica for ``retry_after``, cap it at a named budget."""
         self.throttled_count += 1
         ceiling = self.configured_rate if budget is None else min(self.configured_rate, budget[0] / budget[1])
-        args = {"name": self._name, "hold": max(0.0, retry_after or 0.0), "ceiling": ceiling}
+        keep = budget_hold(budget[1]) if budget is not None else 0.0
+        args = {
+            "name": self._name,
+            "hold": max(0.0, retry_after or 0.0),
+            "ceiling": ceiling,
+            "named": budget is not None,
+            "keep": keep,
+        }
         self._in_background(_THROTTLED, args)
 
     def succeeded(self) -> None:

@@ -7,7 +7,9 @@ Versions, each applied once, in order, at start-up (:func:`migrate`), under an a
 3. replicas sharing the jobs (:mod:`monitor.daemon.pgcluster`): ``members`` (a heartbeat row per replica, on
    the database's clock; ``live_members`` those not expired), each job's ``owner`` and ``epoch`` (bumped by
    every claim), ``changed`` (from the ``changes`` sequence on every write, so that replicas read only what
-   moved), the event ``type`` in ``history``, owners of node pools and awaited nodes, and
+   moved), in ``history`` the event ``type`` and who wrote it (replica, epoch, database time), ``claims`` (every
+   claim of a job: epoch, owner, time — the audit that shows no write came from a stale owner), owners of node
+   pools and awaited nodes, the shared rate limit's ``UNLOGGED`` table (:mod:`monitor.daemon.pglimiter`), and
    ``cce_monitor_fence``: the guard every write for a job runs first — it fails (SQLSTATE ``CM001``) unless the
    writer still owns the job at the epoch it claimed, and it locks the row until the write commits, so a claim
    never interleaves with a write.
@@ -125,8 +127,28 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT nextva
 CREATE INDEX IF NOT EXISTS jobs_changed ON jobs (changed) WHERE rollout IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner) WHERE finished_at IS NULL;
 ALTER TABLE history ADD COLUMN IF NOT EXISTS type text;
+ALTER TABLE history ADD COLUMN IF NOT EXISTS writer text;
+ALTER TABLE history ADD COLUMN IF NOT EXISTS epoch bigint;
+ALTER TABLE history ADD COLUMN IF NOT EXISTS written_at double precision;
+CREATE TABLE IF NOT EXISTS claims (
+    job_id text NOT NULL,
+    epoch  bigint NOT NULL,
+    owner  text NOT NULL,
+    at     double precision NOT NULL,
+    PRIMARY KEY (job_id, epoch)
+);
 ALTER TABLE nodepools ADD COLUMN IF NOT EXISTS owner text;
 ALTER TABLE awaited_nodes ADD COLUMN IF NOT EXISTS owner text;
+CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits (
+    name        text PRIMARY KEY,
+    configured  double precision NOT NULL,
+    rate        double precision NOT NULL,
+    ceiling     double precision NOT NULL,
+    tat         double precision NOT NULL DEFAULT 0,
+    hold_until  double precision NOT NULL DEFAULT 0,
+    last_change double precision NOT NULL DEFAULT 0
+);
+ALTER TABLE rate_limits ADD COLUMN IF NOT EXISTS ceiling_until double precision NOT NULL DEFAULT 0;
 CREATE OR REPLACE VIEW live_members AS
     SELECT replica FROM members WHERE expires_at > extract(epoch from clock_timestamp());
 CREATE OR REPLACE FUNCTION cce_monitor_fence(job text, replica text, held bigint) RETURNS void

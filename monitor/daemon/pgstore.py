@@ -40,7 +40,9 @@ from monitor.engine.fleet import AwaitedNode, PoolNode
 __all__ = ["CHANNEL", "PgState", "describe_dsn"]
 
 CHANNEL = "cce_monitor"
-"""The NOTIFY channel replicas listen on: ``jobs`` (new or released jobs to claim), ``removed:<job id>``."""
+"""The NOTIFY channel replicas listen on: ``jobs`` (new or released jobs to claim), ``removed:<job id>``, and
+``outbox`` (rows queued: the replica delivering a sink reads them at once, whoever recorded them)."""
+_NOTIFY_OUTBOX = "SELECT pg_notify(%s, 'outbox')"
 
 logger = logging.getLogger(__name__)
 # The pool logs each failed reconnection (every second or two while the server is down); the daemon says once
@@ -211,6 +213,7 @@ class PgState:
         """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
         now = time.time()
         statements: list[tuple[str, Sequence[object]]] = []
+        epoch: int | None = None
         if self.owner is not None:  # shared jobs: only as the owner, at the epoch claimed (see pgschema)
             epoch = self.epochs.get(job_id)
             if epoch is None:
@@ -232,15 +235,20 @@ class PgState:
                     (str(outcome), now, now, job_id),
                 )
             )
+        queued = False
         for event, (event_id, data, sinks) in zip(events, self._routes.rows(events), strict=True):
             statements.append(
                 (
-                    "INSERT INTO history (job_id, event_id, event, type) VALUES (%s,%s,%s,%s) "
+                    "INSERT INTO history (job_id, event_id, event, type, writer, epoch, written_at) "
+                    "VALUES (%s,%s,%s,%s,%s,%s, extract(epoch from clock_timestamp())) "
                     "ON CONFLICT (job_id, event_id) DO NOTHING",
-                    (job_id, event_id, data, event.type.value),
+                    (job_id, event_id, data, event.type.value, self.owner, epoch),
                 )
             )
             statements += self._queue(event_id, data, sinks)
+            queued = queued or bool(sinks)
+        if queued and self.owner is not None:  # the sink's lease holder may be another replica
+            statements.append((_NOTIFY_OUTBOX, (CHANNEL,)))
         try:
             await self._write(statements)
         except NotOwnerError:
@@ -265,6 +273,8 @@ class PgState:
                     new.add(event_id)
                     for sql, args in self._queue(event_id, data, sinks):
                         await conn.execute(sql.encode(), args)
+                    if sinks and self.owner is not None:
+                        await conn.execute(_NOTIFY_OUTBOX.encode(), (CHANNEL,))
         except psycopg.Error as exc:
             raise self.failed(exc) from None
         return [e for e in events if e.id in new]
@@ -329,6 +339,7 @@ class PgState:
                 ("DELETE FROM jobs WHERE job_id = %s", (job_id,)),
                 ("DELETE FROM history WHERE job_id = %s", (job_id,)),
                 ("DELETE FROM pool_nodes WHERE job_id = %s", (job_id,)),
+                ("DELETE FROM claims WHERE job_id = %s", (job_id,)),
                 ("SELECT pg_notify(%s, %s)", (CHANNEL, "removed:" + job_id)),  # its owner stops polling it
             ],
             counts=True,
@@ -346,6 +357,7 @@ class PgState:
                 old = [r[0] for r in await cur.fetchall()]
                 await conn.execute(b"DELETE FROM history WHERE job_id = ANY(%s)", (old,))
                 await conn.execute(b"DELETE FROM pool_nodes WHERE job_id = ANY(%s)", (old,))
+                await conn.execute(b"DELETE FROM claims WHERE job_id = ANY(%s)", (old,))
                 for sql in (
                     b"DELETE FROM nodepools WHERE finished_at IS NOT NULL AND finished_at < %s",
                     b"DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < %s",
@@ -414,6 +426,15 @@ class PgState:
         if self.owner is None:
             await self._write(statements)
             return
+        if discovered:  # the audit of who owned which job when (see pgschema)
+            statements.append(
+                (
+                    "INSERT INTO claims (job_id, epoch, owner, at) SELECT job_id, 1, owner, "
+                    "extract(epoch from clock_timestamp()) FROM jobs WHERE job_id = ANY(%s) AND owner = %s "
+                    "AND epoch = 1 ON CONFLICT DO NOTHING",
+                    ([f.node.job_id for f in discovered], self.owner),
+                )
+            )
         counts = await self._write(statements, counts=True)
         inserted = iter(counts[::2])  # each discovered node's job row, then its pool_nodes row
         for f in discovered:

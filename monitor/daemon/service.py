@@ -511,7 +511,11 @@ class Daemon:
             for rollout in rollouts.rollouts():  # announce what finished while nobody published (ids dedupe)
                 rollouts.recheck(rollout.name)
 
-        hooks = ClusterHooks(adopt, drop, adopt_pool, adopt_awaited, rollout_changes, coordinating)
+        def outbox() -> None:
+            for d in self._deliverers:
+                d.notify()
+
+        hooks = ClusterHooks(adopt, drop, adopt_pool, adopt_awaited, rollout_changes, coordinating, outbox)
         ttl = self.config.state.replica_ttl
         self._cluster = Cluster(state, self._replica, hooks, heartbeat=ttl / 3, ttl=ttl)
         return self._cluster

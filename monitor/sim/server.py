@@ -334,6 +334,7 @@ class Simulator:
         app.router.add_post("/_sim/jobs", self._handle_sim_jobs)
         app.router.add_get("/_sim/truth", self._handle_sim_truth)
         app.router.add_get("/_sim/stats", self._handle_sim_stats)
+        app.router.add_get("/_sim/arrivals", self._handle_sim_arrivals)
         app.router.add_get("/_sim/faults", self._handle_sim_faults)
         app.router.add_post("/_sim/faults", self._handle_sim_faults)
         return app
@@ -367,8 +368,10 @@ class Simulator:
         counters.by_route[route] = counters.by_route.get(route, 0) + 1
         if route == "job":
             counters.job_requests += 1
-        window = int(self._clock() - self._epoch_clock)
+        arrived = self._clock() - self._epoch_clock
+        window = int(arrived)
         counters.per_second[window] = counters.per_second.get(window, 0) + 1
+        counters.arrivals.append(arrived)
         draw = draw_faults(self._rng_faults, self._faults)
         if (early := await self._transport_faults(request, draw)) is not None:
             return early
@@ -494,6 +497,15 @@ class Simulator:
 
     async def _handle_sim_stats(self, request: web.Request) -> web.Response:
         return self._json(200, self.stats.to_dict())
+
+    async def _handle_sim_arrivals(self, request: web.Request) -> web.Response:
+        """``?after=N``: arrival times of CCE API requests from the N-th on (at most 100,000 per answer)."""
+        try:
+            after = max(0, int(request.query.get("after", "0")))
+        except ValueError:
+            return self._json(400, {"error": "after must be an integer"})
+        arrivals = self._counters.arrivals
+        return self._json(200, {"after": after, "arrivals": arrivals[after : after + 100_000].tolist()})
 
     async def _handle_sim_faults(self, request: web.Request) -> web.Response:
         if request.method == "POST":

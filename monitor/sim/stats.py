@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,9 @@ class Counters:
     by_status: dict[int, int] = field(default_factory=dict)
     per_second: dict[int, int] = field(default_factory=dict)
     by_route: dict[str, int] = field(default_factory=dict)
+    arrivals: array[float] = field(default_factory=lambda: array("d"))
+    """Arrival time of every CCE API request (seconds of the simulator clock since construction), for sliding
+    windows: 8 bytes a request."""
 
     def snapshot(self) -> SimulatorStats:
         """The counters now, as an immutable :class:`SimulatorStats`."""

@@ -225,3 +225,21 @@ def test_recovery_after_throttle_restarts_the_quiet_period() -> None:
 def test_invalid_rates(rate: float) -> None:
     with pytest.raises(ValueError, match="rate must be a positive number"):
         RateLimiter(rate)
+
+
+def test_a_named_budget_caps_the_rate_until_no_429_has_named_it_for_ten_windows() -> None:
+    """A budget cut for a while (a storm, a quota raised since) does not cap the rate for good: a minute (or ten
+    of its windows) after the last 429 that named it, the rate recovers toward the configured one again."""
+    clock = FakeClock()
+    limiter = RateLimiter(20, clock=clock)
+    limiter.throttled(budget=(2, 1.0))  # "limit:2,time:1 second"
+    assert limiter.effective_rate == 2.0
+    for _ in range(59):
+        clock.advance(1.0)
+        limiter.succeeded()
+    assert limiter.effective_rate == 2.0, "held while the budget may still be real"
+    clock.advance(1.5)
+    limiter.succeeded()
+    assert limiter.effective_rate == 4.0, "then one step at a time, as after any 429"
+    limiter.throttled(budget=(2, 1.0))  # still real: named again, capped again
+    assert limiter.effective_rate == 2.0

@@ -173,6 +173,7 @@ def _hooks(dropped: list[str]) -> ClusterHooks:
         adopt_awaited=lambda awaited: None,
         rollout_changes=lambda changes, confirmations: None,
         coordinating=lambda: None,
+        outbox=lambda: None,
     )
 
 

@@ -12,6 +12,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.daemon.pglimiter import SharedLimiter, limit_name
+from monitor.daemon.pgstore import PgState
 from monitor.testing import PostgresServer
 
 pytestmark = pytest.mark.usefixtures("postgres")
@@ -20,6 +21,7 @@ NAME = limit_name("https://cce.example.com", "0" * 32)
 
 
 async def pools(dsn: str, n: int) -> list[AsyncConnectionPool[AsyncConnection[Any]]]:
+    await (await PgState.open(dsn)).close()  # the schema, with the limiter's table
     made = [AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) for _ in range(n)]
     for pool in made:
         await pool.open(wait=True, timeout=10)
@@ -90,6 +92,24 @@ async def test_the_rate_recovers_for_every_replica_after_quiet_seconds(pg_dsn: s
         await second.aclose()
         await first.acquire()
         assert first.effective_rate == pytest.approx(12.0), "one step of a tenth, seen by the other replica"
+    finally:
+        await asyncio.gather(*(p.close() for p in made))
+
+
+async def test_a_named_budget_stops_capping_every_replica_once_it_has_not_been_named_for_a_while(pg_dsn: str) -> None:
+    made = await pools(pg_dsn, 2)
+    try:
+        first, second = [await SharedLimiter.open(pool, NAME, 20.0) for pool in made]
+        first.throttled(budget=(2, 1.0))
+        await first.aclose()
+        await second.acquire()
+        assert second.effective_rate == pytest.approx(2.0)
+        async with made[0].connection() as conn:  # as if the hold (a minute) had passed
+            await conn.execute("UPDATE rate_limits SET ceiling_until = 0, last_change = 0")
+        second.succeeded()
+        await second.aclose()
+        await first.acquire()
+        assert first.effective_rate == pytest.approx(4.0), "recovering above the old budget, for both"
     finally:
         await asyncio.gather(*(p.close() for p in made))
 
