@@ -52,7 +52,6 @@ import aiohttp
 import orjson
 import psycopg
 import yaml
-from _common import report
 from soak import (
     API_TOKEN,
     CLK_TCK,
@@ -64,8 +63,8 @@ from soak import (
     Receiver,
     SimProcess,
     _all_truth,
-    _bounded,
     _log_scan,
+    conclude,
     say,
 )
 
@@ -330,7 +329,7 @@ async def conduct(
                 pending = await watch.rows(
                     "SELECT split_part(sink, ':', 1), count(*) FROM outbox WHERE delivered_at IS NULL GROUP BY 1"
                 )
-                owners = {o.split(":")[1] if o else None: n for o, n in (await watch.shares()).items()}
+                owners = {([*o.split(":"), "", ""])[1] or "unowned": n for o, n in (await watch.shares()).items()}
                 say(f"unfinished {run.samples[-1][1]} by owner {owners}; undelivered {dict(pending)}")
             await asyncio.sleep(0.5)
 
@@ -648,16 +647,7 @@ def main() -> int:
     if args.replicas < 1 or args.jobs < args.rollouts or args.rollouts < 1 or args.rate < 1:
         parser.error("need replicas >= 1, jobs >= rollouts >= 1, rate >= 1")
     args.limit = args.limit or 3 * args.minutes * 60 + 300
-    try:
-        result = asyncio.run(_bounded(cluster_soak(args), args.limit))
-    except asyncio.CancelledError:
-        say("interrupted; the children were stopped")
-        return 2
-    except TimeoutError:
-        say(f"no result within --limit {args.limit:g} s; the children were stopped")
-        return 1
-    report(result, rows(result), save=not args.no_save)
-    return 0 if result["pass"] else 1
+    return conclude(cluster_soak(args), args.limit, rows, save=not args.no_save)
 
 
 if __name__ == "__main__":

@@ -1161,15 +1161,27 @@ def main() -> int:
     if args.jobs < args.rollouts or args.rollouts < 1 or args.minutes <= 0 or args.rate < 1:
         parser.error("need jobs >= rollouts >= 1, minutes > 0, rate >= 1")
     args.limit = args.limit or 2 * args.minutes * 60 + 300
+    return conclude(soak(args), args.limit, rows, save=not args.no_save)
+
+
+def conclude(
+    main: Awaitable[dict[str, Any]],
+    limit: float,
+    rows: Callable[[dict[str, Any]], list[tuple[str, object]]],
+    *,
+    save: bool,
+) -> int:
+    """Run a soak within ``limit`` seconds and report it: exit 0 if it passed, 1 if not (or no result), 2 if
+    interrupted (the children are stopped in every case)."""
     try:
-        result = asyncio.run(_bounded(soak(args), args.limit))
+        result = asyncio.run(_bounded(main, limit))
     except asyncio.CancelledError:
         say("interrupted; the children were stopped")
         return 2
     except TimeoutError:
-        say(f"no result within --limit {args.limit:g} s; the children were stopped")
+        say(f"no result within --limit {limit:g} s; the children were stopped")
         return 1
-    report(result, rows(result), save=not args.no_save)
+    report(result, rows(result), save=save)
     return 0 if result["pass"] else 1
 
 

@@ -49,7 +49,7 @@ from monitor.daemon.pgstore import CHANNEL, PgState
 from monitor.daemon.storage import StoredJob, StoredNodePool
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
-__all__ = ["Cluster", "ClusterHooks", "RolloutChange"]
+__all__ = ["Cluster", "ClusterHooks", "RolloutChange", "RolloutView"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,19 @@ class RolloutChange:
     snapshot: Job | None
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutView:
+    """What other replicas recorded for rollouts since the last read."""
+
+    changes: list[RolloutChange]
+    confirmations: list[Event]
+    """``node.active`` / ``node.failed`` events."""
+    pools: list[tuple[str, str, bool]]
+    """Every node pool of a rollout: ``(rollout, nodepool id, settled)``."""
+    pool_nodes: list[tuple[str, PoolNode]]
+    """``(rollout, node)`` of every pool not settled."""
+
+
 @dataclass(slots=True)
 class ClusterHooks:
     """What the daemon does when ownership changes (all called on the event loop, none may block)."""
@@ -82,12 +95,14 @@ class ClusterHooks:
     """Stop polling jobs no longer owned (handed back, removed, or membership lapsed)."""
     adopt_pool: Callable[[StoredNodePool, list[PoolNode]], None]
     adopt_awaited: Callable[[list[AwaitedNode]], None]
-    rollout_changes: Callable[[list[RolloutChange], list[Event]], None]
-    """Other replicas' news of rollout members (and node confirmations) for the rollout view."""
+    rollout_view: Callable[[RolloutView], None]
+    """Other replicas' news of rollouts, for this replica's rollout view."""
     coordinating: Callable[[], None]
     """This replica has just become the one that publishes rollout digests."""
     outbox: Callable[[], None]
     """Another replica queued outbox rows (this one may be delivering their sink)."""
+    rewind: Callable[[str], None]
+    """Dead letters of this sink were replayed through some replica: read its outbox again from the start."""
 
 
 class Cluster:
@@ -122,7 +137,11 @@ class Cluster:
         # before last: a value drawn by a transaction that commits late (within a round) is not missed.
         self._changed = (0, 0)
         self._history = (0, 0)
+        self._seen: dict[str, int] = {}  # job id -> the `changed` value read last (to skip the overlap)
+        self._seen_history: set[int] = set()
         self._left = False
+        self._failure = ""
+        self._conn: AsyncConnection[Any] | None = None
         state.owner = replica
 
     @property
@@ -143,24 +162,36 @@ class Cluster:
 
     async def run(self) -> None:
         """Rounds every ``heartbeat`` seconds or when notified, until cancelled."""
-        listener = asyncio.create_task(self._listen(), name="cluster-listen")
+        helpers = [
+            asyncio.create_task(self._listen(), name="cluster-listen"),
+            asyncio.create_task(self._watchdog(), name="cluster-watchdog"),
+            asyncio.create_task(self._follow_rollouts(), name="cluster-rollouts"),
+        ]
         try:
             while True:
                 self._wake.clear()
                 try:
                     await self._round()
                 except StateError as exc:
-                    self._check_lapse(exc)
+                    self._failure = str(exc)
+                    self._check_lapse()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.heartbeat):
                         await self._wake.wait()
                 await asyncio.sleep(0.05)  # notifications come in bursts (a bulk add): one round for them
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self.close()
 
-    def _check_lapse(self, exc: StateError) -> None:
+    async def _watchdog(self) -> None:
+        """A round that hangs (a database that stopped answering without failing) lapses too."""
+        while True:
+            await asyncio.sleep(self.heartbeat / 4)
+            self._check_lapse()
+
+    def _check_lapse(self) -> None:
         if self._lapsed or time.monotonic() - self._renewed < self.ttl - self.heartbeat:
             return
         self._lapsed = True
@@ -171,7 +202,7 @@ class Cluster:
         logger.warning(
             "cluster: membership not renewed for %.0fs (%s); stopped polling %d jobs until the database answers",
             time.monotonic() - self._renewed,
-            exc,
+            self._failure or "no answer",
             len(dropped),
         )
 
@@ -182,41 +213,43 @@ class Cluster:
         pools: list[tuple[StoredNodePool, list[PoolNode]]] = []
         awaited: list[AwaitedNode] = []
         try:
-            async with state.pool.connection() as conn:
-                async with conn.transaction():
+            conn = await self._connection()
+            async with conn.transaction():
+                await conn.execute(
+                    b"INSERT INTO members (replica, started_at, expires_at) VALUES (%s, "
+                    b"extract(epoch from clock_timestamp()), extract(epoch from clock_timestamp()) + %s) "
+                    b"ON CONFLICT (replica) DO UPDATE SET expires_at = excluded.expires_at",
+                    (self.replica, self.ttl),
+                )
+                if self._lapsed:  # back after a lapse: what it owned may be someone else's — start afresh
                     await conn.execute(
-                        b"INSERT INTO members (replica, started_at, expires_at) VALUES (%s, "
-                        b"extract(epoch from clock_timestamp()), extract(epoch from clock_timestamp()) + %s) "
-                        b"ON CONFLICT (replica) DO UPDATE SET expires_at = excluded.expires_at",
-                        (self.replica, self.ttl),
+                        b"UPDATE jobs SET owner = NULL WHERE owner = %s AND finished_at IS NULL", (self.replica,)
                     )
-                    if self._lapsed:  # back after a lapse: what it owned may be someone else's — start afresh
-                        await conn.execute(
-                            b"UPDATE jobs SET owner = NULL WHERE owner = %s AND finished_at IS NULL", (self.replica,)
-                        )
-                    cur = await conn.execute(
-                        b"SELECT (SELECT count(*) FROM live_members), "
-                        b"(SELECT count(*) FROM jobs WHERE finished_at IS NULL), "
-                        b"(SELECT count(*) FROM jobs WHERE finished_at IS NULL AND owner = %s)",
-                        (self.replica,),
-                    )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    members, total, mine = int(row[0]), int(row[1]), int(row[2])
-                    share = math.ceil(total / max(1, members))
-                    if mine < share:
-                        claimed = await self._claim(conn, min(share - mine, _CLAIM_BATCH))
-                    elif mine > share + max(2, math.ceil(share * _SLACK)):
-                        released = await self._release(conn, mine - share)
-                    pools = await self._claim_pools(conn)
-                    awaited = await self._claim_awaited(conn)
-                self._renewed = time.monotonic()
-                if self._lapsed:
-                    self._lapsed = False
-                    logger.info("cluster: replica %s is a member (%d live)", self.replica, members)
-                self.members, self.share = members, share
-                changes, confirmations = await self._tail(conn)
+                cur = await conn.execute(
+                    b"SELECT (SELECT count(*) FROM live_members), "
+                    b"(SELECT count(*) FROM jobs WHERE finished_at IS NULL), "
+                    b"(SELECT count(*) FROM jobs WHERE finished_at IS NULL AND owner = %s)",
+                    (self.replica,),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                members, total, mine = int(row[0]), int(row[1]), int(row[2])
+                if mine != len(state.epochs):
+                    mine = await self._reconcile(conn)
+                share = math.ceil(total / max(1, members))
+                if mine < share:
+                    claimed = await self._claim(conn, min(share - mine, _CLAIM_BATCH))
+                elif mine > share + max(2, math.ceil(share * _SLACK)):
+                    released = await self._release(conn, mine - share)
+                pools = await self._claim_pools(conn)
+                awaited = await self._claim_awaited(conn)
+            self._renewed = time.monotonic()
+            if self._lapsed:
+                self._lapsed = False
+                logger.info("cluster: replica %s is a member (%d live)", self.replica, members)
+            self.members, self.share = members, share
         except psycopg.Error as exc:
+            await self.close()
             raise state.failed(exc) from None
         for job in claimed:
             state.epochs[job.job_id] = job.epoch
@@ -226,15 +259,54 @@ class Cluster:
             self._hooks.drop(released)
             self.released += len(released)
         if claimed:
+            logger.info("cluster: claimed %d jobs (fair share %d of %d live)", len(claimed), share, members)
             self.claimed += len(claimed)
             self._hooks.adopt([job.stored for job in claimed])
         for pool, nodes in pools:
+            logger.info(
+                "cluster: following node pool %s (%d nodes found so far) from here", pool.nodepool_id, len(nodes)
+            )
             self._hooks.adopt_pool(pool, nodes)
         if awaited:
+            logger.info("cluster: awaiting %d nodes from here", len(awaited))
             self._hooks.adopt_awaited(awaited)
-        if changes or confirmations:
-            self._hooks.rollout_changes(changes, confirmations)
         await self._coordinate()
+
+    async def _connection(self) -> AsyncConnection[Any]:
+        """The connection of the claim rounds, of its own: a pool busy with polls and deliveries must not delay
+        a renewal (nor a takeover)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await self._state.connect()
+        return self._conn
+
+    async def close(self) -> None:
+        """Close the claim rounds' connection (:meth:`run` does when it ends)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+    async def _reconcile(self, conn: AsyncConnection[Any]) -> int:
+        """The database and this replica disagree on what it owns (a write or a claim raced a lapse): stop polling
+        what the database does not say is ours at the epoch we hold, and hand back what we do not poll."""
+        cur = await conn.execute(
+            b"SELECT job_id, epoch FROM jobs WHERE owner = %s AND finished_at IS NULL", (self.replica,)
+        )
+        held = {str(j): int(e) for j, e in await cur.fetchall()}
+        epochs = self._state.epochs
+        stale = [j for j, e in epochs.items() if held.get(j) != e]
+        for job_id in stale:
+            epochs.pop(job_id, None)
+        if stale:
+            self._hooks.drop(stale)
+        unpolled = [j for j in held if j not in epochs]
+        if unpolled:
+            await conn.execute(
+                b"UPDATE jobs SET owner = NULL WHERE job_id = ANY(%s) AND owner = %s", (unpolled, self.replica)
+            )
+        if stale or unpolled:
+            logger.info("cluster: reconciled ownership: %d dropped, %d handed back", len(stale), len(unpolled))
+        return len(held) - len(unpolled)
 
     async def _claim(self, conn: AsyncConnection[Any], limit: int) -> list[_Claimed]:
         cur = await conn.execute(
@@ -284,6 +356,32 @@ class Cluster:
         )
         return [AwaitedNode(**orjson.loads(blob)) for (blob,) in await cur.fetchall()]
 
+    async def _follow_rollouts(self) -> None:
+        """Every ``heartbeat`` seconds, what other replicas recorded for rollouts — apart from the claim rounds,
+        which must not wait for it."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                async with self._state.pool.connection() as conn:
+                    changes, confirmations = await self._tail(conn)
+                    cur = await conn.execute(
+                        b"SELECT rollout, nodepool_id, finished_at IS NOT NULL FROM nodepools WHERE rollout IS NOT NULL"
+                    )
+                    pools = [(str(r), str(p), bool(done)) for r, p, done in await cur.fetchall()]
+                    cur = await conn.execute(
+                        b"SELECT p.rollout, n.cluster_id, n.nodepool_id, n.node, n.labels FROM pool_nodes n "
+                        b"JOIN nodepools p USING (cluster_id, nodepool_id) "
+                        b"WHERE p.finished_at IS NULL AND p.rollout IS NOT NULL"
+                    )
+                    nodes = [
+                        (str(r), PoolNode(c, p, Node(**orjson.loads(n)), orjson.loads(lab)))
+                        for r, c, p, n, lab in await cur.fetchall()
+                    ]
+            except psycopg.Error as exc:
+                logger.debug("cluster: reading the rollout view failed: %s", exc)
+                continue
+            self._hooks.rollout_view(RolloutView(changes, confirmations, pools, nodes))
+
     async def _tail(self, conn: AsyncConnection[Any]) -> tuple[list[RolloutChange], list[Event]]:
         """Rollout members other replicas wrote since the last round, and node confirmations."""
         cur = await conn.execute(
@@ -293,11 +391,17 @@ class Cluster:
         )
         changes = []
         top = self._changed[1]
+        seen = self._seen
         for changed, rollout, job_id, added, phase, outcome, finished, snap in await cur.fetchall():
             top = max(top, int(changed))
+            if seen.get(job_id) == changed:
+                continue  # read in the round before (the overlap)
+            seen[job_id] = changed
             snapshot = job_from_json(bytes(snap)) if snap is not None else None
             changes.append(RolloutChange(rollout, job_id, added, phase, outcome, finished, snapshot))
         self._changed = (self._changed[1], top)
+        if len(seen) > 4 * _TAIL_BATCH:
+            self._seen = {j: c for j, c in seen.items() if c > self._changed[0]}
         cur = await conn.execute(
             b"SELECT h.seq, h.event FROM history h JOIN jobs j ON j.job_id = h.job_id "
             b"WHERE h.seq > %s AND h.type IN ('node.active', 'node.failed') AND j.owner IS DISTINCT FROM %s "
@@ -308,8 +412,12 @@ class Cluster:
         top = self._history[1]
         for seq, blob in await cur.fetchall():
             top = max(top, int(seq))
+            if seq in self._seen_history:
+                continue
+            self._seen_history.add(seq)
             confirmations.append(Event.from_json(bytes(blob)))
         self._history = (self._history[1], top)
+        self._seen_history = {s for s in self._seen_history if s > self._history[0]}
         return changes, confirmations
 
     async def start_tail(self) -> None:
@@ -346,6 +454,8 @@ class Cluster:
                     async for note in conn.notifies():
                         if note.payload == "outbox":
                             self._hooks.outbox()
+                        elif note.payload.startswith("rewind:"):
+                            self._hooks.rewind(note.payload.removeprefix("rewind:"))
                         elif note.payload.startswith("removed:"):
                             job_id = note.payload.removeprefix("removed:")
                             if self._state.epochs.pop(job_id, None) is not None:

@@ -41,7 +41,8 @@ __all__ = ["CHANNEL", "PgState", "describe_dsn"]
 
 CHANNEL = "cce_monitor"
 """The NOTIFY channel replicas listen on: ``jobs`` (new or released jobs to claim), ``removed:<job id>``, and
-``outbox`` (rows queued: the replica delivering a sink reads them at once, whoever recorded them)."""
+``outbox`` (rows queued: the replica delivering a sink reads them at once, whoever recorded them) and
+``rewind:<sink>`` (dead letters replayed: that sink's deliverer reads its outbox again from the start)."""
 _NOTIFY_OUTBOX = "SELECT pg_notify(%s, 'outbox')"
 
 logger = logging.getLogger(__name__)
@@ -208,13 +209,19 @@ class PgState:
         return [job_id for job_id in job_ids if job_id in new]
 
     async def record(
-        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
+        self,
+        job_id: str,
+        snapshot: Job | None,
+        events: Sequence[Event],
+        *,
+        outcome: Outcome | None = None,
+        fenced: bool = True,
     ) -> None:
         """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
         now = time.time()
         statements: list[tuple[str, Sequence[object]]] = []
         epoch: int | None = None
-        if self.owner is not None:  # shared jobs: only as the owner, at the epoch claimed (see pgschema)
+        if self.owner is not None and fenced:  # shared jobs: only as the owner, at its epoch (see pgschema)
             epoch = self.epochs.get(job_id)
             if epoch is None:
                 raise NotOwnerError(f"job {job_id} is not owned by this replica")
@@ -601,6 +608,9 @@ class PgState:
                     b"UPDATE outbox SET delivered_at = NULL, rejected = false WHERE seq = ANY(%s)",
                     ([d.seq for d in found],),
                 )
+                for sink in dict.fromkeys(d.sink for d in found) if self.owner is not None else ():
+                    # The sink's deliverer may be another replica's: it reads its outbox again from the start.
+                    await conn.execute(b"SELECT pg_notify(%s, %s)", (CHANNEL, "rewind:" + sink))
         except psycopg.Error as exc:
             raise self.failed(exc) from None
         return found

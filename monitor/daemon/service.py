@@ -43,7 +43,7 @@ from monitor.engine.scheduler import Scheduler
 from monitor.sinks import create_sink, is_durable
 
 if TYPE_CHECKING:
-    from monitor.daemon.pgcluster import Cluster, RolloutChange
+    from monitor.daemon.pgcluster import Cluster, RolloutView
 
 __all__ = ["Daemon"]
 
@@ -482,6 +482,8 @@ class Daemon:
         def adopt_pool(pool: StoredNodePool, nodes: list[PoolNode]) -> None:
             for found in nodes:
                 scheduler.fleet.remember(found)
+                if pool.rollout:
+                    pool_node(pool.rollout, found)
             seen = [(f.node.id, f.node.job_id) for f in nodes]
             labels = pool.labels
             scheduler.follow_nodepool(
@@ -494,8 +496,17 @@ class Daemon:
             for waited in awaited:
                 scheduler.fleet.restore(waited)
 
-        def rollout_changes(changes: list[RolloutChange], confirmations: list[Event]) -> None:
-            for c in changes:
+        def pool_node(rollout: str, found: PoolNode) -> None:
+            node = found.node
+            rollouts.add(rollout, [node.job_id])
+            rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
+
+        def rollout_view(view: RolloutView) -> None:
+            for rollout, nodepool_id, settled in view.pools:  # a pool another replica follows holds it open
+                rollouts.pool_state(rollout, nodepool_id, settled=settled)
+            for rollout, found in view.pool_nodes:
+                pool_node(rollout, found)
+            for c in view.changes:
                 rollouts.merge(
                     c.rollout,
                     c.job_id,
@@ -504,7 +515,7 @@ class Daemon:
                     ended=c.finished_at,
                     snapshot=c.snapshot,
                 )
-            for event in confirmations:
+            for event in view.confirmations:
                 rollouts.on_event(event)
 
         def coordinating() -> None:
@@ -515,7 +526,12 @@ class Daemon:
             for d in self._deliverers:
                 d.notify()
 
-        hooks = ClusterHooks(adopt, drop, adopt_pool, adopt_awaited, rollout_changes, coordinating, outbox)
+        def rewind(sink: str) -> None:
+            for d in self._deliverers:
+                if d.name == sink:
+                    d.rewind()
+
+        hooks = ClusterHooks(adopt, drop, adopt_pool, adopt_awaited, rollout_view, coordinating, outbox, rewind)
         ttl = self.config.state.replica_ttl
         self._cluster = Cluster(state, self._replica, hooks, heartbeat=ttl / 3, ttl=ttl)
         return self._cluster

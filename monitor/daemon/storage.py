@@ -141,9 +141,16 @@ class Store(Protocol):
         ...
 
     async def record(
-        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
+        self,
+        job_id: str,
+        snapshot: Job | None,
+        events: Sequence[Event],
+        *,
+        outcome: Outcome | None = None,
+        fenced: bool = True,
     ) -> None:
-        """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
+        """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished);
+        ``fenced=False``: events written by the follower of the job's node, not its owner (see JobStore)."""
         ...
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:

@@ -176,10 +176,12 @@ class State:
         events: Sequence[Event],
         *,
         outcome: Outcome | None = None,
+        fenced: bool = True,
     ) -> None:
         """Atomically store a new snapshot (``None``: unchanged), history and outbox rows, and an outcome.
 
-        ``outcome`` (``Success``, ``Failed``, ``timed_out``, ``not_found``) marks the job finished.
+        ``outcome`` (``Success``, ``Failed``, ``timed_out``, ``not_found``) marks the job finished. ``fenced``
+        means nothing here: one daemon owns every job of its file.
         """
         rows = self._routes.rows(events)
         blob = job_to_json(snapshot) if snapshot is not None else None

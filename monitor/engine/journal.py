@@ -21,8 +21,17 @@ class JobStore(Protocol):
     """Durable storage the scheduler writes to before publishing (see :mod:`monitor.daemon.store`)."""
 
     async def record(
-        self, job_id: str, snapshot: Job | None, events: Sequence[Event], *, outcome: Outcome | None = None
-    ) -> None: ...
+        self,
+        job_id: str,
+        snapshot: Job | None,
+        events: Sequence[Event],
+        *,
+        outcome: Outcome | None = None,
+        fenced: bool = True,
+    ) -> None:
+        """``fenced=False``: events of a job written by whoever follows its node (a node confirmed Active after
+        the job ended), not by the job's owner — replicas sharing jobs check ownership otherwise."""
+        ...
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Record events of no one job (node and node pool events); returns those not recorded before."""

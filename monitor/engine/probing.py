@@ -183,7 +183,8 @@ async def commit_probe(sched: Scheduler, events: list[Event]) -> None:
         try:
             for event in events:
                 if event.job_id is not None:
-                    await sched._store.record(event.job_id, None, [event])
+                    # By the node's follower, who need not own the job (it may have ended on another replica).
+                    await sched._store.record(event.job_id, None, [event], fenced=False)
                 else:
                     await sched._store.record_events([event])
         except Exception:

@@ -360,6 +360,16 @@ class RolloutTracker:
         rollout.pools.add(nodepool_id)
         rollout.ended = None
 
+    def pool_state(self, name: str, nodepool_id: str, *, settled: bool) -> None:
+        """A pool of rollout ``name`` as another replica follows it: open (the rollout waits for it) or settled."""
+        rollout = self._rollouts.get(name)
+        if not settled:
+            if rollout is None or nodepool_id not in rollout.pools:
+                self.add_pool(name, nodepool_id)
+        elif rollout is not None and nodepool_id in rollout.pools:
+            rollout.pools.discard(nodepool_id)
+            self._changed(name, rollout)
+
     def get(self, name: str) -> Rollout | None:
         return self._rollouts.get(name)
 

@@ -600,6 +600,9 @@ class RecordingControl:
         self._ids(job_id)
         return False
 
+    def cluster(self) -> dict[str, Any] | None:
+        return None
+
     def readiness(self) -> dict[str, bool]:
         return {"state": True}
 

@@ -544,6 +544,9 @@ class NullControl:
         self.calls += 1
         return False
 
+    def cluster(self) -> dict[str, Any] | None:
+        return None
+
     def readiness(self) -> dict[str, bool]:
         return {"state": True}
 

@@ -69,6 +69,9 @@ class FakeControl:
         self._enter("remove_job")
         return await self.state.delete(job_id)
 
+    def cluster(self) -> dict[str, Any] | None:
+        return None
+
     def readiness(self) -> dict[str, bool]:
         self._enter("readiness")
         return dict(self.ready)

@@ -13,9 +13,11 @@ import pytest
 from monitor.core.errors import NotOwnerError
 from monitor.daemon.pgcluster import Cluster, ClusterHooks
 from monitor.daemon.pgstore import PgState
+from monitor.daemon.service import Daemon
 from monitor.sim import Simulator
-from monitor.testing import Receiver, make_event
-from tests.unit.daemon.test_daemon import Running, all_finished, make_config, running, until
+from monitor.testing import Receiver, Reply, make_event
+from tests.conftest import SimFactory
+from tests.unit.daemon.test_daemon import UP, Running, all_finished, make_config, running, until
 
 pytestmark = pytest.mark.usefixtures("postgres")
 
@@ -155,6 +157,8 @@ async def test_writes_of_a_replica_that_lost_a_job_are_refused(pg_dsn: str) -> N
         with pytest.raises(NotOwnerError, match="not owned"):
             await states[0].record("job-2", None, [])  # never claimed at all
     finally:
+        for cluster in clusters:
+            await cluster.close()
         for state in states:
             await state.close()
 
@@ -171,9 +175,10 @@ def _hooks(dropped: list[str]) -> ClusterHooks:
         drop=dropped.extend,
         adopt_pool=lambda pool, nodes: None,
         adopt_awaited=lambda awaited: None,
-        rollout_changes=lambda changes, confirmations: None,
+        rollout_view=lambda view: None,
         coordinating=lambda: None,
         outbox=lambda: None,
+        rewind=lambda sink: None,
     )
 
 
@@ -194,7 +199,7 @@ async def test_a_replica_that_cannot_renew_stops_polling_before_its_ttl_ends(pg_
             for _ in range(20):
                 with pytest.raises(StateError):
                     await cluster._round()
-                cluster._check_lapse(StateError("down"))
+                cluster._check_lapse()
                 if not cluster.member:
                     break
                 await asyncio.sleep(0.1)
@@ -203,6 +208,7 @@ async def test_a_replica_that_cannot_renew_stops_polling_before_its_ttl_ends(pg_
         await cluster._round()
         assert cluster.member and cluster.owned == 2, "back: it claims again"
     finally:
+        await cluster.close()
         await state.close()
 
 
@@ -222,3 +228,104 @@ async def test_jobs_removed_through_another_replica_stop_being_polled_by_their_o
         await until(lambda: _owns_all(second, 0), 3, "the owner to stop polling what was removed")
         assert second.daemon._scheduler is not None
         assert not any(j in second.daemon._scheduler for j in theirs)
+
+
+async def test_a_pool_followed_by_a_replica_that_dies_is_followed_to_its_end_by_another(
+    sim_factory: SimFactory, receiver: Receiver, tmp_path: Path, pg_dsn: str
+) -> None:
+    """The pool, its nodes' jobs and the nodes awaited Active belong to the replica that followed them; when it
+    dies (no clean stop: its membership expires) another replica claims all three and finishes the rollout,
+    every node confirmed."""
+    sim, _ = await sim_factory(time_scale=0.2)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, node_duration=3.0)
+    sim.scale_nodepool(cluster, pool, 6)
+    state = {"backend": "postgres", "dsn": "${CCE_MONITOR_DSN}", "replica_ttl": 1.5}
+    configs = [_replica_config(sim, tmp_path, n, receiver.url, pg_dsn, state=state) for n in ("a", "b")]
+    doomed = Daemon(configs[0], env={})
+    task = asyncio.create_task(doomed.run(asyncio.Event()))
+    await asyncio.wait_for(doomed.started.wait(), 15)
+    async with running(configs[1]) as survivor:
+        await until(lambda: _members(survivor, 2), 10, "both replicas to be members")
+        assert doomed.endpoint is not None
+        dying = Running(doomed, asyncio.Event(), task, survivor.session, doomed.endpoint)
+        code, _ = await dying.call("POST", "/v1/nodepools", {"cluster_id": cluster, "nodepool_id": pool})
+        assert code == 202  # followed by the replica that was asked
+        await until(lambda: _pool_jobs(survivor, pool, 2), 20, "some of the pool's node jobs found")
+        assert doomed._scheduler is not None and doomed._scheduler.fleet.pool(cluster, pool) is not None
+        task.cancel()  # gone mid-rollout, without handing anything back
+        await asyncio.gather(task, return_exceptions=True)
+        await until(lambda: _rollout_ended(survivor, pool), 40, "the survivor to finish the rollout")
+        _, body = await survivor.call("GET", f"/v1/rollouts/{pool}")
+        assert body["rollout"]["counts"] == {"Active": 6}, body
+        _, listed = await survivor.call("GET", "/v1/nodepools")
+        assert [row["outcome"] for row in listed["nodepools"]] == ["Success"]
+    active = {r.json["node_id"] for r in receiver.delivered if r.json["type"] == "node.active"}
+    assert active == {t.node_id for t in sim.node_truth(cluster) if t.phase == "Active"}
+
+
+async def _pool_jobs(api: Running, rollout: str, n: int) -> bool:
+    _, body = await api.call("GET", f"/v1/jobs?rollout={rollout}")
+    return len(body["jobs"]) >= n
+
+
+async def _rollout_ended(api: Running, rollout: str) -> bool:
+    code, body = await api.call("GET", f"/v1/rollouts/{rollout}")
+    return code == 200 and bool(body["rollout"]["ended"])
+
+
+async def test_a_replica_that_disagrees_with_the_database_about_what_it_owns_reconciles(pg_dsn: str) -> None:
+    """If this replica's view and the database part (a claim or a write raced a lapse), the next round stops
+    polling what the database does not give it at its epoch, and hands back what it does not poll."""
+    state = await PgState.open(pg_dsn)
+    dropped: list[str] = []
+    cluster = Cluster(state, "replica-r", _hooks(dropped), heartbeat=0.2, ttl=0.6)
+    try:
+        await state.add_jobs(["job-1", "job-2", "job-3"], {}, None)
+        await cluster._round()
+        assert sorted(state.epochs) == ["job-1", "job-2", "job-3"]
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await conn.execute("UPDATE jobs SET epoch = epoch + 1 WHERE job_id = 'job-1'")  # claimed meanwhile
+        del state.epochs["job-2"]  # forgotten here, still ours in the database
+        await cluster._round()
+        assert dropped == ["job-1"], "not polled at a stale epoch"
+        assert state.epochs.get("job-3") == 1
+        assert set(state.epochs) <= {"job-1", "job-2", "job-3"} and "job-2" in state.epochs, "claimed anew"
+        assert state.epochs["job-2"] == 2 and state.epochs.get("job-1") == 3, "each at a new epoch"
+    finally:
+        await cluster.close()
+        await state.close()
+
+
+async def test_dead_letters_replayed_through_any_replica_are_sent_by_the_one_delivering_the_sink(
+    sim: Simulator, tmp_path: Path, pg_dsn: str
+) -> None:
+    """Replay is an API write like any other: whichever replica takes it, the replica holding the sink's lease
+    reads its outbox again and sends the replayed events, with their ids."""
+    async with Receiver(Reply(422, "schema mismatch")) as recv:
+        configs = [_replica_config(sim, tmp_path, n, recv.url, pg_dsn) for n in ("a", "b")]
+        job = sim.add_job("Custom", duration=0.3)
+        async with running(configs[0]) as first, running(configs[1]) as second:
+            await until(lambda: _members(first, 2), 10, "both replicas to be members")
+            await first.call("POST", "/v1/jobs", {"job_ids": [job]})
+            await until(lambda: all_finished(first, [job]), 15, "the job to finish")
+
+            async def rejected() -> set[str]:
+                _, body = await second.call("GET", "/v1/deliveries")
+                return {r["event"]["id"] for r in body["deliveries"] if r["sink"].startswith("webhook")}
+
+            async def some_rejected() -> bool:
+                return len(await rejected()) >= 2
+
+            await until(some_rejected, 10, "the job's events to be rejected")
+            ids = await rejected()
+            holder = next(d for d in (first, second) if any(x.delivering for x in d.daemon._deliverers))
+            other = second if holder is first else first
+            recv.reply = UP
+            code, body = await other.call("POST", "/v1/deliveries/replay", {"sink": f"webhook:{recv.url}"})
+            assert code == 200, body
+
+            async def resent() -> bool:
+                return ids <= {r.webhook_id for r in recv.delivered}
+
+            await until(resent, 10, "the replayed events, sent by the replica holding the lease")
