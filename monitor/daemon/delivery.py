@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import math
@@ -59,6 +60,7 @@ _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their
 # capped a receiver answering at once near 130 deliveries/s (the soak); 16 lets it reach its own pace. While it
 # looks down, no new lanes start, so a down receiver sees at most these lanes' retries, each on its backoff.
 _LANES_PER_SLOT = 16
+_SWEEP_EVERY = 5.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
 _DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 _PROBE_EVERY = 2.0  # seconds between tries of the one probing row while the receiver looks down
 
@@ -117,6 +119,13 @@ class Deliverer:
         self._returning = 0  # lanes back from a backoff, waiting for a slot
         self._slot_freed = asyncio.Event()
         self._seen = 0  # per-job delivery: the last row read
+        # Rows can commit out of seq order (PostgreSQL: replicas and pool connections write at once, and a row's
+        # seq is drawn before its transaction commits), so a read past seq N may miss a row below N that commits
+        # just after. Every _SWEEP_EVERY seconds the rows since the mark of the sweep before last are read again;
+        # those neither held nor done here are the late ones.
+        self._sweep_marks = (0, 0)
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY
+        self._done: set[int] = set()  # rows delivered or rejected since the older sweep mark
         self._unread = True  # new rows may be in the outbox
         self._unmarked: list[int] = []  # delivered rows waiting for the next batch of marks
         self._marking = asyncio.Lock()
@@ -140,6 +149,7 @@ class Deliverer:
         """Rows already passed became due again (a replay of rejected rows): read the outbox from its start."""
         self._seen = 0
         self._cursor = 0
+        self._sweep_marks = (0, 0)
         self.notify()
 
     @property
@@ -210,6 +220,7 @@ class Deliverer:
         self._queued = 0
         self._seen = 0
         self._cursor = 0
+        self._sweep_marks = (0, 0)
 
     async def _run_in_order(self) -> None:
         while True:
@@ -226,7 +237,14 @@ class Deliverer:
             if not rows:
                 if not self._handed:
                     self._idle.set()
-                await self._wake.wait()
+                if time.monotonic() >= self._next_sweep:  # rows that committed late: read past the mark again
+                    self._next_sweep = time.monotonic() + _SWEEP_EVERY
+                    self._cursor = min(self._cursor, self._sweep_marks[0])
+                    self._sweep_marks = (self._sweep_marks[1], self._cursor)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self._next_sweep - time.monotonic())):
+                        await self._wake.wait()
                 continue
             for row in rows:
                 if self._acks:
@@ -264,17 +282,39 @@ class Deliverer:
                         for row in fresh:
                             if row.seq not in self._held:  # (it may be, after a rewind)
                                 self._enqueue(row)
+                if time.monotonic() >= self._next_sweep and self._queued < _MAX_WAITING:
+                    await self._sweep()
                 self._dispatch()
                 if self._unread and self._queued < _MAX_WAITING:
                     continue
                 if not self._queues and not self._lanes:
                     self._idle.set()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self._next_sweep - time.monotonic())):
+                        await self._wake.wait()
         finally:
             lanes = list(self._lanes.values())
             for task in lanes:
                 task.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        """Read again the rows since the older sweep mark: a row that committed after the reads passed it."""
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY
+        after, late = self._sweep_marks[0], 0
+        while True:
+            rows = await self._stored(functools.partial(self._state.pending, self.name, limit=self._batch, after=after))
+            for row in rows:
+                if row.seq <= self._seen and row.seq not in self._held and row.seq not in self._done:
+                    self._enqueue(row)
+                    late += 1
+            if len(rows) < self._batch or rows[-1].seq >= self._seen:
+                break
+            after = rows[-1].seq
+        if late:
+            logger.info("sink %s: %d rows committed after later ones were read; sending them now", self.name, late)
+        self._sweep_marks = (self._sweep_marks[1], self._seen)
+        self._done = {seq for seq in self._done if seq > self._sweep_marks[0]}
 
     def _enqueue(self, row: OutboxRow) -> None:
         key = _ordering_key(row.event)
@@ -305,6 +345,7 @@ class Deliverer:
         cut short when the receiver answers another row again after a streak of failures (an outage ended)."""
         failures = 0
         holding = True  # a slot: taken by _dispatch for this lane
+        done = False
         try:
             while (delay := await self._deliver(seq, event, failures)) is not None:
                 failures += 1
@@ -313,11 +354,14 @@ class Deliverer:
                 await self._recovery.sleep(delay)
                 await self._take_slot()
                 holding = True
+            done = True
         finally:
             if holding:
                 self._free_slot()
             self._lanes.pop(key, None)
             self._held.discard(seq)
+            if done:
+                self._done.add(seq)
             queue = self._queues.get(key)
             if queue:
                 heapq.heappush(self._ready, (queue[0].seq, key))

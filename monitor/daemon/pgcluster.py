@@ -45,7 +45,8 @@ from monitor.core.errors import StateError
 from monitor.core.events import Event
 from monitor.core.model import Job, job_from_json
 from monitor.core.nodes import Node
-from monitor.daemon.pgstore import CHANNEL, PgState
+from monitor.daemon.pgbase import CHANNEL
+from monitor.daemon.pgstore import PgState
 from monitor.daemon.storage import StoredJob, StoredNodePool
 from monitor.engine.fleet import AwaitedNode, PoolNode
 
@@ -142,6 +143,7 @@ class Cluster:
         self._left = False
         self._failure = ""
         self._conn: AsyncConnection[Any] | None = None
+        self._turn = asyncio.Lock()
         state.owner = replica
 
     @property
@@ -168,7 +170,7 @@ class Cluster:
             asyncio.create_task(self._follow_rollouts(), name="cluster-rollouts"),
         ]
         try:
-            while True:
+            while not self._left:
                 self._wake.clear()
                 try:
                     await self._round()
@@ -207,6 +209,11 @@ class Cluster:
         )
 
     async def _round(self) -> None:
+        async with self._turn:  # never beside leave(): a round committed after it would make this a member again
+            if not self._left:
+                await self._claim_round()
+
+    async def _claim_round(self) -> None:
         state = self._state
         claimed: list[_Claimed] = []
         released: list[str] = []
@@ -467,9 +474,13 @@ class Cluster:
 
     async def leave(self) -> None:
         """Hand back everything this replica owns and leave (a clean stop): the others claim it at once."""
-        if self._left:
-            return
-        self._left = True
+        async with self._turn:
+            if self._left:
+                return
+            self._left = True
+            await self._hand_back()
+
+    async def _hand_back(self) -> None:
         owned = list(self._state.epochs)
         self._state.epochs.clear()  # writes still in flight are refused from here on
         try:

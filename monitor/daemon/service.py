@@ -34,16 +34,15 @@ from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
-from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, StoredNodePool, open_store
+from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, open_store
 from monitor.engine.bus import Bus, EventFilter
-from monitor.engine.fleet import AwaitedNode, PoolNode
 from monitor.engine.pipeline import Pipeline, SinkBinding
 from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import Scheduler
 from monitor.sinks import create_sink, is_durable
 
 if TYPE_CHECKING:
-    from monitor.daemon.pgcluster import Cluster, RolloutView
+    from monitor.daemon.pgcluster import Cluster
 
 __all__ = ["Daemon"]
 
@@ -462,78 +461,11 @@ class Daemon:
 
     async def _join(self, state: Store, pipeline: Pipeline) -> Cluster:
         """Become a replica sharing the jobs with every daemon on the same database (monitor.daemon.pgcluster)."""
-        from monitor.daemon.pgcluster import Cluster, ClusterHooks  # noqa: PLC0415 (psycopg users only)
-        from monitor.daemon.pgstore import PgState  # noqa: PLC0415
+        from monitor.daemon.pgstore import PgState  # noqa: PLC0415 (psycopg users only)
+        from monitor.daemon.replica import join  # noqa: PLC0415
 
         assert isinstance(state, PgState)  # (open_store made it from the same setting)
-        scheduler, rollouts = pipeline.scheduler, pipeline.rollouts
-
-        def adopt(jobs: list[StoredJob]) -> None:
-            now = time.time()
-            for job in jobs:
-                scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
-                if job.rollout:
-                    rollouts.add(job.rollout, [job.job_id])
-
-        def drop(job_ids: list[str]) -> None:
-            for job_id in job_ids:
-                scheduler.remove(job_id)
-
-        def adopt_pool(pool: StoredNodePool, nodes: list[PoolNode]) -> None:
-            for found in nodes:
-                scheduler.fleet.remember(found)
-                if pool.rollout:
-                    pool_node(pool.rollout, found)
-            seen = [(f.node.id, f.node.job_id) for f in nodes]
-            labels = pool.labels
-            scheduler.follow_nodepool(
-                pool.cluster_id, pool.nodepool_id, target=pool.target, labels=labels, since=pool.added_at, seen=seen
-            )
-            if pool.rollout:
-                rollouts.add_pool(pool.rollout, pool.nodepool_id)
-
-        def adopt_awaited(awaited: list[AwaitedNode]) -> None:
-            for waited in awaited:
-                scheduler.fleet.restore(waited)
-
-        def pool_node(rollout: str, found: PoolNode) -> None:
-            node = found.node
-            rollouts.add(rollout, [node.job_id])
-            rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
-
-        def rollout_view(view: RolloutView) -> None:
-            for rollout, nodepool_id, settled in view.pools:  # a pool another replica follows holds it open
-                rollouts.pool_state(rollout, nodepool_id, settled=settled)
-            for rollout, found in view.pool_nodes:
-                pool_node(rollout, found)
-            for c in view.changes:
-                rollouts.merge(
-                    c.rollout,
-                    c.job_id,
-                    added_at=c.added_at,
-                    phase=c.outcome or c.phase,
-                    ended=c.finished_at,
-                    snapshot=c.snapshot,
-                )
-            for event in view.confirmations:
-                rollouts.on_event(event)
-
-        def coordinating() -> None:
-            for rollout in rollouts.rollouts():  # announce what finished while nobody published (ids dedupe)
-                rollouts.recheck(rollout.name)
-
-        def outbox() -> None:
-            for d in self._deliverers:
-                d.notify()
-
-        def rewind(sink: str) -> None:
-            for d in self._deliverers:
-                if d.name == sink:
-                    d.rewind()
-
-        hooks = ClusterHooks(adopt, drop, adopt_pool, adopt_awaited, rollout_view, coordinating, outbox, rewind)
-        ttl = self.config.state.replica_ttl
-        self._cluster = Cluster(state, self._replica, hooks, heartbeat=ttl / 3, ttl=ttl)
+        self._cluster = join(state, self._replica, pipeline, self._deliverers, self.config.state.replica_ttl)
         return self._cluster
 
     @staticmethod

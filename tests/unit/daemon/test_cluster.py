@@ -329,3 +329,64 @@ async def test_dead_letters_replayed_through_any_replica_are_sent_by_the_one_del
                 return ids <= {r.webhook_id for r in recv.delivered}
 
             await until(resent, 10, "the replayed events, sent by the replica holding the lease")
+
+
+async def test_a_replica_that_has_left_stays_gone_while_it_drains(pg_dsn: str) -> None:
+    """After leave() (a clean stop) the replica makes no more rounds: its membership row stays deleted while it
+    drains its sinks, so the others count it out at once instead of after its TTL."""
+    state = await PgState.open(pg_dsn)
+    cluster = Cluster(state, "replica-l", _hooks([]), heartbeat=0.1, ttl=0.3)
+    task = asyncio.create_task(cluster.run())
+    try:
+        await state.add_jobs(["job-1"], {}, None)
+        await until(lambda: _async(cluster.owned == 1), 5, "the job to be claimed")
+        await cluster.leave()
+        await asyncio.sleep(0.5)  # five heartbeats
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            cur = await conn.execute("SELECT count(*) FROM members")
+            assert (await cur.fetchone()) == (0,)
+            cur = await conn.execute("SELECT owner FROM jobs")
+            assert (await cur.fetchone()) == (None,)
+        assert task.done() and cluster.owned == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await state.close()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_a_row_that_commits_after_later_rows_were_read_is_still_delivered(pg_dsn: str) -> None:
+    """Outbox seqs are drawn before commit: with writers at once (replicas, pool connections) a row can commit
+    after the deliverer read past it. Its sweep (rows since the older mark, every 5 s) sends it all the same."""
+    from monitor.daemon.delivery import Deliverer  # noqa: PLC0415
+    from monitor.engine.bus import EventFilter  # noqa: PLC0415
+    from monitor.sinks import create_sink  # noqa: PLC0415
+
+    state = await PgState.open(pg_dsn)
+    async with Receiver() as recv:
+        sink = create_sink(f"webhook:{recv.url}")
+        state.route(sink.name, EventFilter())
+        deliverer = Deliverer(sink, state, holder="replica-d", concurrency=4)
+        task = asyncio.create_task(deliverer.run())
+        late, early = make_event(id="1" * 32, job_id="job-1"), make_event(id="2" * 32, job_id="job-2")
+        try:
+            async with await psycopg.AsyncConnection.connect(pg_dsn) as slow, slow.transaction():
+                await slow.execute(  # draws its seq first, commits last
+                    "INSERT INTO outbox (sink, event_id, event) VALUES (%s, %s, %s)",
+                    (sink.name, late.id, late.to_json()),
+                )
+                await state.record("job-2", None, [early])
+                deliverer.notify()
+                await until(lambda: _async(len(recv.delivered) == 1), 5, "the later row delivered")
+            deliverer.notify()  # (a replica's NOTIFY would say as much; the read still starts past it)
+            await until(lambda: _async(len(recv.delivered) == 2), 12, "the late row delivered by the sweep")
+            assert [r.webhook_id for r in recv.delivered] == [early.id, late.id]
+            assert await state.outbox_depth() == {}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sink.aclose()
+            await state.close()
