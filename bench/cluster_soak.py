@@ -38,6 +38,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import math
 import os
 import sys
 import tempfile
@@ -88,7 +90,7 @@ class Run:
     """job id -> rollout."""
     events: list[tuple[float, str]] = field(default_factory=list)
     samples: list[tuple[float, int]] = field(default_factory=list)
-    """(monotonic time, unfinished jobs) every half second."""
+    """(monotonic time, unfinished jobs) every two seconds."""
     takeovers: dict[str, float | None] = field(default_factory=dict)
     balance: dict[str, Any] = field(default_factory=dict)
     storm: tuple[float, float] = (0.0, 0.0)
@@ -213,7 +215,7 @@ async def takeover(watch: Watch, pid: int, limit: float) -> float | None:
     while time.monotonic() - start < limit:
         if await watch.owned_by(pid) == 0 and await watch.orphans() == 0:
             return round(time.monotonic() - start, 3)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
     return None
 
 
@@ -247,9 +249,12 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
     receiver = Receiver(0.2, args.seed)
     replicas: list[DaemonProcess] = []
     sim: SimProcess | None = None
-    with PostgresServer() as pg:
+    with PostgresServer(options="-c shared_preload_libraries=pg_stat_statements") as pg:
         dsn = pg.create_database("soak")
         watch = Watch(dsn)
+        # Where the database's CPU goes (pg_stat_statements, in the distribution's postgresql package).
+        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         cpu_start, wall_start = db_cpu_seconds(pg), time.monotonic()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             try:
@@ -283,6 +288,7 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
                 arrivals = await _arrivals(session, sim)
                 truth = await _all_truth(sim, list(run.jobs))
                 stored = await read_database(watch)
+                statements = await top_statements(watch)
             finally:
                 await watch.close()
                 for r in replicas:
@@ -290,7 +296,22 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
                 if sim is not None:
                     await sim.stop()
                 await receiver.close()
-    return analyse(args, run, replicas, receiver, stats, arrivals, truth, stored, db_cpu, wall, workdir)
+    result = analyse(args, run, replicas, receiver, stats, arrivals, truth, stored, db_cpu, wall, workdir)
+    result["db_top_statements"] = statements
+    return result
+
+
+async def top_statements(watch: Watch) -> list[dict[str, Any]]:
+    """The statements that took the database's time (pg_stat_statements), most first."""
+    try:
+        rows = await watch.rows(
+            "SELECT round(total_exec_time::numeric / 1000, 2), calls, "
+            "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements "
+            "ORDER BY total_exec_time DESC LIMIT 12"
+        )
+    except psycopg.Error:
+        return []
+    return [{"seconds": float(s), "calls": int(c), "query": q} for s, c, q in rows]
 
 
 async def _arrivals(session: aiohttp.ClientSession, sim: SimProcess) -> list[float]:
@@ -331,7 +352,7 @@ async def conduct(
                 )
                 owners = {([*o.split(":"), "", ""])[1] or "unowned": n for o, n in (await watch.shares()).items()}
                 say(f"unfinished {run.samples[-1][1]} by owner {owners}; undelivered {dict(pending)}")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)  # (this process's queries count in the database's CPU too: few)
 
     sampling = asyncio.create_task(sampler())
     try:
@@ -463,9 +484,16 @@ def analyse(
     rate = int(args.rate)
     arrivals.sort()
     over, busiest = sliding_over(arrivals, rate)
+    over_at = sorted(
+        {round(arrivals[i]) for i in range(len(arrivals) - rate) if arrivals[i + rate] - arrivals[i] < 1.0}
+    )
     # Seconds (of the simulator clock) when demand exceeded the rate: enough unfinished jobs that every poll
     # could not be on time, outside the storm and its recovery.
-    busy_until = {round(t - run.sim_started) for t, n in run.samples if n >= rate * 6 * args.interval}
+    threshold = rate * 6 * args.interval
+    busy_until: set[int] = set()
+    for (t0, n0), (t1, n1) in itertools.pairwise(run.samples):
+        if n0 >= threshold and n1 >= threshold:
+            busy_until.update(range(math.ceil(t0 - run.sim_started), math.floor(t1 - run.sim_started) + 1))
     storm = run.storm
     per_second = Counter(int(a) for a in arrivals)
     busy = sorted(s for s in busy_until if not storm[0] - 1 <= s <= storm[1] and s in per_second)[1:-1]
@@ -581,6 +609,7 @@ def analyse(
         "rate": {
             "windows_over": over,
             "busiest_1s_window": busiest,
+            "over_at_s": over_at[:50],  # simulator-clock seconds where a window over starts (to read with the timeline)
             "used_when_busy": round(used, 4),
             "busy_seconds": len(busy),
             "requests": len(arrivals),

@@ -465,8 +465,10 @@ class PostgresServer:
 
     user = "cce"
 
-    def __init__(self, *, password: str | None = None, run_as: str = "nobody") -> None:
+    def __init__(self, *, password: str | None = None, run_as: str = "nobody", options: str = "") -> None:
+        """``options``: more server settings, as ``-c name=value`` flags (e.g. ``shared_preload_libraries``)."""
         self.password = password or "pg-" + secrets.token_urlsafe(18)
+        self._options = options
         self.bindir = postgres_bindir()
         self.port = 0
         self._run_as = run_as if os.geteuid() == 0 else None
@@ -517,7 +519,7 @@ class PostgresServer:
         )  # fmt: skip
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 " + self._options
         )
         self._run("pg_ctl", "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start")
 

@@ -60,7 +60,7 @@ _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their
 # capped a receiver answering at once near 130 deliveries/s (the soak); 16 lets it reach its own pace. While it
 # looks down, no new lanes start, so a down receiver sees at most these lanes' retries, each on its backoff.
 _LANES_PER_SLOT = 16
-_SWEEP_EVERY = 5.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
+_SWEEP_EVERY = 1.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
 _DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 _PROBE_EVERY = 2.0  # seconds between tries of the one probing row while the receiver looks down
 
@@ -312,7 +312,7 @@ class Deliverer:
                 break
             after = rows[-1].seq
         if late:
-            logger.info("sink %s: %d rows committed after later ones were read; sending them now", self.name, late)
+            logger.debug("sink %s: %d rows committed after later ones were read; sending them now", self.name, late)
         self._sweep_marks = (self._sweep_marks[1], self._seen)
         self._done = {seq for seq in self._done if seq > self._sweep_marks[0]}
 

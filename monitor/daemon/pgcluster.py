@@ -58,6 +58,8 @@ _SLACK = 0.05  # a replica hands jobs back only when it holds more than 5 % (and
 _CLAIM_BATCH = 5_000  # jobs claimed per round at most (a big backlog is spread over rounds, not one long lock)
 _TAIL_BATCH = 10_000
 _DIGEST_LEASE = "rollouts"
+_RESYNC_EVERY = 6  # rollout-view reads between full reads of the open rollouts (by the digest publisher)
+_APPLY_CHUNK = 500  # changes applied to the rollout view between yields to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class ClusterHooks:
     """Other replicas' news of rollouts, for this replica's rollout view."""
     coordinating: Callable[[], None]
     """This replica has just become the one that publishes rollout digests."""
+    open_rollouts: Callable[[], list[str]]
+    """The rollouts this replica's view has not seen finish (the publisher reads them in full now and then)."""
     outbox: Callable[[], None]
     """Another replica queued outbox rows (this one may be delivering their sink)."""
     rewind: Callable[[str], None]
@@ -144,6 +148,7 @@ class Cluster:
         self._failure = ""
         self._conn: AsyncConnection[Any] | None = None
         self._turn = asyncio.Lock()
+        self._rounds = 0
         state.owner = replica
 
     @property
@@ -248,8 +253,12 @@ class Cluster:
                     claimed = await self._claim(conn, min(share - mine, _CLAIM_BATCH))
                 elif mine > share + max(2, math.ceil(share * _SLACK)):
                     released = await self._release(conn, mine - share)
-                pools = await self._claim_pools(conn)
-                awaited = await self._claim_awaited(conn)
+                self._rounds += 1
+                if members != self.members or self._rounds % _RESYNC_EVERY == 1:
+                    # Only a replica gone leaves pools and awaited nodes to claim: read them when the membership
+                    # changed (and now and then), not every round.
+                    pools = await self._claim_pools(conn)
+                    awaited = await self._claim_awaited(conn)
             self._renewed = time.monotonic()
             if self._lapsed:
                 self._lapsed = False
@@ -366,11 +375,15 @@ class Cluster:
     async def _follow_rollouts(self) -> None:
         """Every ``heartbeat`` seconds, what other replicas recorded for rollouts — apart from the claim rounds,
         which must not wait for it."""
+        reads = 0
         while True:
             await asyncio.sleep(self.heartbeat)
+            reads += 1
             try:
                 async with self._state.pool.connection() as conn:
                     changes, confirmations = await self._tail(conn)
+                    if self.coordinator and reads % _RESYNC_EVERY == 0:
+                        changes += await self._resync(conn)
                     cur = await conn.execute(
                         b"SELECT rollout, nodepool_id, finished_at IS NOT NULL FROM nodepools WHERE rollout IS NOT NULL"
                     )
@@ -387,7 +400,26 @@ class Cluster:
             except psycopg.Error as exc:
                 logger.debug("cluster: reading the rollout view failed: %s", exc)
                 continue
-            self._hooks.rollout_view(RolloutView(changes, confirmations, pools, nodes))
+            # In chunks: a poll's slot is taken before its request leaves, and a loop busy for long between
+            # the two would send requests late, in a bunch (the shared limiter counts on 15 ms at most).
+            self._hooks.rollout_view(RolloutView([], confirmations, pools, nodes))
+            for i in range(0, len(changes), _APPLY_CHUNK):
+                await asyncio.sleep(0)
+                self._hooks.rollout_view(RolloutView(changes[i : i + _APPLY_CHUNK], [], [], []))
+
+    async def _resync(self, conn: AsyncConnection[Any]) -> list[RolloutChange]:
+        """Every member of the rollouts not finished in this view, as stored (no snapshots): what the reads of
+        changes could have missed (a row that committed later than a round after it drew its change number)
+        cannot keep a rollout from finishing."""
+        names = self._hooks.open_rollouts()
+        if not names:
+            return []
+        cur = await conn.execute(
+            b"SELECT rollout, job_id, added_at, phase, outcome, finished_at FROM jobs WHERE rollout = ANY(%s) "
+            b"AND owner IS DISTINCT FROM %s",
+            (names, self.replica),
+        )
+        return [RolloutChange(r, j, a, p, o, f, None) for r, j, a, p, o, f in await cur.fetchall()]
 
     async def _tail(self, conn: AsyncConnection[Any]) -> tuple[list[RolloutChange], list[Event]]:
         """Rollout members other replicas wrote since the last round, and node confirmations."""

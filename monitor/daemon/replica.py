@@ -36,6 +36,7 @@ class _Replica:
             adopt_awaited=self.adopt_awaited,
             rollout_view=self.rollout_view,
             coordinating=self.coordinating,
+            open_rollouts=self.open_rollouts,
             outbox=self.outbox,
             rewind=self.rewind,
         )
@@ -97,6 +98,9 @@ class _Replica:
         """Now the digest publisher: announce what finished while nobody published (a repeat's id is dropped)."""
         for rollout in self._rollouts.rollouts():
             self._rollouts.recheck(rollout.name)
+
+    def open_rollouts(self) -> list[str]:
+        return [r.name for r in self._rollouts.rollouts() if r.ended is None]
 
     def outbox(self) -> None:
         for d in self._deliverers:

@@ -399,9 +399,9 @@ class Daemon:
                     now = time.time()
                     for job in await state.unfinished():
                         restored += scheduler.add(job.job_id, job.labels, previous=job.snapshot, age=now - job.added_at)
-                await self._restore(state, pipeline, follow=self._cluster is None)
-                if self._cluster is not None:
+                if self._cluster is not None:  # first: what others write while the view is read is read again
                     await self._cluster.start_tail()
+                await self._restore(state, pipeline, follow=self._cluster is None)
                 await self._warn_stranded(state)
                 if restored:
                     logger.info("tracking %d unfinished jobs from %s again", restored, state.where)
