@@ -220,7 +220,7 @@ class Cluster:
 
     async def _claim_round(self) -> None:
         state = self._state
-        claimed: list[_Claimed] = []
+        claimed: list[tuple[Any, ...]] = []  # rows, parsed after the commit (in chunks: see _adopt)
         released: list[str] = []
         pools: list[tuple[StoredNodePool, list[PoolNode]]] = []
         awaited: list[AwaitedNode] = []
@@ -267,8 +267,8 @@ class Cluster:
         except psycopg.Error as exc:
             await self.close()
             raise state.failed(exc) from None
-        for job in claimed:
-            state.epochs[job.job_id] = job.epoch
+        for row in claimed:
+            state.epochs[str(row[0])] = int(row[-1])
         if released:
             for job_id in released:
                 state.epochs.pop(job_id, None)
@@ -277,7 +277,9 @@ class Cluster:
         if claimed:
             logger.info("cluster: claimed %d jobs (fair share %d of %d live)", len(claimed), share, members)
             self.claimed += len(claimed)
-            self._hooks.adopt([job.stored for job in claimed])
+            for i in range(0, len(claimed), _APPLY_CHUNK):  # thousands of snapshots: not in one go (see below)
+                await asyncio.sleep(0)
+                self._hooks.adopt([_stored(row) for row in claimed[i : i + _APPLY_CHUNK]])
         for pool, nodes in pools:
             logger.info(
                 "cluster: following node pool %s (%d nodes found so far) from here", pool.nodepool_id, len(nodes)
@@ -324,7 +326,7 @@ class Cluster:
             logger.info("cluster: reconciled ownership: %d dropped, %d handed back", len(stale), len(unpolled))
         return len(held) - len(unpolled)
 
-    async def _claim(self, conn: AsyncConnection[Any], limit: int) -> list[_Claimed]:
+    async def _claim(self, conn: AsyncConnection[Any], limit: int) -> list[tuple[Any, ...]]:
         cur = await conn.execute(
             b"WITH claimed AS (UPDATE jobs SET owner = %s, epoch = epoch + 1 WHERE job_id IN (SELECT job_id FROM jobs "
             b"WHERE finished_at IS NULL AND (owner IS NULL OR owner NOT IN (SELECT replica FROM live_members)) "
@@ -335,7 +337,7 @@ class Cluster:
             b"SELECT job_id, labels, rollout, added_at, phase, snapshot, outcome, finished_at, epoch FROM claimed",
             (self.replica, limit),
         )
-        return [_Claimed.of(row) for row in await cur.fetchall()]
+        return list(await cur.fetchall())
 
     async def _release(self, conn: AsyncConnection[Any], count: int) -> list[str]:
         cur = await conn.execute(
@@ -442,9 +444,8 @@ class Cluster:
         if len(seen) > 4 * _TAIL_BATCH:
             self._seen = {j: c for j, c in seen.items() if c > self._changed[0]}
         cur = await conn.execute(
-            b"SELECT h.seq, h.event FROM history h JOIN jobs j ON j.job_id = h.job_id "
-            b"WHERE h.seq > %s AND h.type IN ('node.active', 'node.failed') AND j.owner IS DISTINCT FROM %s "
-            b"ORDER BY h.seq LIMIT %s",
+            b"SELECT seq, event FROM history WHERE seq > %s AND type IN ('node.active', 'node.failed') "
+            b"AND writer IS DISTINCT FROM %s ORDER BY seq LIMIT %s",
             (self._history[0], self.replica, _TAIL_BATCH),
         )
         confirmations = []
@@ -551,26 +552,16 @@ class Cluster:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Claimed:
-    stored: StoredJob
-    epoch: int
-
-    @property
-    def job_id(self) -> str:
-        return self.stored.job_id
-
-    @classmethod
-    def of(cls, row: Sequence[Any]) -> _Claimed:
-        job_id, labels, rollout, added, phase, snap, outcome, finished, epoch = row
-        stored = StoredJob(
-            job_id=job_id,
-            labels=orjson.loads(labels),
-            rollout=rollout,
-            added_at=added,
-            phase=phase,
-            snapshot=job_from_json(bytes(snap)) if snap is not None else None,
-            outcome=outcome,
-            finished_at=finished,
-        )
-        return cls(stored, int(epoch))
+def _stored(row: Sequence[Any]) -> StoredJob:
+    """A claimed job's row (``RETURNING`` of the claim, its epoch last) as the daemon restores it."""
+    job_id, labels, rollout, added, phase, snap, outcome, finished, _ = row
+    return StoredJob(
+        job_id=job_id,
+        labels=orjson.loads(labels),
+        rollout=rollout,
+        added_at=added,
+        phase=phase,
+        snapshot=job_from_json(bytes(snap)) if snap is not None else None,
+        outcome=outcome,
+        finished_at=finished,
+    )

@@ -184,19 +184,36 @@ class PgState(PgBase):
                     (str(outcome), now, now, job_id),
                 )
             )
-        queued = False
-        for event, (event_id, data, sinks) in zip(events, self._routes.rows(events), strict=True):
+        # However many events and sinks: one statement for the history, one for the outbox (arrays, in order).
+        rows = self._routes.rows(events)
+        if rows:
             statements.append(
                 (
                     "INSERT INTO history (job_id, event_id, event, type, writer, epoch, written_at) "
-                    "VALUES (%s,%s,%s,%s,%s,%s, extract(epoch from clock_timestamp())) "
+                    "SELECT %s, e, d, t, %s, %s, extract(epoch from clock_timestamp()) "
+                    "FROM unnest(%s::text[], %s::bytea[], %s::text[]) WITH ORDINALITY AS x(e, d, t, n) ORDER BY n "
                     "ON CONFLICT (job_id, event_id) DO NOTHING",
-                    (job_id, event_id, data, event.type.value, self.owner, epoch),
+                    (
+                        job_id,
+                        self.owner,
+                        epoch,
+                        [r[0] for r in rows],
+                        [r[1] for r in rows],
+                        [e.type.value for e in events],
+                    ),
                 )
             )
-            statements += self._queue(event_id, data, sinks)
-            queued = queued or bool(sinks)
-        if queued and self.owner is not None:  # the sink's lease holder may be another replica
+        queue = [(sink, event_id, data) for event_id, data, sinks in rows for sink in sinks]
+        if queue:
+            statements.append(
+                (
+                    "INSERT INTO outbox (sink, event_id, event) SELECT s, e, d "
+                    "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS x(s, e, d, n) ORDER BY n "
+                    "ON CONFLICT (sink, event_id) DO NOTHING",
+                    ([q[0] for q in queue], [q[1] for q in queue], [q[2] for q in queue]),
+                )
+            )
+        if queue and self.owner is not None:  # the sink's lease holder may be another replica
             statements.append((_NOTIFY_OUTBOX, (CHANNEL,)))
         try:
             await self._write(statements)
