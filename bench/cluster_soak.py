@@ -314,13 +314,12 @@ async def top_statements(watch: Watch) -> list[dict[str, Any]]:
     return [{"seconds": float(s), "calls": int(c), "query": q} for s, c, q in rows]
 
 
-async def sim_jobs(sim: SimProcess, count: int, job_type: str, duration: float) -> list[str]:
-    """``count`` jobs in the simulator, 50 per request: creating thousands in one request blocks its event loop
-    for a few hundred ms, and the requests that arrive meanwhile are stamped together afterwards — a burst of
-    "arrivals" that no client sent (seen as windows over the rate at each rollout's start)."""
+async def sim_jobs(sim: SimProcess, count: int, job_type: str, duration: float, delay: float) -> list[str]:
+    """``count`` jobs in the simulator that start in ``delay`` seconds, 500 per request."""
     ids: list[str] = []
-    for n in _split(count, max(1, math.ceil(count / 50))):
-        ids += await sim.add_jobs(n, job_type, duration, 0.1)
+    for n in _split(count, max(1, math.ceil(count / 500))):
+        spec = {"count": n, "type": job_type, "duration": duration, "fail_ratio": 0.1, "start_delay": delay}
+        ids += (await sim._call("POST", "/_sim/jobs", spec))["job_ids"]
     return ids
 
 
@@ -364,14 +363,23 @@ async def conduct(
                 say(f"unfinished {run.samples[-1][1]} by owner {owners}; undelivered {dict(pending)}")
             await asyncio.sleep(2.0)  # (this process's queries count in the database's CPU too: few)
 
+    # Every job is created in the simulator first, each rollout's starting when the rollout is added: creating
+    # thousands at once blocks the simulator's event loop, and the requests that arrive meanwhile are stamped
+    # together afterwards — a burst of "arrivals" no client sent (windows over the rate at each rollout's start).
+    planned: list[tuple[float, str, list[str]]] = []
+    for r, count in enumerate(_split(args.jobs, args.rollouts)):
+        at_s = T * (0.02 + 0.18 * r / max(1, args.rollouts - 1))
+        delay = max(0.0, start + at_s - time.monotonic())
+        creates = round(count * 2 / 3)
+        ids = await sim_jobs(sim, creates, "CreateNode", round(args.duration * T, 2), delay)
+        ids += await sim_jobs(sim, count - creates, "DeleteNode", round(0.8 * args.duration * T, 2), delay)
+        planned.append((at_s, f"cluster-{r + 1}", ids))
+    mark(f"{args.jobs} jobs created in the simulator, each rollout's to start when it is added")
+
     sampling = asyncio.create_task(sampler())
     try:
-        for r, count in enumerate(_split(args.jobs, args.rollouts)):
-            await at(T * (0.02 + 0.18 * r / max(1, args.rollouts - 1)))
-            name = f"cluster-{r + 1}"
-            creates = round(count * 2 / 3)
-            ids = await sim_jobs(sim, creates, "CreateNode", round(args.duration * T, 2))
-            ids += await sim_jobs(sim, count - creates, "DeleteNode", round(0.8 * args.duration * T, 2))
+        for r, (at_s, name, ids) in enumerate(planned):
+            await at(at_s)
             via = replicas[r % len(replicas)]
             for i in range(0, len(ids), 1000):
                 await api_post(session, via.api, "/v1/jobs", {"job_ids": ids[i : i + 1000], "rollout": name})
