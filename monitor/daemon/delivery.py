@@ -60,11 +60,7 @@ _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their
 # capped a receiver answering at once near 130 deliveries/s (the soak); 16 lets it reach its own pace. While it
 # looks down, no new lanes start, so a down receiver sees at most these lanes' retries, each on its backoff.
 _LANES_PER_SLOT = 16
-# Seconds a delivered row waits for the rows other lanes deliver to share its mark, and a read of new rows for
-# the rows recorded meanwhile: one statement for many (the full cluster soak sent 155,000 marks for 206,000 rows
-# and read the outbox 90,000 times; the database's CPU is mostly per statement).
-_MARK_LINGER = 0.05
-_READ_LINGER = 0.02
+_MARK_LINGER = 0.005  # seconds a delivered row waits for others to share its mark (155k marks for 206k rows before)
 _SWEEP_EVERY = 1.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
 _DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 _PROBE_EVERY = 2.0  # seconds between tries of the one probing row while the receiver looks down
@@ -271,22 +267,18 @@ class Deliverer:
         one again, before new rows, when its wait ends): a receiver that fails now and then slows only the jobs
         it failed. While the receiver looks down (a streak of failures) no new lanes start: the rows already
         trying probe it. At most ``_MAX_WAITING`` rows are held in memory: beyond that, reading waits."""
-        backlog = False  # the last read was a full batch: read on at once
         try:
             while True:
                 await self._leased_wait()
                 self._wake.clear()
                 if self._unread and self._queued < _MAX_WAITING:
-                    if not backlog:  # a row just recorded: let the rows recorded with it come too
-                        await asyncio.sleep(_READ_LINGER)
                     self._unread = False  # (a notify() during the read sets it again)
                     fresh = await self._stored(
                         lambda: self._state.pending(self.name, limit=self._batch, after=self._seen)
                     )
-                    backlog = len(fresh) == self._batch
                     if fresh:
                         self._seen = fresh[-1].seq
-                        if backlog:
+                        if len(fresh) == self._batch:
                             self._unread = True  # more rows are there to read
                         for row in fresh:
                             if row.seq not in self._held:  # (it may be, after a rewind)
