@@ -60,8 +60,7 @@ _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their
 # capped a receiver answering at once near 130 deliveries/s (the soak); 16 lets it reach its own pace. While it
 # looks down, no new lanes start, so a down receiver sees at most these lanes' retries, each on its backoff.
 _LANES_PER_SLOT = 16
-_MARK_LINGER = 0.005  # seconds a delivered row waits for others to share its mark (155k marks for 206k rows before)
-_SWEEP_EVERY = 1.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
+_SWEEP_EVERY = 5.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
 _DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 _PROBE_EVERY = 2.0  # seconds between tries of the one probing row while the receiver looks down
 
@@ -448,8 +447,6 @@ class Deliverer:
         """Mark a delivered row, batched with the rows delivered while the previous batch was written: one
         transaction for many (a crash before it sends them again, with the same ids)."""
         self._unmarked.append(seq)
-        if not self._marking.locked():
-            await asyncio.sleep(_MARK_LINGER)  # the rows other lanes deliver meanwhile go in the same statement
         async with self._marking:
             if not self._unmarked:
                 return  # the batch just written carried this row

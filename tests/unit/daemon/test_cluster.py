@@ -361,7 +361,7 @@ async def _async(value: bool) -> bool:
 
 async def test_a_row_that_commits_after_later_rows_were_read_is_still_delivered(pg_dsn: str) -> None:
     """Outbox seqs are drawn before commit: with writers at once (replicas, pool connections) a row can commit
-    after the deliverer read past it. Its sweep (rows since the older mark, every second) sends it all the same."""
+    after the deliverer read past it. Its sweep (rows since the older mark, every 5 s) sends it all the same."""
     from monitor.daemon.delivery import Deliverer  # noqa: PLC0415
     from monitor.engine.bus import EventFilter  # noqa: PLC0415
     from monitor.sinks import create_sink  # noqa: PLC0415
