@@ -66,6 +66,7 @@ from soak import (
     SimProcess,
     _all_truth,
     _log_scan,
+    api_post,
     conclude,
     say,
 )
@@ -138,15 +139,6 @@ def replica_config(args: argparse.Namespace, sim: SimProcess, receiver: Receiver
         "shutdown_deadline": 3,
         "logging": {"level": "info"},
     }
-
-
-async def api_post(session: aiohttp.ClientSession, base: str, path: str, body: object) -> Any:
-    headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
-    async with session.post(base + path, data=orjson.dumps(body), headers=headers) as resp:
-        raw = await resp.read()
-        if resp.status >= 300:
-            raise RuntimeError(f"POST {path}: {resp.status} {raw[:200]!r}")
-        return orjson.loads(raw)
 
 
 def _split(total: int, parts: int) -> list[int]:
