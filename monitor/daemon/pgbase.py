@@ -70,15 +70,6 @@ class PgBase:
             raise self.failed(exc) from None
         return found
 
-    async def _many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        if not rows:
-            return
-        try:
-            async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                await cur.executemany(sql.encode(), rows)
-        except psycopg.Error as exc:
-            raise self.failed(exc) from None
-
     async def _fetch(self, sql: str, args: Sequence[object] = (), *, write: bool = False) -> list[tuple[Any, ...]]:
         """One statement's rows (``write``: in a transaction of its own, committed)."""
         try:
