@@ -154,9 +154,11 @@ class Watch:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.backend = 0  # its server process: the soak's own reads are not the daemons' load
 
     async def open(self) -> None:
         self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        self.backend = int(await self.one("SELECT pg_backend_pid()"))
 
     async def one(self, sql: str, *args: object) -> Any:
         assert self.conn is not None
@@ -211,8 +213,9 @@ async def takeover(watch: Watch, pid: int, limit: float) -> float | None:
     return None
 
 
-def db_cpu_seconds(pg: PostgresServer) -> float:
-    """CPU seconds of the postmaster, its live backends and those that ended (cutime/cstime)."""
+def db_cpu_seconds(pg: PostgresServer, *, besides: int = 0) -> float:
+    """CPU seconds of the postmaster, its live backends (but ``besides``, the soak's own) and those that ended
+    (cutime/cstime)."""
     pid = int((Path(pg.data_dir) / "postmaster.pid").read_text().split()[0])
     total = 0.0
     for entry in Path("/proc").iterdir():
@@ -223,7 +226,7 @@ def db_cpu_seconds(pg: PostgresServer) -> float:
             ppid, utime, stime, cutime, cstime = int(fields[1]), *map(int, fields[11:15])
             if int(entry.name) == pid:
                 total += (utime + stime + cutime + cstime) / CLK_TCK
-            elif ppid == pid:
+            elif ppid == pid and int(entry.name) != besides:
                 total += (utime + stime) / CLK_TCK
     return total
 
@@ -274,7 +277,7 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
                     if r.proc is not None:
                         life = await r.terminate(grace=30)
                         say(f"SIGTERM {life.pid}: exit {life.exit_code}")
-                db_cpu = db_cpu_seconds(pg) - cpu_start
+                db_cpu = db_cpu_seconds(pg, besides=watch.backend) - cpu_start
                 wall = time.monotonic() - wall_start
                 stats = await sim.stats()
                 arrivals = await _arrivals(session, sim)
@@ -289,21 +292,29 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
                     await sim.stop()
                 await receiver.close()
     result = analyse(args, run, replicas, receiver, stats, arrivals, truth, stored, db_cpu, wall, workdir)
-    result["db_top_statements"] = statements
+    result["db_statements"] = statements
     return result
 
 
-async def top_statements(watch: Watch) -> list[dict[str, Any]]:
-    """The statements that took the database's time (pg_stat_statements), most first."""
+async def top_statements(watch: Watch) -> dict[str, Any]:
+    """Where the database's time went (pg_stat_statements): every statement's calls and execution time in
+    total, and the statements that took most of it and that ran most often."""
+    columns = "round(total_exec_time::numeric / 1000, 2), calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)"
     try:
-        rows = await watch.rows(
-            "SELECT round(total_exec_time::numeric / 1000, 2), calls, "
-            "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements "
-            "ORDER BY total_exec_time DESC LIMIT 12"
+        total = await watch.rows(
+            "SELECT round(sum(total_exec_time)::numeric / 1000, 2), sum(calls) FROM pg_stat_statements "
+            "WHERE userid = (SELECT usesysid FROM pg_user WHERE usename = current_user)"
         )
+        by_time = await watch.rows(f"SELECT {columns} FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12")
+        by_calls = await watch.rows(f"SELECT {columns} FROM pg_stat_statements ORDER BY calls DESC LIMIT 12")
     except psycopg.Error:
-        return []
-    return [{"seconds": float(s), "calls": int(c), "query": q} for s, c, q in rows]
+        return {}
+    return {
+        "exec_seconds": float(total[0][0] or 0),
+        "calls": int(total[0][1] or 0),
+        "by_time": [{"seconds": float(s), "calls": int(c), "query": q} for s, c, q in by_time],
+        "by_calls": [{"seconds": float(s), "calls": int(c), "query": q} for s, c, q in by_calls],
+    }
 
 
 async def sim_jobs(sim: SimProcess, count: int, job_type: str, duration: float, delay: float) -> list[str]:
