@@ -213,11 +213,11 @@ async def takeover(watch: Watch, pid: int, limit: float) -> float | None:
     return None
 
 
-def db_cpu_seconds(pg: PostgresServer, *, besides: int = 0) -> float:
-    """CPU seconds of the postmaster, its live backends (but ``besides``, the soak's own) and those that ended
-    (cutime/cstime)."""
+def db_cpu_seconds(pg: PostgresServer, *, besides: int = 0) -> dict[str, float]:
+    """CPU seconds of the postmaster, its live processes by kind (but ``besides``, the soak's own backend) and
+    those that ended (cutime/cstime: autovacuum workers, dropped connections)."""
     pid = int((Path(pg.data_dir) / "postmaster.pid").read_text().split()[0])
-    total = 0.0
+    kinds: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -225,10 +225,17 @@ def db_cpu_seconds(pg: PostgresServer, *, besides: int = 0) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             ppid, utime, stime, cutime, cstime = int(fields[1]), *map(int, fields[11:15])
             if int(entry.name) == pid:
-                total += (utime + stime + cutime + cstime) / CLK_TCK
+                kinds["postmaster"] = (utime + stime) / CLK_TCK
+                kinds["ended"] = (cutime + cstime) / CLK_TCK
             elif ppid == pid and int(entry.name) != besides:
-                total += (utime + stime) / CLK_TCK
-    return total
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                kind = title.removeprefix("postgres: ").split(" ")[0] if " " in title else title
+                kind = "backends" if kind not in _PG_WORKERS else kind
+                kinds[kind] = kinds.get(kind, 0.0) + (utime + stime) / CLK_TCK
+    return kinds
+
+
+_PG_WORKERS = {"checkpointer", "background", "walwriter", "autovacuum", "logical", "stats"}
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -277,7 +284,9 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
                     if r.proc is not None:
                         life = await r.terminate(grace=30)
                         say(f"SIGTERM {life.pid}: exit {life.exit_code}")
-                db_cpu = db_cpu_seconds(pg, besides=watch.backend) - cpu_start
+                end = db_cpu_seconds(pg, besides=watch.backend)
+                db_kinds = {k: round(v - cpu_start.get(k, 0.0), 2) for k, v in end.items()}
+                db_cpu = sum(db_kinds.values())
                 wall = time.monotonic() - wall_start
                 stats = await sim.stats()
                 arrivals = await _arrivals(session, sim)
@@ -293,6 +302,7 @@ async def cluster_soak(args: argparse.Namespace) -> dict[str, Any]:
                 await receiver.close()
     result = analyse(args, run, replicas, receiver, stats, arrivals, truth, stored, db_cpu, wall, workdir)
     result["db_statements"] = statements
+    result["db_cpu_by_process"] = db_kinds
     return result
 
 

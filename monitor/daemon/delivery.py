@@ -17,8 +17,13 @@ two of one job, never a job's event before its earlier ones; a rollout's digests
 * after a streak of failures across rows (the receiver is down), one waiting row tries every 2 s and the first
   success ends every other row's backoff at once: the backlog drains at the receiver's pace within seconds of
   its return, instead of at each row's next retry time;
-* delivered rows are marked in batches (those delivered while the previous batch was written): one transaction
-  for many rows; a crash in between sends those rows again, with the same ids;
+* delivered rows are marked in batches, one statement for many rows: with ``ordering: job``, at once after a
+  quiet spell and then at most every ``_MARK_EVERY`` (0.2 s), without holding up the lanes; with ``ordering:
+  sink``, those delivered while the previous batch was written. A crash in between sends those rows again, with
+  the same ids;
+* with ``ordering: job`` the outbox is read at most every ``_READ_GAP`` (50 ms) while rows trickle in (each
+  recorded poll wakes the deliverer, on PostgreSQL from any replica): one read takes what a burst of polls
+  recorded, and a backlog is read batch after batch without a pause;
 * :meth:`Deliverer.rewind` after a replay: rejected rows made due again are read again, with their event ids.
 
 A sink that ``acknowledges`` (the chat sinks, which merge events into digests sent when a rate budget allows)
@@ -61,6 +66,8 @@ _MAX_WAITING = 10_000  # rows read ahead and held in memory at most, while their
 # looks down, no new lanes start, so a down receiver sees at most these lanes' retries, each on its backoff.
 _LANES_PER_SLOT = 16
 _SWEEP_EVERY = 5.0  # seconds between reads for rows that committed late (see Deliverer._sweep_marks)
+_MARK_EVERY = 0.2  # seconds between batches of delivered marks (per-job delivery)
+_READ_GAP = 0.05  # seconds at least between reads of new rows while they trickle in (per-job delivery)
 _DOWN_STREAK = 3  # failures in a row, across rows, that say the receiver is down rather than one row failing
 _PROBE_EVERY = 2.0  # seconds between tries of the one probing row while the receiver looks down
 
@@ -81,11 +88,13 @@ class Deliverer:
         observe: Callable[[float], None] | None = None,
         holder: str = "",
         lease_ttl: float = 15.0,
+        mark_every: float = _MARK_EVERY,
     ) -> None:
         """``concurrency`` above 1: up to that many rows in flight at once, never two of one job (see the
         module docstring); an acknowledging sink always takes its rows one by one. ``observe`` hears each
         delivered event's delay in seconds, from its detection (``event.time``) to its delivery. ``holder``
-        names this daemon for the sink's delivery lease (``lease_ttl`` seconds; see :meth:`_keep_lease`)."""
+        names this daemon for the sink's delivery lease (``lease_ttl`` seconds; see :meth:`_keep_lease`);
+        ``mark_every``: seconds between batches of delivered marks (see the module docstring)."""
         self.sink = sink
         self.name = name or sink.name
         self._state = state
@@ -129,6 +138,13 @@ class Deliverer:
         self._unread = True  # new rows may be in the outbox
         self._unmarked: list[int] = []  # delivered rows waiting for the next batch of marks
         self._marking = asyncio.Lock()
+        self._unstored: set[int] = set()  # per-job delivery: rows delivered whose mark is not written yet
+        self._reading = False  # a read of the outbox is in flight (its snapshot may predate a mark's commit) ...
+        self._settled: list[int] = []  # ... so these marks, written meanwhile, leave _unstored after it
+        self._marks_due = asyncio.Event()
+        self._mark_every = mark_every
+        self._read_at = -math.inf  # when the outbox was last read for new rows (per-job delivery)
+        self._behind = False  # that read filled a batch: more rows wait
         self._lease = f"delivery:{self.name}"
         self._holder = holder or f"pid-{os.getpid()}"
         self._lease_ttl = lease_ttl
@@ -168,14 +184,19 @@ class Deliverer:
 
     async def run(self) -> None:
         keeper = asyncio.create_task(self._keep_lease(), name=f"lease:{self.name}")
+        marker = asyncio.create_task(self._write_marks(), name=f"marks:{self.name}")
         try:
             if self._concurrency > 1:
                 await self._run_per_job()
             else:
                 await self._run_in_order()
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            for task in (keeper, marker):
+                task.cancel()
+            await asyncio.gather(keeper, marker, return_exceptions=True)
+            if self._unmarked:  # a clean stop: what was delivered is not sent again (one try; if it fails, it is)
+                with contextlib.suppress(Exception):
+                    await self._state.delivered(*self._unmarked)
             with contextlib.suppress(Exception):  # a clean stop: another daemon takes the sink over at once
                 await self._state.release_lease(self._lease, self._holder)
 
@@ -270,27 +291,29 @@ class Deliverer:
             while True:
                 await self._leased_wait()
                 self._wake.clear()
-                if self._unread and self._queued < _MAX_WAITING:
+                reading = self._unread and self._queued < _MAX_WAITING
+                if reading and (self._behind or time.monotonic() >= self._read_at + _READ_GAP):
                     self._unread = False  # (a notify() during the read sets it again)
-                    fresh = await self._stored(
-                        lambda: self._state.pending(self.name, limit=self._batch, after=self._seen)
-                    )
-                    if fresh:
-                        self._seen = fresh[-1].seq
-                        if len(fresh) == self._batch:
+                    self._read_at = time.monotonic()
+                    rows, fresh = await self._read(self._seen)
+                    self._behind = len(rows) == self._batch
+                    if rows:
+                        self._seen = rows[-1].seq
+                        if self._behind:
                             self._unread = True  # more rows are there to read
-                        for row in fresh:
-                            if row.seq not in self._held:  # (it may be, after a rewind)
-                                self._enqueue(row)
+                    for row in fresh:
+                        self._enqueue(row)
                 if time.monotonic() >= self._next_sweep and self._queued < _MAX_WAITING:
                     await self._sweep()
                 self._dispatch()
-                if self._unread and self._queued < _MAX_WAITING:
+                reading = self._unread and self._queued < _MAX_WAITING
+                if reading and self._behind:
                     continue
-                if not self._queues and not self._lanes:
+                if not (self._queues or self._lanes or self._unstored or self._unread):
                     self._idle.set()
+                until = self._read_at + _READ_GAP if reading else self._next_sweep
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, self._next_sweep - time.monotonic())):
+                    async with asyncio.timeout(max(0.0, min(until, self._next_sweep) - time.monotonic())):
                         await self._wake.wait()
         finally:
             lanes = list(self._lanes.values())
@@ -303,9 +326,9 @@ class Deliverer:
         self._next_sweep = time.monotonic() + _SWEEP_EVERY
         after, late = self._sweep_marks[0], 0
         while True:
-            rows = await self._stored(functools.partial(self._state.pending, self.name, limit=self._batch, after=after))
-            for row in rows:
-                if row.seq <= self._seen and row.seq not in self._held and row.seq not in self._done:
+            rows, fresh = await self._read(after)
+            for row in fresh:
+                if row.seq <= self._seen and row.seq not in self._done:
                     self._enqueue(row)
                     late += 1
             if len(rows) < self._batch or rows[-1].seq >= self._seen:
@@ -315,6 +338,19 @@ class Deliverer:
             logger.debug("sink %s: %d rows committed after later ones were read; sending them now", self.name, late)
         self._sweep_marks = (self._sweep_marks[1], self._seen)
         self._done = {seq for seq in self._done if seq > self._sweep_marks[0]}
+
+    async def _read(self, after: int) -> tuple[list[OutboxRow], list[OutboxRow]]:
+        """Per-job delivery: the undelivered rows after ``after`` (a batch), and those of them that are new here —
+        neither held nor delivered with their mark still to be written (after a rewind or a sweep they may be)."""
+        self._reading = True
+        try:
+            rows = await self._stored(functools.partial(self._state.pending, self.name, limit=self._batch, after=after))
+        finally:
+            self._reading = False
+        fresh = [row for row in rows if row.seq not in self._held and row.seq not in self._unstored]
+        self._unstored.difference_update(self._settled)
+        self._settled.clear()
+        return rows, fresh
 
     def _enqueue(self, row: OutboxRow) -> None:
         key = _ordering_key(row.event)
@@ -440,7 +476,10 @@ class Deliverer:
             self.delivered += 1
             if self._observe is not None:
                 self._observe(time.time() - event.time.timestamp())
-            await self._mark(seq)
+            if self._concurrency > 1:
+                self._mark_later(seq)
+            else:
+                await self._mark(seq)
         return None
 
     async def _mark(self, seq: int) -> None:
@@ -452,6 +491,29 @@ class Deliverer:
                 return  # the batch just written carried this row
             seqs, self._unmarked = self._unmarked, []
             await self._stored(lambda: self._state.delivered(*seqs))
+
+    def _mark_later(self, seq: int) -> None:
+        """Per-job delivery: the row goes in the next batch of marks; its lane is free at once."""
+        self._unmarked.append(seq)
+        self._unstored.add(seq)
+        self._marks_due.set()
+
+    async def _write_marks(self) -> None:
+        """One statement marks the rows delivered since the last: at once after a quiet spell, then at most
+        every ``mark_every`` seconds while rows keep being delivered."""
+        written = -math.inf
+        while True:
+            await self._marks_due.wait()
+            await asyncio.sleep(max(0.0, written + self._mark_every - time.monotonic()))
+            written = time.monotonic()
+            self._marks_due.clear()
+            seqs, self._unmarked = self._unmarked, []
+            await self._stored(functools.partial(self._state.delivered, *seqs))
+            if self._reading:  # its rows may come back from that read, as undelivered
+                self._settled.extend(seqs)
+            else:
+                self._unstored.difference_update(seqs)
+            self._wake.set()  # (idle, now that they are stored)
 
     async def _stored(self, call: Callable[[], Awaitable[T]]) -> T:
         """A state operation, tried until it works: while the database is down (PostgreSQL restarting, a full

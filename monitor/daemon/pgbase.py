@@ -53,31 +53,33 @@ class PgBase:
         return StateError(f"state at {self.where}: {redact(first_line(exc), self._secrets)}")
 
     async def _write(self, statements: Iterable[tuple[str, Sequence[object]]], *, counts: bool = False) -> list[int]:
-        """Statements in one transaction, sent in one round trip (pipeline mode) unless ``counts`` asks for the
-        row count of each."""
+        """Statements in one transaction (one alone: its own, the pool's connections autocommit), sent in one
+        round trip (pipeline mode) unless ``counts`` asks for the row count of each."""
+        todo = list(statements)
         found: list[int] = []
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                if counts:
-                    for sql, args in statements:
-                        cur = await conn.execute(sql.encode(), args)
-                        found.append(cur.rowcount)
-                else:
-                    async with conn.pipeline():
-                        for sql, args in statements:
-                            await conn.execute(sql.encode(), args)
+            async with self._pool.connection() as conn:
+                if len(todo) == 1:
+                    cur = await conn.execute(todo[0][0].encode(), todo[0][1])
+                    found.append(cur.rowcount)
+                    return found if counts else []
+                async with conn.transaction():
+                    if counts:
+                        for sql, args in todo:
+                            cur = await conn.execute(sql.encode(), args)
+                            found.append(cur.rowcount)
+                    else:
+                        async with conn.pipeline():
+                            for sql, args in todo:
+                                await conn.execute(sql.encode(), args)
         except psycopg.Error as exc:
             raise self.failed(exc) from None
         return found
 
-    async def _fetch(self, sql: str, args: Sequence[object] = (), *, write: bool = False) -> list[tuple[Any, ...]]:
-        """One statement's rows (``write``: in a transaction of its own, committed)."""
+    async def _fetch(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One statement's rows (a write among them is committed: the pool's connections autocommit)."""
         try:
             async with self._pool.connection() as conn:
-                if write:
-                    async with conn.transaction():
-                        cur = await conn.execute(sql.encode(), args)
-                        return list(await cur.fetchall())
                 cur = await conn.execute(sql.encode(), args)
                 return list(await cur.fetchall())
         except psycopg.Error as exc:
@@ -95,7 +97,6 @@ class PgBase:
             "WHERE leases.holder = excluded.holder OR leases.expires_at < extract(epoch from clock_timestamp()) "
             "RETURNING holder",
             (name, holder, ttl),
-            write=True,
         )
         return bool(rows)
 

@@ -424,16 +424,24 @@ class Cluster:
         return [RolloutChange(r, j, a, p, o, f, None) for r, j, a, p, o, f in await cur.fetchall()]
 
     async def _tail(self, conn: AsyncConnection[Any]) -> tuple[list[RolloutChange], list[Event]]:
-        """Rollout members other replicas wrote since the last round, and node confirmations."""
+        """Rollout members other replicas wrote since the last round, and node confirmations. The marks move
+        to where the tables were before the reads when they found less than a batch: matching rows are rare
+        (another's change; a node confirmation), and each read would otherwise scan from the last one found."""
+        cur = await conn.execute(
+            b"SELECT (SELECT last_value FROM changes), (SELECT coalesce(max(seq), 0) FROM history)"
+        )
+        row = await cur.fetchone()
+        ends = (int(row[0]), int(row[1])) if row else (0, 0)
         cur = await conn.execute(
             b"SELECT changed, rollout, job_id, added_at, phase, outcome, finished_at, snapshot FROM jobs "
             b"WHERE rollout IS NOT NULL AND changed > %s AND owner IS DISTINCT FROM %s ORDER BY changed LIMIT %s",
             (self._changed[0], self.replica, _TAIL_BATCH),
         )
         changes = []
-        top = self._changed[1]
+        found = await cur.fetchall()
+        top = max(self._changed[1], ends[0] if len(found) < _TAIL_BATCH else 0)
         seen = self._seen
-        for changed, rollout, job_id, added, phase, outcome, finished, snap in await cur.fetchall():
+        for changed, rollout, job_id, added, phase, outcome, finished, snap in found:
             top = max(top, int(changed))
             if seen.get(job_id) == changed:
                 continue  # read in the round before (the overlap)
@@ -449,8 +457,9 @@ class Cluster:
             (self._history[0], self.replica, _TAIL_BATCH),
         )
         confirmations = []
-        top = self._history[1]
-        for seq, blob in await cur.fetchall():
+        found = await cur.fetchall()
+        top = max(self._history[1], ends[1] if len(found) < _TAIL_BATCH else 0)
+        for seq, blob in found:
             top = max(top, int(seq))
             if seq in self._seen_history:
                 continue

@@ -162,6 +162,47 @@ END
 $$;
 """,
     ),
+    (
+        4,
+        # PgState.record in one statement: what took five (fence, job, history, outbox, notify) and a BEGIN and a
+        # COMMIT around them for each poll that changed something. Arguments: the job, the writer (NULL: no
+        # replicas) and its epoch (NULL: not fenced), the new snapshot and phase and the outcome (each NULL:
+        # unchanged), the time, the history's event ids, bodies and types, the outbox's sinks, event ids and
+        # bodies (in order), and the channel to tell of new outbox rows (NULL: none).
+        """
+CREATE OR REPLACE FUNCTION cce_monitor_record(
+    job text, writer text, held bigint, body bytea, new_phase text, result text, at double precision,
+    ids text[], bodies bytea[], types text[], q_sinks text[], q_ids text[], q_bodies bytea[], channel text
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF held IS NOT NULL THEN
+        PERFORM cce_monitor_fence(job, writer, held);
+    END IF;
+    IF body IS NOT NULL OR result IS NOT NULL THEN
+        UPDATE jobs SET snapshot = coalesce(body, snapshot), phase = coalesce(new_phase, phase),
+            outcome = coalesce(result, outcome), finished_at = CASE WHEN result IS NULL THEN finished_at ELSE at END,
+            updated_at = at, changed = nextval('changes')
+        WHERE job_id = job;
+    END IF;
+    IF cardinality(ids) > 0 THEN
+        INSERT INTO history (job_id, event_id, event, type, writer, epoch, written_at)
+        SELECT job, e, d, t, writer, held, extract(epoch from clock_timestamp())
+        FROM unnest(ids, bodies, types) WITH ORDINALITY AS x(e, d, t, n) ORDER BY n
+        ON CONFLICT (job_id, event_id) DO NOTHING;
+    END IF;
+    IF cardinality(q_ids) > 0 THEN
+        INSERT INTO outbox (sink, event_id, event)
+        SELECT s, e, d FROM unnest(q_sinks, q_ids, q_bodies) WITH ORDINALITY AS x(s, e, d, n) ORDER BY n
+        ON CONFLICT (sink, event_id) DO NOTHING;
+        IF channel IS NOT NULL THEN
+            PERFORM pg_notify(channel, 'outbox');
+        END IF;
+    END IF;
+END
+$$;
+""",
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 

@@ -103,8 +103,16 @@ class PgState(PgBase):
         except psycopg.Error as exc:
             detail = redact(first_line(exc), secrets)
             raise ConfigError(f"state.dsn: cannot use PostgreSQL at {where}: {detail}") from None
+        # Autocommit: a statement alone is its own transaction (no BEGIN and COMMIT or ROLLBACK around each read
+        # and each one-statement write: a third of the statements the server ran); several go in a transaction.
         pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            conninfo, min_size=min_size, max_size=max_size, open=False, timeout=min(wait, 5.0), name="cce-monitor-state"
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=min(wait, 5.0),
+            name="cce-monitor-state",
         )
         try:
             await pool.open(wait=True, timeout=wait)
@@ -160,63 +168,41 @@ class PgState(PgBase):
         fenced: bool = True,
     ) -> None:
         """One transaction: snapshot (``None``: unchanged), history, outbox rows and outcome (job finished)."""
-        now = time.time()
-        statements: list[tuple[str, Sequence[object]]] = []
         epoch: int | None = None
         if self.owner is not None and fenced:  # shared jobs: only as the owner, at its epoch (see pgschema)
             epoch = self.epochs.get(job_id)
             if epoch is None:
                 raise NotOwnerError(f"job {job_id} is not owned by this replica")
-            statements.append(("SELECT cce_monitor_fence(%s, %s, %s)", (job_id, self.owner, epoch)))
-        if snapshot is not None:
-            statements.append(
-                (
-                    "UPDATE jobs SET snapshot = %s, phase = %s, updated_at = %s, changed = nextval('changes') "
-                    "WHERE job_id = %s",
-                    (job_to_json(snapshot), snapshot.phase.value, now, job_id),
-                )
-            )
-        if outcome is not None:
-            statements.append(
-                (
-                    "UPDATE jobs SET outcome = %s, finished_at = %s, updated_at = %s, changed = nextval('changes') "
-                    "WHERE job_id = %s",
-                    (str(outcome), now, now, job_id),
-                )
-            )
-        # However many events and sinks: one statement for the history, one for the outbox (arrays, in order).
+        # However many events and sinks: one statement, a function of the schema's (cce_monitor_record) that
+        # fences, updates the job, writes the history and the outbox rows (arrays, in order) and notifies.
         rows = self._routes.rows(events)
-        if rows:
-            statements.append(
-                (
-                    "INSERT INTO history (job_id, event_id, event, type, writer, epoch, written_at) "
-                    "SELECT %s, e, d, t, %s, %s, extract(epoch from clock_timestamp()) "
-                    "FROM unnest(%s::text[], %s::bytea[], %s::text[]) WITH ORDINALITY AS x(e, d, t, n) ORDER BY n "
-                    "ON CONFLICT (job_id, event_id) DO NOTHING",
-                    (
-                        job_id,
-                        self.owner,
-                        epoch,
-                        [r[0] for r in rows],
-                        [r[1] for r in rows],
-                        [e.type.value for e in events],
-                    ),
-                )
-            )
         queue = [(sink, event_id, data) for event_id, data, sinks in rows for sink in sinks]
-        if queue:
-            statements.append(
-                (
-                    "INSERT INTO outbox (sink, event_id, event) SELECT s, e, d "
-                    "FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS x(s, e, d, n) ORDER BY n "
-                    "ON CONFLICT (sink, event_id) DO NOTHING",
-                    ([q[0] for q in queue], [q[1] for q in queue], [q[2] for q in queue]),
-                )
-            )
-        if queue and self.owner is not None:  # the sink's lease holder may be another replica
-            statements.append((_NOTIFY_OUTBOX, (CHANNEL,)))
         try:
-            await self._write(statements)
+            await self._write(
+                [
+                    (
+                        "SELECT cce_monitor_record(%s, %s, %s::bigint, %s::bytea, %s, %s, %s, %s::text[], %s::bytea[], "
+                        "%s::text[], %s::text[], %s::text[], %s::bytea[], %s)",
+                        (
+                            job_id,
+                            self.owner,
+                            epoch,
+                            job_to_json(snapshot) if snapshot is not None else None,
+                            snapshot.phase.value if snapshot is not None else None,
+                            str(outcome) if outcome is not None else None,
+                            time.time(),
+                            [r[0] for r in rows],
+                            [r[1] for r in rows],
+                            [e.type.value for e in events],
+                            [q[0] for q in queue],
+                            [q[1] for q in queue],
+                            [q[2] for q in queue],
+                            # the sink's lease holder may be another replica
+                            CHANNEL if queue and self.owner is not None else None,
+                        ),
+                    )
+                ]
+            )
         except NotOwnerError:
             self.epochs.pop(job_id, None)
             raise

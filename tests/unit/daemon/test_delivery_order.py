@@ -62,7 +62,9 @@ async def _deliver(plan: Sequence[int], answers: Sequence[Answer], early: int, c
         sink = create_sink(f"webhook:{recv.url}", {"max_attempts": 1, "backoff_initial": 0, "backoff_max": 0})
         try:
             state.route(sink.name, EventFilter.of((), (), {}))
-            deliverer = Deliverer(sink, state, retry_initial=0.001, retry_max=0.004, batch=7, concurrency=concurrency)
+            deliverer = Deliverer(
+                sink, state, retry_initial=0.001, retry_max=0.004, batch=7, concurrency=concurrency, mark_every=0.01
+            )
             for event in events[:early]:  # a backlog before the deliverer starts, the rest while it runs
                 await state.record(event.job_id or "", None, [event])
             task = asyncio.create_task(deliverer.run())
