@@ -141,8 +141,10 @@ async def sim_add_jobs(
     job_type: str = "CreateNode",
     fail_ratio: float = 0.0,
     start_delay: float = 0.0,
+    spread: float = 0.0,
 ) -> list[str]:
     spec: dict[str, Any] = {"count": count, "type": job_type, "fail_ratio": fail_ratio, "start_delay": start_delay}
+    spec["spread"] = spread
     if duration is not None:
         spec["duration"] = duration
     async with session.post(f"{sim.endpoint}/_sim/jobs", data=orjson.dumps(spec)) as resp:

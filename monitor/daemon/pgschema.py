@@ -165,10 +165,11 @@ $$;
     (
         4,
         # PgState.record in one statement: what took five (fence, job, history, outbox, notify) and a BEGIN and a
-        # COMMIT around them for each poll that changed something. Arguments: the job, the writer (NULL: no
-        # replicas) and its epoch (NULL: not fenced), the new snapshot and phase and the outcome (each NULL:
-        # unchanged), the time, the history's event ids, bodies and types, the outbox's sinks, event ids and
-        # bodies (in order), and the channel to tell of new outbox rows (NULL: none).
+        # COMMIT around them for each poll that changed something; the job's update doubles as its fence.
+        # Arguments: the job, the writer (NULL: no replicas) and its epoch (NULL: not fenced), the new snapshot
+        # and phase and the outcome (each NULL: unchanged), the time, the history's event ids, bodies and types,
+        # the outbox's sinks, event ids and bodies (in order), and the channel to tell of new outbox rows (NULL:
+        # none).
         """
 CREATE OR REPLACE FUNCTION cce_monitor_record(
     job text, writer text, held bigint, body bytea, new_phase text, result text, at double precision,
@@ -176,14 +177,16 @@ CREATE OR REPLACE FUNCTION cce_monitor_record(
 ) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF held IS NOT NULL THEN
-        PERFORM cce_monitor_fence(job, writer, held);
-    END IF;
-    IF body IS NOT NULL OR result IS NOT NULL THEN
+    IF body IS NOT NULL OR result IS NOT NULL THEN  -- the update is the fence: it locks the row, if still ours
         UPDATE jobs SET snapshot = coalesce(body, snapshot), phase = coalesce(new_phase, phase),
             outcome = coalesce(result, outcome), finished_at = CASE WHEN result IS NULL THEN finished_at ELSE at END,
             updated_at = at, changed = nextval('changes')
-        WHERE job_id = job;
+        WHERE job_id = job AND (held IS NULL OR (owner = writer AND epoch = held));
+        IF NOT FOUND AND held IS NOT NULL THEN
+            RAISE EXCEPTION 'job % is no longer owned by this replica', job USING ERRCODE = 'CM001';
+        END IF;
+    ELSIF held IS NOT NULL THEN
+        PERFORM cce_monitor_fence(job, writer, held);
     END IF;
     IF cardinality(ids) > 0 THEN
         INSERT INTO history (job_id, event_id, event, type, writer, epoch, written_at)

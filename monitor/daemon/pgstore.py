@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.core.errors import ConfigError, NotOwnerError
-from monitor.core.events import Event, Outcome
+from monitor.core.events import Event, EventType, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
 from monitor.core.secret import Secret, redact
@@ -283,6 +283,17 @@ class PgState(PgBase):
         """A job's events, oldest first."""
         rows = await self._fetch("SELECT event FROM history WHERE job_id = %s ORDER BY seq", (job_id,))
         return [Event.from_json(bytes(r[0])) for r in rows]
+
+    async def confirmations(self, job_ids: Sequence[str]) -> list[Event]:
+        """The ``node.active`` and ``node.failed`` events of these jobs, oldest first (rows from before schema
+        version 3 have no type: read and checked)."""
+        rows = await self._fetch(
+            "SELECT event FROM history WHERE job_id = ANY(%s) "
+            "AND (type IN ('node.active', 'node.failed') OR type IS NULL) ORDER BY seq",
+            (list(job_ids),),
+        )
+        found = [Event.from_json(bytes(r[0])) for r in rows]
+        return [e for e in found if e.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED)]
 
     async def delete(self, job_id: str) -> bool:
         """Forget a job and its history; whether it was known."""

@@ -502,11 +502,8 @@ class Daemon:
             node, rollout = found.node, found.labels.get("rollout")
             if rollout:
                 rollouts.add_node(rollout, node.job_id, node_id=node.id, node_name=node.name, deleting=found.deleting)
-        for jobs in members.values():
-            for j in jobs:  # nodes confirmed (or failed) before the restart
-                for event in await state.history(j.job_id):
-                    if event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):
-                        rollouts.on_event(event)
+        for event in await state.confirmations([j.job_id for jobs in members.values() for j in jobs]):
+            rollouts.on_event(event)  # nodes confirmed (or failed) before the restart
         for pool in pools:
             if pool.rollout:
                 rollouts.add_pool(pool.rollout, pool.nodepool_id)

@@ -204,6 +204,11 @@ class Store(Protocol):
         """A job's events, oldest first."""
         ...
 
+    async def confirmations(self, job_ids: Sequence[str]) -> list[Event]:
+        """The ``node.active`` and ``node.failed`` events of these jobs, oldest first (a restart's rollout view:
+        one query per many jobs, not one per job)."""
+        ...
+
     async def delete(self, job_id: str) -> bool:
         """Forget a job and its history; whether it was known."""
         ...

@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from monitor.core.errors import ConfigError, StateError
-from monitor.core.events import Event, Outcome
+from monitor.core.events import Event, EventType, Outcome
 from monitor.core.model import Job, job_from_json, job_to_json
 from monitor.core.nodes import Node
 from monitor.daemon.storage import DeliveryRecord, OutboxRow, Routes, StoredJob, StoredNodePool, delivery_record
@@ -289,6 +289,20 @@ class State:
 
     def _history(self, job_id: str) -> list[bytes]:
         cur = self._conn.execute("SELECT event FROM history WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [r[0] for r in cur.fetchall()]
+
+    async def confirmations(self, job_ids: Sequence[str]) -> list[Event]:
+        rows = await self._run(self._confirmations, list(job_ids))
+        found = [Event.from_json(r) for r in rows]
+        return [e for e in found if e.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED)]
+
+    def _confirmations(self, job_ids: list[str]) -> list[bytes]:
+        # (the history keeps no type column here: the bodies are compact orjson, so the type is this substring)
+        cur = self._conn.execute(
+            "SELECT event FROM history WHERE job_id IN (SELECT value FROM json_each(?)) "
+            'AND CAST(event AS TEXT) LIKE \'%"type":"node.%\' ORDER BY seq',
+            (orjson.dumps(job_ids).decode(),),
+        )
         return [r[0] for r in cur.fetchall()]
 
     # ------------------------------------------------------------------------- node pools and nodes

@@ -18,7 +18,8 @@ Design (why it is cheap with 100,000 jobs):
 Per poll outcome:
 
 * a snapshot → :func:`monitor.engine.diff.detect` → events → ``publish``; a terminal phase ends polling. While the job
-  is unchanged its interval grows by ``backoff`` up to ``max_interval``; any change resets it to ``interval``.
+  is unchanged its interval grows by ``backoff`` up to ``max_interval``; any change resets it to ``interval``
+  (``strategy: adaptive``: :mod:`monitor.engine.freshness` picks the next job instead).
   Phase, ``updateTimestamp`` and sub-jobs unchanged for ``stall_after`` → one ``job.stalled`` (not while the job
   waits on its billing order). Node jobs that succeed have their node awaited (:mod:`monitor.engine.fleet`).
 * past ``job_timeout`` since the job was added → ``job.timed_out``, polling stops.
@@ -63,7 +64,9 @@ from monitor.core.events import Event, EventType, Outcome, event_id
 from monitor.core.model import Job, ParseMemo, validate_id
 from monitor.engine import episodes, probing
 from monitor.engine.diff import detect, progressed
+from monitor.engine.durations import Durations
 from monitor.engine.fleet import Fleet, PoolNode
+from monitor.engine.freshness import Freshness, next_fresh
 from monitor.engine.journal import JobStore
 from monitor.engine.probing import outcome_of
 from monitor.engine.settings import SchedulerSettings
@@ -119,10 +122,12 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        durations: Durations | None = None,
     ) -> None:
         """The scheduler owns the rate limit over every request to CCE: ``limiter`` (default: a
         :class:`RateLimiter` of ``settings.rate`` and ``settings.burst``). ``clock`` (monotonic seconds) drives
-        every schedule; ``now`` stamps events; ``rng`` draws jitter."""
+        every schedule; ``now`` stamps events; ``rng`` draws jitter; ``durations``: what the adaptive strategy
+        learns from and adds to (default: shipped priors only)."""
         self.settings = settings or SchedulerSettings()
         self._client = client
         self._publish = publish
@@ -158,6 +163,9 @@ class Scheduler:
         self._halted = asyncio.Event()
         self._last_lag_warning = -_LAG_WARN_EVERY
         self.stats = SchedulerStats()
+        adaptive = self.settings.strategy == "adaptive"
+        wall = lambda: now().timestamp()  # noqa: E731
+        self.freshness = Freshness(durations or Durations(), self.settings, wall) if adaptive else None
         self._on_node_job = on_node_job  # a followed pool's node job is now tracked
         self.fleet = Fleet(
             project_id=self.project_id,
@@ -225,6 +233,7 @@ class Scheduler:
     _on_auth_failed = episodes.on_auth_failed
     _auth_ok = episodes.auth_ok
     _episode = episodes.episode
+    _next_fresh = next_fresh  # the adaptive strategy's dispatch (monitor.engine.freshness)
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -311,7 +320,7 @@ class Scheduler:
         due job and a rate-limit slot (so the limiter has exactly one waiter), hands the lock on and polls."""
         while True:
             async with self._dispatching:
-                tracked = await self._next_due()
+                tracked = await (self._next_due() if self.freshness is None else self._next_fresh())
             if tracked is None:
                 return
             task = asyncio.current_task()
@@ -546,6 +555,8 @@ class Scheduler:
             tracked.last_progress = now
             tracked.stalled = False
         tracked.last = job
+        if self.freshness is not None:
+            self.freshness.seen(tracked, job)
         events.extend(changes)
         if changes:
             if self._on_change is not None:
@@ -568,8 +579,8 @@ class Scheduler:
         terminal = job.phase.is_terminal
         if terminal:
             self._finish(tracked)
-        else:
-            self._reschedule(tracked, self._jittered(tracked.delay))
+        else:  # (adaptive: due again after min_interval, then it competes for slots by its expected news)
+            self._reschedule(tracked, self._jittered(tracked.delay) if self.freshness is None else s.min_interval)
         if self.fleet.awaited:  # nodes of this job now awaited: kept (by the daemon) before the job's outcome
             await self._record_fleet()
         if events or moved or terminal:

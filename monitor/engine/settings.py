@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from annotated_types import Ge, Gt, Lt
 from pydantic import ConfigDict, with_config
@@ -54,6 +54,10 @@ class SchedulerSettings:
     """After a node's job succeeds, follow the node until it is ``Active`` (``node.active``/``node.failed``)."""
     node_timeout: _Positive = 900.0
     """How long a node may take to become ``Active`` after its job succeeded."""
+    strategy: Literal["interval", "adaptive"] = "interval"
+    """How the next poll is chosen: ``interval`` — each job on its own interval, growing while it is unchanged —
+    or ``adaptive`` — whenever a slot is free, the due job with the most expected news, from the durations the
+    monitor has learned (:mod:`monitor.engine.freshness`)."""
 
     def __post_init__(self) -> None:
         check_bounds(self, "polling")

@@ -10,6 +10,7 @@ from monitor.engine.diff import JobContext
 
 if TYPE_CHECKING:
     from monitor.engine.fleet import Probe
+    from monitor.engine.freshness import Steps
 
 __all__ = ["Tracked"]
 
@@ -35,6 +36,7 @@ class Tracked:
         "refused_alone",
         "removed",
         "stalled",
+        "steps",
     )
 
     def __init__(self, job_id: str, labels: Mapping[str, str], now: float, timeout: float, delay: float):
@@ -55,6 +57,7 @@ class Tracked:
         self.expanded: dict[str, Job] | None = None  # node sub-jobs read by id (engine.probing.with_sub_jobs)
         self.probe: Probe | None = None  # a node list or a node pool (engine.fleet) instead of a job
         self.refused_alone = False  # a 403 on it was followed by another job's good read (engine.episodes)
+        self.steps: Steps | None = None  # the adaptive strategy's view of it (engine.freshness)
 
     def context(self, project_id: str) -> JobContext:
         """What every event about this job carries (built once: labels do not change)."""

@@ -122,8 +122,9 @@ class Simulator:
         not_found_for: float = 0.0,
         start_delay: float = 0.0,
         cluster_uid: str | None = None,
+        spread: float = 0.0,
     ) -> str:
-        """Plan a job starting now and return its id.
+        """Plan a job starting now and return its id (``spread``: see :func:`~monitor.sim.timeline.plan_job`).
 
         ``duration`` (seconds, exact) defaults to the config's jittered per-type duration. The job stays
         Initializing for ``start_delay`` more seconds, and answers 404 for its first ``not_found_for``
@@ -149,6 +150,7 @@ class Simulator:
             start_delay=start_delay,
             fail=fail,
             not_found_for=not_found_for,
+            spread=spread,
         )
         logger.debug("simulator: planned job %s (%s, %.1fs, fail=%s)", uids[0], job_type, duration, fail)
         return uids[0]
@@ -162,8 +164,10 @@ class Simulator:
         duration: float | None = None,
         not_found_for: float = 0.0,
         start_delay: float = 0.0,
+        spread: float = 0.0,
     ) -> list[str]:
-        """Plan ``n`` jobs in one cluster, exactly ``round(n * fail_ratio)`` of them (chosen by seed) failing."""
+        """Plan ``n`` jobs in one cluster, exactly ``round(n * fail_ratio)`` of them (chosen by seed) failing
+        (``spread``: each step's own lognormal variation, see :func:`~monitor.sim.timeline.plan_job`)."""
         if n < 0 or not 0.0 <= fail_ratio <= 1.0:
             raise ValueError("n must be >= 0 and fail_ratio within [0, 1]")
         failing = set(self._rng_jobs.sample(range(n), round(n * fail_ratio)))
@@ -176,6 +180,7 @@ class Simulator:
                 not_found_for=not_found_for,
                 start_delay=start_delay,
                 cluster_uid=cluster,
+                spread=spread,
             )
             for i in range(n)
         ]
@@ -484,6 +489,7 @@ class Simulator:
                 duration=None if duration is None else float(duration),
                 not_found_for=float(spec.get("not_found_for", 0.0)),
                 start_delay=float(spec.get("start_delay", 0.0)),
+                spread=float(spec.get("spread", 0.0)),
             )
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
             return self._json(400, {"error": str(exc)})

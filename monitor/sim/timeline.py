@@ -123,10 +123,13 @@ def plan_job(
     start_delay: float,
     fail: bool,
     not_found_for: float,
+    spread: float = 0.0,
 ) -> Job:
     """The job ``uids[0]`` of ``shapes[0]`` with sub-jobs ``uids[1:]`` of ``shapes[1:]``, created at ``created``
-    (ns) and planned to the end; it answers 404 until ``not_found_for`` seconds after creation."""
-    events = _plan(rng, created, duration, start_delay, fail, shapes[1:])
+    (ns) and planned to the end; it answers 404 until ``not_found_for`` seconds after creation. ``spread`` > 0:
+    each step lasts its nominal share of ``duration`` times a lognormal factor of that log spread, drawn on its
+    own (the job's duration then varies with them); 0: the shares of exactly ``duration``, jittered +-30 %."""
+    events = _plan(rng, created, duration, start_delay, fail, shapes[1:], spread)
     steps: list[list[Step]] = [[] for _ in uids]
     truth: list[Transition] = []
     digits = rng.choices(range(10), weights=_DIGIT_WEIGHTS)[0]
@@ -157,22 +160,41 @@ def plan_job(
 
 
 def _plan(
-    rng: random.Random, created: int, duration: float, start_delay: float, fail: bool, subs: tuple[Shape, ...]
+    rng: random.Random,
+    created: int,
+    duration: float,
+    start_delay: float,
+    fail: bool,
+    subs: tuple[Shape, ...],
+    spread: float = 0.0,
 ) -> list[tuple[int, int, str, str]]:
     """Planned (node index, ns, phase, reason) events after creation, in time order (0 is the root)."""
     total = round(duration * NS)
-    start = created + round(start_delay * NS) + round(total * rng.uniform(0.03, 0.08))
+
+    def factor() -> float:  # a step's own variation
+        return rng.lognormvariate(0.0, spread) if spread > 0 else 1.0
+
+    first = 0.05 * factor() if spread > 0 else rng.uniform(0.03, 0.08)
+    start = created + round(start_delay * NS) + round(total * first)
     tail = total // 100
     events = [(0, start, RUNNING, "")]
     if not subs:
         end = created + round(start_delay * NS) + total
+        if spread > 0:
+            end = start + round(total * 0.95 * factor())
         return [*events, (0, end, FAILED, GENERIC_FAILURE) if fail else (0, end, SUCCESS, "")]
     span = max(0, created + round(start_delay * NS) + total - tail - start)
-    weights = [shape.weight * rng.uniform(0.7, 1.3) for shape in subs]
+    if spread > 0:
+        span = round(total * 0.94)  # the steps' nominal sum; each step then varies on its own
+        weights = [shape.weight * factor() for shape in subs]
+        norm = sum(shape.weight for shape in subs)
+    else:
+        weights = [shape.weight * rng.uniform(0.7, 1.3) for shape in subs]
+        norm = sum(weights)
     failing = rng.randrange(len(subs)) if fail else -1
     cursor = start
     for index, (shape, weight) in enumerate(zip(subs, weights, strict=True), start=1):
-        part = round(span * weight / sum(weights))
+        part = round(span * weight / norm)
         events.append((index, cursor, RUNNING, ""))
         if index - 1 == failing:
             reason = rng.choice(shape.failures or (GENERIC_FAILURE,))

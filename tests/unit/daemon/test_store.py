@@ -5,6 +5,7 @@ database of its own on a throwaway PostgreSQL server (``monitor.daemon.pgstore``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -329,6 +330,20 @@ async def test_history_round_trips_events(state: Store) -> None:
     assert got == events
     assert [e.to_json() for e in got] == [e.to_json() for e in events]
     assert await state.history("unknown") == []
+
+
+async def test_confirmations_are_the_node_events_of_the_jobs_asked_for_oldest_first(state: Store) -> None:
+    await state.add_jobs(["j1", "j2", "j3"], {}, "r1")
+    active = event("j1", "Success", kind=EventType.NODE_ACTIVE)
+    failed = event("j2", "Success", kind=EventType.NODE_FAILED)
+    other = event("j3", "Success", kind=EventType.NODE_ACTIVE)  # a job not asked for
+    # A reason that reads like a node event's type must not pass for one (SQLite matches the body's text).
+    decoy = dataclasses.replace(event("j1", "Running", "Initializing"), reason='"type":"node.active"')
+    await state.record("j1", None, [event("j1", "Initializing"), decoy, active])
+    await state.record("j2", None, [failed])
+    await state.record("j3", None, [other])
+    assert await state.confirmations(["j2", "j1", "nope"]) == [active, failed]
+    assert await state.confirmations([]) == []
 
 
 async def test_delete_forgets_job_and_history(state: Store) -> None:

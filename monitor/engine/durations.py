@@ -1,0 +1,157 @@
+"""Learned durations: how long each kind of CCE step takes, from what the monitor has watched.
+
+A *step* is a job type, one of its sub-job types (``""`` for the job itself) and the phase it is in — e.g.
+``CreateNode/InstallNode/Running``. Each step's duration is modelled as lognormal (durations of cloud
+provisioning steps are positive and right-skewed), fitted robustly — the median and the median absolute deviation
+of the log durations over a window of the latest samples — so one node that hung for an hour does not drag the
+estimate. Until a step has samples, a shipped prior (:data:`PRIORS`) stands in, weighted as a couple of samples:
+the first observations outweigh it at once.
+
+Durations come from CCE's own timestamps where it gives them (``updateTimestamp`` moves when a job or sub-job
+changes phase), so they do not depend on how often the monitor looked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from statistics import NormalDist, median
+
+__all__ = ["PRIORS", "Durations", "Estimate", "step_key"]
+
+_NORMAL = NormalDist()
+_MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution is 0.6745 sigma
+_MIN_SIGMA = 0.03
+_PRIOR_WEIGHT = 2.0  # samples a prior counts for
+_WINDOW = 256  # latest samples kept per step
+
+
+def step_key(job_type: str, sub_type: str, phase: str) -> str:
+    """The name a step is learned under: ``JobType/SubJobType/Phase`` (``""`` sub-job type: the job itself)."""
+    return f"{job_type}/{sub_type}/{phase}"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A lognormal duration: ``mu`` and ``sigma`` of the log seconds; ``samples`` behind it (0: a prior)."""
+
+    mu: float
+    sigma: float
+    samples: int = 0
+
+    @property
+    def median(self) -> float:
+        return math.exp(self.mu)
+
+    def cdf(self, seconds: float) -> float:
+        """P(duration <= seconds)."""
+        if seconds <= 0:
+            return 0.0
+        return _NORMAL.cdf((math.log(seconds) - self.mu) / self.sigma)
+
+    def quantile(self, q: float) -> float:
+        """The duration not exceeded with probability ``q`` (0 < q < 1)."""
+        return math.exp(self.mu + self.sigma * _NORMAL.inv_cdf(min(max(q, 1e-9), 1 - 1e-9)))
+
+    def moved_on(self, since: float, now: float) -> float:
+        """P(the step ended by elapsed time ``now`` | it had not at elapsed ``since``): the chance a poll now
+        reveals a change the previous poll (at ``since``) could not have seen."""
+        survived = 1.0 - self.cdf(since)
+        if survived <= 1e-12:
+            return 1.0  # past every plausible end: overdue, a poll is as good as certain to find news
+        return max(0.0, min(1.0, (self.cdf(now) - self.cdf(since)) / survived))
+
+    def remaining(self, elapsed: float, q: float) -> float:
+        """The ``q`` quantile of the time left, given the step has run ``elapsed`` seconds without ending."""
+        done = self.cdf(elapsed)
+        if done >= 1 - 1e-9:
+            return 0.0
+        return max(0.0, self.quantile(done + q * (1.0 - done)) - elapsed)
+
+
+# Shipped priors (seconds, as medians with a log spread), for the common CCE steps, until the monitor has watched
+# its own. Where they come from: CCE reclaims a node not available within 30 minutes of its creation (CCE user
+# guide, "Executing the Post-installation Command During Node Creation"), and the Huawei Cloud and OTC Terraform
+# providers wait 20 minutes for a node and 30 for a cluster by default; the medians are well inside those bounds
+# and the spreads wide (sigma 0.6-0.8: a factor of about 2 either way), so the first samples of a team's own
+# rollouts take over at once.
+_PRIOR_TABLE: dict[tuple[str, str, str], tuple[float, float]] = {
+    ("CreateNode", "", "Initializing"): (10.0, 0.8),
+    ("CreateNode", "", "Running"): (300.0, 0.6),
+    ("CreateNode", "GetPSMCert", "Running"): (5.0, 0.8),
+    ("CreateNode", "CreateNodeVM", "Running"): (90.0, 0.6),
+    ("CreateNode", "InstallNode", "Running"): (180.0, 0.6),
+    ("DeleteNode", "", "Running"): (120.0, 0.7),
+    ("ScaleupCluster", "", "Running"): (360.0, 0.6),
+    ("ScaleupCluster", "CreateNode", "Running"): (300.0, 0.6),
+    ("CreateCluster", "", "Running"): (600.0, 0.6),
+    ("DeleteCluster", "", "Running"): (300.0, 0.7),
+    ("UpgradeCluster", "", "Running"): (1800.0, 0.7),
+}
+PRIORS: Mapping[str, Estimate] = {step_key(*key): Estimate(math.log(m), s) for key, (m, s) in _PRIOR_TABLE.items()}
+
+
+class Durations:
+    """Per step: the latest samples (log seconds) and the robust lognormal fit over them, blended with a prior.
+
+    ``observe`` a finished step's duration; ``estimate`` a step's distribution (``None``: neither samples nor a
+    prior). :meth:`dump` and :meth:`load` carry the samples across restarts (the daemon's store keeps them)."""
+
+    def __init__(self, priors: Mapping[str, Estimate] = PRIORS, *, window: int = _WINDOW) -> None:
+        self._priors = dict(priors)
+        self._window = window
+        self._samples: dict[str, deque[float]] = {}
+        self._fits: dict[str, Estimate] = {}
+        self.changed = False
+        """Samples were added since the last :meth:`dump` (for a store that saves now and then)."""
+
+    def observe(self, key: str, seconds: float) -> None:
+        """One finished step took ``seconds`` (ignored unless positive and finite)."""
+        if not (seconds > 0 and math.isfinite(seconds)):
+            return
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = deque(maxlen=self._window)
+        samples.append(math.log(seconds))
+        self._fits.pop(key, None)
+        self.changed = True
+
+    def estimate(self, key: str) -> Estimate | None:
+        fit = self._fits.get(key)
+        if fit is not None:
+            return fit
+        samples = self._samples.get(key)
+        prior = self._priors.get(key)
+        if not samples:
+            return prior
+        logs = sorted(samples)
+        mu = median(logs)
+        sigma = _MAD_TO_SIGMA * median(abs(x - mu) for x in logs) if len(logs) > 2 else (prior or _WIDE).sigma
+        n = len(logs)
+        if prior is not None:  # a couple of samples' worth of prior: it matters only for the first few
+            w = _PRIOR_WEIGHT / (_PRIOR_WEIGHT + n)
+            mu = w * prior.mu + (1 - w) * mu
+            sigma = w * prior.sigma + (1 - w) * sigma
+        fit = self._fits[key] = Estimate(mu, max(sigma, _MIN_SIGMA), n)
+        return fit
+
+    def keys(self) -> Iterable[str]:
+        """Steps with samples."""
+        return self._samples.keys()
+
+    def dump(self) -> dict[str, list[float]]:
+        """The samples (seconds, oldest first), for the store."""
+        self.changed = False
+        return {key: [round(math.exp(x), 3) for x in samples] for key, samples in self._samples.items()}
+
+    def load(self, saved: Mapping[str, Iterable[float]]) -> None:
+        """Samples saved by :meth:`dump` (kept before any observed since)."""
+        for key, seconds in saved.items():
+            for value in seconds:
+                self.observe(str(key), float(value))
+        self.changed = False
+
+
+_WIDE = Estimate(0.0, 0.8)  # the spread assumed from one or two samples of a step without a prior
