@@ -36,15 +36,19 @@ import itertools
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 import orjson
-from _common import make_client, percentile, report, run, sim_add_jobs, sim_truth, simulator
+from _common import percentile, report, run, sim_add_jobs, sim_truth, simulator
 
+from monitor.cce.auth import TokenAuth
+from monitor.cce.client import CCEClient, ClientSettings
 from monitor.core.events import Event
 from monitor.core.model import Job, ParseMemo
+from monitor.core.secret import Secret
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
 
 REGIMES = {"a": {"spread": 0.15, "cycle": 10.0}, "b": {"spread": 0.35, "cycle": 40.0}}
@@ -75,17 +79,27 @@ class Seen:
         self.events.append(event)
 
 
+class LoggedClient(CCEClient):
+    """The real client, noting when each job was read."""
+
+    seen: Seen
+
+    async def fetch(
+        self, job_id: str, memo: ParseMemo | None = None, *, permit: Callable[[], Awaitable[None]] | None = None
+    ) -> Job:
+        self.seen.reads[job_id].append(time.time())
+        return await super().fetch(job_id, memo, permit=permit)
+
+
 async def one_strategy(strategy: str, sim: Any, job_ids: list[str], budget: float, cycle: float, limit: float) -> dict:
     seen = Seen()
     async with aiohttp.ClientSession() as session:
-        client = make_client(sim, session=session)
-        fetch = client.fetch
-
-        async def logged(job_id: str, memo: ParseMemo | None = None, **kw: Any) -> Job:
-            seen.reads[job_id].append(time.time())
-            return await fetch(job_id, memo, **kw)
-
-        client.fetch = logged  # type: ignore[method-assign]
+        client = LoggedClient(
+            ClientSettings(endpoint=sim.endpoint, project_id=sim.project_id),
+            TokenAuth(Secret(sim.token)),
+            session=session,
+        )
+        client.seen = seen
         scheduler = Scheduler(client, seen, settings_for(strategy, budget, cycle))
         task = asyncio.create_task(scheduler.run(drain=2.0))
         added = time.time()

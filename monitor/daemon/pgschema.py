@@ -169,8 +169,12 @@ $$;
         # Arguments: the job, the writer (NULL: no replicas) and its epoch (NULL: not fenced), the new snapshot
         # and phase and the outcome (each NULL: unchanged), the time, the history's event ids, bodies and types,
         # the outbox's sinks, event ids and bodies (in order), and the channel to tell of new outbox rows (NULL:
-        # none).
+        # none). And the step durations the adaptive strategy learned (monitor.engine.durations).
         """
+CREATE TABLE IF NOT EXISTS durations (
+    step    text PRIMARY KEY,
+    samples bytea NOT NULL
+);
 CREATE OR REPLACE FUNCTION cce_monitor_record(
     job text, writer text, held bigint, body bytea, new_phase text, result text, at double precision,
     ids text[], bodies bytea[], types text[], q_sinks text[], q_ids text[], q_bodies bytea[], channel text

@@ -284,6 +284,23 @@ class PgState(PgBase):
         rows = await self._fetch("SELECT event FROM history WHERE job_id = %s ORDER BY seq", (job_id,))
         return [Event.from_json(bytes(r[0])) for r in rows]
 
+    async def durations(self) -> dict[str, list[float]]:
+        rows = await self._fetch("SELECT step, samples FROM durations")
+        return {str(step): list(orjson.loads(bytes(blob))) for step, blob in rows}
+
+    async def save_durations(self, samples: Mapping[str, Sequence[float]]) -> None:
+        """(Replicas learn on their own; the last to save a step's samples is what a restart starts from.)"""
+        if samples:
+            await self._write(
+                [
+                    (
+                        "INSERT INTO durations (step, samples) SELECT * FROM unnest(%s::text[], %s::bytea[]) "
+                        "ON CONFLICT (step) DO UPDATE SET samples = excluded.samples",
+                        (list(samples), [orjson.dumps(list(v)) for v in samples.values()]),
+                    )
+                ]
+            )
+
     async def confirmations(self, job_ids: Sequence[str]) -> list[Event]:
         """The ``node.active`` and ``node.failed`` events of these jobs, oldest first (rows from before schema
         version 3 have no type: read and checked)."""

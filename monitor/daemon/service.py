@@ -13,6 +13,7 @@ not delivered by then stays in the outbox and is sent after the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from monitor.daemon.delivery import Deliverer
 from monitor.daemon.metrics import LoopLagProbe, Metrics
 from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, open_store
 from monitor.engine.bus import Bus, EventFilter
+from monitor.engine.durations import Durations
 from monitor.engine.pipeline import Pipeline, SinkBinding
 from monitor.engine.rollout import RolloutTracker
 from monitor.engine.scheduler import Scheduler
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 3600.0
 _REFRESH_EVERY = 5.0  # seconds between reads of the outbox depth and age (metrics, /readyz)
+_SAVE_DURATIONS_EVERY = 60.0  # seconds between saves of what the adaptive strategy learned
 _REACHABLE_WITHIN = 300.0
 
 
@@ -64,6 +67,7 @@ class Daemon:
         self._outbox_depth: dict[str, int] = {}
         self._outbox_oldest: dict[str, float] = {}  # sink -> Unix time its oldest undelivered event was detected
         self._state_ok = True  # the state database answered the last housekeeping round
+        self._durations: Durations | None = None  # polling.strategy adaptive: learned step durations, kept
         self._closing: list[Callable[[], Awaitable[None]]] = []  # before the state closes
         self._replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this process, in leases
         self.endpoint: str | None = None
@@ -312,6 +316,7 @@ class Daemon:
     async def _housekeeping(self, state: Store) -> None:
         """Prune finished jobs past retention; refresh the outbox depth and age for metrics and /readyz."""
         last_prune = -math.inf  # prune once at start-up too
+        saved = time.monotonic()
         failing = False
         while True:
             try:
@@ -322,6 +327,9 @@ class Daemon:
                         logger.info("pruned %d finished jobs older than the retention", pruned)
                 self._outbox_depth = await state.outbox_depth()
                 self._outbox_oldest = await state.outbox_oldest()
+                if time.monotonic() - saved >= _SAVE_DURATIONS_EVERY:
+                    await self._save_durations(state)
+                    saved = time.monotonic()
                 self._state_ok = True
                 failing = False
             except StateError as exc:  # the database is down: polling holds its news, delivery waits; try again
@@ -330,6 +338,10 @@ class Daemon:
                     logger.warning("the state database failed: %s", exc)
                 failing = True
             await asyncio.sleep(_REFRESH_EVERY)
+
+    async def _save_durations(self, state: Store) -> None:
+        if self._durations is not None and self._durations.changed:
+            await state.save_durations(self._durations.dump())
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[str], Any] | None = None) -> None:
         """Run until ``stop`` is set; then shut down in order (see the module docstring)."""
@@ -374,6 +386,9 @@ class Daemon:
 
                 return publish
 
+            if settings.strategy == "adaptive":  # it starts from what it learned before the restart
+                self._durations = Durations()
+                self._durations.load(await state.durations())
             pipeline = Pipeline(
                 client,
                 settings,
@@ -385,6 +400,7 @@ class Daemon:
                 on_poll=self._metrics.observe_poll,
                 rollout_interval=cfg.rollouts.interval,
                 publish_digest=publish_digest,
+                durations=self._durations,
             )
             async with pipeline:
                 self._bus, self._scheduler, self._rollouts = pipeline.bus, pipeline.scheduler, pipeline.rollouts
@@ -424,6 +440,8 @@ class Daemon:
                 async def close_api() -> None:
                     self._running = False
                     await runner.cleanup()  # no new jobs
+                    with contextlib.suppress(StateError):
+                        await self._save_durations(state)
                     if self._cluster is not None:
                         await self._cluster.leave()  # the other replicas take over now, not after the TTL
 

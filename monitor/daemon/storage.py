@@ -188,6 +188,14 @@ class Store(Protocol):
         """What :meth:`record_fleet` kept: the pools' node jobs and the nodes still awaited."""
         ...
 
+    async def durations(self) -> dict[str, list[float]]:
+        """The step durations learned before (:meth:`monitor.engine.durations.Durations.dump`)."""
+        ...
+
+    async def save_durations(self, samples: Mapping[str, Sequence[float]]) -> None:
+        """Keep learned step durations across restarts (each step's samples replace what was kept for it)."""
+        ...
+
     async def unfinished(self) -> list[StoredJob]:
         """Jobs to track again after a restart, oldest first."""
         ...

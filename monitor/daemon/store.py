@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS digests (
     event_id TEXT PRIMARY KEY,
     at       REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS durations (
+    step    TEXT PRIMARY KEY,
+    samples BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodepools (
     cluster_id  TEXT NOT NULL,
     nodepool_id TEXT NOT NULL,
@@ -290,6 +294,18 @@ class State:
     def _history(self, job_id: str) -> list[bytes]:
         cur = self._conn.execute("SELECT event FROM history WHERE job_id = ? ORDER BY seq", (job_id,))
         return [r[0] for r in cur.fetchall()]
+
+    async def durations(self) -> dict[str, list[float]]:
+        rows = await self._run(lambda: self._conn.execute("SELECT step, samples FROM durations").fetchall())
+        return {str(step): list(orjson.loads(blob)) for step, blob in rows}
+
+    async def save_durations(self, samples: Mapping[str, Sequence[float]]) -> None:
+        rows = [(step, orjson.dumps(list(values))) for step, values in samples.items()]
+        await self._run(self._save_durations, rows)
+
+    def _save_durations(self, rows: list[tuple[str, bytes]]) -> None:
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO durations (step, samples) VALUES (?, ?)", rows)
 
     async def confirmations(self, job_ids: Sequence[str]) -> list[Event]:
         rows = await self._run(self._confirmations, list(job_ids))

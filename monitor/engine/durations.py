@@ -63,6 +63,26 @@ class Estimate:
             return 1.0  # past every plausible end: overdue, a poll is as good as certain to find news
         return max(0.0, min(1.0, (self.cdf(now) - self.cdf(since)) / survived))
 
+    def waited(self, since: float, now: float) -> float:
+        """Expected seconds a change has gone unseen by elapsed time ``now``, given none at ``since`` (the last
+        look): the integral over (since, now] of P(ended by t | not by since). Near zero before the likely end,
+        it grows like ``now - t_end`` once the end is sure — so ranking by it polls predictable steps just after
+        they end and, where everything has surely moved on, the longest-unseen first (round-robin)."""
+        if now <= since:
+            return 0.0
+        survived = 1.0 - self.cdf(since)
+        if survived <= 1e-12:
+            return now - since
+        area = self._area(now) - self._area(since) - self.cdf(since) * (now - since)
+        return max(0.0, min(now - since, area / survived))
+
+    def _area(self, x: float) -> float:
+        """The integral of the CDF from 0 to ``x``: x F(x) - E[T; T <= x] (closed form for a lognormal)."""
+        if x <= 0:
+            return 0.0
+        z = (math.log(x) - self.mu) / self.sigma
+        return x * _NORMAL.cdf(z) - math.exp(self.mu + self.sigma**2 / 2) * _NORMAL.cdf(z - self.sigma)
+
     def remaining(self, elapsed: float, q: float) -> float:
         """The ``q`` quantile of the time left, given the step has run ``elapsed`` seconds without ending."""
         done = self.cdf(elapsed)
@@ -75,22 +95,22 @@ class Estimate:
 # its own. Where they come from: CCE reclaims a node not available within 30 minutes of its creation (CCE user
 # guide, "Executing the Post-installation Command During Node Creation"), and the Huawei Cloud and OTC Terraform
 # providers wait 20 minutes for a node and 30 for a cluster by default; the medians are well inside those bounds
-# and the spreads wide (sigma 0.6-0.8: a factor of about 2 either way), so the first samples of a team's own
-# rollouts take over at once.
-_PRIOR_TABLE: dict[tuple[str, str, str], tuple[float, float]] = {
-    ("CreateNode", "", "Initializing"): (10.0, 0.8),
-    ("CreateNode", "", "Running"): (300.0, 0.6),
-    ("CreateNode", "GetPSMCert", "Running"): (5.0, 0.8),
-    ("CreateNode", "CreateNodeVM", "Running"): (90.0, 0.6),
-    ("CreateNode", "InstallNode", "Running"): (180.0, 0.6),
-    ("DeleteNode", "", "Running"): (120.0, 0.7),
-    ("ScaleupCluster", "", "Running"): (360.0, 0.6),
-    ("ScaleupCluster", "CreateNode", "Running"): (300.0, 0.6),
-    ("CreateCluster", "", "Running"): (600.0, 0.6),
-    ("DeleteCluster", "", "Running"): (300.0, 0.7),
-    ("UpgradeCluster", "", "Running"): (1800.0, 0.7),
+# and the spread wide, so the first samples of a team's own rollouts take over at once.
+_PRIOR_TABLE: dict[tuple[str, str, str], float] = {
+    ("CreateNode", "", "Initializing"): 10.0,
+    ("CreateNode", "", "Running"): 300.0,
+    ("CreateNode", "GetPSMCert", "Running"): 5.0,
+    ("CreateNode", "CreateNodeVM", "Running"): 90.0,
+    ("CreateNode", "InstallNode", "Running"): 180.0,
+    ("DeleteNode", "", "Running"): 120.0,
+    ("ScaleupCluster", "", "Running"): 360.0,
+    ("ScaleupCluster", "CreateNode", "Running"): 300.0,
+    ("CreateCluster", "", "Running"): 600.0,
+    ("DeleteCluster", "", "Running"): 300.0,
+    ("UpgradeCluster", "", "Running"): 1800.0,
 }
-PRIORS: Mapping[str, Estimate] = {step_key(*key): Estimate(math.log(m), s) for key, (m, s) in _PRIOR_TABLE.items()}
+_PRIOR_SIGMA = 1.0  # a factor of e either way: vague on purpose, so a wrong guess does not hold polls back
+PRIORS: Mapping[str, Estimate] = {step_key(*k): Estimate(math.log(m), _PRIOR_SIGMA) for k, m in _PRIOR_TABLE.items()}
 
 
 class Durations:

@@ -54,8 +54,11 @@ def active_steps(job: Job, now: float) -> dict[str, tuple[str, float]]:
     steps: dict[str, tuple[str, float]] = {}
     if job.phase.is_terminal:
         return steps
+    # While a sub-job runs, those still waiting start when it ends (CreateNodeVM, then InstallNode): its end is
+    # their news too, already counted. Sub-jobs running side by side (a ScaleupCluster's nodes) each count.
+    running = any(sub.phase is Phase.RUNNING for sub in job.sub_jobs)
     for sub in job.sub_jobs:
-        if not sub.phase.is_terminal:
+        if not sub.phase.is_terminal and (sub.phase is Phase.RUNNING or not running):
             steps[sub.id or sub.type] = (step_key(job.type, sub.type, sub.phase.value), _since(sub, now))
     if not steps:  # no sub-jobs, or all done and the job closing: the job itself
         phase = job.phase.value if not job.sub_jobs or job.phase is Phase.INITIALIZING else "Closing"
@@ -80,6 +83,7 @@ class Freshness:
         """``wall``: the clock CCE's timestamps are read against (epoch seconds)."""
         self.durations = durations
         self._fallback = Estimate(math.log(3 * settings.interval), 1.0)  # a step the learner knows nothing of
+        self._closing = Estimate(math.log(2.0), 1.0)  # ... of a job whose sub-jobs are done: seconds, as a rule
         self._max_interval = max_interval = settings.max_interval
         self._wall = wall
         self._due: dict[int, Tracked] = {}
@@ -113,26 +117,28 @@ class Freshness:
             if tracked.removed:
                 del self._due[key]
                 continue
-            news = self.news(tracked, now)
-            if news >= _MIN_NEWS:
-                ranked.append((-news, key, tracked))
+            score = self.score(tracked, now)
+            if score > 0.0:
+                ranked.append((-score, key, tracked))
         heapq.heapify(ranked)
         self._ranked = ranked
         self._ranked_at = now
 
-    def news(self, tracked: Tracked, now: float) -> float:
-        """Expected changes a poll of ``tracked`` now would reveal (staleness beyond the bound ranks first)."""
+    def score(self, tracked: Tracked, now: float) -> float:
+        """How much a poll of ``tracked`` now is worth: the expected seconds its changes have gone unseen, summed
+        over its steps (0: less than ``_MIN_NEWS`` expected changes; staleness beyond the bound ranks first)."""
         steps = tracked.steps
         if steps is None:
             return _UNSEEN
         age = now - steps.polled
         if age >= self.stale_after:
             return 1e6 + age  # oldest first
-        total = 0.0
+        news = waited = 0.0
         for key, since in steps.active.values():
-            est = self.durations.estimate(key) or self._fallback
-            total += est.moved_on(steps.polled - since, now - since)
-        return total
+            est = self.durations.estimate(key) or (self._closing if key.endswith("/Closing") else self._fallback)
+            news += est.moved_on(steps.polled - since, now - since)
+            waited += est.waited(steps.polled - since, now - since)
+        return waited if news >= _MIN_NEWS else 0.0
 
     def seen(self, tracked: Tracked, job: Job) -> None:
         """A poll answered: learn the steps that ended since the previous answer, note the new ones."""

@@ -23,6 +23,7 @@ from monitor.cce.client import CCEClient
 from monitor.cce.throttle import Limiter
 from monitor.core.events import Event, Outcome
 from monitor.engine.bus import Bus, Callback, EventFilter
+from monitor.engine.durations import Durations
 from monitor.engine.fleet import PoolNode
 from monitor.engine.journal import JobStore
 from monitor.engine.outputs import Output, Unsent, close_sinks, drain_sinks
@@ -119,6 +120,7 @@ class Pipeline:
         track_rollouts: bool = True,
         on_node_job: Callable[[PoolNode], None] | None = None,
         publish_digest: Callable[[Bus], Callable[[Event], Awaitable[None]]] | None = None,
+        durations: Durations | None = None,
     ) -> None:
         self._sinks = list(sinks)
         self._feeds = list(feeds)
@@ -146,6 +148,7 @@ class Pipeline:
             on_outcome=on_outcome,
             on_change=self.rollouts.on_snapshot if track_rollouts else None,
             on_node_job=self._node_job,
+            durations=durations,
         )
 
     def _node_job(self, found: PoolNode) -> None:

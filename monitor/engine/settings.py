@@ -61,6 +61,8 @@ class SchedulerSettings:
 
     def __post_init__(self) -> None:
         check_bounds(self, "polling")
+        if self.strategy not in ("interval", "adaptive"):  # (the file's parser says the same; code too)
+            raise ConfigError(f"polling.strategy = {self.strategy!r} must be interval or adaptive")
         checks = [
             ("min_interval", self.min_interval <= self.interval, f"must be <= interval ({self.interval})"),
             ("max_interval", self.max_interval >= self.interval, f"must be >= interval ({self.interval})"),

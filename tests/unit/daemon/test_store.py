@@ -346,6 +346,21 @@ async def test_confirmations_are_the_node_events_of_the_jobs_asked_for_oldest_fi
     assert await state.confirmations([]) == []
 
 
+async def test_learned_durations_are_kept_and_replaced_per_step(backend: Backend) -> None:
+    state = await backend.open()
+    try:
+        assert await state.durations() == {}
+        await state.save_durations({"CreateNode/InstallNode/Running": [61.5, 70.25], "X//Running": [1.0]})
+        await state.save_durations({"X//Running": [2.0, 3.0]})  # a step's samples replace what was kept
+    finally:
+        await state.close()
+    again = await backend.open()  # across a restart
+    try:
+        assert await again.durations() == {"CreateNode/InstallNode/Running": [61.5, 70.25], "X//Running": [2.0, 3.0]}
+    finally:
+        await again.close()
+
+
 async def test_delete_forgets_job_and_history(state: Store) -> None:
     await state.add_jobs(["a", "b"], {}, None)
     await state.record("a", snapshot("a"), [event("a", "Running")])

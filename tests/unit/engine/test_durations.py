@@ -73,6 +73,9 @@ def test_moved_on_is_a_conditional_probability_growing_with_time(
     assert 0.0 <= p_mid <= p_now + 1e-12 <= 1.0 + 1e-12
     assert est.moved_on(since, since) in (0.0, 1.0)  # nothing new, unless the step is long overdue
     assert est.remaining(since, 0.5) <= est.remaining(since, 0.9) + 1e-9
+    # The expected unseen time of a change: between 0 and the time since the last look, growing with it.
+    w_mid, w_now = est.waited(since, mid), est.waited(since, now)
+    assert 0.0 <= w_mid <= w_now + 1e-6 and w_now <= now - since + 1e-9
 
 
 def test_samples_survive_a_dump_and_load_and_bad_values_are_ignored() -> None:
