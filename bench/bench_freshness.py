@@ -74,6 +74,7 @@ class Seen:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.reads: dict[str, list[float]] = defaultdict(list)
+        self.etas: dict[float, dict[str, float | None]] = {}
 
     async def __call__(self, event: Event) -> None:
         self.events.append(event)
@@ -104,14 +105,40 @@ async def one_strategy(strategy: str, sim: Any, job_ids: list[str], budget: floa
         task = asyncio.create_task(scheduler.run(drain=2.0))
         added = time.time()
         scheduler.add_many(job_ids)
+        etas = asyncio.create_task(predict(scheduler, seen, job_ids, added))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limit):
                 await scheduler.wait_idle()
         unfinished = len(scheduler)
+        etas.cancel()
         scheduler.stop()
         await task
         await client.aclose()
-    return {"events": seen.events, "reads": seen.reads, "added": added, "unfinished": unfinished}
+    return {"events": seen.events, "reads": seen.reads, "added": added, "unfinished": unfinished, "etas": seen.etas}
+
+
+async def predict(scheduler: Scheduler, seen: Seen, job_ids: list[str], started: float) -> None:
+    """When 25, 50 and 75 % of the jobs are seen finished: the predicted end of the rollout by the learned ETA
+    (the scheduler's) and by today's (the succeeded jobs' mean duration from the start, less the time run)."""
+    marks = [0.25, 0.5, 0.75]
+    while marks:
+        await asyncio.sleep(0.25)
+        ended = {
+            e.job_id: e.time.timestamp()
+            for e in seen.events
+            if e.job_id and e.type.value == "job.phase_changed" and e.phase in ("Success", "Failed")
+        }
+        if len(ended) < marks[0] * len(job_ids):
+            continue
+        now = time.time()
+        learned = scheduler.eta([j for j in job_ids if j not in ended])
+        mean = sum(t - started for t in ended.values()) / len(ended)
+        seen.etas[marks.pop(0)] = {
+            "at": now,
+            "learned_end": now + learned[0] if learned else None,
+            "learned_p90_end": now + learned[1] if learned else None,
+            "today_end": now + max(0.0, mean - (now - started)),
+        }
 
 
 def latencies(truth: dict[str, list[dict[str, Any]]], events: list[Event]) -> list[float]:
@@ -146,6 +173,20 @@ def longest_unobserved(reads: dict[str, list[float]], added: float, ends: dict[s
         tail = end - times[-1] if times[-1] < end else 0.0
         worst = max(worst, tail, *gaps, 0.0)
     return worst
+
+
+def eta_errors(etas: dict[float, dict[str, float | None]], started: float, end: float) -> dict[str, Any]:
+    """|predicted end - true end| / true duration, at 25, 50 and 75 % of the jobs finished, per estimator."""
+    out: dict[str, Any] = {}
+    for mark, p in sorted(etas.items()):
+        row = {}
+        for name in ("learned_end", "today_end"):
+            predicted = p[name]
+            row[name.removesuffix("_end")] = round(abs(predicted - end) / (end - started), 3) if predicted else None
+        p90 = p["learned_p90_end"]
+        row["true_end_before_p90"] = bool(p90 is not None and end <= p90)
+        out[f"{round(mark * 100)}%"] = row
+    return out
 
 
 async def busiest_window(session: aiohttp.ClientSession, sim: Any) -> int:
@@ -199,6 +240,7 @@ async def regime(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     "busiest_1s": await busiest_window(session, sim),
                     "longest_unobserved_s": round(longest_unobserved(result["reads"], result["added"], ends), 1),
                     "unfinished": result["unfinished"],
+                    "eta_error": eta_errors(result["etas"], result["added"], max(ends.values())),
                 }
     rr = out["round_robin"]
     for strategy in STRATEGIES:
@@ -206,7 +248,10 @@ async def regime(name: str, args: argparse.Namespace) -> dict[str, Any]:
         s["p50_x"] = round(s["p50_s"] / rr["p50_s"], 2) if s["p50_s"] and rr["p50_s"] else None
         s["p90_x"] = round(s["p90_s"] / rr["p90_s"], 2) if s["p90_s"] and rr["p90_s"] else None
     a = out["adaptive"]
+    at25 = a["eta_error"].get("25%", {})
     checks = {
+        "eta_25pct_half_of_todays": bool(at25.get("learned") is not None and at25.get("today"))
+        and at25["learned"] <= 0.5 * at25["today"],
         "p50": a["p50_x"] is not None and a["p50_x"] <= TARGETS[name]["p50"],
         "p90": a["p90_x"] is not None and a["p90_x"] <= TARGETS[name]["p90"],
         "no_window_over": all(out[s]["busiest_1s"] <= budget + 1e-9 for s in STRATEGIES),
@@ -245,6 +290,11 @@ def rows(result: dict[str, Any]) -> list[tuple[str, object]]:
                     f"{s['longest_unobserved_s']} s, {s['detected']}/{s['transitions']} seen",
                 )
             )
+            errors = "; ".join(
+                f"{mark}: {e['learned']} vs {e['today']}{'' if e['true_end_before_p90'] else ' (end past p90)'}"
+                for mark, e in s["eta_error"].items()
+            )
+            out.append(("    ETA error, learned vs today's", errors))
         out.append(("  checks", ", ".join(k for k, ok in r["checks"].items() if not ok) or "all pass"))
     return out
 

@@ -67,7 +67,7 @@ class Daemon:
         self._outbox_depth: dict[str, int] = {}
         self._outbox_oldest: dict[str, float] = {}  # sink -> Unix time its oldest undelivered event was detected
         self._state_ok = True  # the state database answered the last housekeeping round
-        self._durations: Durations | None = None  # polling.strategy adaptive: learned step durations, kept
+        self._durations: Durations | None = None  # learned step durations (ETAs, polling.strategy adaptive), kept
         self._closing: list[Callable[[], Awaitable[None]]] = []  # before the state closes
         self._replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this process, in leases
         self.endpoint: str | None = None
@@ -386,9 +386,8 @@ class Daemon:
 
                 return publish
 
-            if settings.strategy == "adaptive":  # it starts from what it learned before the restart
-                self._durations = Durations()
-                self._durations.load(await state.durations())
+            self._durations = Durations()  # ETAs and the adaptive strategy start from what was learned before
+            self._durations.load(await state.durations())
             pipeline = Pipeline(
                 client,
                 settings,

@@ -4,8 +4,8 @@ A *step* is a job type, one of its sub-job types (``""`` for the job itself) and
 ``CreateNode/InstallNode/Running``. Each step's duration is modelled as lognormal (durations of cloud
 provisioning steps are positive and right-skewed), fitted robustly — the median and the median absolute deviation
 of the log durations over a window of the latest samples — so one node that hung for an hour does not drag the
-estimate. Until a step has samples, a shipped prior (:data:`PRIORS`) stands in, weighted as a couple of samples:
-the first observations outweigh it at once.
+estimate. Until a step has samples, a shipped prior (:data:`PRIORS`) stands in, counted as two samples in the
+median: from the third observation on, the observations decide.
 
 Durations come from CCE's own timestamps where it gives them (``updateTimestamp`` moves when a job or sub-job
 changes phase), so they do not depend on how often the monitor looked.
@@ -22,9 +22,10 @@ from statistics import NormalDist, median
 __all__ = ["PRIORS", "Durations", "Estimate", "step_key"]
 
 _NORMAL = NormalDist()
+_Z90 = _NORMAL.inv_cdf(0.9)
 _MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution is 0.6745 sigma
 _MIN_SIGMA = 0.03
-_PRIOR_WEIGHT = 2.0  # samples a prior counts for
+_PRIOR_WEIGHT = 2  # samples a prior counts for
 _WINDOW = 256  # latest samples kept per step
 
 
@@ -44,6 +45,32 @@ class Estimate:
     @property
     def median(self) -> float:
         return math.exp(self.mu)
+
+    @property
+    def mean(self) -> float:
+        return math.exp(self.mu + self.sigma**2 / 2)
+
+    @property
+    def variance(self) -> float:
+        return (math.exp(self.sigma**2) - 1) * math.exp(2 * self.mu + self.sigma**2)
+
+    @classmethod
+    def from_quantiles(cls, median: float, p90: float) -> Estimate:
+        """The lognormal with this median and 90th percentile (seconds)."""
+        median = max(median, 1e-3)
+        return cls(math.log(median), max(_MIN_SIGMA, math.log(max(p90, median) / median) / _Z90))
+
+    @classmethod
+    def total(cls, parts: Iterable[Estimate]) -> Estimate | None:
+        """The duration of steps one after another, as a lognormal of the same mean and variance (Fenton and
+        Wilkinson's approximation); ``None`` for no steps."""
+        parts = list(parts)
+        if not parts:
+            return None
+        mean = sum(p.mean for p in parts)
+        var = sum(p.variance for p in parts)
+        sigma2 = math.log1p(var / mean**2)
+        return cls(math.log(mean) - sigma2 / 2, max(_MIN_SIGMA, math.sqrt(sigma2)))
 
     def cdf(self, seconds: float) -> float:
         """P(duration <= seconds)."""
@@ -146,14 +173,16 @@ class Durations:
         prior = self._priors.get(key)
         if not samples:
             return prior
-        logs = sorted(samples)
-        mu = median(logs)
-        sigma = _MAD_TO_SIGMA * median(abs(x - mu) for x in logs) if len(logs) > 2 else (prior or _WIDE).sigma
+        logs = list(samples)
         n = len(logs)
-        if prior is not None:  # a couple of samples' worth of prior: it matters only for the first few
-            w = _PRIOR_WEIGHT / (_PRIOR_WEIGHT + n)
-            mu = w * prior.mu + (1 - w) * mu
-            sigma = w * prior.sigma + (1 - w) * sigma
+        # The prior is two samples among the real ones, in the median: from the third sample on it can move the
+        # estimate by a rank at most, however far off it was (a mean of logs would drag it by a factor).
+        mu = median([*logs, *([prior.mu] * _PRIOR_WEIGHT)] if prior is not None else logs)
+        if n >= 3:
+            middle = median(logs)
+            sigma = _MAD_TO_SIGMA * median(abs(x - middle) for x in logs)
+        else:
+            sigma = (prior or _WIDE).sigma
         fit = self._fits[key] = Estimate(mu, max(sigma, _MIN_SIGMA), n)
         return fit
 

@@ -1,19 +1,21 @@
-"""The adaptive polling strategy (``polling.strategy: adaptive``): spend each request where news is likeliest.
+"""The adaptive polling strategy (``polling.strategy: adaptive``) and learned ETAs.
 
-Each tracked job is a set of *active steps* — the job itself, or its sub-jobs that have not finished — each with
-the time it entered its phase (CCE's ``updateTimestamp``). From the learned durations
-(:mod:`monitor.engine.durations`), a step that had not ended at the previous poll has ended by now with
-probability ``P(T <= now | T > then)``; a job's *expected news* is the sum over its steps — so a ``ScaleupCluster``
-read that covers forty running ``CreateNode`` sub-jobs weighs forty times one node's. Whenever a rate-limit slot
-is free, the scheduler polls the job with the most expected news among those due (a job polled is not due
-again for ``min_interval``; errors back off as with ``interval``). Two bounds keep it honest:
+Each tracked job is a set of *active steps* — the job itself, or its sub-jobs that are running (or, while none
+runs, those waiting) — each with the time it entered its phase (CCE's ``updateTimestamp``). From the learned
+durations (:mod:`monitor.engine.durations`), a step that had not ended at the previous read may have ended since;
+a job's *score* is the expected time its changes have gone unseen, summed over its steps
+(:meth:`~monitor.engine.durations.Estimate.waited`) — so a ``ScaleupCluster`` read that covers forty running
+``CreateNode`` sub-jobs weighs forty times one node's. Whenever a rate-limit slot is free, the scheduler polls
+the due job with the highest score (a job read is not due again for ``min_interval``; errors back off as with
+``interval``). Two bounds keep it honest:
 
-* **no starvation**: a job unpolled for ``stale_after`` (twice the round-robin cycle, ``jobs / rate``, and at
-  least ``max_interval``) goes first, oldest first — so none waits much beyond two cycles;
-* **no waste**: below ``min_news`` (0.02) expected changes a job waits — a few jobs under a generous rate are not
-  polled every second for nothing.
+* **no starvation**: a job unread for ``stale_after`` (two round-robin cycles, ``jobs / rate``, and at least
+  ``max_interval``) goes first, oldest first;
+* **no waste**: below ``_MIN_NEWS`` (0.02) expected changes a job waits — a few jobs under a generous rate are not
+  read every second for nothing.
 
-Every finished step's duration is fed back to the learner, from CCE's timestamps (exact, whatever the polling).
+Every finished step's duration is fed back to the learner, from CCE's timestamps (exact, whatever the polling),
+whatever the strategy: the same estimates give the rollouts their ETAs (:func:`eta_of`, :func:`rollout_eta`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,7 @@ from monitor.engine.tracked import Tracked
 if TYPE_CHECKING:
     from monitor.engine.scheduler import Scheduler
 
-__all__ = ["Freshness", "Steps", "active_steps", "next_fresh"]
+__all__ = ["Freshness", "Steps", "active_steps", "eta_of", "next_fresh", "rollout_eta", "units_left"]
 
 _MIN_NEWS = 0.02
 _STALE_CYCLES = 2.0
@@ -77,7 +79,7 @@ def _since(job: Job, now: float) -> float:
 
 
 class Freshness:
-    """The due jobs competing for the next slot, ranked by expected news; and the learning after each poll."""
+    """The due jobs competing for the next slot, ranked by score; and the learning after each poll."""
 
     def __init__(self, durations: Durations, settings: SchedulerSettings, wall: Callable[[], float]):
         """``wall``: the clock CCE's timestamps are read against (epoch seconds)."""
@@ -94,12 +96,16 @@ class Freshness:
     def __len__(self) -> int:
         return len(self._due)
 
+    def now(self) -> float:
+        """The wall clock CCE's timestamps are read against."""
+        return self._wall()
+
     def due(self, tracked: Tracked) -> None:
         """``tracked`` may be polled now."""
         self._due[id(tracked)] = tracked
 
     def pick(self, jobs: int, rate: float) -> Tracked | None:
-        """The due job with the most expected news (``None``: none due is worth a request yet)."""
+        """The due job with the highest score (``None``: none due is worth a request yet)."""
         now = self._wall()
         self.stale_after = max(self._max_interval, _STALE_CYCLES * jobs / max(rate, 1e-9))
         if now - self._ranked_at >= _RANK_EVERY or not self._ranked:
@@ -135,10 +141,19 @@ class Freshness:
             return 1e6 + age  # oldest first
         news = waited = 0.0
         for key, since in steps.active.values():
-            est = self.durations.estimate(key) or (self._closing if key.endswith("/Closing") else self._fallback)
+            est = self.estimate(key)
             news += est.moved_on(steps.polled - since, now - since)
             waited += est.waited(steps.polled - since, now - since)
         return waited if news >= _MIN_NEWS else 0.0
+
+    def estimate(self, key: str) -> Estimate:
+        """A step's learned duration, else a prior, else the fallback."""
+        return self.durations.estimate(key) or (self._closing if key.endswith("/Closing") else self._fallback)
+
+    def left(self, key: str, elapsed: float) -> Estimate:
+        """What is left of a step that has run ``elapsed`` seconds, as a lognormal (its median and p90)."""
+        est = self.estimate(key)
+        return Estimate.from_quantiles(est.remaining(elapsed, 0.5), est.remaining(elapsed, 0.9))
 
     def seen(self, tracked: Tracked, job: Job) -> None:
         """A poll answered: learn the steps that ended since the previous answer, note the new ones."""
@@ -163,9 +178,8 @@ def _ended(job: Job, node: str, now: float) -> float:
 async def next_fresh(self: Scheduler) -> Tracked | None:
     """The adaptive strategy's dispatch (a :class:`~monitor.engine.scheduler.Scheduler` method): jobs whose
     time has come (the heap: ``min_interval`` after a poll, an error's backoff) join the due set; once a
-    rate-limit slot is taken, the due job with the most expected news is polled. ``None`` when stopping."""
+    rate-limit slot is taken, the due job with the highest score is polled. ``None`` when stopping."""
     fresh = self.freshness
-    assert fresh is not None
     heap = self._heap
     while not self._stopping:
         now = self._clock()
@@ -193,3 +207,79 @@ async def next_fresh(self: Scheduler) -> Tracked | None:
         except TimeoutError:
             pass
     return None
+
+
+# --- ETAs -------------------------------------------------------------------------------------------------------
+
+
+def units_left(fresh: Freshness, tracked: Tracked, now: float) -> list[Estimate]:
+    """What is left of one job, as durations from now: one per sub-job running side by side (a ScaleupCluster's
+    nodes), else one for the step in flight followed by the steps still waiting."""
+    job, steps = tracked.last, tracked.steps
+    if job is None:
+        return []  # not read yet: nothing known of it
+    if steps is None:  # a snapshot restored, not read since: the whole job, if its type is known
+        whole = fresh.durations.estimate(step_key(job.type, "", Phase.RUNNING.value))
+        return [whole] if whole is not None else []
+    if job.phase.is_terminal:
+        return []
+    left = [fresh.left(key, now - since) for key, since in steps.active.values()]
+    running = [sub for sub in job.sub_jobs if sub.phase is Phase.RUNNING]
+    if len(running) > 1:
+        return left
+    waiting = [  # (their Initializing steps are not in `active` while one runs: see active_steps)
+        fresh.estimate(step_key(job.type, sub.type, Phase.RUNNING.value))
+        for sub in job.sub_jobs
+        if sub.phase is Phase.INITIALIZING and (sub.id or sub.type) not in steps.active
+    ]
+    total = Estimate.total([*left, *waiting])
+    return [total] if total is not None else []
+
+
+def rollout_eta(units: list[Estimate], *, quantiles: tuple[float, float] = (0.5, 0.9)) -> tuple[float, float] | None:
+    """Seconds until every unit is done, at the median and the 90th percentile: the ``t`` where the product of
+    the units' CDFs reaches each quantile (units independent; bisection). Units alike to 1 % are counted
+    together, so thousands of nodes in a few steps cost a few dozen CDFs per step of the bisection."""
+    if not units:
+        return None
+    alike: dict[tuple[float, float], tuple[Estimate, int]] = {}
+    for u in units:
+        key = (round(u.mu, 2), round(u.sigma, 2))
+        first, n = alike.get(key, (u, 0))
+        alike[key] = (first, n + 1)
+    groups = list(alike.values())
+
+    def done_by(t: float) -> float:
+        log_p = 0.0
+        for u, n in groups:
+            p = u.cdf(t)
+            if p <= 0.0:
+                return 0.0
+            log_p += n * math.log(p)
+        return math.exp(log_p)
+
+    found = []
+    for q in quantiles:
+        lo, hi = 0.0, max(u.quantile(0.5) for u, _ in groups)
+        for _ in range(60):  # (the last of thousands ends far out in its tail)
+            if done_by(hi) >= q:
+                break
+            lo, hi = hi, hi * 2
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if done_by(mid) < q else (lo, mid)
+        found.append(hi)
+    return found[0], found[1]
+
+
+def eta_of(self: Scheduler, job_ids: Iterable[str]) -> tuple[float, float] | None:
+    """The learned ETA of these tracked jobs (a :class:`~monitor.engine.scheduler.Scheduler` method): seconds
+    until all are done, median and 90th percentile; ``None`` if none is tracked here."""
+    now = self.freshness.now()
+    units = [
+        u
+        for job_id in job_ids
+        if (tracked := self._jobs.get(job_id)) is not None
+        for u in units_left(self.freshness, tracked, now)
+    ]
+    return rollout_eta(units)

@@ -150,6 +150,7 @@ class Pipeline:
             on_node_job=self._node_job,
             durations=durations,
         )
+        self.rollouts.eta_source = self.scheduler.eta
 
     def _node_job(self, found: PoolNode) -> None:
         """A followed pool's node is being created or deleted by a job, now tracked."""

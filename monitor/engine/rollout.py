@@ -98,6 +98,8 @@ class Rollout:
     progress_seq: int = 0
     node_check: bool = False
     pools: set[str] = field(default_factory=set)  # node pools followed for it that have not settled yet
+    eta_source: Callable[[list[str]], tuple[float, float] | None] | None = None
+    """Learned ETAs of unfinished members (seconds: median, 90th percentile), from the scheduler."""
 
     @property
     def unit(self) -> str:
@@ -127,7 +129,13 @@ class Rollout:
         finished = sum(n for state, n in counts.items() if state in _DONE_STATES)
         total = sum(counts.values())
         eta: float | None = None
-        if durations and finished < total:
+        eta_p90: float | None = None
+        learned = None
+        if finished < total and self.eta_source is not None:
+            learned = self.eta_source([j for j, m in self.members.items() if m.phase not in FINAL_STATES])
+        if learned is not None:
+            eta, eta_p90 = learned
+        elif durations and finished < total:  # nothing learned yet: the typical succeeded member's duration
             mean = sum(durations) / len(durations)
             eta = max(0.0, mean - (now - self.started))
         end = self.ended
@@ -144,6 +152,7 @@ class Rollout:
             "ended": _rfc3339(end) if end is not None else None,
             "duration_s": round((end if end is not None else now) - self.started, 3),
             "eta_s": round(eta, 1) if eta is not None else None,
+            "eta_p90_s": round(eta_p90, 1) if eta_p90 is not None else None,
             "unit": self.unit,
             "node_check": self.node_check,
         }
@@ -231,6 +240,8 @@ def describe(summary: Mapping[str, Any]) -> str:
         text += f", took {format_duration(float(summary.get('duration_s') or 0))}"
     elif eta is not None:
         text += f", ETA {format_duration(float(eta))}"
+        if summary.get("eta_p90_s") is not None:
+            text += f" (p90 {format_duration(float(summary['eta_p90_s']))})"
     return text
 
 
@@ -269,12 +280,19 @@ class RolloutTracker:
         self._wake = asyncio.Event()
         self._finished_pending: list[str] = []
         self.node_check = node_check
+        self.eta_source: Callable[[list[str]], tuple[float, float] | None] | None = None
+        """Learned ETAs (the pipeline sets the scheduler's): else a rollout's ETA is its members' typical duration."""
+
+    def _eta(self, job_ids: list[str]) -> tuple[float, float] | None:
+        return self.eta_source(job_ids) if self.eta_source is not None else None
 
     def add(self, name: str, job_ids: Iterable[str], *, started: float | None = None) -> None:
         """Put jobs in rollout ``name`` (created on first use); ``started`` restores a start time."""
         rollout = self._rollouts.get(name)
         if rollout is None:
-            rollout = self._rollouts[name] = Rollout(name, started if started is not None else self._clock())
+            rollout = self._rollouts[name] = Rollout(
+                name, started if started is not None else self._clock(), eta_source=self._eta
+            )
             rollout.node_check = self.node_check
         for job_id in job_ids:
             if job_id not in rollout.members:
@@ -355,7 +373,7 @@ class RolloutTracker:
         """A node pool followed for rollout ``name``: the rollout is not finished before the pool settles."""
         rollout = self._rollouts.get(name)
         if rollout is None:
-            rollout = self._rollouts[name] = Rollout(name, self._clock())
+            rollout = self._rollouts[name] = Rollout(name, self._clock(), eta_source=self._eta)
             rollout.node_check = self.node_check
         rollout.pools.add(nodepool_id)
         rollout.ended = None

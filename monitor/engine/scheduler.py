@@ -66,7 +66,7 @@ from monitor.engine import episodes, probing
 from monitor.engine.diff import detect, progressed
 from monitor.engine.durations import Durations
 from monitor.engine.fleet import Fleet, PoolNode
-from monitor.engine.freshness import Freshness, next_fresh
+from monitor.engine.freshness import Freshness, eta_of, next_fresh
 from monitor.engine.journal import JobStore
 from monitor.engine.probing import outcome_of
 from monitor.engine.settings import SchedulerSettings
@@ -163,9 +163,8 @@ class Scheduler:
         self._halted = asyncio.Event()
         self._last_lag_warning = -_LAG_WARN_EVERY
         self.stats = SchedulerStats()
-        adaptive = self.settings.strategy == "adaptive"
-        wall = lambda: now().timestamp()  # noqa: E731
-        self.freshness = Freshness(durations or Durations(), self.settings, wall) if adaptive else None
+        # Learned durations for ETAs whatever the strategy; with `adaptive` they choose the next poll too.
+        self.freshness = Freshness(durations or Durations(), self.settings, lambda: now().timestamp())
         self._on_node_job = on_node_job  # a followed pool's node job is now tracked
         self.fleet = Fleet(
             project_id=self.project_id,
@@ -234,6 +233,7 @@ class Scheduler:
     _auth_ok = episodes.auth_ok
     _episode = episodes.episode
     _next_fresh = next_fresh  # the adaptive strategy's dispatch (monitor.engine.freshness)
+    eta = eta_of  # learned ETAs of tracked jobs (monitor.engine.freshness)
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -320,7 +320,7 @@ class Scheduler:
         due job and a rate-limit slot (so the limiter has exactly one waiter), hands the lock on and polls."""
         while True:
             async with self._dispatching:
-                tracked = await (self._next_due() if self.freshness is None else self._next_fresh())
+                tracked = await (self._next_fresh() if self.settings.strategy == "adaptive" else self._next_due())
             if tracked is None:
                 return
             task = asyncio.current_task()
@@ -555,8 +555,7 @@ class Scheduler:
             tracked.last_progress = now
             tracked.stalled = False
         tracked.last = job
-        if self.freshness is not None:
-            self.freshness.seen(tracked, job)
+        self.freshness.seen(tracked, job)
         events.extend(changes)
         if changes:
             if self._on_change is not None:
@@ -579,8 +578,8 @@ class Scheduler:
         terminal = job.phase.is_terminal
         if terminal:
             self._finish(tracked)
-        else:  # (adaptive: due again after min_interval, then it competes for slots by its expected news)
-            self._reschedule(tracked, self._jittered(tracked.delay) if self.freshness is None else s.min_interval)
+        else:  # (adaptive: due again after min_interval, then it competes for slots by its score)
+            self._reschedule(tracked, self._jittered(tracked.delay) if s.strategy != "adaptive" else s.min_interval)
         if self.fleet.awaited:  # nodes of this job now awaited: kept (by the daemon) before the job's outcome
             await self._record_fleet()
         if events or moved or terminal:

@@ -56,8 +56,8 @@ class SchedulerSettings:
     """How long a node may take to become ``Active`` after its job succeeded."""
     strategy: Literal["interval", "adaptive"] = "interval"
     """How the next poll is chosen: ``interval`` — each job on its own interval, growing while it is unchanged —
-    or ``adaptive`` — whenever a slot is free, the due job with the most expected news, from the durations the
-    monitor has learned (:mod:`monitor.engine.freshness`)."""
+    or ``adaptive`` — whenever a slot is free, the due job whose changes have likely gone unseen longest, from the
+    durations the monitor has learned (:mod:`monitor.engine.freshness`)."""
 
     def __post_init__(self) -> None:
         check_bounds(self, "polling")

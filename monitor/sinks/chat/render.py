@@ -238,5 +238,6 @@ def rollout_state(summary: Mapping[str, Any] | None, *, finished: bool) -> str:
             parts.append(f"subjobs {sub_done}/{sub_total}")
         eta = _seconds(summary.get("eta_s"))
         if eta is not None:
-            parts.append(f"ETA {duration(eta)}")
+            p90 = _seconds(summary.get("eta_p90_s"))  # learned ETAs carry their 90th percentile
+            parts.append(f"ETA {duration(eta)}" + (f" (p90 {duration(p90)})" if p90 is not None else ""))
     return ", ".join(parts) or "in progress"

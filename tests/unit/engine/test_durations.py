@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.engine.durations import PRIORS, Durations, Estimate, step_key
+from monitor.engine.freshness import rollout_eta
 
 KEY = step_key("CreateNode", "InstallNode", "Running")
 
@@ -51,10 +51,11 @@ def test_the_prior_gives_way_to_observations(seconds: list[float]) -> None:
     est = learned.estimate(KEY)
     assert est is not None
     logs = sorted(math.log(s) for s in seconds)
-    middle = statistics.median(logs)
-    weight = 2 / (2 + len(seconds))  # the prior counts for two samples: the more samples, the less it weighs
-    assert min(middle, prior.mu) - 1e-9 <= est.mu <= max(middle, prior.mu) + 1e-9
-    assert abs(est.mu - middle) <= weight * abs(prior.mu - middle) + 1e-9
+    # The prior counts as two samples in the median: from the third sample on, however far off the prior is, the
+    # estimate is one of the middle samples (it can move the median by one rank, not drag it out of them).
+    n = len(logs)
+    assert logs[(n - 1) // 2 - 1] - 1e-9 <= est.mu <= logs[n // 2 + 1] + 1e-9 if n >= 4 else logs[0] <= est.mu
+    assert logs[0] - 1e-9 <= est.mu <= logs[-1] + 1e-9
 
 
 @given(
@@ -88,3 +89,34 @@ def test_samples_survive_a_dump_and_load_and_bad_values_are_ignored() -> None:
     again.load(saved)
     assert again.estimate("Custom//Running") == learned.estimate("Custom//Running")
     assert again.estimate("Unknown//Running") is None
+
+
+@given(
+    mu=st.floats(0.0, 7.0),
+    sigma=st.floats(0.05, 1.2),
+    n=st.integers(1, 2000),
+)
+def test_a_rollouts_eta_is_when_its_last_unit_is_done(mu: float, sigma: float, n: int) -> None:
+    """n alike units: P(all done by t) = F(t)^n, so the median ETA is F^-1(0.5^(1/n)), the p90 F^-1(0.9^(1/n))."""
+    unit = Estimate(mu, sigma)
+    found = rollout_eta([unit] * n)
+    assert found is not None
+    p50, p90 = found
+    assert math.isclose(p50, unit.quantile(0.5 ** (1 / n)), rel_tol=1e-3)
+    assert math.isclose(p90, unit.quantile(0.9 ** (1 / n)), rel_tol=1e-3)
+    assert p50 <= p90
+    assert rollout_eta([]) is None
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 6.0), st.floats(0.05, 1.0)), min_size=1, max_size=6))
+def test_steps_one_after_another_keep_their_mean_and_variance(parts: list[tuple[float, float]]) -> None:
+    steps = [Estimate(mu, sigma) for mu, sigma in parts]
+    total = Estimate.total(steps)
+    assert total is not None
+    if total.sigma > 0.03:  # (a spread below the floor is raised to it, which moves the mean a little)
+        assert math.isclose(total.mean, sum(s.mean for s in steps), rel_tol=1e-6)
+        assert math.isclose(total.variance, sum(s.variance for s in steps), rel_tol=1e-6)
+    else:
+        assert math.isclose(total.mean, sum(s.mean for s in steps), rel_tol=1e-3)
+    est = Estimate.from_quantiles(40.0, 80.0)
+    assert math.isclose(est.median, 40.0) and math.isclose(est.quantile(0.9), 80.0, rel_tol=1e-6)

@@ -17,7 +17,7 @@ from monitor.core.secret import Secret
 from monitor.engine.durations import Durations, step_key
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
 from monitor.sim import Simulator
-from tests.conftest import Recorder
+from tests.conftest import Recorder, client_for
 
 
 class ReadLog(CCEClient):
@@ -63,3 +63,30 @@ async def test_adaptive_sees_every_phase_starves_none_and_learns_from_timestamps
     vm = learned.estimate(step_key("CreateNode", "CreateNodeVM", "Running"))
     assert vm is not None and vm.samples >= 6 and 0.3 < vm.median < 3.0, vm
     assert sum(len(r) for r in client.reads.values()) < 8.0 * (time.monotonic() - started), "within the budget"
+
+
+async def test_the_learned_eta_of_a_second_rollout_is_close_to_its_true_end(sim: Simulator) -> None:
+    settings = SchedulerSettings(rate=50.0, interval=0.2, min_interval=0.1, max_interval=0.2, node_check=False)
+    learned = Durations()
+    async with client_for(sim) as client:
+        scheduler = Scheduler(client, Recorder(), settings, durations=learned)
+        task = asyncio.create_task(scheduler.run(drain=2.0))
+        first = [sim.add_job("CreateNode", duration=3.0, spread=0.1) for _ in range(6)]
+        scheduler.add_many(first)  # (interval strategy: it learns all the same)
+        async with asyncio.timeout(20):
+            await scheduler.wait_idle()
+        second = [sim.add_job("CreateNode", duration=3.0, spread=0.1) for _ in range(6)]
+        scheduler.add_many(second)
+        await asyncio.sleep(0.6)  # every job read, its first step running
+        eta = scheduler.eta(second)
+        asked = time.time()
+        async with asyncio.timeout(20):
+            await scheduler.wait_idle()
+        scheduler.stop()
+        await task
+    assert eta is not None
+    p50, p90 = eta
+    end = max(sim.truth(j)[-1].at.timestamp() for j in second)
+    assert p50 <= p90
+    assert abs(asked + p50 - end) < 0.35 * 3.0, (p50, end - asked)  # the priors alone say minutes
+    assert scheduler.eta(["not-tracked"]) is None
