@@ -35,7 +35,7 @@ from monitor.engine.tracked import Tracked
 if TYPE_CHECKING:
     from monitor.engine.scheduler import Scheduler
 
-__all__ = ["Freshness", "Steps", "active_steps", "eta_of", "next_fresh", "rollout_eta", "units_left"]
+__all__ = ["Freshness", "Left", "Steps", "active_steps", "eta_of", "next_fresh", "rollout_eta", "units_left"]
 
 _MIN_NEWS = 0.02
 _STALE_CYCLES = 2.0
@@ -58,10 +58,11 @@ def active_steps(job: Job, now: float) -> dict[str, tuple[str, float]]:
         return steps
     # While a sub-job runs, those still waiting start when it ends (CreateNodeVM, then InstallNode): its end is
     # their news too, already counted. Sub-jobs running side by side (a ScaleupCluster's nodes) each count.
-    running = any(sub.phase is Phase.RUNNING for sub in job.sub_jobs)
-    for sub in job.sub_jobs:
-        if not sub.phase.is_terminal and (sub.phase is Phase.RUNNING or not running):
-            steps[sub.id or sub.type] = (step_key(job.type, sub.type, sub.phase.value), _since(sub, now))
+    # (Sub-jobs in a phase other than Initializing or Running — one CCE adds later — are not steps.)
+    running = [sub for sub in job.sub_jobs if sub.phase is Phase.RUNNING]
+    waiting = [sub for sub in job.sub_jobs if sub.phase is Phase.INITIALIZING]
+    for sub in running or waiting[:1]:  # (none running: the next to start is the first waiting)
+        steps[sub.id or sub.type] = (step_key(job.type, sub.type, sub.phase.value), _since(sub, now))
     if not steps:  # no sub-jobs, or all done and the job closing: the job itself
         phase = job.phase.value if not job.sub_jobs or job.phase is Phase.INITIALIZING else "Closing"
         ends = [_since(sub, now) for sub in job.sub_jobs]
@@ -150,11 +151,6 @@ class Freshness:
         """A step's learned duration, else a prior, else the fallback."""
         return self.durations.estimate(key) or (self._closing if key.endswith("/Closing") else self._fallback)
 
-    def left(self, key: str, elapsed: float) -> Estimate:
-        """What is left of a step that has run ``elapsed`` seconds, as a lognormal (its median and p90)."""
-        est = self.estimate(key)
-        return Estimate.from_quantiles(est.remaining(elapsed, 0.5), est.remaining(elapsed, 0.9))
-
     def seen(self, tracked: Tracked, job: Job) -> None:
         """A poll answered: learn the steps that ended since the previous answer, note the new ones."""
         now = self._wall()
@@ -212,39 +208,80 @@ async def next_fresh(self: Scheduler) -> Tracked | None:
 # --- ETAs -------------------------------------------------------------------------------------------------------
 
 
-def units_left(fresh: Freshness, tracked: Tracked, now: float) -> list[Estimate]:
-    """What is left of one job, as durations from now: one per sub-job running side by side (a ScaleupCluster's
-    nodes), else one for the step in flight followed by the steps still waiting."""
+@dataclass(frozen=True, slots=True)
+class Left:
+    """What is left of one job (or one node running beside others), from now: the step in flight (``step``,
+    seen running at elapsed time ``seen``, begun ``elapsed`` seconds ago — it may have ended since, unseen) and
+    then the steps still waiting (``then``: their total). Either may be missing."""
+
+    step: Estimate | None = None
+    seen: float = 0.0
+    elapsed: float = 0.0
+    then: Estimate | None = None
+
+    def cdf(self, t: float) -> float:
+        """P(done within ``t`` seconds from now)."""
+        if self.step is None:
+            return self.then.cdf(t) if self.then is not None else 1.0
+        if self.then is not None:  # the waiting steps start when this one ends: shifted by its median
+            return self.then.cdf(t - self._median())
+        survived = 1.0 - self.step.cdf(self.seen)
+        if survived <= 1e-12:
+            return 1.0
+        return max(0.0, min(1.0, (self.step.cdf(self.elapsed + t) - self.step.cdf(self.seen)) / survived))
+
+    def _median(self) -> float:
+        assert self.step is not None
+        return max(0.0, self.step.remaining(self.seen, 0.5) - (self.elapsed - self.seen))
+
+    def key(self) -> tuple[object, ...]:
+        """Units alike to a second (or to 1 % of log spread) are counted together."""
+        then = (round(self.then.mu, 2), round(self.then.sigma, 2)) if self.then is not None else None
+        return (id(self.step), round(self.seen), round(self.elapsed), then)
+
+    def scale(self) -> float:
+        """A time of its order (seconds), to start looking for when all are done."""
+        parts = [self.then.median] if self.then is not None else []
+        if self.step is not None:
+            parts.append(self._median() + 1.0)
+        return max(1.0, sum(parts))
+
+
+def units_left(fresh: Freshness, tracked: Tracked, now: float) -> list[Left]:
+    """What is left of one job: one unit per sub-job running side by side (a ScaleupCluster's nodes), else one
+    for the step in flight followed by the steps still waiting."""
     job, steps = tracked.last, tracked.steps
     if job is None:
         return []  # not read yet: nothing known of it
     if steps is None:  # a snapshot restored, not read since: the whole job, if its type is known
         whole = fresh.durations.estimate(step_key(job.type, "", Phase.RUNNING.value))
-        return [whole] if whole is not None else []
+        return [Left(then=whole)] if whole is not None else []
     if job.phase.is_terminal:
         return []
-    left = [fresh.left(key, now - since) for key, since in steps.active.values()]
-    running = [sub for sub in job.sub_jobs if sub.phase is Phase.RUNNING]
-    if len(running) > 1:
-        return left
-    waiting = [  # (their Initializing steps are not in `active` while one runs: see active_steps)
+    current = [Left(fresh.estimate(key), steps.polled - since, now - since) for key, since in steps.active.values()]
+    if len(current) > 1:
+        return current
+    waiting = [  # (their Initializing steps are not in `active`: see active_steps)
         fresh.estimate(step_key(job.type, sub.type, Phase.RUNNING.value))
         for sub in job.sub_jobs
         if sub.phase is Phase.INITIALIZING and (sub.id or sub.type) not in steps.active
     ]
-    total = Estimate.total([*left, *waiting])
-    return [total] if total is not None else []
+    then = Estimate.total(waiting)
+    if not current:
+        return [Left(then=then)] if then is not None else []
+    one = current[0]
+    return [Left(one.step, one.seen, one.elapsed, then)]
 
 
-def rollout_eta(units: list[Estimate], *, quantiles: tuple[float, float] = (0.5, 0.9)) -> tuple[float, float] | None:
+def rollout_eta(units: list[Left], *, quantiles: tuple[float, float] = (0.5, 0.9)) -> tuple[float, float] | None:
     """Seconds until every unit is done, at the median and the 90th percentile: the ``t`` where the product of
-    the units' CDFs reaches each quantile (units independent; bisection). Units alike to 1 % are counted
-    together, so thousands of nodes in a few steps cost a few dozen CDFs per step of the bisection."""
+    the units' CDFs reaches each quantile (units independent; bisection). Units alike are counted together, so
+    thousands of nodes in a few steps cost a few dozen CDFs per step of the bisection."""
     if not units:
         return None
-    alike: dict[tuple[float, float], tuple[Estimate, int]] = {}
+    alike: dict[tuple[object, ...], tuple[Left, int]] = {}
     for u in units:
-        key = (round(u.mu, 2), round(u.sigma, 2))
+        key = u.key()
         first, n = alike.get(key, (u, 0))
         alike[key] = (first, n + 1)
     groups = list(alike.values())
@@ -260,7 +297,7 @@ def rollout_eta(units: list[Estimate], *, quantiles: tuple[float, float] = (0.5,
 
     found = []
     for q in quantiles:
-        lo, hi = 0.0, max(u.quantile(0.5) for u, _ in groups)
+        lo, hi = 0.0, max(u.scale() for u, _ in groups)
         for _ in range(60):  # (the last of thousands ends far out in its tail)
             if done_by(hi) >= q:
                 break

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.engine.durations import PRIORS, Durations, Estimate, step_key
-from monitor.engine.freshness import rollout_eta
+from monitor.engine.freshness import Left, rollout_eta
 
 KEY = step_key("CreateNode", "InstallNode", "Running")
 
@@ -99,7 +99,7 @@ def test_samples_survive_a_dump_and_load_and_bad_values_are_ignored() -> None:
 def test_a_rollouts_eta_is_when_its_last_unit_is_done(mu: float, sigma: float, n: int) -> None:
     """n alike units: P(all done by t) = F(t)^n, so the median ETA is F^-1(0.5^(1/n)), the p90 F^-1(0.9^(1/n))."""
     unit = Estimate(mu, sigma)
-    found = rollout_eta([unit] * n)
+    found = rollout_eta([Left(then=unit)] * n)
     assert found is not None
     p50, p90 = found
     assert math.isclose(p50, unit.quantile(0.5 ** (1 / n)), rel_tol=1e-3)
