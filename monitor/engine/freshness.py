@@ -151,11 +151,15 @@ class Freshness:
         """A step's learned duration, else a prior, else the fallback."""
         return self.durations.estimate(key) or (self._closing if key.endswith("/Closing") else self._fallback)
 
-    def seen(self, tracked: Tracked, job: Job) -> None:
-        """A poll answered: learn the steps that ended since the previous answer, note the new ones."""
+    def seen(self, tracked: Tracked, job: Job, *, same: bool = False) -> None:
+        """A poll answered: learn the steps that ended since the previous answer, note the new ones (``same``:
+        the very body of the previous answer — nothing moved, only the time of the read)."""
         now = self._wall()
-        active = active_steps(job, now)
         old = tracked.steps
+        if same and old is not None:
+            old.polled = now
+            return
+        active = active_steps(job, now)
         if old is not None:
             for node, (key, since) in old.active.items():
                 if active.get(node, (None,))[0] != key:  # that step ended (the node moved on, or finished)

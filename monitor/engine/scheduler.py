@@ -555,7 +555,7 @@ class Scheduler:
             tracked.last_progress = now
             tracked.stalled = False
         tracked.last = job
-        self.freshness.seen(tracked, job)
+        self.freshness.seen(tracked, job, same=job is previous)
         events.extend(changes)
         if changes:
             if self._on_change is not None:
