@@ -20,7 +20,6 @@ whatever the strategy: the same estimates give the rollouts their ETAs (:func:`e
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import math
 from collections.abc import Callable, Iterable
@@ -200,12 +199,7 @@ async def next_fresh(self: Scheduler) -> Tracked | None:
                 wait = _RANK_EVERY  # nothing due is worth a request yet (the slot goes unused)
             elif heap:
                 wait = heap[0][0] - now
-        self._wake.clear()
-        try:
-            async with asyncio.timeout(wait):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await self._doze(wait)
     return None
 
 

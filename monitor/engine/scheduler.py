@@ -42,6 +42,7 @@ polls in flight, cancels the rest and returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -352,13 +353,15 @@ class Scheduler:
                     if await self._take_slot(tracked, due):
                         return tracked
                     continue
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await self._doze(wait)
         return None
+
+    async def _doze(self, wait: float | None) -> None:
+        """Sleep ``wait`` seconds (``None``: until woken), or less if woken: a job added or due earlier."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     async def _take_slot(self, tracked: Tracked, due: float) -> bool:
         """Wait for a rate-limit slot to poll ``tracked``; ``False`` if it was removed or we stopped meanwhile."""
