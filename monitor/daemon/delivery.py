@@ -507,8 +507,9 @@ class Deliverer:
             await asyncio.sleep(max(0.0, written + self._mark_every - time.monotonic()))
             written = time.monotonic()
             self._marks_due.clear()
-            seqs, self._unmarked = self._unmarked, []
+            seqs = list(self._unmarked)  # (they leave the list once stored: a stop meanwhile marks them still)
             await self._stored(functools.partial(self._state.delivered, *seqs))
+            del self._unmarked[: len(seqs)]
             if self._reading:  # its rows may come back from that read, as undelivered
                 self._settled.extend(seqs)
             else:

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 3600.0
 _REFRESH_EVERY = 5.0  # seconds between reads of the outbox depth and age (metrics, /readyz)
-_SAVE_DURATIONS_EVERY = 60.0  # seconds between saves of what the adaptive strategy learned
+_SAVE_DURATIONS_EVERY = 60.0  # seconds between saves of the learned step durations
 _REACHABLE_WITHIN = 300.0
 
 

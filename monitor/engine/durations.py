@@ -70,7 +70,8 @@ class Estimate:
         mean = sum(p.mean for p in parts)
         var = sum(p.variance for p in parts)
         sigma2 = math.log1p(var / mean**2)
-        return cls(math.log(mean) - sigma2 / 2, max(_MIN_SIGMA, math.sqrt(sigma2)))
+        samples = min(p.samples for p in parts)  # (as well learned as its least learned step)
+        return cls(math.log(mean) - sigma2 / 2, max(_MIN_SIGMA, math.sqrt(sigma2)), samples)
 
     def cdf(self, seconds: float) -> float:
         """P(duration <= seconds)."""

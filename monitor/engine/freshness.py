@@ -14,6 +14,9 @@ the due job with the highest score (a job read is not due again for ``min_interv
 * **no waste**: below ``_MIN_NEWS`` (0.02) expected changes a job waits — a few jobs under a generous rate are not
   read every second for nothing.
 
+Node lists and node pools (:mod:`monitor.engine.fleet`) have no steps: they are read when their own interval
+comes, first.
+
 Every finished step's duration is fed back to the learner, from CCE's timestamps (exact, whatever the polling),
 whatever the strategy: the same estimates give the rollouts their ETAs (:func:`eta_of`, :func:`rollout_eta`).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -61,7 +65,7 @@ def active_steps(job: Job, now: float) -> dict[str, tuple[str, float]]:
     running = [sub for sub in job.sub_jobs if sub.phase is Phase.RUNNING]
     waiting = [sub for sub in job.sub_jobs if sub.phase is Phase.INITIALIZING]
     for sub in running or waiting[:1]:  # (none running: the next to start is the first waiting)
-        steps[sub.id or sub.type] = (step_key(job.type, sub.type, sub.phase.value), _since(sub, now))
+        steps[sub.id or sub.type] = (sys.intern(step_key(job.type, sub.type, sub.phase.value)), _since(sub, now))
     if not steps:  # no sub-jobs, or all done and the job closing: the job itself
         phase = job.phase.value if not job.sub_jobs or job.phase is Phase.INITIALIZING else "Closing"
         ends = [_since(sub, now) for sub in job.sub_jobs]
@@ -237,6 +241,11 @@ class Left:
         then = (round(self.then.mu, 2), round(self.then.sigma, 2)) if self.then is not None else None
         return (id(self.step), round(self.seen), round(self.elapsed), then)
 
+    @property
+    def learned(self) -> bool:
+        """Whether it rests on an observed duration, not only on priors."""
+        return any(e is not None and e.samples > 0 for e in (self.step, self.then))
+
     def scale(self) -> float:
         """A time of its order (seconds), to start looking for when all are done."""
         parts = [self.then.median] if self.then is not None else []
@@ -309,7 +318,8 @@ def rollout_eta(units: list[Left], *, quantiles: tuple[float, float] = (0.5, 0.9
 
 def eta_of(self: Scheduler, job_ids: Iterable[str]) -> tuple[float, float] | None:
     """The learned ETA of these tracked jobs (a :class:`~monitor.engine.scheduler.Scheduler` method): seconds
-    until all are done, median and 90th percentile; ``None`` if none is tracked here."""
+    until all are done, median and 90th percentile; ``None`` if none is tracked here, or nothing of their
+    steps has been observed yet."""
     now = self.freshness.now()
     units = [
         u
@@ -317,4 +327,6 @@ def eta_of(self: Scheduler, job_ids: Iterable[str]) -> tuple[float, float] | Non
         if (tracked := self._jobs.get(job_id)) is not None
         for u in units_left(self.freshness, tracked, now)
     ]
+    if not any(u.learned for u in units):
+        return None  # priors alone (a factor of e either way): the rollout's own pace says more, for now
     return rollout_eta(units)

@@ -127,8 +127,8 @@ class Scheduler:
     ) -> None:
         """The scheduler owns the rate limit over every request to CCE: ``limiter`` (default: a
         :class:`RateLimiter` of ``settings.rate`` and ``settings.burst``). ``clock`` (monotonic seconds) drives
-        every schedule; ``now`` stamps events; ``rng`` draws jitter; ``durations``: what the adaptive strategy
-        learns from and adds to (default: shipped priors only)."""
+        every schedule; ``now`` stamps events; ``rng`` draws jitter; ``durations``: the step durations learned
+        from and added to, for ETAs and the adaptive strategy (default: the shipped priors only)."""
         self.settings = settings or SchedulerSettings()
         self._client = client
         self._publish = publish
