@@ -169,7 +169,7 @@ $$;
         # Arguments: the job, the writer (NULL: no replicas) and its epoch (NULL: not fenced), the new snapshot
         # and phase and the outcome (each NULL: unchanged), the time, the history's event ids, bodies and types,
         # the outbox's sinks, event ids and bodies (in order), and the channel to tell of new outbox rows (NULL:
-        # none). And the step durations the adaptive strategy learned (monitor.engine.durations).
+        # none). And the learned step durations (monitor.engine.durations: ETAs, the adaptive strategy).
         """
 CREATE TABLE IF NOT EXISTS durations (
     step    text PRIMARY KEY,

@@ -22,7 +22,6 @@ from statistics import NormalDist, median
 __all__ = ["PRIORS", "Durations", "Estimate", "step_key"]
 
 _NORMAL = NormalDist()
-_Z90 = _NORMAL.inv_cdf(0.9)
 _MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution is 0.6745 sigma
 _MIN_SIGMA = 0.03
 _PRIOR_WEIGHT = 2  # samples a prior counts for
@@ -53,12 +52,6 @@ class Estimate:
     @property
     def variance(self) -> float:
         return (math.exp(self.sigma**2) - 1) * math.exp(2 * self.mu + self.sigma**2)
-
-    @classmethod
-    def from_quantiles(cls, median: float, p90: float) -> Estimate:
-        """The lognormal with this median and 90th percentile (seconds)."""
-        median = max(median, 1e-3)
-        return cls(math.log(median), max(_MIN_SIGMA, math.log(max(p90, median) / median) / _Z90))
 
     @classmethod
     def total(cls, parts: Iterable[Estimate]) -> Estimate | None:

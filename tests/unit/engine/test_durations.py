@@ -118,5 +118,3 @@ def test_steps_one_after_another_keep_their_mean_and_variance(parts: list[tuple[
         assert math.isclose(total.variance, sum(s.variance for s in steps), rel_tol=1e-6)
     else:
         assert math.isclose(total.mean, sum(s.mean for s in steps), rel_tol=1e-3)
-    est = Estimate.from_quantiles(40.0, 80.0)
-    assert math.isclose(est.median, 40.0) and math.isclose(est.quantile(0.9), 80.0, rel_tol=1e-6)
