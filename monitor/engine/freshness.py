@@ -178,33 +178,23 @@ def _ended(job: Job, node: str, now: float) -> float:
     return now
 
 
-async def next_fresh(self: Scheduler) -> Tracked | None:
-    """The adaptive strategy's dispatch (a :class:`~monitor.engine.scheduler.Scheduler` method): jobs whose
-    time has come (the heap: ``min_interval`` after a poll, an error's backoff) join the due set; once a
-    rate-limit slot is taken, the due job with the highest score is polled. ``None`` when stopping."""
-    fresh = self.freshness
-    heap = self._heap
-    while not self._stopping:
-        now = self._clock()
-        wait = None
-        if self._paused_until > now:
-            wait = self._paused_until - now
-        else:
-            while heap and heap[0][0] <= now:
-                _, _, tracked = heapq.heappop(heap)
-                if not tracked.removed:
-                    fresh.due(tracked)
-            if len(fresh):
-                await self.limiter.acquire()
-                picked = fresh.pick(len(self._jobs), self.limiter.effective_rate)
-                if picked is not None or self._stopping:
-                    self.stats.lag = 0.0
-                    return None if self._stopping else picked
-                wait = _RANK_EVERY  # nothing due is worth a request yet (the slot goes unused)
-            elif heap:
-                wait = heap[0][0] - now
-        await self._doze(wait)
-    return None
+async def next_fresh(self: Scheduler, now: float) -> tuple[Tracked | None, float | None]:
+    """One turn of the adaptive strategy's dispatch (a :class:`~monitor.engine.scheduler.Scheduler` method,
+    called by its one dispatch loop): jobs whose time has come (the heap: ``min_interval`` after a poll, an
+    error's backoff) join the due set; once a rate-limit slot is taken, the due job with the highest score.
+    Returns it, else how long to wait (``None``: until woken)."""
+    fresh, heap = self.freshness, self._heap
+    while heap and heap[0][0] <= now:
+        _, _, tracked = heapq.heappop(heap)
+        if not tracked.removed:
+            fresh.due(tracked)
+    if not len(fresh):
+        return None, heap[0][0] - now if heap else None
+    await self.limiter.acquire()
+    picked = None if self._stopping else fresh.pick(len(self._jobs), self.limiter.effective_rate)
+    if picked is not None:
+        self.stats.lag = 0.0
+    return picked, _RANK_EVERY  # (none picked: nothing due is worth a request yet; the slot goes unused)
 
 
 # --- ETAs -------------------------------------------------------------------------------------------------------

@@ -127,8 +127,7 @@ class Scheduler:
     ) -> None:
         """The scheduler owns the rate limit over every request to CCE: ``limiter`` (default: a
         :class:`RateLimiter` of ``settings.rate`` and ``settings.burst``). ``clock`` (monotonic seconds) drives
-        every schedule; ``now`` stamps events; ``rng`` draws jitter; ``durations``: the step durations learned
-        from and added to, for ETAs and the adaptive strategy (default: the shipped priors only)."""
+        every schedule; ``now`` stamps events; ``rng`` draws jitter; ``durations``: learned steps (default: priors)."""
         self.settings = settings or SchedulerSettings()
         self._client = client
         self._publish = publish
@@ -164,7 +163,6 @@ class Scheduler:
         self._halted = asyncio.Event()
         self._last_lag_warning = -_LAG_WARN_EVERY
         self.stats = SchedulerStats()
-        # Learned durations for ETAs whatever the strategy; with `adaptive` they choose the next poll too.
         self.freshness = Freshness(durations or Durations(), self.settings, lambda: now().timestamp())
         self._on_node_job = on_node_job  # a followed pool's node job is now tracked
         self.fleet = Fleet(
@@ -233,8 +231,8 @@ class Scheduler:
     _on_auth_failed = episodes.on_auth_failed
     _auth_ok = episodes.auth_ok
     _episode = episodes.episode
-    _next_fresh = next_fresh  # the adaptive strategy's dispatch (monitor.engine.freshness)
-    eta = eta_of  # learned ETAs of tracked jobs (monitor.engine.freshness)
+    _next_fresh = next_fresh  # learned durations (engine.freshness): the adaptive strategy's dispatch, ...
+    eta = eta_of  # ... and ETAs of tracked jobs, whatever the strategy
 
     def remove(self, job_id: str) -> bool:
         """Stop tracking ``job_id`` (no event). Returns whether it was tracked."""
@@ -321,7 +319,7 @@ class Scheduler:
         due job and a rate-limit slot (so the limiter has exactly one waiter), hands the lock on and polls."""
         while True:
             async with self._dispatching:
-                tracked = await (self._next_fresh() if self.settings.strategy == "adaptive" else self._next_due())
+                tracked = await self._next_due()
             if tracked is None:
                 return
             task = asyncio.current_task()
@@ -334,13 +332,17 @@ class Scheduler:
                 del self._polling[task]
 
     async def _next_due(self) -> Tracked | None:
-        """The next job to poll, once it is due and a rate-limit slot is taken; ``None`` when stopping."""
+        """The next job to poll (adaptive: the best due, engine.freshness), once due and a slot is taken."""
         heap = self._heap
         while not self._stopping:
             now = self._clock()
             wait = None
             if self._paused_until > now:
                 wait = self._paused_until - now
+            elif self.settings.strategy == "adaptive":
+                picked, wait = await self._next_fresh(now)
+                if picked is not None or self._stopping:
+                    return picked
             elif heap:
                 due, _, tracked = heap[0]
                 if tracked.removed:
@@ -356,8 +358,7 @@ class Scheduler:
             await self._doze(wait)
         return None
 
-    async def _doze(self, wait: float | None) -> None:
-        """Sleep ``wait`` seconds (``None``: until woken), or less if woken: a job added or due earlier."""
+    async def _doze(self, wait: float | None) -> None:  # (``None``: until woken: a job added or due earlier)
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
