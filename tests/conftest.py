@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from monitor.cce.auth import TokenAuth
 from monitor.cce.client import CCEClient, ClientSettings
@@ -123,3 +126,42 @@ def postgres() -> Iterator[PostgresServer]:
 def pg_dsn(postgres: PostgresServer) -> str:
     """The DSN (with its password) of a new, empty database on the session's server."""
     return postgres.create_database()
+
+
+# ------------------------------------------------------------------------------------------ Chromium
+
+CHROMIUM_FLAGS = [  # as root in a sandbox, on a machine with no network beyond loopback
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(os.environ.get("CCE_MONITOR_ARTIFACTS") or Path(__file__).resolve().parent.parent / ".artifacts")
+"""Where browser tests save their screenshots (``.artifacts/`` at the top, ignored by git)."""
+
+
+def chromium_path() -> str:
+    """The distribution's Chromium (``$CHROMIUM``, else ``chromium`` on the PATH). Missing: the test is skipped —
+    except in CI, where ``.ci/run`` installs it and a missing browser is a failure."""
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI must run the browser tests: no chromium (apt-get install chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return found
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium driven by Playwright — the system's browser, never a downloaded one — with a new, empty
+    profile; closed at the end."""
+    executable = chromium_path()
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from monitor.cli.daemon import add, check_config, deliveries, ls_cmd, run, status
+from monitor.cli.report import report
 from monitor.cli.simulate import simulate
 from monitor.cli.watch import demo, get, watch_cmd
 from monitor.core.version import __version__
@@ -18,7 +19,7 @@ def cli() -> None:
     """Watch Huawei Cloud / Open Telekom Cloud CCE jobs and report their progress."""
 
 
-for _command in (get, watch_cmd, simulate, demo, run, check_config, add, ls_cmd, status, deliveries):
+for _command in (get, watch_cmd, simulate, demo, run, check_config, add, ls_cmd, status, deliveries, report):
     cli.add_command(_command)
 
 

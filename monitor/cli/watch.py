@@ -30,6 +30,7 @@ from monitor.core.text import printable
 from monitor.engine.bus import EventFilter
 from monitor.engine.pipeline import NodePoolTarget, SinkBinding, WatchResult, watch
 from monitor.sim import Simulator, SimulatorConfig
+from monitor.sim.demo import plan_demo
 from monitor.sinks import Sink, create_sink
 
 __all__ = ["demo", "get", "watch_cmd"]
@@ -299,16 +300,9 @@ def demo(nodes: int, scaleup: int, out_path: str, seed: int, live: bool | None, 
         )
         endpoint = await sim.start()
         try:
-            cluster = sim.add_cluster()
-            ids, pools = [], []
-            if scaleup:  # POST .../nodes with count: one ScaleupCluster job, a CreateNode per node
-                ids.append(sim.create_nodes(cluster, scaleup, fail=max(1, scaleup // 10) if scaleup > 1 else 0))
-            if nodes:  # PUT .../nodepools/{id}: no job id; the AZ has room for all but a few
-                short = max(1, nodes // 15) if nodes > 1 else 0
-                failing = min(2, max(0, nodes - short - 1))
-                pool = sim.add_nodepool(cluster, name="workers", capacity=nodes - short, fail=failing, abnormal=1)
-                sim.scale_nodepool(cluster, pool, nodes)
-                pools.append(NodePoolTarget(cluster, pool, nodes))
+            planned = plan_demo(sim, scaleup=scaleup, nodes=nodes)
+            ids = planned.job_ids
+            pools = [NodePoolTarget(cluster, pool, target) for cluster, pool, target in planned.pools]
             cfg = config_from(
                 {
                     "endpoint": endpoint,

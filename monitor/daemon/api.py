@@ -40,6 +40,10 @@ Routes (every body is JSON, every error is ``{"error": "<one line>"}``)::
     GET    /v1/deliveries      ?state=rejected|pending&sink=NAME&job_id=ID&limit=N     (see api_deliveries)
                                -> 200 {"deliveries": [delivery, ...]}
     POST   /v1/deliveries/replay  {"ids": [...], "sink": NAME, "job_id": ID}  -> 200 {"replayed": [...]}
+    GET    /v1/events/stream   ?rollout=NAME -> text/event-stream        (see api_live, with the next two)
+    GET    /v1/rollouts/{name}/timeline  -> 200 {"timeline": {...}}
+    GET    /v1/failures        ?limit=N  -> 200 {"failures": [event, ...]}
+    GET    /ui/                the status page (monitor.ui.page); / and /ui redirect there
     GET    /healthz            -> 200 {"status": "ok"}                     (the process is up)
     GET    /readyz             -> 200 | 503 {"ready": bool, "checks": {...}}
     GET    /metrics            -> control.metrics() as it is
@@ -69,7 +73,8 @@ Statuses:
 * 500 ``{"error": "internal error"}``: anything else raised, logged here with its traceback; the exception's
   text never reaches the client.
 
-Authentication: with a ``token`` configured, every route except ``/healthz``, ``/readyz`` and ``/metrics`` needs
+Authentication: with a ``token`` configured, every route except ``/healthz``, ``/readyz``, ``/metrics`` and the
+page's own files (``/ui/...``: no data in them) needs
 ``Authorization: Bearer <token>`` — reads too, since jobs carry labels and rollout names — and so do unknown
 paths (401 before 404: the API does not show its routes to strangers). Tokens are compared in constant time.
 Neither the token nor the ``Authorization`` header is ever logged; the access log is off.
@@ -92,7 +97,8 @@ from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event
 from monitor.core.model import job_to_json
 from monitor.core.secret import Secret
-from monitor.daemon import api_deliveries
+from monitor.daemon import api_deliveries, api_live
+from monitor.daemon.feed import EventFeed
 from monitor.daemon.replies import (
     Reject,
     check_id,
@@ -103,14 +109,16 @@ from monitor.daemon.replies import (
     one_line,
     rfc3339,
     shown,
+    single,
 )
 from monitor.daemon.storage import DeliveryRecord, StoredJob
+from monitor.ui import page
 
 __all__ = ["AddResult", "Control", "make_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", page.UI_PREFIX})
 _BODY_KEYS = ("job_ids", "labels", "rollout")
 _MAX_TARGET = 100_000  # nodes; CCE clusters are far smaller
 _POOL_KEYS = frozenset({"cluster_id", "nodepool_id", "target", "labels", "rollout"})
@@ -200,6 +208,10 @@ class Control(Protocol):
         """Replicas sharing the jobs: this replica, the live members, the jobs it owns (``None`` on its own)."""
         ...
 
+    def feed(self) -> EventFeed | None:
+        """The live events for ``/v1/events/stream`` and the recent failures (``None`` until the daemon runs)."""
+        ...
+
 
 def _job_dict(job: StoredJob, *, snapshot: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
@@ -240,7 +252,8 @@ def _bearer_guard(token: Secret) -> Middleware:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _OPEN_PATHS:
+        # The page's own files hold no data: they load for anyone, then ask for the token.
+        if request.path not in _OPEN_PATHS and not request.path.startswith(page.UI_PREFIX + "/"):
             header = request.headers.get(hdrs.AUTHORIZATION)
             if header is None:
                 raise Reject(401, "missing bearer token", {hdrs.WWW_AUTHENTICATE: _REALM})
@@ -279,10 +292,10 @@ class _API:
         for key in query:
             if key not in _QUERY_KEYS:
                 raise Reject(400, f"unknown query parameter {shown(key)}; use phase, rollout, label")
-        phase = self._single(request, "phase")
+        phase = single(request, "phase")
         if phase is not None and not _PHASE_RE.fullmatch(phase):
             raise Reject(400, f"invalid phase {shown(phase)}: use 1-64 letters, digits, '_', '.' or '-'")
-        rollout = self._single(request, "rollout")
+        rollout = single(request, "rollout")
         if rollout is not None:
             check_id(rollout, "rollout name")
         labels: dict[str, str] = {}
@@ -432,13 +445,6 @@ class _API:
             check_label(key, value)
         return dict(raw)
 
-    @staticmethod
-    def _single(request: web.Request, name: str) -> str | None:
-        values = request.query.getall(name, [])
-        if len(values) > 1:
-            raise Reject(400, f"query parameter {name} given more than once")
-        return values[0] if values else None
-
 
 def make_app(
     control: Control,
@@ -471,6 +477,8 @@ def make_app(
     app.router.add_get("/v1/rollouts", api.list_rollouts)
     app.router.add_get("/v1/rollouts/{name}", api.get_rollout)
     api_deliveries.add_routes(app, control, api._read_json, max_jobs_per_request)
+    api_live.add_routes(app, control)
+    page.add_routes(app, token_required=token is not None)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

@@ -23,6 +23,7 @@ __all__ = [
     "one_line",
     "rfc3339",
     "shown",
+    "single",
 ]
 
 
@@ -87,3 +88,11 @@ def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def single(request: web.Request, name: str) -> str | None:
+    """The query parameter ``name`` given at most once (``None``: not given); a repeat is a 400."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise Reject(400, f"query parameter {name} given more than once")
+    return values[0] if values else None

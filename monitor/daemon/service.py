@@ -34,6 +34,7 @@ from monitor.core.nodes import node_jobs
 from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
+from monitor.daemon.feed import EventFeed
 from monitor.daemon.metrics import LoopLagProbe, Metrics
 from monitor.daemon.storage import DeliveryRecord, Store, StoredJob, open_store
 from monitor.engine.bus import Bus, EventFilter
@@ -80,6 +81,7 @@ class Daemon:
         self._running = False
         self._rollouts: RolloutTracker | None = None
         self._cluster: Cluster | None = None  # replicas sharing the jobs (state.backend: postgres)
+        self._feed = EventFeed()  # /v1/events/stream and the page's recent failures
 
     # ------------------------------------------------------------------------------------ Control
 
@@ -198,6 +200,9 @@ class Daemon:
             return None
         lost = self._scheduler.stats.lost if self._scheduler is not None else 0
         return self._cluster.summary() | {"lost": lost}
+
+    def feed(self) -> EventFeed:
+        return self._feed
 
     def readiness(self) -> dict[str, bool]:
         scheduler = self._scheduler
@@ -370,6 +375,7 @@ class Daemon:
 
             def on_event(event: Event) -> None:
                 self._metrics.count_event(event)
+                self._feed.publish(event)
                 if event.type is EventType.MONITOR_CONFIG_ERROR:
                     logger.error("%s; polling has stopped until the configuration is fixed", event.detail)
                 for d in deliverers:
@@ -438,6 +444,7 @@ class Daemon:
 
                 async def close_api() -> None:
                     self._running = False
+                    self._feed.close()  # open event streams end, or they would hold the API's shutdown
                     await runner.cleanup()  # no new jobs
                     with contextlib.suppress(StateError):
                         await self._save_durations(state)

@@ -117,7 +117,7 @@ class Simulator:
         self,
         job_type: str = "CreateNode",
         *,
-        fail: bool = False,
+        fail: bool | str = False,
         duration: float | None = None,
         not_found_for: float = 0.0,
         start_delay: float = 0.0,
@@ -128,7 +128,7 @@ class Simulator:
 
         ``duration`` (seconds, exact) defaults to the config's jittered per-type duration. The job stays
         Initializing for ``start_delay`` more seconds, and answers 404 for its first ``not_found_for``
-        seconds. Unknown job types are served too, without sub-jobs.
+        seconds. Unknown job types are served too, without sub-jobs. ``fail`` as text: fail with that reason.
         """
         if min(not_found_for, start_delay, 0.0 if duration is None else duration) < 0:
             raise ValueError("duration, not_found_for and start_delay must be >= 0")

@@ -121,14 +121,15 @@ def plan_job(
     created: int,
     duration: float,
     start_delay: float,
-    fail: bool,
+    fail: bool | str,
     not_found_for: float,
     spread: float = 0.0,
 ) -> Job:
     """The job ``uids[0]`` of ``shapes[0]`` with sub-jobs ``uids[1:]`` of ``shapes[1:]``, created at ``created``
     (ns) and planned to the end; it answers 404 until ``not_found_for`` seconds after creation. ``spread`` > 0:
     each step lasts its nominal share of ``duration`` times a lognormal factor of that log spread, drawn on its
-    own (the job's duration then varies with them); 0: the shares of exactly ``duration``, jittered +-30 %."""
+    own (the job's duration then varies with them); 0: the shares of exactly ``duration``, jittered +-30 %.
+    ``fail`` as text: fail with that reason (CCE's reasons are outside text; tests give hostile ones)."""
     events = _plan(rng, created, duration, start_delay, fail, shapes[1:], spread)
     steps: list[list[Step]] = [[] for _ in uids]
     truth: list[Transition] = []
@@ -164,7 +165,7 @@ def _plan(
     created: int,
     duration: float,
     start_delay: float,
-    fail: bool,
+    fail: bool | str,
     subs: tuple[Shape, ...],
     spread: float = 0.0,
 ) -> list[tuple[int, int, str, str]]:
@@ -182,7 +183,8 @@ def _plan(
         end = created + round(start_delay * NS) + total
         if spread > 0:
             end = start + round(total * 0.95 * factor())
-        return [*events, (0, end, FAILED, GENERIC_FAILURE) if fail else (0, end, SUCCESS, "")]
+        given = fail if isinstance(fail, str) else GENERIC_FAILURE
+        return [*events, (0, end, FAILED, given) if fail else (0, end, SUCCESS, "")]
     span = max(0, created + round(start_delay * NS) + total - tail - start)
     if spread > 0:
         span = round(total * 0.94)  # the steps' nominal sum; each step then varies on its own
@@ -197,7 +199,7 @@ def _plan(
         part = round(span * weight / norm)
         events.append((index, cursor, RUNNING, ""))
         if index - 1 == failing:
-            reason = rng.choice(shape.failures or (GENERIC_FAILURE,))
+            reason = fail if isinstance(fail, str) else rng.choice(shape.failures or (GENERIC_FAILURE,))
             end = cursor + round(part * rng.uniform(0.3, 1.0))
             events.append((index, end, FAILED, reason))
             events.append((0, end + total // 500, FAILED, reason))  # CCE copies the sub-job's reason

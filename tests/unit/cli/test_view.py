@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from rich.console import Console
@@ -28,6 +29,11 @@ def rendered(view: LiveView) -> list[str]:
 
 def cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.split("│")]
+
+
+def progress(lines: list[str]) -> list[str]:
+    """The progress lines, without the bar at their start (one line each: the bar and its text)."""
+    return [re.sub(r"^[━╺╸ ]+", "", line) for line in lines if "finished" in line or " nodes " in line]
 
 
 def bars(lines: list[str]) -> int:
@@ -58,9 +64,10 @@ def test_one_line_and_one_bar_per_rollout() -> None:
     view.on_event(job_event("j2", "Running"))
     view.on_event(digest("demo", 3, 1, {"Success": 1, "Running": 1, "waiting": 1}))
     lines = rendered(view)
-    progress = [line for line in lines if "finished" in line]
-    assert progress == ["demo: 1/3 finished (1 Success, 1 Running, 1 waiting)"], lines
+    assert progress(lines) == ["demo: 1/3 finished (1 Success, 1 Running, 1 waiting)"], lines
     assert bars(lines) == 1, lines
+    [line] = [line for line in lines if "━" in line and "╇" not in line]
+    assert line.endswith("demo: 1/3 finished (1 Success, 1 Running, 1 waiting)"), "the bar and its text: one line"
     assert not any("cce-monitor" in line for line in lines), lines
 
 
@@ -69,7 +76,7 @@ def test_two_rollouts_two_lines_two_bars() -> None:
     view.on_event(digest("pool-a", 2, 1, {"Success": 1, "Running": 1}))
     view.on_event(digest("pool-b", 1, 1, {"Success": 1}))
     lines = rendered(view)
-    assert [line for line in lines if "finished" in line] == [
+    assert progress(lines) == [
         "pool-a: 1/2 finished (1 Success, 1 Running)",
         "pool-b: 1/1 finished (1 Success)",
     ]
@@ -80,7 +87,7 @@ def test_without_a_rollout_the_view_counts_its_own_jobs() -> None:
     view = LiveView(["j1", "j2"], console=console(), title="cce-monitor")
     view.on_event(job_event("j1", "Success"))
     lines = rendered(view)
-    assert [line for line in lines if "finished" in line] == ["cce-monitor  1/2 finished  Success 1  waiting 1"]
+    assert progress(lines) == ["cce-monitor  1/2 finished  Success 1  waiting 1"]
     assert bars(lines) == 1, lines
 
 
@@ -101,6 +108,26 @@ def test_rows_and_printed_lines_show_the_resource_name_and_a_readable_reason() -
     assert not any('{"error"' in line for line in lines), lines
 
 
+def test_a_job_that_rolls_out_nodes_gets_a_row_per_node_with_its_name_and_id() -> None:
+    view = LiveView(["scale"], console=console())
+    common = {"type": EventType.SUBJOB_PHASE_CHANGED, "project_id": "p", "job_id": "scale", "subjob_type": "CreateNode"}
+    view.on_event(Event(id="1", phase="Running", subjob_id="sub-a", resource_name="node-a", **common))  # type: ignore[arg-type]
+    view.on_event(Event(id="2", phase="Running", subjob_id="sub-b", resource_name="node-b", **common))  # type: ignore[arg-type]
+    view.on_event(Event(id="3", phase="Success", subjob_id="sub-a", node_id="nid-a", **common))  # type: ignore[arg-type]
+    view.on_event(
+        Event(id="4", type=EventType.NODE_ACTIVE, project_id="p", job_id="scale", phase="Active", node_id="nid-a")
+    )
+    view.on_event(Event(id="5", phase="Failed", subjob_id="sub-b", reason=ECS, **common))  # type: ignore[arg-type]
+    view.on_event(Event(id="6", type=EventType.JOB_PHASE_CHANGED, project_id="p", job_id="scale", phase="Failed"))
+    lines = rendered(view)
+    rows = {cells(line)[1]: cells(line) for line in lines if "└" in line}
+    assert rows["node-a"][0] == "└ nid-a" and rows["node-a"][3] == "Active", rows
+    assert rows["node-b"][0] == "└ sub-b" and rows["node-b"][3] == "Failed", rows
+    assert rows["node-b"][5] == READABLE, rows
+    order = [cells(line)[0] for line in lines if line.startswith(("scale", "  └"))]
+    assert order[0] == "scale" and len(order) == 3, "the nodes come under their job"
+
+
 async def test_watch_against_the_simulator_shows_readable_reasons(sim_factory: SimFactory) -> None:
     """End to end: CCE's JSON-laden reasons reach the sinks raw and the view readable, with node names."""
     sim, _ = await sim_factory(seed=3)
@@ -119,6 +146,6 @@ async def test_watch_against_the_simulator_shows_readable_reasons(sim_factory: S
     assert any("Create node vm failed: Ecs.0" in line for line in lines), lines
     names = {e.resource_name for e in recorder.events if e.resource_name}
     assert names and all(any(name in line for line in lines) for name in names), (names, lines)
-    progress = [line for line in lines if "finished" in line]
-    assert len(progress) == 1 and progress[0].startswith("demo: 6/6 finished (6 Failed"), lines
+    [line] = progress(lines)
+    assert line.startswith("demo: 6/6 finished (6 Failed"), lines
     assert bars(lines) == 1, lines

@@ -138,8 +138,8 @@ async def test_watch_emits_rollout_digests_to_sinks(sim: Simulator, tmp_path: Pa
     assert all(e["rollout"] == "pool-b" for e in events), "every job event names its rollout"
 
 
-def test_live_view_draws_each_rollout_line_and_bar_on_its_own_line() -> None:
-    """A progress bar renders without a line break; the view must not let the next line run on after it."""
+def test_live_view_draws_each_rollout_as_one_line_of_bar_and_text() -> None:
+    """One line per rollout (its bar, then its progress); the table starts on a line of its own after it."""
     import io  # noqa: PLC0415
 
     from rich.console import Console  # noqa: PLC0415
@@ -155,10 +155,10 @@ def test_live_view_draws_each_rollout_line_and_bar_on_its_own_line() -> None:
     )
     console.print(view.render())
     lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
-    assert any(line.startswith("demo: 1/2 finished (1 Success, 1 Running)") for line in lines), lines
     assert any(line.startswith("job ") for line in lines), lines
     bars = [line for line in lines if "━" in line and "╇" not in line]  # ╇: the table's header rule
-    assert len(bars) == 1 and "demo" not in bars[0] and "job" not in bars[0], lines  # the rollout's, alone
+    assert len(bars) == 1 and "job" not in bars[0], lines
+    assert bars[0].rstrip().endswith("demo: 1/2 finished (1 Success, 1 Running)"), lines
 
 
 async def test_progress_ids_follow_the_state_not_the_clock() -> None:
