@@ -305,9 +305,11 @@ async def test_dead_letters_replayed_through_any_replica_are_sent_by_the_one_del
     reads its outbox again and sends the replayed events, with their ids."""
     async with Receiver(Reply(422, "schema mismatch")) as recv:
         configs = [_replica_config(sim, tmp_path, n, recv.url, pg_dsn) for n in ("a", "b")]
-        job = sim.add_job("Custom", duration=0.3)
         async with running(configs[0]) as first, running(configs[1]) as second:
             await until(lambda: _members(first, 2), 10, "both replicas to be members")
+            # Created now and lasting long enough to be seen Running and then Success: two events at least (one
+            # made before the replicas started could be over by its first read, a single event).
+            job = sim.add_job("Custom", duration=2.0)
             await first.call("POST", "/v1/jobs", {"job_ids": [job]})
             await until(lambda: all_finished(first, [job]), 15, "the job to finish")
 
