@@ -18,7 +18,8 @@ Node lists and node pools (:mod:`monitor.engine.fleet`) have no steps: they are 
 comes, first.
 
 Every finished step's duration is fed back to the learner, from CCE's timestamps (exact, whatever the polling),
-whatever the strategy: the same estimates give the rollouts their ETAs (:func:`eta_of`, :func:`rollout_eta`).
+whatever the strategy — a step that began and ended between two reads too, in a job whose sub-jobs run one
+after another: the same estimates give the rollouts their ETAs (:func:`eta_of`, :func:`rollout_eta`).
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ _RANK_EVERY = 0.25  # seconds a ranking of the due jobs serves before it is comp
 
 @dataclass(slots=True)
 class Steps:
-    """What the strategy keeps per job: its active steps (node id -> step key, since) and when it was polled."""
+    """What the strategy keeps per job: its active steps (node id -> step key, since), when it was polled, and
+    the sub-jobs it had seen finished."""
 
     active: dict[str, tuple[str, float]]
     polled: float
+    done: frozenset[str] = frozenset()
 
 
 def active_steps(job: Job, now: float) -> dict[str, tuple[str, float]]:
@@ -93,7 +96,7 @@ class Freshness:
         self._max_interval = max_interval = settings.max_interval
         self._wall = wall
         self._due: dict[int, Tracked] = {}
-        self._ranked: list[tuple[float, int, Tracked]] = []
+        self._ranked: list[tuple[float, int, Tracked]] = []  # (-score, order due, job)
         self._ranked_at = -math.inf
         self.stale_after = max_interval
 
@@ -123,13 +126,15 @@ class Freshness:
 
     def _rank(self, now: float) -> None:
         ranked = []
-        for key, tracked in list(self._due.items()):
+        # Ties (jobs never read, or equally stale) go first come, first served: the order they became due (the
+        # dict's), never the order of their memory addresses, which after a while is any order at all.
+        for order, (key, tracked) in enumerate(list(self._due.items())):
             if tracked.removed:
                 del self._due[key]
                 continue
             score = self.score(tracked, now)
             if score > 0.0:
-                ranked.append((-score, key, tracked))
+                ranked.append((-score, order, tracked))
         heapq.heapify(ranked)
         self._ranked = ranked
         self._ranked_at = now
@@ -163,11 +168,29 @@ class Freshness:
             old.polled = now
             return
         active = active_steps(job, now)
+        done = frozenset(sub.id or sub.type for sub in job.sub_jobs if sub.phase is Phase.SUCCESS)
         if old is not None:
             for node, (key, since) in old.active.items():
                 if active.get(node, (None,))[0] != key:  # that step ended (the node moved on, or finished)
                     self.durations.observe(key, _ended(job, node, now) - since)
-        tracked.steps = Steps(active, now)
+            self._learn_unseen(job, old, now)
+        tracked.steps = Steps(active, now, done)
+
+    def _learn_unseen(self, job: Job, old: Steps, now: float) -> None:
+        """Steps that began and ended between two reads (under a starved budget, a short step often does: a node's
+        ``InstallNode`` runs from one read to the next). In a job whose sub-jobs run one after another (never two
+        running at once), a sub-job starts when the one before it ends, so its duration is the difference of the
+        two ``updateTimestamp``s. Sub-jobs running side by side (a ScaleupCluster's nodes) are left alone."""
+        if len(old.active) > 1 or sum(1 for sub in job.sub_jobs if sub.phase is Phase.RUNNING) > 1:
+            return
+        before: float | None = None  # the end of the sub-job before, if it succeeded
+        for sub in job.sub_jobs:
+            node = sub.id or sub.type
+            end = _since(sub, now) if sub.phase is Phase.SUCCESS else None
+            unseen = node not in old.done and node not in old.active
+            if end is not None and before is not None and unseen and end >= before:
+                self.durations.observe(step_key(job.type, sub.type, Phase.RUNNING.value), end - before)
+            before = end
 
 
 def _ended(job: Job, node: str, now: float) -> float:

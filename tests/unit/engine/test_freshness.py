@@ -10,9 +10,11 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import orjson
+
 from monitor.cce.auth import TokenAuth
 from monitor.cce.client import CCEClient, ClientSettings
-from monitor.core.model import Job, ParseMemo
+from monitor.core.model import Job, ParseMemo, parse_job
 from monitor.core.secret import Secret
 from monitor.engine.durations import Durations, step_key
 from monitor.engine.scheduler import Scheduler, SchedulerSettings
@@ -90,3 +92,59 @@ async def test_the_learned_eta_of_a_second_rollout_is_close_to_its_true_end(sim:
     assert p50 <= p90
     assert abs(asked + p50 - end) < 0.35 * 3.0, (p50, end - asked)  # the priors alone say minutes
     assert scheduler.eta(["not-tracked"]) is None
+
+
+def _body(phases: list[tuple[str, str, str]], job_phase: str) -> bytes:
+    """A CreateNode job whose sub-jobs (type, phase, updateTimestamp) run one after another."""
+    subs = [
+        {
+            "metadata": {
+                "uid": f"sub-{i}",
+                "creationTimestamp": "2026-12-01 10:00:00 +0000 UTC",
+                "updateTimestamp": stamp,
+            },
+            "spec": {"type": kind},
+            "status": {"phase": phase},
+        }
+        for i, (kind, phase, stamp) in enumerate(phases)
+    ]
+    job = {
+        "kind": "Job",
+        "metadata": {
+            "uid": "job-1",
+            "creationTimestamp": "2026-12-01 10:00:00 +0000 UTC",
+            "updateTimestamp": "2026-12-01 10:00:01 +0000 UTC",
+        },
+        "spec": {"type": "CreateNode", "subJobs": subs},
+        "status": {"phase": job_phase},
+    }
+    return orjson.dumps(job)
+
+
+def test_steps_that_began_and_ended_between_two_reads_are_learned_from_their_timestamps() -> None:
+    """Under a starved budget a short step runs from one read to the next: its duration still comes from CCE's
+    timestamps (the sub-job before it ended when it began), and is counted once."""
+    from monitor.engine.freshness import Freshness  # noqa: PLC0415
+    from monitor.engine.tracked import Tracked  # noqa: PLC0415
+
+    learned = Durations(priors={})
+    fresh = Freshness(learned, SchedulerSettings(strategy="adaptive"), lambda: 1_796_119_260.0)  # 10:01 UTC that day
+    tracked = Tracked("job-1", {}, 0.0, 3600.0, 0.0)
+    first = [
+        ("GetPSMCert", "Success", "2026-12-01 10:00:03 +0000 UTC"),
+        ("CreateNodeVM", "Running", "2026-12-01 10:00:03 +0000 UTC"),
+        ("InstallNode", "Initializing", "2026-12-01 10:00:00 +0000 UTC"),
+    ]
+    fresh.seen(tracked, parse_job(_body(first, "Running")))
+    later = [
+        ("GetPSMCert", "Success", "2026-12-01 10:00:03 +0000 UTC"),
+        ("CreateNodeVM", "Success", "2026-12-01 10:00:23 +0000 UTC"),
+        ("InstallNode", "Success", "2026-12-01 10:00:38.5 +0000 UTC"),
+    ]
+    fresh.seen(tracked, parse_job(_body(later, "Running")))
+    fresh.seen(tracked, parse_job(_body(later, "Success")))  # read again: nothing learned twice
+    vm = learned.estimate(step_key("CreateNode", "CreateNodeVM", "Running"))
+    install = learned.estimate(step_key("CreateNode", "InstallNode", "Running"))
+    assert vm is not None and vm.samples == 1 and round(vm.median, 3) == 20.0  # seen running, then ended
+    assert install is not None and install.samples == 1 and round(install.median, 3) == 15.5  # never seen running
+    assert learned.estimate(step_key("CreateNode", "GetPSMCert", "Running")) is None, "its start is not known"
