@@ -62,8 +62,8 @@ def _event_of(raw: bytes) -> Event:
         return Event(**kept)
     except KeyError as exc:
         raise ValueError(f"no {exc.args[0]!r}") from None
-    except TypeError as exc:
-        raise ValueError(str(exc).split("(", 1)[-1].rstrip(")") or "missing fields") from None
+    except TypeError as exc:  # a field missing or of the wrong kind
+        raise ValueError(f"not an event: {exc}") from None
 
 
 def parse_events(lines: Iterable[bytes]) -> ReadResult:
