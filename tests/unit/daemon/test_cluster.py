@@ -66,9 +66,11 @@ async def test_two_replicas_split_the_jobs_and_record_each_transition_once(
     """Jobs added through one replica are claimed by both (a fair share each, at once: LISTEN/NOTIFY), every job
     finishes, each transition reaches the webhook under one id, and the rollout finishes exactly once."""
     configs = [_replica_config(sim, tmp_path, n, receiver.url, pg_dsn) for n in ("a", "b")]
-    jobs = sim.start_rollout(40, fail_ratio=0.1, duration=2.0)
     async with running(configs[0]) as first, running(configs[1]) as second:
         await until(lambda: _members(first, 2), 10, "both replicas to be members")
+        # Planned now, not before the replicas started: under load their start takes seconds, and jobs over by then
+        # would be released before both had been seen to claim a share.
+        jobs = sim.start_rollout(40, fail_ratio=0.1, duration=4.0)
         code, _ = await first.call("POST", "/v1/jobs", {"job_ids": jobs, "rollout": "r1"})
         assert code == 202
         await until(lambda: _both_own(first, second, total=40), 5, "both replicas to claim a share")
