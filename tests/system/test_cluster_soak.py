@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.usefixtures("postgres")  # fails in CI, skips elsewhere, without the server binaries
+# Fails in CI, skips elsewhere, without the server binaries; counts arrivals per second, so it runs alone (solo).
+pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.solo]
 
 
 @pytest.mark.timeout(300)

@@ -43,6 +43,8 @@ from monitor.engine.rollout import RolloutTracker
 from monitor.sim import Simulator, SimulatorConfig
 from tests.conftest import SimFactory, client_for
 
+pytestmark = pytest.mark.solo  # counts arrivals per second against a rate: runs alone (pyproject: -m solo)
+
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = ROOT / "bench" / "soak.py"
 PROJECT = "0b9c3a5e8e8f4e4a9d5c7a3b2f1e0d9c"

@@ -15,7 +15,7 @@ from monitor.daemon.pglimiter import SharedLimiter, limit_name
 from monitor.daemon.pgstore import PgState
 from monitor.testing import PostgresServer
 
-pytestmark = pytest.mark.usefixtures("postgres")
+pytestmark = [pytest.mark.usefixtures("postgres"), pytest.mark.solo]  # arrivals per second: alone
 
 NAME = limit_name("https://cce.example.com", "0" * 32)
 
