@@ -40,6 +40,8 @@ Routes (every body is JSON, every error is ``{"error": "<one line>"}``)::
     GET    /v1/deliveries      ?state=rejected|pending&sink=NAME&job_id=ID&limit=N     (see api_deliveries)
                                -> 200 {"deliveries": [delivery, ...]}
     POST   /v1/deliveries/replay  {"ids": [...], "sink": NAME, "job_id": ID}  -> 200 {"replayed": [...]}
+    GET    /v1/rollouts        -> 200 {"rollouts": [summary + {"line": "pool-a: 37/100 nodes Active, ..."}, ...]}
+    GET    /v1/rollouts/{name} -> 200 {"rollout": summary + {"line"}} | 404
     GET    /v1/events/stream   ?rollout=NAME -> text/event-stream        (see api_live, with the next two)
     GET    /v1/rollouts/{name}/timeline  -> 200 {"timeline": {...}}
     GET    /v1/failures        ?limit=N  -> 200 {"failures": [event, ...]}
@@ -112,6 +114,7 @@ from monitor.daemon.replies import (
     single,
 )
 from monitor.daemon.storage import DeliveryRecord, StoredJob
+from monitor.engine.rollout import describe
 from monitor.ui import page
 
 __all__ = ["AddResult", "Control", "make_app", "serve"]
@@ -226,6 +229,11 @@ def _job_dict(job: StoredJob, *, snapshot: bool = False) -> dict[str, Any]:
     if snapshot:
         out["snapshot"] = orjson.loads(job_to_json(job.snapshot)) if job.snapshot is not None else None
     return out
+
+
+def _with_line(summary: dict[str, Any]) -> dict[str, Any]:
+    """A rollout summary with ``line``: its progress as one readable line, as ``status``, chat and the page show it."""
+    return summary | {"line": describe(summary)}
 
 
 @web.middleware
@@ -354,14 +362,14 @@ class _API:
         return json_reply({"nodepools": await self._control.list_nodepools()})
 
     async def list_rollouts(self, request: web.Request) -> web.Response:
-        return json_reply({"rollouts": self._control.rollouts()})
+        return json_reply({"rollouts": [_with_line(s) for s in self._control.rollouts()]})
 
     async def get_rollout(self, request: web.Request) -> web.Response:
         name = check_id(request.match_info["name"], "rollout name")
         summary = self._control.rollout(name)
         if summary is None:
             raise Reject(404, f"rollout {name} is not known")
-        return json_reply({"rollout": summary})
+        return json_reply({"rollout": _with_line(summary)})
 
     # ------------------------------------------------------------------------------------- probes
 

@@ -99,12 +99,9 @@ class _Live:
         feed = self._control.feed()
         if feed is None:
             raise Reject(503, "the daemon is not running yet; try again", {hdrs.RETRY_AFTER: "3"})
-        try:
-            listening = feed.listen()
-            queue = await listening.__aenter__()
-        except OverflowError:
-            raise Reject(503, "too many event stream listeners; try again later", {hdrs.RETRY_AFTER: "10"}) from None
-        try:
+        if feed.listeners >= feed.max_listeners:
+            raise Reject(503, "too many event stream listeners; try again later", {hdrs.RETRY_AFTER: "10"})
+        async with feed.listen() as queue:
             response = web.StreamResponse(
                 headers={
                     hdrs.CONTENT_TYPE: "text/event-stream",
@@ -128,8 +125,6 @@ class _Live:
                     elif rollout is None or item.rollout == rollout:
                         await response.write(_sse(item))
             return response
-        finally:
-            await listening.__aexit__(None, None, None)
 
     async def timeline(self, request: web.Request) -> web.Response:
         name = check_id(request.match_info["name"], "rollout name")

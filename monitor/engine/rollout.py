@@ -27,15 +27,16 @@ from monitor.core.model import Job, Phase
 from monitor.core.nodes import deepest_failure, node_id_of, node_jobs
 from monitor.core.text import format_duration
 
-__all__ = ["FINAL_STATES", "JOB_EVENT_TYPES", "Rollout", "RolloutTracker", "describe"]
+__all__ = ["FAILED_STATES", "FINAL_STATES", "JOB_EVENT_TYPES", "Rollout", "RolloutTracker", "describe"]
 
 logger = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"Success", "Failed", "timed_out", "not_found"})
 WAITING_ACTIVE = "waiting_active"
 # What a job or a node can end as: its job's final phase, or (nodes) its readiness.
-_FAILED_STATES = frozenset({"Failed", "timed_out", "not_found", "Abnormal", "Error", "not_active"})
-_DONE_STATES = _FAILED_STATES | {"Success", "Active"}
+FAILED_STATES = frozenset({"Failed", "timed_out", "not_found", "Abnormal", "Error", "not_active"})
+"""States in which a job or node failed (counted as finished, and listed by name)."""
+_DONE_STATES = FAILED_STATES | {"Success", "Active"}
 _MAX_FAILED_LISTED = 50
 
 Publish = Callable[[Event], Awaitable[None]]
@@ -168,7 +169,7 @@ class Rollout:
         durations: list[float] = []
         for job_id, m in self._counted():
             counts[m.phase] = counts.get(m.phase, 0) + 1
-            if m.phase in _FAILED_STATES:
+            if m.phase in FAILED_STATES:
                 failed.append(
                     {"job_id": job_id, "resource_name": m.resource_name, "reason": m.reason, "outcome": m.phase}
                 )
@@ -190,7 +191,7 @@ class Rollout:
                 if m.phase in FINAL_STATES and e.phase not in FINAL_STATES and e.ready is None:
                     state, e.reason = m.phase, e.reason or m.reason  # its job ended without finishing it
                 counts[state] = counts.get(state, 0) + 1
-                if state in _FAILED_STATES:
+                if state in FAILED_STATES:
                     failed.append(
                         {
                             "job_id": job_id,

@@ -24,11 +24,12 @@ from typing import Any
 
 from monitor.core.events import Event, EventType
 from monitor.core.nodes import NODE_JOB_TYPES
+from monitor.engine.rollout import FAILED_STATES
 
 __all__ = ["ENDED", "FAILED", "Row", "Span", "Timeline", "build_timeline", "rollouts_in"]
 
-FAILED = frozenset({"Failed", "timed_out", "not_found", "Abnormal", "Error", "not_active"})
-"""States in which a row failed (it ends there)."""
+FAILED = FAILED_STATES
+"""States in which a row failed (it ends there): the rollout aggregate's."""
 ENDED = FAILED | {"Active"}
 """States in which a row ends; ``Success`` ends a row that is no node (a node goes on to ``Active``)."""
 _OPEN = frozenset({"Initializing", "Running"})

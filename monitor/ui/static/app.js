@@ -101,25 +101,6 @@
     return box;
   }
 
-  function describe(r) {
-    const counts = r.counts || {};
-    const parts = [];
-    if (r.unit === "nodes") {
-      const head = r.node_check ? "Active" : "Success";
-      parts.push((counts[head] || 0) + "/" + r.total + " nodes " + (r.node_check ? "Active" : "created"));
-      for (const state of STATE_ORDER) if (state !== head && counts[state]) parts.push(counts[state] + " " + state);
-    } else {
-      parts.push(r.finished + "/" + r.total + " finished");
-      for (const state of STATE_ORDER) if (counts[state]) parts.push(counts[state] + " " + state);
-    }
-    for (const state of Object.keys(counts).sort()) if (!STATE_ORDER.includes(state) && counts[state]) parts.push(counts[state] + " " + state);
-    if (r.ended) parts.push("took " + duration(r.duration_s || 0));
-    else if (r.eta_s !== null && r.eta_s !== undefined) {
-      parts.push("ETA " + duration(r.eta_s) + (r.eta_p90_s !== null && r.eta_p90_s !== undefined ? " (p90 " + duration(r.eta_p90_s) + ")" : ""));
-    }
-    return parts.join(", ");
-  }
-
   function drawRollouts(rollouts) {
     const box = $("rollouts");
     box.replaceChildren();
@@ -128,7 +109,7 @@
       const item = el("div", null, "rollout" + (r.rollout === selected ? " selected" : ""));
       item.dataset.rollout = r.rollout;
       item.appendChild(el("span", r.rollout, "name"));
-      item.appendChild(el("span", describe(r), "line"));
+      item.appendChild(el("span", r.line, "line")); // the server's words (engine.rollout.describe)
       item.appendChild(bar(r.counts || {}));
       if (r.failed_count) {
         const names = (r.failed || []).map((f) => f.resource_name || f.node_id || f.job_id).join(", ");

@@ -161,3 +161,15 @@ async def test_the_page_loads_for_anyone_and_the_data_needs_the_token(start: Api
 async def test_without_a_token_the_page_says_none_is_needed(api: Api) -> None:
     async with api.session.get(api.url("/ui/session.json")) as resp:
         assert await resp.json() == {"token_required": False}
+
+
+async def test_listeners_beyond_the_limit_are_told_to_come_back(api: Api) -> None:
+    feed = api.control.live
+    feed.max_listeners = 1
+    async with api.session.get(api.url("/v1/events/stream")) as resp:
+        assert resp.status == 200
+        while feed.listeners == 0:
+            await asyncio.sleep(0.01)
+        status, body, second = await api.call("GET", "/v1/events/stream")
+        assert_error(status, body, second, 503, "too many event stream listeners")
+        assert second.headers["Retry-After"] == "10"

@@ -533,6 +533,7 @@ async def test_rollouts_over_the_api_and_status_command(
         assert code == 200 and [r["rollout"] for r in body["rollouts"]] == ["pool-z"]
         summary = body["rollouts"][0]
         assert summary["counts"] == {"Success": 2, "Failed": 1} and summary["failed_count"] == 1
+        assert summary["line"].startswith("pool-z: 3/3 finished (2 Success, 1 Failed)"), summary["line"]
         assert (await api.call("GET", "/v1/rollouts/nope"))[0] == 404
         assert (await api.call("GET", "/v1/rollouts/..%2Fx"))[0] in (400, 404)
 
