@@ -12,7 +12,8 @@ tests::
 * :class:`FakeClock`: a monotonic clock (``clock()`` → seconds) that moves only when told to.
 * :func:`make_event`: a valid :class:`~monitor.core.events.Event` (a failed ``CreateNode`` job by default) with
   any field overridden; its id is derived from what it describes, as the monitor derives ids.
-* :class:`Simulators`: starts :class:`monitor.sim.Simulator` instances on 127.0.0.1 and closes them all.
+* :class:`Simulators`: starts :class:`monitor.sim.Simulator` instances on 127.0.0.1 and closes them all;
+  :func:`sim_arrivals` reads when each request reached one, :func:`busiest_window` counts them as a gateway does.
 * :class:`Receiver`: an HTTP server on 127.0.0.1 that records every request and answers from a script of
   :class:`Reply` objects, a fixed reply or a function; it can check Standard Webhooks signatures.
 * :func:`running_daemon`: a :class:`~monitor.daemon.service.Daemon` run in process until the block ends.
@@ -37,13 +38,14 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -65,9 +67,11 @@ __all__ = [
     "Responder",
     "RunningDaemon",
     "Simulators",
+    "busiest_window",
     "make_event",
     "postgres_bindir",
     "running_daemon",
+    "sim_arrivals",
     "webhook_signature",
 ]
 
@@ -170,6 +174,32 @@ class Simulators:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+async def sim_arrivals(endpoint: str) -> list[float]:
+    """When each CCE API request reached the simulator at ``endpoint`` (seconds of its clock), read from its
+    ``/_sim/arrivals`` page by page (the simulator may run in another process)."""
+    arrivals: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{endpoint}/_sim/arrivals", params={"after": str(len(arrivals))}) as resp:
+                resp.raise_for_status()
+                page = orjson.loads(await resp.read())["arrivals"]
+            if not page:
+                return arrivals
+            arrivals.extend(page)
+
+
+def busiest_window(times: Iterable[float], width: float = 1.0) -> int:
+    """The most of ``times`` in any half-open window ``[t, t + width)``: what a gateway counting arrivals
+    in sliding windows of ``width`` seconds sees at worst."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - width:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 # --------------------------------------------------------------------------------------------- receiver

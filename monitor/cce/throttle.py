@@ -81,12 +81,18 @@ def _window(rate: float, burst: int | None) -> tuple[int, float]:
 
 class Limiter(Protocol):
     """What the scheduler, the limiter's one owner, needs of a rate limit over all requests to CCE: a local
-    :class:`RateLimiter` today, one shared by replicas later. Metrics read the four figures."""
+    :class:`RateLimiter` today, one shared by replicas later. Metrics read the five figures."""
 
     configured_rate: float
     effective_rate: float
     throttled_count: int
     waited_seconds: float
+
+    @property
+    def budget_rate(self) -> float:
+        """Requests per second of the budget the gateway's throttle message named, while it caps the rate
+        (:func:`budget_hold`); 0 when none does."""
+        ...
 
     async def acquire(self) -> None:
         """Wait for a slot; call from a fixed, small number of tasks."""
@@ -111,6 +117,7 @@ class RateLimiter:
     """An adaptive rate limit over one resource (all requests to CCE, or one webhook endpoint)."""
 
     __slots__ = (
+        "_budget",
         "_burst",
         "_ceiling",
         "_ceiling_until",
@@ -151,11 +158,17 @@ class RateLimiter:
         self._next_slot = 0.0
         self._ceiling = float(rate)  # the gateway's budget, once it named one
         self._ceiling_until = 0.0
+        self._budget = 0.0  # requests per second the gateway named, unclamped (see budget_rate)
         self._clock = clock
         self._hold_until = clock() + hold if hold > 0 else 0.0
         self._last_change = clock()
         self.throttled_count = 0
         self.waited_seconds = 0.0
+
+    @property
+    def budget_rate(self) -> float:
+        """Requests per second of the lowest budget a 429 named within its hold (0: none holds now)."""
+        return self._budget if self._clock() < self._ceiling_until else 0.0
 
     @property
     def degraded(self) -> bool:
@@ -199,7 +212,9 @@ class RateLimiter:
         if retry_after is not None and retry_after > 0:
             self._hold_until = max(self._hold_until, now + retry_after)
         if budget is not None:
-            ceiling = min(self.configured_rate, budget[0] / budget[1])
+            named = budget[0] / budget[1]
+            self._budget = named if now >= self._ceiling_until else min(self._budget, named)
+            ceiling = min(self.configured_rate, named)
             self._ceiling_until = max(self._ceiling_until, now + budget_hold(budget[1]))
             if ceiling < self._ceiling:
                 self._ceiling = ceiling

@@ -437,7 +437,7 @@ class _API:
             return None
         if not isinstance(raw, str):
             raise Reject(400, f"rollout must be a string, not {json_type(raw)}")
-        return check_id(raw, "rollout name")
+        return check_id(raw, "rollout name", "rollout: ")
 
     @staticmethod
     def _parse_labels(raw: object) -> dict[str, str]:

@@ -31,6 +31,8 @@ class MetricsSources:
         self.jobs_by_phase: Callable[[], Mapping[str, int]] = dict
         self.rate: Callable[[], tuple[float, float, float, int]] = lambda: (0.0, 0.0, 0.0, 0)
         """(configured rate, effective rate, seconds waited, 429 count)."""
+        self.budget: Callable[[], float] = lambda: 0.0
+        """Requests per second of the budget the API gateway named in a 429, while it caps the rate (0: none)."""
         self.queue_depth: Callable[[], Mapping[str, int]] = dict
         self.deliveries: Callable[[], Mapping[tuple[str, str], int]] = dict
         """(sink, result) -> count, result in delivered / failed / rejected."""
@@ -63,6 +65,11 @@ class _Collector(Collector):
             "cce_monitor_rate_limit_wait_seconds", "Time spent waiting for the rate limit", value=waited
         )
         yield CounterMetricFamily("cce_monitor_throttled", "429 answers from CCE or its gateway", value=throttled)
+        yield GaugeMetricFamily(
+            "cce_monitor_rate_budget",
+            "Requests per second the API gateway's throttle message named, while it caps the rate (0: none)",
+            value=self._s.budget(),
+        )
         depth = GaugeMetricFamily(
             "cce_monitor_sink_queue_depth", "Events waiting per sink (queue or outbox)", labels=["sink"]
         )

@@ -96,11 +96,19 @@ class SharedLimiter:
         self.forfeited = 0
         """Slots given up because this replica would have used them too late (see :data:`_LATE`)."""
         self._background: asyncio.Task[None] | None = None
+        self._budget = 0.0  # the lowest budget this replica's 429s named, until _budget_until (see budget_rate)
+        self._budget_until = 0.0
         self._last_recovery_try = 0.0
         self._down = False
 
     def __repr__(self) -> str:
         return f"SharedLimiter(name={self._name!r}, rate={self.effective_rate:g}/{self.configured_rate:g})"
+
+    @property
+    def budget_rate(self) -> float:
+        """Requests per second of the lowest budget a 429 *to this replica* named within its hold (0: none);
+        the row's ceiling, which every replica's 429s lower, is what caps the rate."""
+        return self._budget if time.monotonic() < self._budget_until else 0.0
 
     @classmethod
     async def open(cls, pool: AsyncConnectionPool[AsyncConnection[Any]], name: str, rate: float) -> SharedLimiter:
@@ -155,6 +163,10 @@ class SharedLimiter:
         self.throttled_count += 1
         ceiling = self.configured_rate if budget is None else min(self.configured_rate, budget[0] / budget[1])
         keep = budget_hold(budget[1]) if budget is not None else 0.0
+        if budget is not None:
+            now, named = time.monotonic(), budget[0] / budget[1]
+            self._budget = named if now >= self._budget_until else min(self._budget, named)
+            self._budget_until = max(self._budget_until, now + keep)
         args = {
             "name": self._name,
             "hold": max(0.0, retry_after or 0.0),

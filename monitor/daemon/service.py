@@ -299,6 +299,7 @@ class Daemon:
             limiter.waited_seconds,
             limiter.throttled_count,
         )
+        sources.budget = lambda: limiter.budget_rate
         sources.queue_depth = lambda: {s.name: s.depth for s in bus.subscriptions} | self._outbox_depth
         sources.deliveries = self._delivery_counts
         sources.outbox_age = lambda: {name: lag["oldest_age_s"] for name, lag in self.delivery_lag().items()}

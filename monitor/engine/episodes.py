@@ -78,7 +78,7 @@ async def on_endpoint_error(sched: Scheduler, tracked: Tracked, exc: EndpointErr
             f"endpoint {endpoint} has no such API ({exc}): check endpoint (no path such as /api/v3) "
             f"and api_prefix ({prefix})"
         )
-        logger.info("%s; polling stops", sched.config_error)
+        logger.debug("%s; polling stops", sched.config_error)  # the event says it (watch prints it once)
         event = sched._event(tracked, EventType.MONITOR_CONFIG_ERROR, detail=sched.config_error, key=endpoint)
         await sched._commit(tracked, [event])
     sched._paused_until = math.inf

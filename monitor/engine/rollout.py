@@ -76,6 +76,7 @@ class _Member:
     node: _NodeEntry | None = None
     nodes: dict[str, _NodeEntry] | None = None
     owner: str = ""  # spec.ownerJob: a sub-job tracked by its own id, counted through its parent if it is here
+    deepest: str | None = None  # a failed node job's deepest failed step's reason (its own is often generic)
 
     def entries(self) -> list[tuple[str | None, _NodeEntry]]:
         if self.nodes is not None:
@@ -350,7 +351,7 @@ class RolloutTracker:
         member.phase = phase or "waiting"
         member.ended = ended
         if member.node is not None and member.nodes is None:
-            self._follow(member.node, member.phase, member.reason, member.resource_name)
+            self._follow(member.node, member.phase, member.deepest or member.reason, member.resource_name)
         self._changed(name, rollout)
 
     def recheck(self, name: str) -> None:
@@ -439,7 +440,7 @@ class RolloutTracker:
         if member.phase in FINAL_STATES and member.ended is None:
             member.ended = self._clock()
         if member.node is not None and member.nodes is None and event.type is EventType.JOB_PHASE_CHANGED:
-            self._follow(member.node, member.phase, member.reason, member.resource_name)
+            self._follow(member.node, member.phase, member.deepest or member.reason, member.resource_name)
         self._changed(name, rollout)
 
     @staticmethod
@@ -467,6 +468,7 @@ class RolloutTracker:
             return
         member = self._rollouts[name].members[job_id]
         member.owner = job.owner_job
+        member.deepest = deepest_failure(job) if job.phase is Phase.FAILED and job.sub_jobs else None
         per_node = node_jobs(job)
         if not per_node:
             return
@@ -495,7 +497,7 @@ class RolloutTracker:
         if member.node is None:
             member.node = _NodeEntry(node_name, node_id, confirm=not deleting)
             if member.phase != "waiting":  # restored after a restart: the job's phase is known already
-                self._follow(member.node, member.phase, member.reason, member.resource_name)
+                self._follow(member.node, member.phase, member.deepest or member.reason, member.resource_name)
                 member.node.ended = member.ended
         member.node.node_id = member.node.node_id or node_id
         member.node.name = member.node.name or node_name

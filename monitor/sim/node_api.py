@@ -10,16 +10,23 @@ CCE API (through the simulator's one path: auth, throttle, fault draw, statistic
 * ``GET  .../clusters/{cluster_id}/nodepools/{nodepool_id}`` (``nodepool``)
 * ``PUT  .../clusters/{cluster_id}/nodepools/{nodepool_id}`` (``update_nodepool``): ``spec.initialNodeCount``
   is the scale; answers 200 with the NodePool and no job id (huaweicloudsdkcce UpdateNodePoolResponse).
+* ``POST .../clusters/{cluster_id}/nodepools/{nodepool_id}/operation/scale`` (``scale_nodepool``): the scale
+  operation, ``spec.desiredNodeCount``; answers 200 with ``{"orderID": ""}`` and no job id either
+  (huaweicloudsdkcce ScaleNodePoolRequestBody / ScaleNodePoolResponse: only a pay-per-use order id).
+* ``PUT  .../clusters/{cluster_id}/nodes/operation/remove`` (``remove_nodes``): ``spec.nodes[].uid``; answers
+  200 with a ``RemoveNodesTask`` whose ``status.jobID`` is one job of a DeleteNode per node
+  (huaweicloudsdkcce RemoveNodeRequest / RemoveNodeResponse, RemoveNodesSpec, TaskStatus).
 
 Unknown clusters, nodes and pools answer CCE's 404 (``CCE.01404001``); a body that is not a Node / NodePool
 answers 400 ``CCE.01400001``. Control endpoints (no auth, not counted): ``POST /_sim/clusters``,
-``POST /_sim/nodes``, ``POST /_sim/nodepools``, ``POST /_sim/nodepools/{nodepool_id}/scale`` and
-``GET /_sim/node_truth?cluster_id=``.
+``POST /_sim/nodes``, ``POST /_sim/nodepools``, ``POST /_sim/nodepools/{nodepool_id}/scale``,
+``POST /_sim/remove`` and ``GET /_sim/node_truth?cluster_id=``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,6 +48,9 @@ def add_node_routes(app: web.Application, sim: Simulator) -> None:
     app.router.add_get(_CLUSTER + "/nodes/{node_id}", api.node)
     app.router.add_get(_CLUSTER + "/nodepools/{nodepool_id}", api.nodepool)
     app.router.add_put(_CLUSTER + "/nodepools/{nodepool_id}", api.update_nodepool)
+    app.router.add_post(_CLUSTER + "/nodepools/{nodepool_id}/operation/scale", api.scale_operation)
+    app.router.add_put(_CLUSTER + "/nodes/operation/remove", api.remove_nodes)
+    app.router.add_post("/_sim/remove", api.sim_remove)
     app.router.add_post("/_sim/clusters", api.sim_cluster)
     app.router.add_post("/_sim/nodes", api.sim_nodes)
     app.router.add_post("/_sim/nodepools", api.sim_nodepools)
@@ -144,6 +154,19 @@ class _NodeApi:
         return await self.sim._serve(request, "create_nodes", resolve)
 
     async def update_nodepool(self, request: web.Request) -> web.Response:
+        def answer(cluster_id: str, pool_id: str) -> Any:
+            return self.sim._fleet.nodepool(cluster_id, pool_id, self.sim.now_ns())
+
+        return await self._scale(request, "update_nodepool", "initialNodeCount", answer)
+
+    async def scale_operation(self, request: web.Request) -> web.Response:
+        return await self._scale(request, "scale_nodepool", "desiredNodeCount", lambda *_: {"orderID": ""})
+
+    async def _scale(
+        self, request: web.Request, kind: str, field: str, answer: Callable[[str, str], Any]
+    ) -> web.Response:
+        """A pool's scale: ``spec.{field}`` is the new node count; the answer carries no job id."""
+
         async def resolve(request: web.Request, now: int) -> Resolved:
             cluster_id = self._cluster(request)
             if cluster_id is None:
@@ -153,19 +176,50 @@ class _NodeApi:
                 return self.sim._not_found(f"nodepool {pool_id} not found")
             try:
                 spec = (await _json_object(request)).get("spec")
-                target = spec.get("initialNodeCount") if isinstance(spec, dict) else None
+                target = spec.get(field) if isinstance(spec, dict) else None
                 if not isinstance(target, int) or isinstance(target, bool) or target < 0:
-                    raise ValueError("spec.initialNodeCount must be an integer >= 0")
+                    raise ValueError(f"spec.{field} must be an integer >= 0")
             except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
                 return _bad_request(str(exc))
 
             def act() -> tuple[int, Any]:
                 self.sim.scale_nodepool(cluster_id, pool_id, target)
-                return 200, self.sim._fleet.nodepool(cluster_id, pool_id, self.sim.now_ns())
+                return 200, answer(cluster_id, pool_id)
 
             return act
 
-        return await self.sim._serve(request, "update_nodepool", resolve)
+        return await self.sim._serve(request, kind, resolve)
+
+    async def remove_nodes(self, request: web.Request) -> web.Response:
+        async def resolve(request: web.Request, now: int) -> Resolved:
+            cluster_id = self._cluster(request)
+            if cluster_id is None:
+                return self._no_cluster(request)
+            try:
+                spec = (await _json_object(request)).get("spec")
+                items = spec.get("nodes") if isinstance(spec, dict) else None
+                if not isinstance(items, list) or not items:
+                    raise ValueError("spec.nodes must be a non-empty list of {uid}")
+                node_ids = [str(item["uid"]) if isinstance(item, dict) and "uid" in item else "" for item in items]
+                if "" in node_ids or len(set(node_ids)) != len(node_ids):
+                    raise ValueError("each of spec.nodes needs its own uid")
+            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                return _bad_request(str(exc))
+            for node_id in node_ids:
+                if self.sim._fleet.node(cluster_id, node_id, now) is None:
+                    return self.sim._not_found(f"node {node_id} not found")
+
+            def act() -> tuple[int, Any]:
+                try:
+                    job_id = self.sim.remove_nodes(cluster_id, node_ids)
+                except KeyError as exc:  # being deleted already
+                    return 400, {"errorCode": "CCE.01400001", "errorMessage": f"Invalid request parameter: {exc}"}
+                task = {"nodes": [{"uid": node_id} for node_id in node_ids]}
+                return 200, {"kind": "RemoveNodesTask", "apiVersion": "v3", "spec": task, "status": {"jobID": job_id}}
+
+            return act
+
+        return await self.sim._serve(request, "remove_nodes", resolve)
 
     # --- control endpoints (no auth, not counted) ---------------------------------------------------------
 
@@ -210,6 +264,8 @@ class _NodeApi:
                 fail=int(spec.get("fail", 0)),
                 abnormal=int(spec.get("abnormal", 0)),
                 node_duration=None if duration is None else float(duration),
+                wait=float(spec.get("wait", 0.0)),
+                fail_delete=int(spec.get("fail_delete", 0)),
             )
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             return self.sim._json(400, {"error": str(exc)})
@@ -225,6 +281,17 @@ class _NodeApi:
         except (orjson.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
             return self.sim._json(400, {"error": str(exc)})
         return self.sim._json(200, {"cluster_id": cluster_id, "nodepool_id": pool_id})
+
+    async def sim_remove(self, request: web.Request) -> web.Response:
+        try:
+            spec = await _json_object(request)
+            cluster_id = str(spec["cluster_id"])
+            job_id = self.sim.remove_nodes(
+                cluster_id, [str(n) for n in spec["node_ids"]], fail=int(spec.get("fail", 0))
+            )
+        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
+            return self.sim._json(400, {"error": str(exc)})
+        return self.sim._json(200, {"cluster_id": cluster_id, "job_id": job_id})
 
     async def sim_node_truth(self, request: web.Request) -> web.Response:
         cluster_id = request.query.get("cluster_id", "")

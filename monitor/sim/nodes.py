@@ -33,7 +33,17 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.sim.shapes import NODE_CREATE, NODE_DELETE, NODE_SCALEUP, job_context, job_spec, new_uid
+from monitor.sim.node_docs import blank_until_running, node_document, pool_conditions, template, updated
+from monitor.sim.shapes import (
+    NODE_CREATE,
+    NODE_DELETE,
+    NODE_REMOVE,
+    NODE_SCALEUP,
+    Shape,
+    job_context,
+    job_spec,
+    new_uid,
+)
 from monitor.sim.timeline import (
     FAILED,
     INITIALIZING,
@@ -55,11 +65,6 @@ __all__ = ["Fleet", "NodeTransition"]
 
 BUILD, INSTALLING, ACTIVE, ABNORMAL, ERROR, DELETING = "Build", "Installing", "Active", "Abnormal", "Error", "Deleting"
 DELETED = "Deleted"  # only in the truth: the node answers 404 from this instant
-# The annotation naming a node's pool: huaweicloudsdkcce NodeMetadata.annotations, and the node examples of the
-# OTC API reference (opentelekomcloud-docs/cloud-container-engine, reading_a_specified_node.rst), where a node
-# outside any user pool carries the default pool "az#flavor#os".
-POOL_ANNOTATION = "kubernetes.io/node-pool.id"
-_OS = "EulerOS 2.9"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,7 @@ class _Node:
     vm_ns: int | None  # when its VM exists (serverId, privateIP served)
     delete_requested_ns: int | None = None
     gone_ns: int | None = None
+    deletion_failed_ns: int | None = None
 
     def step_at(self, now_ns: int) -> _NodeStep | None:
         if self.gone_ns is not None and now_ns >= self.gone_ns:
@@ -127,6 +133,9 @@ class _Pool:
     fail: int
     abnormal: int
     node_duration: float | None
+    wait_ns: int = 0  # each scale waits this long (phase Synchronized) before its nodes are created or deleted
+    fail_delete: int = 0  # how many of its next deletions fail (the node stays in Error, the pool goes Error)
+    error: tuple[int, str] | None = None  # (from when, why) the pool is in Error: a deletion failed
     members: list[str] = field(default_factory=list)
     scales: list[tuple[int, int, int | None]] = field(default_factory=list)  # (at, target, SoldOut from)
 
@@ -143,8 +152,8 @@ class _Cluster:
 
 @dataclass(frozen=True, slots=True)
 class _Scaleup:
-    root: Job  # the ScaleupCluster itself, without sub-jobs
-    children: tuple[str, ...]  # its CreateNode jobs
+    root: Job  # the ScaleupCluster (or ScaledownCluster) itself, without sub-jobs
+    children: tuple[str, ...]  # its CreateNode (DeleteNode) jobs
     omit_nested: bool
 
 
@@ -159,6 +168,7 @@ class Fleet:
         self._clusters: dict[str, _Cluster] = {}
         self._pools: dict[str, _Pool] = {}
         self._jobs: dict[str, Job] = {}  # CreateNode and DeleteNode jobs
+        self._deletions: dict[str, str] = {}  # a failed DeleteNode job -> its reason
         self._leaves: dict[str, tuple[Job, int]] = {}  # their sub-jobs, by id
         self._scaleups: dict[str, _Scaleup] = {}
 
@@ -214,14 +224,39 @@ class Fleet:
         ]
         jobs = [self._jobs[child] for child in children]
         self._scaleups[scaleup_id] = _Scaleup(
-            self._plan_scaleup(scaleup_id, cluster, jobs), tuple(children), omit_nested
+            self._plan_parent(scaleup_id, cluster, jobs, NODE_SCALEUP, now_ns), tuple(children), omit_nested
         )
         return scaleup_id
 
-    def _plan_scaleup(self, uid: str, cluster: _Cluster, jobs: list[Job]) -> Job:
-        """The ScaleupCluster around ``jobs``: Running with the first, ended just after the last (see module)."""
+    def remove_nodes(self, cluster_id: str, node_ids: list[str], now_ns: int, *, fail: int = 0) -> str:
+        """Plan one ScaledownCluster job deleting ``node_ids`` (a DeleteNode sub-job each; ``fail`` of them fail,
+        their nodes staying in ``Error``), as ``PUT .../nodes/operation/remove`` asks; returns its id."""
+        cluster = self._clusters.get(cluster_id)
+        if cluster is None:
+            raise KeyError(f"cluster {cluster_id} is not known")
+        if not node_ids or len(set(node_ids)) != len(node_ids) or not 0 <= fail <= len(node_ids):
+            raise ValueError("node ids must be distinct and at least one, and fail within [0, their number]")
+        nodes = []
+        for node_id in node_ids:
+            node = cluster.nodes.get(node_id)
+            if node is None or node.delete_requested_ns is not None or node.step_at(now_ns) is None:
+                raise KeyError(f"node {node_id} is not listed, or is being deleted already")
+            nodes.append(node)
         rng = self._rng
-        created = min(job.root.steps[0].at_ns for job in jobs)
+        fails = set(rng.sample(range(len(nodes)), fail))
+        uid = new_uid(rng)
+        children = [self._plan_deletion(cluster, node, now_ns, i in fails, uid) for i, node in enumerate(nodes)]
+        jobs = [self._jobs[child] for child in children]
+        self._scaleups[uid] = _Scaleup(
+            self._plan_parent(uid, cluster, jobs, NODE_REMOVE, now_ns), tuple(children), False
+        )
+        return uid
+
+    def _plan_parent(self, uid: str, cluster: _Cluster, jobs: list[Job], shape: Shape, asked_ns: int) -> Job:
+        """The ScaleupCluster (ScaledownCluster) around ``jobs``, there from ``asked_ns`` (or its first job):
+        Running with the first, ended just after the last (see module)."""
+        rng = self._rng
+        created = min(asked_ns, *(job.root.steps[0].at_ns for job in jobs))
         running = min(job.root.steps[1].at_ns for job in jobs)
         last = max(job.root.steps[-1].at_ns for job in jobs)
         failures = sorted(
@@ -231,9 +266,9 @@ class Fleet:
         final = Step(end, FAILED, failures[0][1]) if failures else Step(end, SUCCESS, "")
         steps = (Step(created, INITIALIZING, ""), Step(running, RUNNING, ""), final)
         context = {"cluster": cluster.uid, "cluster_name": cluster.name}
-        root = Node(uid, job_spec(NODE_SCALEUP, context), True, steps, tuple(s.at_ns for s in steps))
+        root = Node(uid, job_spec(shape, context), True, steps, tuple(s.at_ns for s in steps))
         truth = tuple(
-            Transition(uid, uid, "ScaleupCluster", s.phase, s.reason, wall_time(s.at_ns), s.at_ns) for s in steps
+            Transition(uid, uid, shape.job_type, s.phase, s.reason, wall_time(s.at_ns), s.at_ns) for s in steps
         )
         return Job(root, (), created, truth)
 
@@ -305,17 +340,20 @@ class Fleet:
         fail: int = 0,
         abnormal: int = 0,
         node_duration: float | None = None,
+        wait: float = 0.0,
+        fail_delete: int = 0,
     ) -> str:
-        """A pool, scaled at once to ``nodes`` (those nodes are created as by a scale-up)."""
-        if min(nodes, fail, abnormal, 0 if capacity is None else capacity) < 0:
-            raise ValueError("nodes, capacity, fail and abnormal must be >= 0")
+        """A pool, scaled at once to ``nodes`` (those nodes are created as by a scale-up). Each scale first waits
+        ``wait`` seconds in ``Synchronized``; ``fail_delete`` of its deletions fail (see :meth:`scale_nodepool`)."""
+        if min(nodes, fail, abnormal, fail_delete, wait, 0 if capacity is None else capacity) < 0:
+            raise ValueError("nodes, capacity, fail, abnormal, fail_delete and wait must be >= 0")
         cluster = self._clusters[self.add_cluster(cluster_id)]
         rng = self._rng
         uid = new_uid(rng)
         suffix = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=5))
         pool = _Pool(
             uid, name or f"{cluster.name}-nodepool-{suffix}", cluster.uid, cluster.flavor, cluster.az, now_ns,
-            capacity, fail, abnormal, node_duration,
+            capacity, fail, abnormal, node_duration, round(wait * NS), fail_delete,
         )  # fmt: skip
         pool.scales.append((now_ns, 0, None))
         cluster.pools[uid] = pool
@@ -325,7 +363,11 @@ class Fleet:
         return uid
 
     def scale_nodepool(self, cluster_id: str, pool_id: str, target: int, now_ns: int) -> None:
-        """Set the pool's ``initialNodeCount``: create the nodes that fit its capacity, or delete the newest."""
+        """Set the pool's ``initialNodeCount``: create the nodes that fit its capacity, or delete the newest.
+
+        The pool shows ``Synchronized`` (waiting to scale, huaweicloudsdkcce NodePoolStatus) for its ``wait``
+        first. A failed deletion leaves its node in ``Error`` and the pool ``Error`` (the SDK documents the pool
+        phase; our reading: a deletion that failed) with an ``Error`` condition, until a later scale."""
         if target < 0:
             raise ValueError("target must be >= 0")
         pool = self._pools.get(pool_id)
@@ -333,6 +375,8 @@ class Fleet:
             raise KeyError(f"node pool {pool_id} is not in cluster {cluster_id}")
         cluster = self._clusters[cluster_id]
         rng = self._rng
+        pool.error = None
+        begin = now_ns + pool.wait_ns
         live = [uid for uid in pool.members if cluster.nodes[uid].delete_requested_ns is None]
         sold_out_at: int | None = None
         if target > len(live):
@@ -346,18 +390,26 @@ class Fleet:
             pool.fail -= len(fails)
             pool.abnormal -= len(abnormals)
             for i in range(fit):
-                self._plan_node(cluster, pool, now_ns, pool.node_duration, i in fails, i in abnormals, None)
+                self._plan_node(cluster, pool, begin, pool.node_duration, i in fails, i in abnormals, None)
             if fit < wanted:  # settles at SoldOut once the nodes that fit are created
                 ends = [cluster.nodes[uid].settled_ns for uid in pool.members[len(pool.members) - fit :]]
-                sold_out_at = max([now_ns, *ends])
+                sold_out_at = max([begin, *ends])
         else:
             for uid in reversed(live[target:]):
-                self._plan_deletion(cluster, cluster.nodes[uid], now_ns)
+                failing = pool.fail_delete > 0
+                pool.fail_delete -= failing
+                job_id = self._plan_deletion(cluster, cluster.nodes[uid], begin, failing, None)
+                if failing:
+                    at = self._jobs[job_id].root.steps[-1].at_ns
+                    why = f"failed to delete node {cluster.nodes[uid].name}: {self._deletions[job_id]}"
+                    pool.error = min(pool.error or (at, why), (at, why))
         pool.scales.append((now_ns, target, sold_out_at))
 
-    def _plan_deletion(self, cluster: _Cluster, node: _Node, now_ns: int) -> None:
+    def _plan_deletion(self, cluster: _Cluster, node: _Node, now_ns: int, fail: bool, listed_job: str | None) -> str:
         """A DeleteNode job for ``node`` from a whole second after both now and the end of its creation (a
-        whole second is a multiple of every snapping unit, so the job's creation is not moved before it)."""
+        whole second is a multiple of every snapping unit, so the job's creation is not moved before it);
+        returns its id. The node lists ``listed_job`` (its ScaledownCluster), else the DeleteNode, as its
+        ``jobID``; a failed deletion leaves it listed in ``Error``."""
         rng = self._rng
         start = (max(now_ns, node.steps[-1].at_ns) // NS + 1) * NS
         context = job_context(rng, cluster.uid, self._cluster_names)
@@ -372,15 +424,23 @@ class Fleet:
             created=start,
             duration=duration,
             start_delay=0.0,
-            fail=False,
+            fail=fail,
             not_found_for=0.0,
         )
         self._jobs[uids[0]] = job
         for index, uid in enumerate(uids[1:]):
             self._leaves[uid] = (job, index)
         node.delete_requested_ns = now_ns
-        node.steps.append(_NodeStep(job.root.steps[0].at_ns, DELETING, uids[0]))
-        node.gone_ns = job.root.steps[-1].at_ns
+        shown = listed_job or uids[0]
+        node.steps.append(_NodeStep(job.root.steps[0].at_ns, DELETING, shown))
+        final = job.root.steps[-1]
+        if final.phase == FAILED:
+            self._deletions[uids[0]] = final.reason
+            node.steps.append(_NodeStep(final.at_ns, ERROR, shown))
+            node.deletion_failed_ns = final.at_ns
+        else:
+            node.gone_ns = final.at_ns
+        return uids[0]
 
     # --- truth --------------------------------------------------------------------------------------------
 
@@ -420,9 +480,9 @@ class Fleet:
             document = render(scaleup.root, now_ns, live_timestamps=live_timestamps)
             subs = [self._render_one(self._jobs[child], now_ns, live_timestamps) for child in scaleup.children]
             if not live_timestamps or document["status"]["phase"] not in (INITIALIZING, RUNNING):
-                updated = max(_updated(self._jobs[child], now_ns) for child in scaleup.children)
-                updated = max(updated, scaleup.root.root.step_at(now_ns).at_ns)
-                document["metadata"]["updateTimestamp"] = format_go_timestamp(updated)
+                changed = max(updated(self._jobs[child], now_ns) for child in scaleup.children)
+                changed = max(changed, scaleup.root.root.step_at(now_ns).at_ns)
+                document["metadata"]["updateTimestamp"] = format_go_timestamp(changed)
             for sub in subs:
                 if scaleup.omit_nested:  # as the real API sometimes lists them: read the CreateNode by id
                     del sub["spec"]["subJobs"]
@@ -440,7 +500,7 @@ class Fleet:
     def _render_one(job: Job, now_ns: int, live_timestamps: bool) -> dict[str, Any]:
         document = render(job, now_ns, live_timestamps=live_timestamps)
         for part in (document, *document["spec"]["subJobs"]):
-            _blank_until_running(part)
+            blank_until_running(part)
         return document
 
     def node_list(self, cluster_id: str, now_ns: int) -> dict[str, Any] | None:
@@ -450,14 +510,14 @@ class Fleet:
             return None
         listed = [(node, step) for node in cluster.nodes.values() if (step := node.step_at(now_ns)) is not None]
         listed.sort(key=lambda pair: pair[0].steps[0].at_ns)
-        return {"kind": "List", "apiVersion": "v3", "items": [_node_json(node, step, now_ns) for node, step in listed]}
+        return {"kind": "List", "apiVersion": "v3", "items": [_node_doc(node, step, now_ns) for node, step in listed]}
 
     def node(self, cluster_id: str, node_id: str, now_ns: int) -> dict[str, Any] | None:
         """One Node at ``now_ns``; ``None``: unknown cluster or node, not yet listed, or gone."""
         cluster = self._clusters.get(cluster_id)
         node = None if cluster is None else cluster.nodes.get(node_id)
         step = None if node is None else node.step_at(now_ns)
-        return None if node is None or step is None else _node_json(node, step, now_ns)
+        return None if node is None or step is None else _node_doc(node, step, now_ns)
 
     def nodepool(self, cluster_id: str, pool_id: str, now_ns: int) -> dict[str, Any] | None:
         """One NodePool at ``now_ns``; ``None``: unknown cluster or pool, or created later."""
@@ -473,34 +533,29 @@ class Fleet:
         deleting = sum(
             1
             for node in members
-            if node.delete_requested_ns is not None and node.delete_requested_ns <= now_ns < (node.gone_ns or 0)
+            if node.delete_requested_ns is not None
+            and node.delete_requested_ns <= now_ns < (node.gone_ns or node.deletion_failed_ns or 0)
         )
         sold_out_now = sold_out_at is not None and sold_out_at <= now_ns
-        phase = "Synchronizing" if creating or deleting else "SoldOut" if sold_out_now else ""
+        current = sum(1 for _, step in steps if step is not None)
+        waiting = scaled_at <= now_ns < scaled_at + pool.wait_ns and current != target
+        error = pool.error if pool.error is not None and pool.error[0] <= now_ns else None
+        phase = (
+            "Synchronizing" if creating or deleting
+            else "Synchronized" if waiting
+            else "Error" if error
+            else "SoldOut" if sold_out_now
+            else ""
+        )  # fmt: skip
         changed = [step.at_ns for _, step in steps if step is not None] + [scaled_at]
         if sold_out_now and sold_out_at is not None:
             changed.append(sold_out_at)
-        probe = format_go_timestamp(now_ns)
-        if sold_out_now:
-            # Condition types from huaweicloudsdkcce NodePoolCondition (Scalable, ResourceInsufficient); the
-            # message follows the ECS error that CreateNodeVM reports (shapes.py). The exact text is our own.
-            since = format_go_timestamp(sold_out_at or 0)
-            message = (
-                f"no capacity: Ecs.0000 Insufficient resources for the flavor {pool.flavor} in availability zone "
-                f"{pool.az}, node pool {pool.name} cannot be scaled out"
-            )
-            conditions = [
-                {"type": "Scalable", "status": "False", "lastProbeTime": probe, "lastTransitTime": since,
-                 "reason": "ResourceInsufficient", "message": message},
-                {"type": "ResourceInsufficient", "status": "True", "lastProbeTime": probe, "lastTransitTime": since,
-                 "reason": "Ecs.0000", "message": message},
-            ]  # fmt: skip
-        else:
-            since = format_go_timestamp(pool.created_ns)
-            conditions = [
-                {"type": "Scalable", "status": "True", "lastProbeTime": probe, "lastTransitTime": since,
-                 "reason": "", "message": ""}
-            ]  # fmt: skip
+        if error is not None:
+            changed.append(error[0])
+        conditions = pool_conditions(
+            now_ns=now_ns, created_ns=pool.created_ns, sold_out_ns=sold_out_at if sold_out_now else None,
+            error=error, flavor=pool.flavor, az=pool.az, name=pool.name,
+        )  # fmt: skip
         return {
             "kind": "NodePool",
             "apiVersion": "v3",
@@ -512,12 +567,12 @@ class Fleet:
             },
             "spec": {
                 "type": "vm",
-                "nodeTemplate": _template(pool.flavor, pool.az),
+                "nodeTemplate": template(pool.flavor, pool.az),
                 "initialNodeCount": target,
                 "autoscaling": {"enable": False},
             },
             "status": {
-                "currentNode": sum(1 for _, step in steps if step is not None),
+                "currentNode": current,
                 "creatingNode": creating,
                 "deletingNode": deleting,
                 "activeNode": sum(1 for _, step in steps if step is not None and step.phase == ACTIVE),
@@ -527,52 +582,9 @@ class Fleet:
         }
 
 
-def _updated(job: Job, now_ns: int) -> int:
-    return max([job.root.step_at(now_ns).at_ns, *(sub.step_at(now_ns).at_ns for sub in job.subs)])
-
-
-def _blank_until_running(document: dict[str, Any]) -> None:
-    """Before a (sub-)job runs CCE does not know the node yet: its id, name and server are ``""`` (our choice;
-    the golangsdk fixture shows CreateNode with a name and InstallNode with the node id once they ran)."""
-    if document["status"]["phase"] != INITIALIZING:
-        return
-    spec = document["spec"]
-    for key in ("resourceID", "resourceName"):
-        if key in spec:
-            spec[key] = ""
-    if "extendParam" in spec:
-        spec["extendParam"] = dict.fromkeys(spec["extendParam"], "")
-
-
-def _template(flavor: str, az: str) -> dict[str, Any]:
-    """A node's (or pool's node template's) spec, with the fields of huaweicloudsdkcce NodeSpec / NodeTemplate."""
-    return {
-        "flavor": flavor,
-        "az": az,
-        "os": _OS,
-        "login": {"sshKey": "KeyPair-sim"},
-        "rootVolume": {"volumetype": "SSD", "size": 50},
-        "dataVolumes": [{"volumetype": "SSD", "size": 100}],
-        "billingMode": 0,
-    }
-
-
-def _node_json(node: _Node, step: _NodeStep, now_ns: int) -> dict[str, Any]:
-    pool = node.pool_id or f"{node.az}#{node.flavor}#{_OS}"
-    status: dict[str, Any] = {"phase": step.phase, "jobID": step.job_id}
-    if node.vm_ns is not None and node.vm_ns <= now_ns:
-        status["serverId"] = node.server_id
-        status["privateIP"] = node.private_ip
-    return {
-        "kind": "Node",
-        "apiVersion": "v3",
-        "metadata": {
-            "name": node.name,
-            "uid": node.uid,
-            "annotations": {POOL_ANNOTATION: pool},
-            "creationTimestamp": format_go_timestamp(node.steps[0].at_ns),
-            "updateTimestamp": format_go_timestamp(step.at_ns),
-        },
-        "spec": _template(node.flavor, node.az),
-        "status": status,
-    }
+def _node_doc(node: _Node, step: _NodeStep, now_ns: int) -> dict[str, Any]:
+    vm = (node.server_id, node.private_ip) if node.vm_ns is not None and node.vm_ns <= now_ns else None
+    return node_document(
+        uid=node.uid, name=node.name, pool_id=node.pool_id, flavor=node.flavor, az=node.az, phase=step.phase,
+        job_id=step.job_id, created_ns=node.steps[0].at_ns, changed_ns=step.at_ns, vm=vm,
+    )  # fmt: skip

@@ -240,9 +240,13 @@ class Simulator:
         fail: int = 0,
         abnormal: int = 0,
         node_duration: float | None = None,
+        wait: float = 0.0,
+        fail_delete: int = 0,
     ) -> str:
         """Add a node pool scaled to ``nodes`` and return its id. ``capacity``: how many more nodes the AZ can
-        give (``None``: no limit); ``fail``/``abnormal``: how many of the nodes it creates fail / go Abnormal."""
+        give (``None``: no limit); ``fail``/``abnormal``: how many of the nodes it creates fail / go Abnormal;
+        ``wait``: seconds each scale shows ``Synchronized`` first; ``fail_delete``: how many of its deletions
+        fail (the pool then ends ``Error``)."""
         return self._fleet.add_nodepool(
             cluster_id,
             self.now_ns(),
@@ -252,11 +256,18 @@ class Simulator:
             fail=fail,
             abnormal=abnormal,
             node_duration=node_duration,
+            wait=wait,
+            fail_delete=fail_delete,
         )
 
     def scale_nodepool(self, cluster_id: str, pool_id: str, target: int) -> None:
         """Scale a pool as ``PUT .../nodepools/{id}`` with ``spec.initialNodeCount = target`` does."""
         self._fleet.scale_nodepool(cluster_id, pool_id, target, self.now_ns())
+
+    def remove_nodes(self, cluster_id: str, node_ids: list[str], *, fail: int = 0) -> str:
+        """Delete nodes as ``PUT .../nodes/operation/remove`` does: one job of a DeleteNode per node; ``fail``
+        of them fail. Returns the job id; ``KeyError`` for an unknown cluster or a node not listed."""
+        return self._fleet.remove_nodes(cluster_id, node_ids, self.now_ns(), fail=fail)
 
     def node_truth(self, cluster_id: str) -> list[NodeTransition]:
         """Every node phase change in the cluster with its exact instant; ``KeyError`` for an unknown cluster."""

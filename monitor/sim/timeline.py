@@ -11,12 +11,13 @@ pollers see one consistent history. Timestamps are printed as Go does (:func:`fo
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from monitor.sim.shapes import GENERIC_FAILURE, Shape, job_spec
+from monitor.sim.shapes import GENERIC_FAILURE, PREPAID_MESSAGE, Shape, job_spec
 
 __all__ = [
     "FAILED",
@@ -99,6 +100,7 @@ class Node:
     show_reason: bool
     steps: tuple[Step, ...]
     times: tuple[int, ...]
+    waiting: str = ""  # status.message while Initializing (a prepaid job waiting on its order)
 
     def step_at(self, now_ns: int) -> Step:
         return self.steps[max(bisect.bisect_right(self.times, now_ns), 1) - 1]
@@ -110,6 +112,7 @@ class Job:
     subs: tuple[Node, ...]
     visible_ns: int
     truth: tuple[Transition, ...]
+    own_timestamp: bool = False  # the root's updateTimestamp moves with its own phase only, not with its sub-jobs
 
 
 def plan_job(
@@ -130,7 +133,7 @@ def plan_job(
     each step lasts its nominal share of ``duration`` times a lognormal factor of that log spread, drawn on its
     own (the job's duration then varies with them); 0: the shares of exactly ``duration``, jittered +-30 %.
     ``fail`` as text: fail with that reason (CCE's reasons are outside text; tests give hostile ones)."""
-    events = _plan(rng, created, duration, start_delay, fail, shapes[1:], spread)
+    events = _plan(rng, created, duration, start_delay, fail, shapes[1:], spread, shapes[0].rollup)
     steps: list[list[Step]] = [[] for _ in uids]
     truth: list[Transition] = []
     digits = rng.choices(range(10), weights=_DIGIT_WEIGHTS)[0]
@@ -157,7 +160,18 @@ def plan_job(
         )
         for index, (uid, shape, node_steps) in enumerate(zip(uids, shapes, steps, strict=True))
     ]
-    return Job(nodes[0], tuple(nodes[1:]), created + round(not_found_for * NS), tuple(truth))
+    if shapes[0].prepaid:
+        nodes[0] = _prepaid(nodes[0], created)
+    visible = created + round(not_found_for * NS)
+    return Job(nodes[0], tuple(nodes[1:]), visible, tuple(truth), own_timestamp=shapes[0].own_timestamp)
+
+
+def _prepaid(root: Node, created: int) -> Node:
+    """``root`` as a yearly/monthly job: an ``extendParam.orderID`` (``CS`` + the order's minute + five
+    characters, as CBC's order ids look: ``CS2009141523OQSEQ``) and a message while it waits on the order."""
+    order = f"CS{wall_time(created):%y%m%d%H%M}{root.uid.replace('-', '')[-5:].upper()}"
+    spec = {**root.spec, "extendParam": {**root.spec.get("extendParam", {}), "orderID": order}}
+    return dataclasses.replace(root, spec=spec, waiting=PREPAID_MESSAGE)
 
 
 def _plan(
@@ -168,6 +182,7 @@ def _plan(
     fail: bool | str,
     subs: tuple[Shape, ...],
     spread: float = 0.0,
+    rollup: str | None = None,
 ) -> list[tuple[int, int, str, str]]:
     """Planned (node index, ns, phase, reason) events after creation, in time order (0 is the root)."""
     total = round(duration * NS)
@@ -202,7 +217,7 @@ def _plan(
             reason = fail if isinstance(fail, str) else rng.choice(shape.failures or (GENERIC_FAILURE,))
             end = cursor + round(part * rng.uniform(0.3, 1.0))
             events.append((index, end, FAILED, reason))
-            events.append((0, end + total // 500, FAILED, reason))  # CCE copies the sub-job's reason
+            events.append((0, end + total // 500, FAILED, rollup or reason))  # else CCE copies the sub-job's
             return events
         cursor += part
         events.append((index, cursor, SUCCESS, ""))
@@ -215,7 +230,7 @@ def render(job: Job, now_ns: int, *, live_timestamps: bool = False) -> dict[str,
     ``updateTimestamp`` is ``now_ns``."""
     subs = [(node, node.step_at(now_ns)) for node in job.subs]
     root_step = job.root.step_at(now_ns)
-    updated = max([root_step.at_ns, *(step.at_ns for _, step in subs)])
+    updated = root_step.at_ns if job.own_timestamp else max([root_step.at_ns, *(step.at_ns for _, step in subs)])
     if live_timestamps and root_step.phase in (INITIALIZING, RUNNING):
         updated = now_ns  # as a job reporting progress does: the answer changes at every poll
     document = _node_json(job.root, root_step, updated)
@@ -227,6 +242,8 @@ def _node_json(node: Node, step: Step, updated_ns: int) -> dict[str, Any]:
     status = {"phase": step.phase}
     if node.show_reason or step.reason:
         status["reason"] = step.reason
+    if node.waiting and step.phase == INITIALIZING:
+        status["message"] = node.waiting
     return {
         "kind": "Job",
         "apiVersion": "v3",

@@ -86,6 +86,22 @@ async def test_watch_exits_1_when_a_job_is_not_found(sim: Simulator, tmp_path: P
     assert "job.not_found" in out
 
 
+async def test_watch_a_path_with_no_api_exits_2_with_one_line_naming_the_endpoint(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The simulator's gateway answers 404 APIGW.0101 to a path it has no API for (here a mistyped prefix):
+    that is the configuration, not a missing job — one request, exit 2 and one line naming the endpoint, not a
+    minute of 404s before job.not_found (whose grace is 60 s)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("api_prefix: /api/v2\n")  # a file's default log level (info): still the one line
+    job = sim.add_job(duration=60)
+    code, out, err = await run_cli("watch", *FAST, "--no-live", "--config", str(config), job, env=sim_env(sim))
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("cce-monitor: error: endpoint "), err
+    assert f"endpoint {sim.endpoint} has no such API" in err and "APIGW.0101" in err, err
+    assert sim.stats.by_status == {404: 1}, "polling stopped at the first answer"
+
+
 async def test_ids_from_stdin(sim: Simulator) -> None:
     jobs = [sim.add_job(duration=0.3) for _ in range(2)]
     stdin = f"# rollout 42\n{jobs[0]}\n\n{jobs[1]}  # second\n".encode()
@@ -365,6 +381,40 @@ async def test_watch_a_sold_out_pool_exits_1(sim_factory: SimFactory) -> None:
     code, out, err = await run_cli("watch", *FAST, "--cluster", cluster, "--nodepool", pool, env=sim_env(sim))
     assert code == 1, err
     assert "SoldOut" in out
+
+
+async def test_watch_holds_a_pool_to_the_target_given(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """``--target 4`` on a pool the API scaled to 3: settled at 3 is not done; the pool times out (exit 1)."""
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, node_duration=0.5)
+    sim.scale_nodepool(cluster, pool, 3)
+    out_file = tmp_path / "events.jsonl"
+    args = ["--cluster", cluster, "--nodepool", pool, "--target", "4", "--timeout", "4", "--sink", f"file:{out_file}"]
+    code, _, err = await run_cli("watch", *FAST, *args, env=sim_env(sim))
+    assert code == 1, err
+    events = [orjson.loads(line) for line in out_file.read_bytes().splitlines()]
+    assert [e["type"] for e in events].count("node.active") == 3
+    [settled] = [e for e in events if e["type"] == "nodepool.settled"]
+    assert settled["phase"] == "timed_out", settled
+
+
+async def test_watch_without_the_node_check_ends_with_the_jobs(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """``--no-node-check``: a node that goes Abnormal after its job succeeded is not looked at (exit 0); with the
+    check, the same pool exits 1."""
+    codes = {}
+    for flag in ("--no-node-check", "--node-check"):
+        sim, _ = await sim_factory(time_scale=0.05, seed=3)
+        cluster = sim.add_cluster()
+        pool = sim.add_nodepool(cluster, abnormal=1, node_duration=0.5)
+        sim.scale_nodepool(cluster, pool, 2)
+        out_file = tmp_path / f"events{flag}.jsonl"
+        args = ["--cluster", cluster, "--nodepool", pool, flag, "--sink", f"file:{out_file}"]
+        codes[flag], _, _ = await run_cli("watch", *FAST, *args, env=sim_env(sim))
+        types = [orjson.loads(line)["type"] for line in out_file.read_bytes().splitlines()]
+        if flag == "--no-node-check":
+            assert not {"node.active", "node.failed"} & set(types), types
+    assert codes == {"--no-node-check": 0, "--node-check": 1}, codes
 
 
 @pytest.mark.parametrize(

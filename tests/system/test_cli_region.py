@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from tests.conftest import SimFactory
 from tests.system.test_cli import FAST, clean_env, run_cli
+from tests.unit.test_config_region import write_clouds
 
 AK, SK, STS = "SIMAKEXAMPLE0000", "sim-secret-key-0123456789", "sts-token-" + "y" * 900
 
@@ -39,6 +42,39 @@ async def test_watch_with_a_region_and_a_temporary_aksk(sim_factory: SimFactory)
     assert code == 0, err
     assert sim.project_lookups == 1
     assert STS not in err and SK not in err
+
+
+async def test_get_with_os_variables_scopes_by_the_project_name(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """openstacksdk's variables with ``OS_USER_DOMAIN_NAME`` and ``OS_PROJECT_NAME`` (an OTC sub-project, not the
+    region's name): IAM's token is scoped by that name and the project id looked up by it."""
+    sim, endpoint = await sim_factory(project_name="eu-de_team")
+    job = sim.add_job(duration=30)
+    env = no_os(
+        OS_AUTH_URL=endpoint + "/v3", OS_USERNAME="monitor", OS_PASSWORD="sim-password",
+        OS_USER_DOMAIN_NAME="sim-domain", OS_PROJECT_NAME="eu-de_team", OS_REGION_NAME="eu-de", HOME=str(tmp_path),
+    )  # fmt: skip
+    code, out, err = await run_cli("get", job, "--endpoint", endpoint, env=env)
+    assert code == 0, err
+    assert orjson.loads(out)["id"] == job
+    assert sim.stats.tokens_issued == 1 and sim.project_lookups == 1
+
+
+async def test_watch_with_a_password_from_clouds_yaml(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """``OS_CLOUD`` names a cloud of the ``clouds.yaml`` that ``OS_CLIENT_CONFIG_FILE`` points at: its password
+    reaches IAM, its ``auth_url`` is the IAM endpoint, and ``watch`` follows the job to its end."""
+    sim, endpoint = await sim_factory(project_name="eu-de_team")
+    job = sim.add_job(duration=0.5)
+    auth = (
+        f"      auth_url: {endpoint}/v3\n      username: monitor\n      password: sim-password\n"
+        "      user_domain_name: sim-domain\n      project_name: eu-de_team\n"
+    )
+    clouds = write_clouds(tmp_path / "openstack", auth)
+    env = no_os(OS_CLOUD="otc", OS_CLIENT_CONFIG_FILE=str(clouds), CCE_ENDPOINT=endpoint, HOME=str(tmp_path))
+    code, out, err = await run_cli("watch", *FAST, "--no-live", job, env=env)
+    assert code == 0, err
+    assert job in out and "-> Success" in out
+    assert sim.stats.tokens_issued == 1 and sim.project_lookups == 1
+    assert "sim-password" not in out + err
 
 
 async def test_no_project_for_the_region_is_one_line_exit_2(sim_factory: SimFactory) -> None:

@@ -136,6 +136,21 @@ async def finished_count(session: aiohttp.ClientSession, base: str) -> int:
     return sum(1 for j in jobs if j["outcome"])
 
 
+def write_config(tmp_path: Path, sim: Any, endpoint: str, **sections: Any) -> Path:
+    """The daemon's config file: the simulator, its token and the API token from the environment, a state file
+    in ``tmp_path``; ``sections`` add the rest (polling, sinks, ...)."""
+    config = tmp_path / "config.yaml"
+    base = {
+        "endpoint": endpoint,
+        "project_id": sim.config.project_id,
+        "auth": {"token": "${SIM_TOKEN}"},
+        "state": {"path": str(tmp_path / "state.db")},
+        "api": {"listen": "127.0.0.1:0", "token": "${API_TOKEN}"},
+    }
+    config.write_text(yaml.safe_dump({**base, **sections}))
+    return config
+
+
 @contextlib.asynccontextmanager
 async def daemon_processes() -> AsyncIterator[list[DaemonProcess]]:
     """Daemon processes started in the block (log files daemon-N.log); any still alive are killed at the end."""
@@ -156,40 +171,33 @@ async def test_kill_9_mid_rollout_loses_nothing(
     t0 = time.monotonic()
     events_file = tmp_path / "events.jsonl"
     state_file = tmp_path / "state.db"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
+    config = write_config(
+        tmp_path,
+        sim,
+        endpoint,
+        polling={
+            "rate": 400,
+            "max_in_flight": 32,
+            "interval": 0.2,
+            "min_interval": 0.05,
+            "max_interval": 0.3,
+            "error_backoff": 0.05,
+            "error_backoff_max": 0.3,
+            "job_timeout": 120,
+        },
+        sinks=[
+            {"type": "file", "path": str(events_file)},
             {
-                "endpoint": endpoint,
-                "project_id": sim.config.project_id,
-                "auth": {"token": "${SIM_TOKEN}"},
-                "polling": {
-                    "rate": 400,
-                    "max_in_flight": 32,
-                    "interval": 0.2,
-                    "min_interval": 0.05,
-                    "max_interval": 0.3,
-                    "error_backoff": 0.05,
-                    "error_backoff_max": 0.3,
-                    "job_timeout": 120,
-                },
-                "sinks": [
-                    {"type": "file", "path": str(events_file)},
-                    {
-                        "type": "webhook",
-                        "url": url,
-                        "backoff_initial": 0.02,
-                        "backoff_max": 0.1,
-                        "max_attempts": 3,
-                        "rate": 2000,
-                        "timeout": 5,
-                    },
-                ],
-                "state": {"path": str(state_file)},
-                "api": {"listen": "127.0.0.1:0", "token": "${API_TOKEN}"},
-                "shutdown_deadline": 10,
-            }
-        )
+                "type": "webhook",
+                "url": url,
+                "backoff_initial": 0.02,
+                "backoff_max": 0.1,
+                "max_attempts": 3,
+                "rate": 2000,
+                "timeout": 5,
+            },
+        ],
+        shutdown_deadline=10,
     )
     env = child_env(SIM_TOKEN=sim.config.token, API_TOKEN=API_TOKEN)
     kills = 0
@@ -308,3 +316,77 @@ async def test_kill_9_mid_rollout_loses_nothing(
         # Per job, the webhook first received the events in the order they happened.
         first_seen = list(dict.fromkeys(r.webhook_id for r in delivered if orjson.loads(r.body)["job_id"] == job))
         assert first_seen == [e.id for e in history[job]], job
+
+
+async def test_kill_9_mid_pool_rollout_resumes_the_pool_its_jobs_and_the_nodes_awaited(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """A pool handed over with ``cce-monitor add --nodepool``; the daemon is killed with SIGKILL once a node's job
+    has succeeded but the node is not yet seen Active. The restarted daemon resumes the pool, its nodes' jobs and
+    that awaited node (kept in the database), and confirms every node Active exactly as the truth has it."""
+    sim, endpoint = await sim_factory(seed=7)  # time_scale 1: a node is Active 1-3 s after its job succeeded
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, name="crash-pool", node_duration=2.0)
+    sim.scale_nodepool(cluster, pool, 6)
+    events_file = tmp_path / "events.jsonl"
+    config = write_config(
+        tmp_path,
+        sim,
+        endpoint,
+        polling={"rate": 200, "interval": 0.2, "min_interval": 0.05, "max_interval": 0.3, "job_timeout": 60,
+                 "node_timeout": 30},
+        sinks=[{"type": "file", "path": str(events_file)}],
+        rollouts={"interval": 0.2},
+        shutdown_deadline=5,
+    )  # fmt: skip
+    env = child_env(SIM_TOKEN=sim.config.token, API_TOKEN=API_TOKEN)
+
+    def seen() -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in events_file.read_bytes().splitlines()] if events_file.exists() else []
+
+    async with daemon_processes() as started, aiohttp.ClientSession() as session:
+        first = DaemonProcess(config, env, tmp_path / "daemon-1.log")
+        started.append(first)
+        await first.start()
+        add = await asyncio.create_subprocess_exec(
+            *EXE, "add", "--api", first.api or "", "--cluster", cluster, "--nodepool", pool, "--target", "6",
+            "--label", "team=durability",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=child_env(CCE_MONITOR_API_TOKEN=API_TOKEN),
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(add.communicate(), 30)
+        assert add.returncode == 0, err.decode()
+        assert out.decode().strip() == f"following node pool {pool} (rollout {pool})"
+
+        async with asyncio.timeout(30):  # a node job succeeded, its node not yet seen Active
+            while True:
+                events = seen()
+                done = {e["job_id"] for e in events if e["type"] == "job.phase_changed" and e["phase"] == "Success"}
+                active = {e["job_id"] for e in events if e["type"] == "node.active"}
+                if done - active:
+                    break
+                await asyncio.sleep(0.02)
+        assert await first.kill(signal.SIGKILL) == -signal.SIGKILL
+        before = len(seen())
+
+        second = DaemonProcess(config, env, tmp_path / "daemon-2.log")
+        started.append(second)
+        base = await second.start()
+        async with asyncio.timeout(40):
+            while not (await api_get(session, base, f"/v1/rollouts/{pool}"))["rollout"]["ended"]:
+                await asyncio.sleep(0.1)
+        summary = (await api_get(session, base, f"/v1/rollouts/{pool}"))["rollout"]
+        pools = (await api_get(session, base, "/v1/nodepools"))["nodepools"]
+        assert await second.kill(signal.SIGTERM) == 0, second.log.read_text()
+
+    events = seen()
+    after = events[before:]
+    truth_active = {t.node_id for t in sim.node_truth(cluster) if t.phase == "Active"}
+    assert summary["counts"] == {"Active": 6}, summary
+    assert [p["outcome"] for p in pools] == ["Success"]
+    assert {e["node_id"] for e in events if e["type"] == "node.active"} == truth_active
+    # The nodes awaited when the first daemon died were confirmed by the second one.
+    awaited = (done - active) & {e["job_id"] for e in after if e["type"] == "node.active"}
+    assert awaited == done - active, (done - active, [e["type"] for e in after])
+    assert not [e for e in events if e["type"] == "node.failed"]
+    assert len({e["id"] for e in events if e["type"] == "node.active"}) == 6, "each node confirmed once (same id)"

@@ -21,8 +21,10 @@ from monitor.testing import (
     Receiver,
     Reply,
     Simulators,
+    busiest_window,
     make_event,
     running_daemon,
+    sim_arrivals,
     webhook_signature,
 )
 
@@ -167,6 +169,21 @@ async def test_simulators_start_and_close_every_one() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             async with session.get(endpoint):
                 pass
+
+
+async def test_sim_arrivals_and_the_busiest_window() -> None:
+    clock = FakeClock()
+    async with Simulators(clock=clock) as simulators:
+        sim, endpoint = await simulators.start()
+        async with aiohttp.ClientSession() as session:
+            for step in (0.0, 0.5, 0.49, 0.01, 0.5):  # arrivals at 0, 0.5, 0.99, 1.0, 1.5
+                clock.advance(step)
+                async with session.get(f"{endpoint}/api/v3/projects/{sim.config.project_id}/jobs/j"):
+                    pass
+        assert await sim_arrivals(endpoint) == pytest.approx([0.0, 0.5, 0.99, 1.0, 1.5])
+    assert busiest_window([1.5, 0.0, 1.0, 0.5, 0.99]) == 3  # [0.5, 1.5) or [0.99, 1.99)
+    assert busiest_window([0.0, 0.5, 0.99], 0.5) == 2
+    assert busiest_window([]) == 0
 
 
 async def test_running_daemon_serves_until_the_block_ends(tmp_path: Path) -> None:

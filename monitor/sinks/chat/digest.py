@@ -468,7 +468,8 @@ def build_final(batch: Batch, settings: ChatSettings) -> Message:
         return build_digest(batch, settings)
     names = {rollout_name(entry.event) for entry in batch.finished}
     summaries = [build_finished(entry, settings) for entry in batch.finished]
-    covered = {id(n) for n in batch.notes if n.rollout in names and n.category in _SUMMARISED}
+    # A summary lists its jobs and nodes (each with a job id), not its pools: a pool that sold out stays listed.
+    covered = {id(n) for n in batch.notes if n.rollout in names and n.category in _SUMMARISED and n.job_id}
     rest = Batch(
         notes=[n for n in batch.notes if id(n) not in covered],
         # Counted events cannot say their rollout; if every listed one belonged to a summary, so did they.

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import pytest
 
-from monitor.cce.throttle import RateLimiter
-from monitor.testing import FakeClock
-
-
-def max_in_window(stamps: list[float], window: float = 1.0) -> int:
-    """The most stamps in any half-open window ``[t, t + window)`` that starts at a stamp."""
-    stamps = sorted(stamps)
-    best = 0
-    j = 0
-    for i, start in enumerate(stamps):
-        j = max(j, i)
-        while j < len(stamps) and stamps[j] < start + window:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
-def test_max_in_window_helper() -> None:
-    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
-    assert max_in_window([]) == 0
-
+from monitor.cce.throttle import RateLimiter, budget_hold
+from monitor.testing import FakeClock, busiest_window
 
 # --- the window on a real clock ----------------------------------------------------------------------------
 
@@ -39,7 +21,7 @@ async def test_no_one_second_window_above_the_rate() -> None:
         await limiter.acquire()
         stamps.append(time.monotonic())
     # The stamps are taken a few microseconds after the limiter's own; 1 ms of slack absorbs that jitter.
-    assert max_in_window(stamps, 1.0 - 1e-3) <= 20
+    assert busiest_window(stamps, 1.0 - 1e-3) <= 20
     assert stamps[-1] - stamps[0] >= 2.0 - 1e-3  # 60 at 20/s: the 41st..60th waited two full windows
     assert limiter.waited_seconds >= 1.9
     assert not limiter.degraded
@@ -53,7 +35,7 @@ async def test_throttled_rate_is_enforced() -> None:
     for _ in range(11):
         await limiter.acquire()
         stamps.append(time.monotonic())
-    assert max_in_window(stamps, 1.0 - 1e-3) <= 10
+    assert busiest_window(stamps, 1.0 - 1e-3) <= 10
     assert stamps[10] - stamps[0] >= 1.0 - 1e-3
 
 
@@ -243,3 +225,22 @@ def test_a_named_budget_caps_the_rate_until_no_429_has_named_it_for_ten_windows(
     assert limiter.effective_rate == 4.0, "then one step at a time, as after any 429"
     limiter.throttled(budget=(2, 1.0))  # still real: named again, capped again
     assert limiter.effective_rate == 2.0
+
+
+def test_a_budget_named_again_and_again_is_logged_once(logs: pytest.LogCaptureFixture) -> None:
+    """Every 429 of a storm names the same budget: one warning says it (and the limit it holds), not one per
+    429; ``budget_rate`` gives it to the metrics until its hold ends."""
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, clock=clock)
+    assert limiter.budget_rate == 0.0
+    for _ in range(3):
+        limiter.throttled(budget=(120, 60.0))
+        clock.advance(2.0)
+    limiter.throttled()  # a 429 naming no budget
+    [warning] = [r for r in logs.records if r.name == "monitor.cce.throttle" and r.levelno == logging.WARNING]
+    assert warning.getMessage() == (
+        "the API gateway allows 120 requests per 60s: holding the rate to 2/s (configured 10/s)"
+    )
+    assert limiter.budget_rate == 2.0
+    clock.advance(budget_hold(60.0))
+    assert limiter.budget_rate == 0.0, "no 429 has named it for a while"

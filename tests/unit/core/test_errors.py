@@ -26,6 +26,7 @@ from monitor.core.errors import (
     ThrottledError,
     TransportError,
     api_error,
+    parse_budget,
     parse_error_body,
     parse_retry_after,
     transport_detail,
@@ -245,6 +246,27 @@ def test_throttled_error_without_usable_retry_after(retry_after: str | None) -> 
     error = api_error(429, APIGW_429, retry_after=retry_after)
     assert isinstance(error, ThrottledError)
     assert error.retry_after is None
+
+
+_THRESHOLD = "The throttling threshold has been reached: policy user over ratelimit,"
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "budget"),
+    [
+        ("APIGW.0308", _THRESHOLD + "limit:10,time:1 second", (10, 1.0)),
+        ("APIG.0308", _THRESHOLD + "limit:120,time:1 minute", (120, 60.0)),
+        ("APIGW.0308", _THRESHOLD + "limit: 5 , time: 2 seconds", (5, 2.0)),
+        ("APIGW.0308", "The request is throttled.", None),
+        ("APIGW.0308", _THRESHOLD + "limit:0,time:1 second", None),
+    ],
+)
+def test_the_gateway_budget_is_read_from_the_throttle_message(
+    code: str, message: str, budget: tuple[int, float] | None
+) -> None:
+    assert parse_budget(message) == budget
+    error = api_error(429, orjson.dumps({"error_code": code, "error_msg": message}), content_type="application/json")
+    assert isinstance(error, ThrottledError) and error.budget == budget
 
 
 def test_throttle_code_on_other_status_is_throttled() -> None:

@@ -296,6 +296,28 @@ async def test_probes_and_metrics(sim: Simulator, receiver: tuple[Receiver, str]
         assert (await api.call("GET", "/readyz", auth=False))[0] == 200
 
 
+async def test_the_budget_the_gateway_named_is_a_metric(
+    sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """APIG.0308 naming ``limit:120,time:1 minute``: ``cce_monitor_rate_budget`` says 2 (requests per second)
+    while that budget holds the rate; 0 before any 429 named one."""
+    _, url = receiver
+    async with running(make_config(sim, tmp_path, url)) as api:
+        _, text = await api.call("GET", "/metrics", auth=False)
+        assert "\ncce_monitor_rate_budget 0.0\n" in text, text
+        sim.set_faults(rate_limit=2.0, rate_burst=1, throttle_style="apig-minute", retry_after=False)
+        jobs = [sim.add_job("Custom", duration=30) for _ in range(3)]
+        assert (await api.call("POST", "/v1/jobs", {"job_ids": jobs}))[0] == 202
+
+        async def budget_named() -> bool:
+            _, text = await api.call("GET", "/metrics", auth=False)
+            return "\ncce_monitor_rate_budget 2.0\n" in text
+
+        await until(budget_named, 10, "the gateway's budget in /metrics")
+        _, text = await api.call("GET", "/metrics", auth=False)
+        assert re.search(r"\ncce_monitor_rate_effective 2\.0\n", text), "held to the budget"
+
+
 async def test_restart_resumes_unfinished_jobs_and_reports_what_changed_meanwhile(
     sim: Simulator, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:

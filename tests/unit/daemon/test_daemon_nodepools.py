@@ -82,6 +82,33 @@ async def test_post_a_nodepool_and_follow_it_to_its_target(sim_factory: SimFacto
     assert types.count("node.active") == 3 and types.count("nodepool.settled") == 1
 
 
+async def test_two_pools_posted_into_one_named_rollout(sim_factory: SimFactory, tmp_path: Path) -> None:
+    """``rollout`` in the body names the rollout: two pools counted together, their nodes under that name."""
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    # Nodes that take longer than the daemon's start-up hold: a node already Active at the first read of its
+    # pool was there before the scale (monitor.engine.fleet.PoolProbe.discover).
+    pools = [sim.add_nodepool(cluster, node_duration=3.0) for _ in range(2)]
+    for pool, size in zip(pools, (2, 3), strict=True):
+        sim.scale_nodepool(cluster, pool, size)
+    env = {"CCE_AUTH_TOKEN": sim.config.token}
+    async with running_daemon(pool_config(sim, tmp_path), env=env) as d, aiohttp.ClientSession() as session:
+        for pool in pools:
+            body = {"cluster_id": cluster, "nodepool_id": pool, "rollout": "wave-1"}
+            assert await call(session, "POST", f"{d.base}/v1/nodepools", body) == (
+                202,
+                {"followed": True, "rollout": "wave-1"},
+            )
+        status, answer = await call(
+            session, "POST", f"{d.base}/v1/nodepools", {"cluster_id": cluster, "nodepool_id": "p", "rollout": "a b"}
+        )
+        assert status == 400 and "rollout: invalid rollout name" in answer["error"], answer
+        summary = await until_finished(session, d.base, "wave-1")
+        assert summary["unit"] == "nodes" and summary["counts"] == {"Active": 5}, summary
+        assert (await call(session, "GET", f"{d.base}/v1/rollouts/{pools[0]}"))[0] == 404
+    assert {e["rollout"] for e in events(tmp_path) if e["type"] == "node.active"} == {"wave-1"}
+
+
 async def test_a_daemon_restarted_mid_rollout_resumes_the_pool_and_its_nodes(
     sim_factory: SimFactory, tmp_path: Path
 ) -> None:

@@ -71,10 +71,12 @@ async def test_a_429_at_one_replica_slows_every_replica_and_retry_after_holds_th
         await second.acquire()
         assert time.monotonic() - start >= 0.9, "the other replica waited out the Retry-After too"
         assert second.effective_rate == pytest.approx(10.0), "and goes at half the rate"
+        assert first.budget_rate == 0.0
         first.throttled(budget=(120, 60.0))  # the gateway: 120 per minute
         await first.aclose()
         await second.acquire()
         assert second.effective_rate <= 2.0
+        assert (first.budget_rate, second.budget_rate) == (2.0, 0.0), "the metric says what this replica heard"
     finally:
         await asyncio.gather(*(p.close() for p in made))
 

@@ -239,3 +239,77 @@ async def test_awaited_nodes_time_out_while_the_node_list_cannot_be_read(sim_fac
     assert [e.phase for e in failed] == ["not_active", "not_active"], [e.type for e in recorder.events]
     assert all("not Active 1s after its job succeeded" in (e.reason or "") for e in failed)
     assert result.exit_code == 1
+
+
+async def test_a_failed_pool_node_names_its_deepest_reason(sim_factory: SimFactory) -> None:
+    """A pool node's CreateNode fails with a generic reason of its own; the rollout names the failed step's."""
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, fail=1, node_duration=1.0)
+    sim.scale_nodepool(cluster, pool, 3)
+    result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, pool),), rollout="deep")
+
+    [failed_job] = [e for e in recorder.of("job.phase_changed") if e.phase == "Failed"]
+    steps = [t for t in sim.truth(failed_job.job_id) if t.phase == "Failed" and t.uid != failed_job.job_id]
+    assert len(steps) == 1 and failed_job.reason != steps[0].reason, "the job's own reason is the generic one"
+    [named] = final_summary(recorder)["failed"]
+    assert named["reason"] == steps[0].reason
+    assert named["resource_name"] and named["node_id"]
+    assert result.exit_code == 1
+
+
+async def test_a_pool_waiting_to_scale_is_waited_through(sim_factory: SimFactory) -> None:
+    """``Synchronized`` (waiting to scale) is not an end: the pool goes on to its target."""
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, wait=1.0, node_duration=0.5)
+    sim.scale_nodepool(cluster, pool, 2)
+    result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, pool),), rollout="waits")
+
+    phases = [e.phase for e in recorder.of("nodepool.phase_changed")]
+    assert phases[0] == "Synchronized" and "Synchronizing" in phases, phases
+    assert [e.phase for e in recorder.of("nodepool.settled")] == [""]
+    assert len(recorder.of("node.active")) == 2
+    assert result.exit_code == 0, result.outcomes
+
+
+async def test_a_pool_whose_deletion_fails_ends_in_error(sim_factory: SimFactory) -> None:
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, nodes=2, fail_delete=1, node_duration=0.5)
+    await _until(
+        lambda: sum(1 for t in sim.node_truth(cluster) if t.phase == "Active" and t.at_ns <= sim.now_ns()) == 2
+    )
+    sim.scale_nodepool(cluster, pool, 0)
+    result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, pool),), rollout="down")
+
+    [settled] = recorder.of("nodepool.settled")
+    assert settled.phase == "Error" and "failed to delete node" in (settled.reason or ""), settled
+    summary = final_summary(recorder)
+    assert summary["counts"] == {"Success": 1, "Failed": 1}, summary["counts"]
+    assert result.outcomes[f"nodepool/{cluster}/{pool}"] is Outcome.FAILED
+    assert result.exit_code == 1
+
+
+async def test_a_bulk_removal_is_a_rollout_of_its_deletions(sim_factory: SimFactory) -> None:
+    """``PUT .../nodes/operation/remove``: one job of a DeleteNode per node, counted per node; a deleted node is
+    done with its job (never awaited Active)."""
+    sim, _ = await sim_factory(time_scale=0.05)
+    cluster = sim.add_cluster()
+    created = sim.create_nodes(cluster, 3, duration=0.5)
+    await _until(
+        lambda: sum(1 for t in sim.node_truth(cluster) if t.phase == "Active" and t.at_ns <= sim.now_ns()) == 3
+    )
+    node_ids = sorted({t.node_id for t in sim.node_truth(cluster) if t.job_id == created})
+    job_id = sim.remove_nodes(cluster, node_ids, fail=1)
+    result, recorder = await run(sim, [job_id], rollout="remove")
+
+    summary = final_summary(recorder)
+    assert summary["unit"] == "nodes" and summary["total"] == 3
+    assert summary["counts"] == {"Success": 2, "Failed": 1}, summary["counts"]
+    [failed] = summary["failed"]
+    assert failed["node_id"] in node_ids and "Delete node vm failed" in failed["reason"]
+    assert not recorder.of("node.active") and not recorder.of("node.failed")
+    gone = {t.node_id for t in sim.node_truth(cluster) if t.phase == "Deleted"}
+    assert len(gone) == 2 and failed["node_id"] not in gone
+    assert result.exit_code == 1

@@ -226,3 +226,30 @@ async def test_created_nodes_wait_for_active() -> None:
     assert rollout is not None and not rollout.finished
     tracker.on_event(job_event("job", "Active", kind=EventType.NODE_ACTIVE, subjob_id="c1"))
     assert rollout.finished and rollout.summary()["counts"] == {"Active": 1}
+
+
+async def test_a_failed_node_is_named_by_its_name_else_its_node_id_else_its_sub_job() -> None:
+    """What a failure list shows for a node: its resource name, else its node id, else the sub-job's id; and
+    the reason of its deepest failed step, not its own generic one."""
+
+    def create_node(uid: str, name: str, node_id: str) -> dict[str, object]:
+        vm = {"metadata": {"uid": f"{uid}-vm"}, "spec": {"type": "CreateNodeVM", "resourceID": node_id},
+              "status": {"phase": "Failed", "reason": f"Ecs.0000 for {uid}"}}  # fmt: skip
+        return {"metadata": {"uid": uid}, "spec": {"type": "CreateNode", "resourceName": name, "subJobs": [vm]},
+                "status": {"phase": "Failed", "reason": "recycle resource"}}  # fmt: skip
+
+    subs = [create_node("s1", "node-a", "n-1"), create_node("s2", "", "n-2"), create_node("s3", "", "")]
+    body = {"metadata": {"uid": "job"}, "spec": {"type": "ScaleupCluster", "subJobs": subs},
+            "status": {"phase": "Failed", "reason": "recycle resource"}}  # fmt: skip
+    tracker = RolloutTracker(Recorder(), project_id="p", interval=30.0, clock=Clock(), node_check=True)
+    tracker.add("names", ["job"])
+    tracker.on_snapshot("job", parse_job(orjson.dumps(body)))
+    tracker.on_event(job_event("job", "Failed", reason="recycle resource"))
+    rollout = tracker.get("names")
+    assert rollout is not None and rollout.finished
+    failed = {f["subjob_id"]: (f["resource_name"], f["reason"]) for f in rollout.summary()["failed"]}
+    assert failed == {
+        "s1": ("node-a", "Ecs.0000 for s1"),
+        "s2": ("n-2", "Ecs.0000 for s2"),
+        "s3": ("s3", "Ecs.0000 for s3"),
+    }

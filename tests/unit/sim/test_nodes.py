@@ -9,7 +9,19 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from huaweicloudsdkcce.v3 import ListNodesRequest, ShowJobRequest, ShowNodePoolRequest
+from huaweicloudsdkcce.v3 import (
+    ListNodesRequest,
+    Login,
+    NodeItem,
+    RemoveNodeRequest,
+    RemoveNodesSpec,
+    RemoveNodesTask,
+    ScaleNodePoolRequest,
+    ScaleNodePoolRequestBody,
+    ScaleNodePoolSpec,
+    ShowJobRequest,
+    ShowNodePoolRequest,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -261,6 +273,54 @@ async def test_vendor_sdk_reads_nodes_and_pools(clock: FakeClock) -> None:
             assert sdk_to_wire(shown) == served_pool
             clock.advance(100)
         assert shown.status.phase == "SoldOut" and nodes.items[0].status.phase in {"Active", "Error"}
+
+
+async def test_vendor_sdk_scales_a_pool_and_removes_nodes(clock: FakeClock) -> None:
+    """The scale operation answers no job id (only an order id); a removal answers one job of a DeleteNode per
+    node. Both sent and read through the vendor's own request and response models."""
+    async with Simulators(clock=clock) as simulators, aiohttp.ClientSession() as session:
+        sim, endpoint = await simulators.start(SimulatorConfig(seed=5, ak=AK, sk=SK))
+        started = (sim, endpoint, session)
+        cluster = sim.add_cluster()
+        pool = sim.add_nodepool(cluster, node_duration=20)
+        client = vendor_client(endpoint, sim.config.project_id)
+        body = ScaleNodePoolRequestBody(
+            kind="NodePool", api_version="v3", spec=ScaleNodePoolSpec(desired_node_count=3, scale_groups=["default"])
+        )
+        scaled = await asyncio.to_thread(
+            client.scale_node_pool, ScaleNodePoolRequest(cluster_id=cluster, nodepool_id=pool, body=body)
+        )
+        assert scaled.order_id == "" and "jobID" not in str(sdk_to_wire(scaled))
+        shown = (await call(started, "GET", f"/clusters/{cluster}/nodepools/{pool}"))[1]
+        assert shown["spec"]["initialNodeCount"] == 3 and shown["status"]["phase"] == "Synchronizing"
+        clock.advance(60)
+        listed = await phases(started, cluster)
+        assert sorted(listed.values()) == ["Active"] * 3
+
+        task = RemoveNodesTask(
+            api_version="v3",
+            kind="RemoveNodesTask",
+            spec=RemoveNodesSpec(login=Login(ssh_key="KeyPair-sim"), nodes=[NodeItem(uid=uid) for uid in listed]),
+        )
+        removed = await asyncio.to_thread(client.remove_node, RemoveNodeRequest(cluster_id=cluster, body=task))
+        job_id = removed.status.job_id
+        served = await job(started, job_id)
+        assert served["spec"]["type"] == "ScaledownCluster"
+        deletes = served["spec"]["subJobs"]
+        assert [sub["spec"]["type"] for sub in deletes] == ["DeleteNode"] * 3
+        assert {sub["spec"]["resourceID"] for sub in deletes} == set(listed)
+        vendor = await asyncio.to_thread(client.show_job, ShowJobRequest(job_id=job_id))
+        assert sdk_to_wire(vendor) == served
+        clock.advance(1.5)  # a deletion begins at the next whole second (monitor.sim.nodes)
+        assert set((await phases(started, cluster)).values()) == {"Deleting"}
+        clock.advance(60)
+        assert await phases(started, cluster) == {}
+        assert (await job(started, job_id))["status"]["phase"] == "Success"
+        # A node not listed (deleted already) is CCE's 404; an empty list is a 400.
+        status, _ = await call(started, "PUT", f"/clusters/{cluster}/nodes/operation/remove", task.to_dict())
+        assert status == 404
+        status, _ = await call(started, "PUT", f"/clusters/{cluster}/nodes/operation/remove", {"spec": {"nodes": []}})
+        assert status == 400
 
 
 async def test_node_plans_are_deterministic_under_the_seed() -> None:

@@ -28,6 +28,7 @@ from monitor.sim import (
     format_go_timestamp,
     run_forever,
 )
+from monitor.sim.shapes import PREPAID_MESSAGE
 from monitor.testing import FakeClock, Simulators
 
 GO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.(\d{0,8}[1-9]))? \+0000 UTC$")
@@ -270,6 +271,28 @@ async def test_failure_timeline(make_sim: Factory, session: aiohttp.ClientSessio
         last = sim.truth(job_id)[-1]
         assert (last.uid, last.phase, last.reason) == (job_id, "Failed", final["status"]["reason"])
         assert not last.is_sub_job, attempt
+
+
+async def test_job_variants(make_sim: Factory, session: aiohttp.ClientSession, clock: FakeClock) -> None:
+    """``Type/quiet-parent``: the job's updateTimestamp moves with its own phase only, while its sub-jobs move.
+    ``Type/prepaid``: an orderID in extendParam all along, and a status.message while it waits Initializing."""
+    sim, endpoint = await make_sim(SimulatorConfig(seed=5))
+    quiet = sim.add_job("CreateNode/quiet-parent", duration=10)
+    seen = await poll_until_done(session, endpoint, sim, clock, quiet, step=0.2)
+    assert {job["spec"]["type"] for job in seen} == {"CreateNode"}
+    own = {t.at_ns for t in sim.truth(quiet) if not t.is_sub_job}
+    assert {go_ns(job["metadata"]["updateTimestamp"]) for job in seen} <= own
+    subs = {tuple(sub["status"]["phase"] for sub in job["spec"]["subJobs"]) for job in seen}
+    assert len(subs) >= 4, "the sub-jobs moved meanwhile"
+    prepaid = sim.add_job("CreateNode/prepaid", start_delay=5, duration=5)
+    seen = await poll_until_done(session, endpoint, sim, clock, prepaid, step=0.5)
+    orders = {job["spec"]["extendParam"]["orderID"] for job in seen}
+    assert len(orders) == 1 and re.fullmatch(r"CS\d{10}[0-9A-F]{5}", orders.pop())
+    waiting = [job["status"].get("message") for job in seen if job["status"]["phase"] == "Initializing"]
+    assert len(waiting) >= 9 and set(waiting) == {PREPAID_MESSAGE}
+    assert not [job for job in seen if job["status"]["phase"] != "Initializing" and "message" in job["status"]]
+    _, _, body = await get_job(session, endpoint, sim, sim.add_job("CreateNode/other"))
+    assert orjson.loads(body)["spec"]["type"] == "CreateNode/other", "not a variant: a type of its own, as before"
 
 
 async def test_start_delay_and_default_durations(make_sim: Factory, clock: FakeClock) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+import orjson
 import pytest
 from aiohttp import web
 from hypothesis import given, settings
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from monitor.core.errors import ConfigError, SinkError
 from monitor.core.events import Event, EventType, event_id
+from monitor.core.model import parse_job
 from monitor.engine.rollout import RolloutTracker
 from monitor.sinks import Sink, create_sink
 from monitor.sinks.chat import (  # importing registers them
@@ -1163,4 +1165,57 @@ async def test_a_ready_summary_goes_before_an_older_digest(harness: Harness) -> 
     await harness.clock.advance(1.0)
     [seen] = receiver.requests
     assert "Rollout pool-a finished" in text_of(seen) and "node-001" in text_of(seen)
+    await sink.aclose()
+
+
+async def test_a_node_rollout_is_told_in_nodes_with_failed_nodes_and_a_sold_out_pool(harness: Harness) -> None:
+    """The tracker's node summary (ScaleupCluster nodes: Active, failed with the deepest reason, Abnormal) and a
+    pool that sold out: the chat message counts nodes and names each failed node and the pool."""
+    now = [1000.0]
+
+    async def publish(_event: Event) -> None:  # pragma: no cover - flush is not called
+        pass
+
+    def create_node(uid: str, phase: str, reason: str | None = None) -> dict[str, Any]:
+        steps = [{"metadata": {"uid": f"{uid}-vm"}, "spec": {"type": "CreateNodeVM", "resourceID": f"id-{uid}"},
+                  "status": {"phase": phase, "reason": reason or ""}}]  # fmt: skip
+        spec = {"type": "CreateNode", "resourceName": f"node-{uid}", "subJobs": steps}
+        return {"metadata": {"uid": uid}, "spec": spec,
+                "status": {"phase": phase, "reason": "recycle resource" if reason else ""}}  # fmt: skip
+
+    subs = [create_node("a", "Success"), create_node("b", "Success"), create_node("c", "Failed", ECS_REASON)]
+    body = {"metadata": {"uid": "job-1"}, "spec": {"type": "ScaleupCluster", "subJobs": subs},
+            "status": {"phase": "Failed", "reason": "recycle resource"}}  # fmt: skip
+    tracker = RolloutTracker(publish, project_id="proj", clock=lambda: now[0], node_check=True)
+    tracker.add("wave", ["job-1"])
+    tracker.on_snapshot("job-1", parse_job(orjson.dumps(body)))
+    tracker.on_event(Event(id="f", type=EventType.JOB_PHASE_CHANGED, project_id="proj", job_id="job-1", phase="Failed"))
+    now[0] = 1090.0
+    for sub, kind, phase in (("a", EventType.NODE_ACTIVE, "Active"), ("b", EventType.NODE_FAILED, "Abnormal")):
+        tracker.on_event(
+            Event(id=sub, type=kind, project_id="proj", job_id="job-1", subjob_id=sub, phase=phase, node_id=f"id-{sub}")
+        )
+    rollout = tracker.get("wave")
+    assert rollout is not None and rollout.finished
+    finished = Event(
+        id="r", type=EventType.ROLLOUT_FINISHED, project_id="proj", job_id=None, rollout="wave",
+        summary=rollout.summary(now[0]),
+    )  # fmt: skip
+    sold_out = Event(
+        id="s", type=EventType.NODEPOOL_SETTLED, project_id="proj", job_id=None, rollout="wave", phase="SoldOut",
+        nodepool_id="pool-9", resource_name="workers-pool", reason="ResourceInsufficient: no capacity in eu-de-01",
+    )  # fmt: skip
+    sink, receiver = await harness.start("slack", coalesce=30)
+    await sink.send(sold_out)
+    await sink.send(finished)
+    drain = asyncio.ensure_future(sink.drain(5.0))
+    await _drive(harness, drain, step=0.1)
+    assert drain.result() == {}
+    [seen] = receiver.requests
+    body_text = text_of(seen)
+    assert "Rollout wave finished" in body_text and "1/3 nodes Active" in body_text, body_text
+    assert f"node-c (job job-1): {ECS_READABLE}" in body_text, body_text  # the deepest reason, not "recycle"
+    assert "node-b" in body_text and "Abnormal" in body_text
+    assert "workers-pool" in body_text and "no capacity in eu-de-01" in body_text, body_text
+    assert "recycle resource" not in body_text
     await sink.aclose()
