@@ -10,6 +10,7 @@ tests::
     assert receiver.requests[0].json["type"] == "job.phase_changed"
 
 * :class:`FakeClock`: a monotonic clock (``clock()`` → seconds) that moves only when told to.
+* :func:`create_node_body`: a CCE ``CreateNode`` job body (one node of a rollout), failed the way CCE fails one.
 * :func:`make_event`: a valid :class:`~monitor.core.events.Event` (a failed ``CreateNode`` job by default) with
   any field overridden; its id is derived from what it describes, as the monitor derives ids.
 * :class:`Simulators`: starts :class:`monitor.sim.Simulator` instances on 127.0.0.1 and closes them all;
@@ -68,6 +69,7 @@ __all__ = [
     "RunningDaemon",
     "Simulators",
     "busiest_window",
+    "create_node_body",
     "make_event",
     "postgres_bindir",
     "running_daemon",
@@ -128,6 +130,24 @@ def make_event(**overrides: Any) -> Event:
             fields["reason"],
         )
     return Event(**fields)
+
+
+def create_node_body(
+    uid: str, phase: str = "Success", *, name: str = "", node_id: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """A ``CreateNode`` job as CCE writes it (a sub-job of a ``ScaleupCluster``, or a pool node's own job): its
+    ``CreateNodeVM`` step names the node id. Failed with ``reason``, the step says it and the job says only the
+    generic "recycle resource", as CCE does; ``parse_job`` reads it (nest it in a parent's ``subJobs``)."""
+    vm = {
+        "metadata": {"uid": f"{uid}-vm"},
+        "spec": {"type": "CreateNodeVM", "resourceID": node_id},
+        "status": {"phase": phase, "reason": reason},
+    }
+    return {
+        "metadata": {"uid": uid},
+        "spec": {"type": "CreateNode", "resourceName": name, "subJobs": [vm]},
+        "status": {"phase": phase, "reason": "recycle resource" if reason else ""},
+    }
 
 
 # ------------------------------------------------------------------------------------------- simulators

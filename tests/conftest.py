@@ -44,6 +44,13 @@ async def sim(sim_factory: SimFactory) -> Simulator:
     return simulator
 
 
+def write_clouds(path: Path, auth: str, region: str = "eu-de") -> Path:
+    """A ``clouds.yaml`` in ``path`` with one cloud, ``otc``, in ``region``; ``auth`` is its indented auth block."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "clouds.yaml").write_text(f"clouds:\n  otc:\n    region_name: {region}\n    auth:\n{auth}")
+    return path / "clouds.yaml"
+
+
 def client_for(sim: Simulator, *, total_timeout: float = 5.0, token: str | None = None) -> CCEClient:
     """A client for ``sim`` (started) with a token (the rate limit is the scheduler's)."""
     assert sim.endpoint is not None, "start the simulator first"

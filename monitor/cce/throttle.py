@@ -32,7 +32,7 @@ from typing import Protocol
 
 from asyncio_throttle.throttler import Throttler
 
-__all__ = ["Limiter", "RateLimiter"]
+__all__ = ["Limiter", "NamedBudget", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,28 @@ def budget_hold(window: float) -> float:
     return max(60.0, 10.0 * window)
 
 
+class NamedBudget:
+    """The lowest budget the gateway's 429s named (requests per second) while it holds: what the metric
+    ``cce_monitor_rate_budget`` shows. One per limiter; the limiter itself enforces the cap."""
+
+    __slots__ = ("_rate", "_until")
+
+    def __init__(self) -> None:
+        self._rate = 0.0
+        self._until = 0.0
+
+    def named(self, budget: tuple[int, float], now: float) -> float:
+        """A 429 named ``budget`` (``(requests, seconds)``) at ``now``; returns its rate."""
+        rate = budget[0] / budget[1]
+        self._rate = rate if now >= self._until else min(self._rate, rate)
+        self._until = max(self._until, now + budget_hold(budget[1]))
+        return rate
+
+    def rate(self, now: float, configured: float) -> float:
+        """The budget while it holds and caps ``configured``; 0 when none does."""
+        return self._rate if now < self._until and self._rate < configured else 0.0
+
+
 class RateLimiter:
     """An adaptive rate limit over one resource (all requests to CCE, or one webhook endpoint)."""
 
@@ -158,7 +180,7 @@ class RateLimiter:
         self._next_slot = 0.0
         self._ceiling = float(rate)  # the gateway's budget, once it named one
         self._ceiling_until = 0.0
-        self._budget = 0.0  # requests per second the gateway named, unclamped (see budget_rate)
+        self._budget = NamedBudget()
         self._clock = clock
         self._hold_until = clock() + hold if hold > 0 else 0.0
         self._last_change = clock()
@@ -167,8 +189,9 @@ class RateLimiter:
 
     @property
     def budget_rate(self) -> float:
-        """Requests per second of the lowest budget a 429 named within its hold (0: none holds now)."""
-        return self._budget if self._clock() < self._ceiling_until else 0.0
+        """Requests per second of the lowest budget a 429 named, while it holds and caps the configured rate
+        (0: none does)."""
+        return self._budget.rate(self._clock(), self.configured_rate)
 
     @property
     def degraded(self) -> bool:
@@ -212,9 +235,7 @@ class RateLimiter:
         if retry_after is not None and retry_after > 0:
             self._hold_until = max(self._hold_until, now + retry_after)
         if budget is not None:
-            named = budget[0] / budget[1]
-            self._budget = named if now >= self._ceiling_until else min(self._budget, named)
-            ceiling = min(self.configured_rate, named)
+            ceiling = min(self.configured_rate, self._budget.named(budget, now))
             self._ceiling_until = max(self._ceiling_until, now + budget_hold(budget[1]))
             if ceiling < self._ceiling:
                 self._ceiling = ceiling

@@ -96,6 +96,7 @@ class LiveView:
                 self._print(event)
             elif event.rollout and event.summary is not None:
                 self._rollouts[event.rollout] = dict(event.summary)
+                self._deepest(event.summary.get("failed"))
             return
         if event.type in (EventType.NODE_ACTIVE, EventType.NODE_FAILED):  # about one node of the job
             node = self._node_row(event)
@@ -129,6 +130,17 @@ class LiveView:
                 row.phase = event.type.value.removeprefix("job.")
             row.note = event.detail or ""
             self._print(event)
+
+    def _deepest(self, failed: object) -> None:
+        """A rollout digest names each failed job or node with its deepest failed step's reason (a node job's
+        own is often generic): that is the note of its row."""
+        for item in failed if isinstance(failed, list) else ():
+            if not isinstance(item, dict) or not isinstance(item.get("reason"), str) or not item["reason"]:
+                continue
+            key = f"{item.get('job_id')}/{item['subjob_id']}" if item.get("subjob_id") else str(item.get("job_id"))
+            row = self._rows.get(key)
+            if row is not None and row.phase in ("Failed", "Error"):
+                row.note = readable_reason(item["reason"])
 
     def _node_row(self, event: Event, *, create: bool = False) -> _Row | None:
         """The row of the node an event is about (a sub-job of a job that rolls out nodes), keyed by sub-job."""

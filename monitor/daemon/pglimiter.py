@@ -35,7 +35,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from monitor.cce.throttle import budget_hold
+from monitor.cce.throttle import NamedBudget, budget_hold
 from monitor.core.backoff import full_jitter
 
 __all__ = ["SharedLimiter", "limit_name"]
@@ -96,8 +96,7 @@ class SharedLimiter:
         self.forfeited = 0
         """Slots given up because this replica would have used them too late (see :data:`_LATE`)."""
         self._background: asyncio.Task[None] | None = None
-        self._budget = 0.0  # the lowest budget this replica's 429s named, until _budget_until (see budget_rate)
-        self._budget_until = 0.0
+        self._budget = NamedBudget()  # what this replica's 429s named (see budget_rate)
         self._last_recovery_try = 0.0
         self._down = False
 
@@ -108,7 +107,7 @@ class SharedLimiter:
     def budget_rate(self) -> float:
         """Requests per second of the lowest budget a 429 *to this replica* named within its hold (0: none);
         the row's ceiling, which every replica's 429s lower, is what caps the rate."""
-        return self._budget if time.monotonic() < self._budget_until else 0.0
+        return self._budget.rate(time.monotonic(), self.configured_rate)
 
     @classmethod
     async def open(cls, pool: AsyncConnectionPool[AsyncConnection[Any]], name: str, rate: float) -> SharedLimiter:
@@ -164,9 +163,7 @@ class SharedLimiter:
         ceiling = self.configured_rate if budget is None else min(self.configured_rate, budget[0] / budget[1])
         keep = budget_hold(budget[1]) if budget is not None else 0.0
         if budget is not None:
-            now, named = time.monotonic(), budget[0] / budget[1]
-            self._budget = named if now >= self._budget_until else min(self._budget, named)
-            self._budget_until = max(self._budget_until, now + keep)
+            self._budget.named(budget, time.monotonic())
         args = {
             "name": self._name,
             "hold": max(0.0, retry_after or 0.0),

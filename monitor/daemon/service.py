@@ -30,7 +30,6 @@ from monitor.cce.throttle import Limiter, RateLimiter
 from monitor.config import Config
 from monitor.core.errors import ConfigError, StateError
 from monitor.core.events import Event, EventType
-from monitor.core.nodes import node_jobs
 from monitor.core.secret import Secret
 from monitor.daemon.api import AddResult, make_app, serve
 from monitor.daemon.delivery import Deliverer
@@ -517,8 +516,8 @@ class Daemon:
                     resource_name=snap.resource_name or None if snap else None,
                     subjobs={s.id: s.phase.value for s in snap.walk()} if snap else None,
                 )
-                if snap is not None and node_jobs(snap):
-                    rollouts.on_snapshot(j.job_id, snap)  # a ScaleupCluster's nodes, as last seen
+                if snap is not None:  # a ScaleupCluster's nodes as last seen; a failed job's deepest reason
+                    rollouts.on_snapshot(j.job_id, snap)
         pools = await state.nodepools(unfinished=True)
         nodes, awaited = await state.fleet_state()
         for found in nodes:

@@ -159,12 +159,18 @@ class Freshness:
         """A step's learned duration, else a prior, else the fallback."""
         return self.durations.estimate(key) or (self._closing if key.endswith("/Closing") else self._fallback)
 
-    def seen(self, tracked: Tracked, job: Job, *, same: bool = False) -> None:
-        """A poll answered: learn the steps that ended since the previous answer, note the new ones (``same``:
-        the very body of the previous answer — nothing moved, only the time of the read)."""
+    def seen(self, tracked: Tracked, job: Job, previous: Job | None) -> None:
+        """A poll answered: learn the steps that ended since the ``previous`` answer, note the new ones. When
+        neither the job's phase nor its sub-jobs changed (the same body, or one that moved only its
+        ``updateTimestamp``: the parse reuses unchanged sub-jobs, so they are the same objects), no step began
+        or ended: only the time of the read moves, and a step keeps the time it began."""
         now = self._wall()
         old = tracked.steps
-        if same and old is not None:
+        if (
+            old is not None
+            and previous is not None
+            and (job is previous or (job.phase is previous.phase and job.sub_jobs is previous.sub_jobs))
+        ):
             old.polled = now
             return
         active = active_steps(job, now)

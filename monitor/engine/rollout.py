@@ -172,7 +172,12 @@ class Rollout:
             counts[m.phase] = counts.get(m.phase, 0) + 1
             if m.phase in FAILED_STATES:
                 failed.append(
-                    {"job_id": job_id, "resource_name": m.resource_name, "reason": m.reason, "outcome": m.phase}
+                    {
+                        "job_id": job_id,
+                        "resource_name": m.resource_name,
+                        "reason": m.deepest or m.reason,
+                        "outcome": m.phase,
+                    }
                 )
             if m.ended is not None and m.phase == "Success":  # failures end early and would skew the ETA
                 durations.append(m.ended - self.started)
@@ -186,11 +191,11 @@ class Rollout:
             entries = m.entries()
             if not entries and m.phase in FINAL_STATES - {"Success"}:
                 # A job that ended before it named its nodes (not found, timed out, failed early).
-                entries = [(None, _NodeEntry(m.resource_name, None, m.phase, m.reason))]
+                entries = [(None, _NodeEntry(m.resource_name, None, m.phase, m.deepest or m.reason))]
             for key, e in entries:
                 state = e.state(self.node_check)
                 if m.phase in FINAL_STATES and e.phase not in FINAL_STATES and e.ready is None:
-                    state, e.reason = m.phase, e.reason or m.reason  # its job ended without finishing it
+                    state, e.reason = m.phase, e.reason or m.deepest or m.reason  # its job ended without it
                 counts[state] = counts.get(state, 0) + 1
                 if state in FAILED_STATES:
                     failed.append(

@@ -21,7 +21,7 @@ Per poll outcome:
   is unchanged its interval grows by ``backoff`` up to ``max_interval``; any change resets it to ``interval``
   (``strategy: adaptive``: :mod:`monitor.engine.freshness` picks the next job instead).
   Phase, ``updateTimestamp`` and sub-jobs unchanged for ``stall_after`` → one ``job.stalled`` (not while the job
-  waits on its billing order). Node jobs that succeed have their node awaited (:mod:`monitor.engine.fleet`).
+  waits Initializing on its billing order). A node job that succeeds has its node awaited (:mod:`monitor.engine.fleet`).
 * past ``job_timeout`` since the job was added → ``job.timed_out``, polling stops.
 * 404 → retried; only ``not_found_count`` consecutive 404s spread over at least ``not_found_grace`` seconds give
   ``job.not_found`` (CCE can 404 for a moment after creating a job). 404 ``APIGW.0101`` → one
@@ -62,7 +62,7 @@ from monitor.core.errors import (
     ThrottledError,
 )
 from monitor.core.events import Event, EventType, Outcome, event_id
-from monitor.core.model import Job, ParseMemo, validate_id
+from monitor.core.model import Job, ParseMemo, Phase, validate_id
 from monitor.engine import episodes, probing
 from monitor.engine.diff import detect, progressed
 from monitor.engine.durations import Durations
@@ -559,7 +559,7 @@ class Scheduler:
             tracked.last_progress = now
             tracked.stalled = False
         tracked.last = job
-        self.freshness.seen(tracked, job, same=job is previous)
+        self.freshness.seen(tracked, job, previous)
         events.extend(changes)
         if changes:
             if self._on_change is not None:
@@ -568,8 +568,8 @@ class Scheduler:
             tracked.delay = s.interval
         else:
             tracked.delay = min(s.max_interval, tracked.delay * s.backoff)
-            # A yearly/monthly job waits on its billing order (extendParam.orderID) until it is paid: not a stall.
-            if not tracked.stalled and now - tracked.last_progress >= s.stall_after and not job.order_id:
+            paying = bool(job.order_id) and job.phase is Phase.INITIALIZING  # an unpaid yearly/monthly order
+            if not tracked.stalled and now - tracked.last_progress >= s.stall_after and not paying:
                 tracked.stalled = True
                 events.append(
                     self._event(

@@ -8,7 +8,7 @@ from typing import Any
 
 from monitor.sim.timeline import INITIALIZING, Job, format_go_timestamp
 
-__all__ = ["OS", "POOL_ANNOTATION", "blank_until_running", "node_document", "pool_conditions", "template", "updated"]
+__all__ = ["OS", "POOL_ANNOTATION", "blank_until_running", "node_document", "node_spec", "pool_conditions", "updated"]
 
 # The annotation naming a node's pool: huaweicloudsdkcce NodeMetadata.annotations, and the node examples of the
 # OTC API reference (opentelekomcloud-docs/cloud-container-engine, reading_a_specified_node.rst), where a node
@@ -36,7 +36,7 @@ def blank_until_running(document: dict[str, Any]) -> None:
         spec["extendParam"] = dict.fromkeys(spec["extendParam"], "")
 
 
-def template(flavor: str, az: str) -> dict[str, Any]:
+def node_spec(flavor: str, az: str) -> dict[str, Any]:
     """A node's (or pool's node template's) spec, with the fields of huaweicloudsdkcce NodeSpec / NodeTemplate."""
     return {
         "flavor": flavor,
@@ -77,7 +77,7 @@ def node_document(
             "creationTimestamp": format_go_timestamp(created_ns),
             "updateTimestamp": format_go_timestamp(changed_ns),
         },
-        "spec": template(flavor, az),
+        "spec": node_spec(flavor, az),
         "status": status,
     }
 

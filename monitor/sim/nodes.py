@@ -19,11 +19,15 @@ Decisions where the public record is silent (each also noted where it is made):
 * Each node a pool creates has its own CreateNode job (the pool's PUT answers without a job id); each node
   it deletes has its own DeleteNode job, goes ``Deleting`` (no earlier than the end of its creation, at a
   whole second) and disappears (404) when that job succeeds. Scale-down removes the newest nodes first.
+* A removal (``PUT .../nodes/operation/remove``) is one ScaledownCluster job of a DeleteNode per node. A
+  deletion that fails leaves its node listed in ``Error`` (it can be deleted again).
 * Pool status: ``currentNode`` counts listed pool nodes (any phase, ``Deleting`` too), ``creatingNode``
   those being created, ``deletingNode`` those being deleted, ``activeNode`` the ``Active`` ones. Phase
-  ``Synchronizing`` while any node is created or deleted, ``SoldOut`` once a scale-up past ``capacity``
-  has created the nodes that fit (until the next scale), else ``""``. Failed nodes stay listed in ``Error``
-  and do not make the pool ``Error`` (the SDK documents pool ``Error`` for failed deletions).
+  ``Synchronizing`` while any node is created or deleted; ``Synchronized`` (waiting to scale) for the pool's
+  ``wait`` after a scale; ``Error`` once a deletion of its scale-down failed (until the next scale), with an
+  ``Error`` condition; ``SoldOut`` once a scale-up past ``capacity`` has created the nodes that fit (until the
+  next scale); else ``""``. Nodes whose creation failed stay listed in ``Error`` and do not make the pool
+  ``Error``.
 * Clusters: :meth:`Fleet.add_cluster`, or implicitly by the Python API; the HTTP API 404s for others.
 """
 
@@ -33,7 +37,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.sim.node_docs import blank_until_running, node_document, pool_conditions, template, updated
+from monitor.sim.node_docs import blank_until_running, node_document, node_spec, pool_conditions, updated
 from monitor.sim.shapes import (
     NODE_CREATE,
     NODE_DELETE,
@@ -224,7 +228,7 @@ class Fleet:
         ]
         jobs = [self._jobs[child] for child in children]
         self._scaleups[scaleup_id] = _Scaleup(
-            self._plan_parent(scaleup_id, cluster, jobs, NODE_SCALEUP, now_ns), tuple(children), omit_nested
+            self._plan_parent(scaleup_id, cluster, jobs, NODE_SCALEUP), tuple(children), omit_nested
         )
         return scaleup_id
 
@@ -239,7 +243,7 @@ class Fleet:
         nodes = []
         for node_id in node_ids:
             node = cluster.nodes.get(node_id)
-            if node is None or node.delete_requested_ns is not None or node.step_at(now_ns) is None:
+            if node is None or node.step_at(now_ns) is None or _being_deleted(node, now_ns):
                 raise KeyError(f"node {node_id} is not listed, or is being deleted already")
             nodes.append(node)
         rng = self._rng
@@ -247,16 +251,15 @@ class Fleet:
         uid = new_uid(rng)
         children = [self._plan_deletion(cluster, node, now_ns, i in fails, uid) for i, node in enumerate(nodes)]
         jobs = [self._jobs[child] for child in children]
-        self._scaleups[uid] = _Scaleup(
-            self._plan_parent(uid, cluster, jobs, NODE_REMOVE, now_ns), tuple(children), False
-        )
+        self._scaleups[uid] = _Scaleup(self._plan_parent(uid, cluster, jobs, NODE_REMOVE), tuple(children), False)
         return uid
 
-    def _plan_parent(self, uid: str, cluster: _Cluster, jobs: list[Job], shape: Shape, asked_ns: int) -> Job:
-        """The ScaleupCluster (ScaledownCluster) around ``jobs``, there from ``asked_ns`` (or its first job):
-        Running with the first, ended just after the last (see module)."""
+    def _plan_parent(self, uid: str, cluster: _Cluster, jobs: list[Job], shape: Shape) -> Job:
+        """The ScaleupCluster (ScaledownCluster) around ``jobs``: created with the first (a removal's DeleteNodes
+        begin at the next whole second: until then its id answers 404, as CCE's can for a moment after it made a
+        job), Running with the first, ended just after the last (see module)."""
         rng = self._rng
-        created = min(asked_ns, *(job.root.steps[0].at_ns for job in jobs))
+        created = min(job.root.steps[0].at_ns for job in jobs)
         running = min(job.root.steps[1].at_ns for job in jobs)
         last = max(job.root.steps[-1].at_ns for job in jobs)
         failures = sorted(
@@ -377,7 +380,7 @@ class Fleet:
         rng = self._rng
         pool.error = None
         begin = now_ns + pool.wait_ns
-        live = [uid for uid in pool.members if cluster.nodes[uid].delete_requested_ns is None]
+        live = [uid for uid in pool.members if not _being_deleted(cluster.nodes[uid], now_ns)]
         sold_out_at: int | None = None
         if target > len(live):
             wanted = target - len(live)
@@ -430,7 +433,7 @@ class Fleet:
         self._jobs[uids[0]] = job
         for index, uid in enumerate(uids[1:]):
             self._leaves[uid] = (job, index)
-        node.delete_requested_ns = now_ns
+        node.delete_requested_ns, node.deletion_failed_ns = now_ns, None
         shown = listed_job or uids[0]
         node.steps.append(_NodeStep(job.root.steps[0].at_ns, DELETING, shown))
         final = job.root.steps[-1]
@@ -567,7 +570,7 @@ class Fleet:
             },
             "spec": {
                 "type": "vm",
-                "nodeTemplate": template(pool.flavor, pool.az),
+                "nodeTemplate": node_spec(pool.flavor, pool.az),
                 "initialNodeCount": target,
                 "autoscaling": {"enable": False},
             },
@@ -588,3 +591,9 @@ def _node_doc(node: _Node, step: _NodeStep, now_ns: int) -> dict[str, Any]:
         uid=node.uid, name=node.name, pool_id=node.pool_id, flavor=node.flavor, az=node.az, phase=step.phase,
         job_id=step.job_id, created_ns=node.steps[0].at_ns, changed_ns=step.at_ns, vm=vm,
     )  # fmt: skip
+
+
+def _being_deleted(node: _Node, now_ns: int) -> bool:
+    """Asked to be deleted, and that deletion has not failed by ``now_ns`` (such a node can be deleted again)."""
+    failed = node.deletion_failed_ns
+    return node.delete_requested_ns is not None and (failed is None or failed > now_ns)

@@ -387,10 +387,11 @@ async def test_watch_holds_a_pool_to_the_target_given(sim_factory: SimFactory, t
     """``--target 4`` on a pool the API scaled to 3: settled at 3 is not done; the pool times out (exit 1)."""
     sim, _ = await sim_factory(time_scale=0.05)
     cluster = sim.add_cluster()
-    pool = sim.add_nodepool(cluster, node_duration=0.5)
+    # Nodes slower than the CLI's start: a node already Active at the first read was there before the scale.
+    pool = sim.add_nodepool(cluster, node_duration=2.0)
     sim.scale_nodepool(cluster, pool, 3)
     out_file = tmp_path / "events.jsonl"
-    args = ["--cluster", cluster, "--nodepool", pool, "--target", "4", "--timeout", "4", "--sink", f"file:{out_file}"]
+    args = ["--cluster", cluster, "--nodepool", pool, "--target", "4", "--timeout", "5", "--sink", f"file:{out_file}"]
     code, _, err = await run_cli("watch", *FAST, *args, env=sim_env(sim))
     assert code == 1, err
     events = [orjson.loads(line) for line in out_file.read_bytes().splitlines()]
@@ -406,7 +407,7 @@ async def test_watch_without_the_node_check_ends_with_the_jobs(sim_factory: SimF
     for flag in ("--no-node-check", "--node-check"):
         sim, _ = await sim_factory(time_scale=0.05, seed=3)
         cluster = sim.add_cluster()
-        pool = sim.add_nodepool(cluster, abnormal=1, node_duration=0.5)
+        pool = sim.add_nodepool(cluster, abnormal=1, node_duration=2.0)  # slower than the CLI's start
         sim.scale_nodepool(cluster, pool, 2)
         out_file = tmp_path / f"events{flag}.jsonl"
         args = ["--cluster", cluster, "--nodepool", pool, flag, "--sink", f"file:{out_file}"]

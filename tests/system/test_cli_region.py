@@ -7,9 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import SimFactory
+from tests.conftest import SimFactory, write_clouds
 from tests.system.test_cli import FAST, clean_env, run_cli
-from tests.unit.test_config_region import write_clouds
 
 AK, SK, STS = "SIMAKEXAMPLE0000", "sim-secret-key-0123456789", "sts-token-" + "y" * 900
 

@@ -13,7 +13,7 @@ from monitor.cce.client import CCEClient
 from monitor.core.errors import ConfigError
 from monitor.core.secret import Secret
 from monitor.sim import SimulatorConfig
-from tests.conftest import SimFactory
+from tests.conftest import SimFactory, write_clouds
 
 PID = "0123456789abcdef0123456789abcdef"
 SIM_PROJECT = SimulatorConfig().project_id
@@ -146,12 +146,6 @@ async def test_a_failed_lookup_is_one_line(sim_factory: SimFactory, tmp_path: Pa
 
 
 # --- OS_CLOUD / OS_* after ours ------------------------------------------------------------------------------
-
-
-def write_clouds(path: Path, auth: str, region: str = "eu-de") -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "clouds.yaml").write_text(f"clouds:\n  otc:\n    region_name: {region}\n    auth:\n{auth}")
-    return path / "clouds.yaml"
 
 
 CLOUD_PASSWORD = (

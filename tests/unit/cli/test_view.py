@@ -149,3 +149,27 @@ async def test_watch_against_the_simulator_shows_readable_reasons(sim_factory: S
     [line] = progress(lines)
     assert line.startswith("demo: 6/6 finished (6 Failed"), lines
     assert bars(lines) == 1, lines
+
+
+async def test_a_failed_pool_node_shows_its_deepest_reason(sim_factory: SimFactory) -> None:
+    """A pool node's CreateNode fails with CCE's generic reason; its row shows the failed step's, as the
+    rollout digest names it."""
+    from monitor.engine.pipeline import NodePoolTarget  # noqa: PLC0415
+    from monitor.sim.shapes import NODE_ROLLUP  # noqa: PLC0415
+
+    sim, _ = await sim_factory(time_scale=0.05, seed=4)
+    cluster = sim.add_cluster()
+    pool = sim.add_nodepool(cluster, fail=1, node_duration=2.0)
+    sim.scale_nodepool(cluster, pool, 2)
+    view = LiveView([], console=console(width=240, height=60))
+    recorder = Recorder()
+    settings = SchedulerSettings(rate=100.0, interval=0.1, min_interval=0.05, max_interval=0.2, job_timeout=20.0)
+    async with client_for(sim) as client:
+        await watch(
+            [], client=client, settings=settings, observers=[view.on_event, recorder], rollout="pool",
+            rollout_interval=0.2, nodepools=(NodePoolTarget(cluster, pool),),
+        )  # fmt: skip
+    [failed] = [e for e in recorder.of(EventType.JOB_PHASE_CHANGED) if e.phase == "Failed"]
+    assert failed.reason == NODE_ROLLUP
+    [line] = [line for line in rendered(view) if line.startswith(failed.job_id)]
+    assert NODE_ROLLUP not in line and "failed" in cells(line)[5].lower(), line

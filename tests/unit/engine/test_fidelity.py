@@ -371,3 +371,21 @@ def test_a_sub_job_not_started_may_show_an_empty_status() -> None:
     body = b'{"metadata": {"uid": "j"}, "spec": {"subJobs": [{"metadata": {"uid": "s"}, "status": {}}]},'
     job = parse_job(body + b' "status": {"phase": "Running"}}')
     assert job.sub_jobs[0].phase == "Initializing"
+
+
+async def test_a_paid_order_does_not_hide_a_stall() -> None:
+    """A yearly/monthly job keeps its ``orderID`` once paid: stuck while Running, it is a stall like any other."""
+    body = {"metadata": {"uid": "j"}, "spec": {"type": "CreateNode", "extendParam": {"orderID": "CS2612020101ABCDE"}}}
+    body["status"] = {"phase": "Running"}
+    async with Receiver(Reply.json(body)) as server:
+        settings = ClientSettings(endpoint=server.base, project_id=PROJECT, total_timeout=5)
+        recorder = Recorder()
+        async with CCEClient(settings, TokenAuth(Secret("t"))) as client:
+            scheduler = Scheduler(client, recorder, dataclasses.replace(FAST, stall_after=0.3))
+            task = asyncio.create_task(scheduler.run(drain=1.0))
+            scheduler.add("j")
+            await asyncio.sleep(1.0)
+            scheduler.stop()
+            await task
+    [stalled] = recorder.of("job.stalled")
+    assert stalled.job_id == "j" and "Running unchanged" in (stalled.detail or ""), stalled

@@ -262,7 +262,7 @@ async def test_a_pool_waiting_to_scale_is_waited_through(sim_factory: SimFactory
     """``Synchronized`` (waiting to scale) is not an end: the pool goes on to its target."""
     sim, _ = await sim_factory(time_scale=0.05)
     cluster = sim.add_cluster()
-    pool = sim.add_nodepool(cluster, wait=1.0, node_duration=0.5)
+    pool = sim.add_nodepool(cluster, wait=2.0, node_duration=0.5)
     sim.scale_nodepool(cluster, pool, 2)
     result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, pool),), rollout="waits")
 

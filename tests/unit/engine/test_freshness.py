@@ -135,16 +135,45 @@ def test_steps_that_began_and_ended_between_two_reads_are_learned_from_their_tim
         ("CreateNodeVM", "Running", "2026-12-01 10:00:03 +0000 UTC"),
         ("InstallNode", "Initializing", "2026-12-01 10:00:00 +0000 UTC"),
     ]
-    fresh.seen(tracked, parse_job(_body(first, "Running")))
+    one = parse_job(_body(first, "Running"))
+    fresh.seen(tracked, one, None)
     later = [
         ("GetPSMCert", "Success", "2026-12-01 10:00:03 +0000 UTC"),
         ("CreateNodeVM", "Success", "2026-12-01 10:00:23 +0000 UTC"),
         ("InstallNode", "Success", "2026-12-01 10:00:38.5 +0000 UTC"),
     ]
-    fresh.seen(tracked, parse_job(_body(later, "Running")))
-    fresh.seen(tracked, parse_job(_body(later, "Success")))  # read again: nothing learned twice
+    two = parse_job(_body(later, "Running"))
+    fresh.seen(tracked, two, one)
+    fresh.seen(tracked, parse_job(_body(later, "Success")), two)  # read again: nothing learned twice
     vm = learned.estimate(step_key("CreateNode", "CreateNodeVM", "Running"))
     install = learned.estimate(step_key("CreateNode", "InstallNode", "Running"))
     assert vm is not None and vm.samples == 1 and round(vm.median, 3) == 20.0  # seen running, then ended
     assert install is not None and install.samples == 1 and round(install.median, 3) == 15.5  # never seen running
     assert learned.estimate(step_key("CreateNode", "GetPSMCert", "Running")) is None, "its start is not known"
+
+
+def test_a_body_that_only_moved_its_timestamp_moves_only_the_time_of_the_read() -> None:
+    """The parse reuses unchanged sub-jobs: a body whose only change is the job's ``updateTimestamp`` has the
+    previous answer's very sub-jobs, so no step began or ended and each keeps the time it began."""
+    from monitor.engine.freshness import Freshness  # noqa: PLC0415
+    from monitor.engine.tracked import Tracked  # noqa: PLC0415
+
+    now = [1_796_119_260.0]
+    fresh = Freshness(Durations(priors={}), SchedulerSettings(strategy="adaptive"), lambda: now[0])
+    tracked = Tracked("job-1", {}, 0.0, 3600.0, 0.0)
+    steps = [("CreateNodeVM", "Running", "2026-12-01 10:00:03 +0000 UTC")]
+    memo = ParseMemo()
+    first = memo.parse(_body(steps, "Running"))
+    fresh.seen(tracked, first, None)
+    began = dict(tracked.steps.active) if tracked.steps else {}
+    moved = orjson.loads(_body(steps, "Running"))
+    moved["metadata"]["updateTimestamp"] = "2026-12-01 10:00:50 +0000 UTC"
+    now[0] += 30
+    second = memo.parse(orjson.dumps(moved))
+    assert second is not first and second.sub_jobs is first.sub_jobs
+    fresh.seen(tracked, second, first)
+    assert tracked.steps is not None and tracked.steps.active == began and tracked.steps.polled == now[0]
+    steps = [("CreateNodeVM", "Success", "2026-12-01 10:00:53 +0000 UTC")]
+    third = memo.parse(_body(steps, "Running"))
+    fresh.seen(tracked, third, second)
+    assert tracked.steps.active != began, "a sub-job that moved is news"

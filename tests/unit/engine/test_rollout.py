@@ -14,6 +14,7 @@ from monitor.engine.rollout import RolloutTracker, describe
 from monitor.engine.scheduler import SchedulerSettings
 from monitor.sim import Simulator
 from monitor.sinks import create_sink
+from monitor.testing import create_node_body
 from tests.conftest import Recorder, client_for
 
 
@@ -232,13 +233,10 @@ async def test_a_failed_node_is_named_by_its_name_else_its_node_id_else_its_sub_
     """What a failure list shows for a node: its resource name, else its node id, else the sub-job's id; and
     the reason of its deepest failed step, not its own generic one."""
 
-    def create_node(uid: str, name: str, node_id: str) -> dict[str, object]:
-        vm = {"metadata": {"uid": f"{uid}-vm"}, "spec": {"type": "CreateNodeVM", "resourceID": node_id},
-              "status": {"phase": "Failed", "reason": f"Ecs.0000 for {uid}"}}  # fmt: skip
-        return {"metadata": {"uid": uid}, "spec": {"type": "CreateNode", "resourceName": name, "subJobs": [vm]},
-                "status": {"phase": "Failed", "reason": "recycle resource"}}  # fmt: skip
-
-    subs = [create_node("s1", "node-a", "n-1"), create_node("s2", "", "n-2"), create_node("s3", "", "")]
+    subs = [
+        create_node_body(uid, "Failed", name=name, node_id=node_id, reason=f"Ecs.0000 for {uid}")
+        for uid, name, node_id in (("s1", "node-a", "n-1"), ("s2", "", "n-2"), ("s3", "", ""))
+    ]
     body = {"metadata": {"uid": "job"}, "spec": {"type": "ScaleupCluster", "subJobs": subs},
             "status": {"phase": "Failed", "reason": "recycle resource"}}  # fmt: skip
     tracker = RolloutTracker(Recorder(), project_id="p", interval=30.0, clock=Clock(), node_check=True)

@@ -304,6 +304,7 @@ async def test_vendor_sdk_scales_a_pool_and_removes_nodes(clock: FakeClock) -> N
         )
         removed = await asyncio.to_thread(client.remove_node, RemoveNodeRequest(cluster_id=cluster, body=task))
         job_id = removed.status.job_id
+        clock.advance(1.5)  # the deletions (and their job) begin at the next whole second (monitor.sim.nodes)
         served = await job(started, job_id)
         assert served["spec"]["type"] == "ScaledownCluster"
         deletes = served["spec"]["subJobs"]
@@ -311,7 +312,6 @@ async def test_vendor_sdk_scales_a_pool_and_removes_nodes(clock: FakeClock) -> N
         assert {sub["spec"]["resourceID"] for sub in deletes} == set(listed)
         vendor = await asyncio.to_thread(client.show_job, ShowJobRequest(job_id=job_id))
         assert sdk_to_wire(vendor) == served
-        clock.advance(1.5)  # a deletion begins at the next whole second (monitor.sim.nodes)
         assert set((await phases(started, cluster)).values()) == {"Deleting"}
         clock.advance(60)
         assert await phases(started, cluster) == {}

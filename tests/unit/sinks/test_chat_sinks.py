@@ -49,7 +49,7 @@ from monitor.sinks.chat import (  # importing registers them
     teams,
     wecom,
 )
-from monitor.testing import Received, Receiver, Reply
+from monitor.testing import Received, Receiver, Reply, create_node_body
 
 WALL = 1764312060.25  # 2025-11-28T06:41:00.25Z: the wall clock signatures see
 SIGNING_SECRET = "SECb7e0c2f94a1d4e6b8c3f5a7d9e1b2c4d6f8a0b1c3e5d7f9a2b4c6d8e0f1a3b5c7"
@@ -1176,12 +1176,8 @@ async def test_a_node_rollout_is_told_in_nodes_with_failed_nodes_and_a_sold_out_
     async def publish(_event: Event) -> None:  # pragma: no cover - flush is not called
         pass
 
-    def create_node(uid: str, phase: str, reason: str | None = None) -> dict[str, Any]:
-        steps = [{"metadata": {"uid": f"{uid}-vm"}, "spec": {"type": "CreateNodeVM", "resourceID": f"id-{uid}"},
-                  "status": {"phase": phase, "reason": reason or ""}}]  # fmt: skip
-        spec = {"type": "CreateNode", "resourceName": f"node-{uid}", "subJobs": steps}
-        return {"metadata": {"uid": uid}, "spec": spec,
-                "status": {"phase": phase, "reason": "recycle resource" if reason else ""}}  # fmt: skip
+    def create_node(uid: str, phase: str, reason: str = "") -> dict[str, Any]:
+        return create_node_body(uid, phase, name=f"node-{uid}", node_id=f"id-{uid}", reason=reason)
 
     subs = [create_node("a", "Success"), create_node("b", "Success"), create_node("c", "Failed", ECS_REASON)]
     body = {"metadata": {"uid": "job-1"}, "spec": {"type": "ScaleupCluster", "subJobs": subs},
