@@ -23,7 +23,6 @@ those that are).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,7 +30,7 @@ from aiohttp import web
 
 from monitor.core.errors import ConfigError
 from monitor.core.text import has_control
-from monitor.daemon.replies import Reject, check_id, json_reply, json_type, rfc3339, shown
+from monitor.daemon.replies import Reject, check_id, check_limit, json_reply, json_type, rfc3339, shown
 from monitor.daemon.storage import DeliveryRecord
 
 if TYPE_CHECKING:
@@ -46,7 +45,6 @@ _BODY_KEYS = ("ids", "sink", "job_id")
 _STATES: tuple[Literal["rejected"], Literal["pending"]] = ("rejected", "pending")
 _MAX_LIMIT = 1000
 _MAX_SINK = 2048
-_LIMIT_RE = re.compile(r"[0-9]{1,5}")
 
 _ReadJSON = Callable[[web.Request], Awaitable[object]]
 
@@ -92,10 +90,8 @@ class _Deliveries:
             raise Reject(400, f"invalid state {shown(raw_state)}: use rejected or pending")
         sink = _check_sink(query["sink"]) if "sink" in query else None
         job_id = check_id(query["job_id"], "job id") if "job_id" in query else None
-        raw_limit = query.get("limit", "100")
-        if not _LIMIT_RE.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= _MAX_LIMIT:
-            raise Reject(400, f"invalid limit {shown(raw_limit)}: use a whole number from 1 to {_MAX_LIMIT}")
-        found = await self._control.deliveries(state, sink=sink, job_id=job_id, limit=int(raw_limit))
+        limit = check_limit(query.get("limit"), 100, _MAX_LIMIT)
+        found = await self._control.deliveries(state, sink=sink, job_id=job_id, limit=limit)
         return json_reply({"deliveries": [_delivery(record) for record in found]})
 
     async def replay(self, request: web.Request) -> web.Response:

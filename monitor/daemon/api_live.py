@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from aiohttp import hdrs, web
 
 from monitor.core.events import Event
 from monitor.daemon.feed import LAGGED
-from monitor.daemon.replies import Reject, check_id, json_reply, shown, single
+from monitor.daemon.replies import Reject, check_id, check_limit, json_reply, shown, single
 from monitor.engine.timeline import Timeline, build_timeline
 from monitor.ui.svg import timeline_svg
 
@@ -50,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 _KEEPALIVE = 15.0
 _MAX_TIMELINE_JOBS = 2000
-_LIMIT_RE = re.compile(r"[0-9]{1,4}")
 
 
 def timeline_dict(timeline: Timeline) -> dict[str, Any]:
@@ -145,11 +143,9 @@ class _Live:
         for key in request.query:
             if key != "limit":
                 raise Reject(400, f"unknown query parameter {shown(key)}; use limit")
-        raw = single(request, "limit") or "50"
-        if not _LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= 200:
-            raise Reject(400, f"limit must be a whole number from 1 to 200, not {shown(raw)}")
+        limit = check_limit(single(request, "limit"), 50, 200)
         feed = self._control.feed()
-        failures = feed.failures(int(raw)) if feed is not None else []
+        failures = feed.failures(limit) if feed is not None else []
         return json_reply({"failures": [e.to_dict() for e in failures]})
 
 

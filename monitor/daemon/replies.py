@@ -17,6 +17,7 @@ __all__ = [
     "Reject",
     "check_id",
     "check_label",
+    "check_limit",
     "error_reply",
     "json_reply",
     "json_type",
@@ -82,6 +83,15 @@ def check_id(value: str, what: str, where: str = "") -> str:
         return validate_id(value, what)
     except InvalidIdError as exc:
         raise Reject(400, where + exc.message) from None
+
+
+def check_limit(raw: str | None, default: int, maximum: int) -> int:
+    """A ``limit`` query parameter: a whole number from 1 to ``maximum`` (``default`` when not given)."""
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(maximum)) or not 1 <= int(raw) <= maximum:
+        raise Reject(400, f"invalid limit {shown(raw)}: use a whole number from 1 to {maximum}")
+    return int(raw)
 
 
 def rfc3339(ts: float | None) -> str | None:

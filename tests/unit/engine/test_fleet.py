@@ -153,9 +153,7 @@ async def test_a_pool_scaled_down_follows_the_delete_jobs(sim_factory: SimFactor
     sim, _ = await sim_factory(time_scale=0.05)
     cluster = sim.add_cluster()
     pool = sim.add_nodepool(cluster, nodes=3, node_duration=1.0)
-    await _until(
-        lambda: sum(1 for t in sim.node_truth(cluster) if t.phase == "Active" and t.at_ns <= sim.now_ns()) == 3
-    )
+    await _until_active(sim, cluster, 3)
     sim.scale_nodepool(cluster, pool, 1)
     result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, pool),), rollout="down")
 
@@ -183,6 +181,13 @@ async def _until(condition: Any) -> None:
     async with asyncio.timeout(20):
         while not condition():
             await asyncio.sleep(0.05)
+
+
+async def _until_active(sim: Simulator, cluster: str, count: int) -> None:
+    """Until ``count`` of the cluster's nodes are Active now (by the simulator's truth)."""
+    await _until(
+        lambda: sum(1 for t in sim.node_truth(cluster) if t.phase == "Active" and t.at_ns <= sim.now_ns()) == count
+    )
 
 
 async def test_a_node_sub_job_is_read_by_id_once_per_phase(sim_factory: SimFactory) -> None:
@@ -277,9 +282,7 @@ async def test_a_pool_whose_deletion_fails_ends_in_error(sim_factory: SimFactory
     sim, _ = await sim_factory(time_scale=0.05)
     cluster = sim.add_cluster()
     pool = sim.add_nodepool(cluster, nodes=2, fail_delete=1, node_duration=0.5)
-    await _until(
-        lambda: sum(1 for t in sim.node_truth(cluster) if t.phase == "Active" and t.at_ns <= sim.now_ns()) == 2
-    )
+    await _until_active(sim, cluster, 2)
     sim.scale_nodepool(cluster, pool, 0)
     result, recorder = await run(sim, [], nodepools=(NodePoolTarget(cluster, pool),), rollout="down")
 
@@ -297,9 +300,7 @@ async def test_a_bulk_removal_is_a_rollout_of_its_deletions(sim_factory: SimFact
     sim, _ = await sim_factory(time_scale=0.05)
     cluster = sim.add_cluster()
     created = sim.create_nodes(cluster, 3, duration=0.5)
-    await _until(
-        lambda: sum(1 for t in sim.node_truth(cluster) if t.phase == "Active" and t.at_ns <= sim.now_ns()) == 3
-    )
+    await _until_active(sim, cluster, 3)
     node_ids = sorted({t.node_id for t in sim.node_truth(cluster) if t.job_id == created})
     job_id = sim.remove_nodes(cluster, node_ids, fail=1)
     result, recorder = await run(sim, [job_id], rollout="remove")
